@@ -1,0 +1,98 @@
+//! Struct field offsets from the DWARF that `go build` emits by default (compressed, DWARF 4
+//! before Go 1.25 and DWARF 5 after).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
+use object::{Object, ObjectSection};
+
+use crate::Error;
+
+/// Field name -> byte offset, per struct type name (Go's DWARF names: "net/http.Request").
+pub type StructLayouts = HashMap<String, HashMap<String, u64>>;
+
+/// Collects the layout of every struct in `wanted`; structs not present are simply absent.
+pub(crate) fn struct_layouts(file: &object::File<'_>, wanted: &[&str]) -> Result<StructLayouts, Error> {
+    let endian = if file.is_little_endian() { RunTimeEndian::Little } else { RunTimeEndian::Big };
+    let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
+        Ok(match file.section_by_name(id.name()) {
+            Some(s) => s.uncompressed_data().unwrap_or(Cow::Borrowed(&[])),
+            None => Cow::Borrowed(&[]),
+        })
+    };
+    let sections = gimli::DwarfSections::load(load).map_err(dwarf_err)?;
+    if file.section_by_name(".debug_info").is_none() {
+        return Err(Error::NoDwarf { path: Default::default() });
+    }
+    let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
+
+    let mut out = StructLayouts::new();
+    let mut units = dwarf.units();
+    while let Some(header) = units.next().map_err(dwarf_err)? {
+        let unit = dwarf.unit(header).map_err(dwarf_err)?;
+        let mut entries = unit.entries();
+        // Depth of the struct whose members we are collecting, if any.
+        let mut collecting: Option<(isize, String)> = None;
+        let mut depth = 0isize;
+        while let Some((delta, entry)) = entries.next_dfs().map_err(dwarf_err)? {
+            depth += delta;
+            if let Some((struct_depth, _)) = &collecting {
+                if depth <= *struct_depth {
+                    collecting = None;
+                }
+            }
+            match entry.tag() {
+                gimli::DW_TAG_structure_type if collecting.is_none() => {
+                    let Some(name) = attr_string(&dwarf, &unit, entry, gimli::DW_AT_name) else {
+                        continue;
+                    };
+                    if wanted.contains(&name.as_str()) && !out.contains_key(&name) {
+                        out.insert(name.clone(), HashMap::new());
+                        collecting = Some((depth, name));
+                    }
+                }
+                gimli::DW_TAG_member => {
+                    let Some((_, struct_name)) = &collecting else { continue };
+                    let Some(field) = attr_string(&dwarf, &unit, entry, gimli::DW_AT_name) else {
+                        continue;
+                    };
+                    let offset = match entry.attr_value(gimli::DW_AT_data_member_location) {
+                        Ok(Some(AttributeValue::Udata(v))) => v,
+                        Ok(Some(AttributeValue::Data1(v))) => u64::from(v),
+                        Ok(Some(AttributeValue::Data2(v))) => u64::from(v),
+                        Ok(Some(AttributeValue::Data4(v))) => u64::from(v),
+                        Ok(Some(AttributeValue::Data8(v))) => v,
+                        Ok(Some(AttributeValue::Sdata(v))) => u64::try_from(v).unwrap_or(0),
+                        _ => continue,
+                    };
+                    if let Some(fields) = out.get_mut(struct_name) {
+                        fields.insert(field, offset);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if out.len() == wanted.len() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
+
+fn attr_string(
+    dwarf: &gimli::Dwarf<Reader<'_>>,
+    unit: &gimli::Unit<Reader<'_>>,
+    entry: &gimli::DebuggingInformationEntry<'_, '_, Reader<'_>>,
+    name: gimli::DwAt,
+) -> Option<String> {
+    let value = entry.attr_value(name).ok()??;
+    let s = dwarf.attr_string(unit, value).ok()?;
+    Some(String::from_utf8_lossy(s.slice()).into_owned())
+}
+
+fn dwarf_err(e: gimli::Error) -> Error {
+    Error::Dwarf { path: Default::default(), reason: e.to_string() }
+}

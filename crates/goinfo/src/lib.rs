@@ -1,0 +1,197 @@
+//! Everything gotel learns from a Go executable file, with no privileges and no process:
+//! build info (Go and module versions), function symbols, struct field offsets from DWARF and
+//! the RET instructions of a function.
+
+mod buildinfo;
+mod dwarf;
+mod rets;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+
+pub use buildinfo::{parse_go_version, BuildInfo, Module};
+pub use dwarf::StructLayouts;
+pub use rets::amd64_ret_addresses;
+
+/// Why a file could not be analysed; each names the file and what is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not an ELF executable ({reason})")]
+    NotElf { path: PathBuf, reason: String },
+    #[error("{path} is not a Go program: it has no .go.buildinfo section")]
+    NotGo { path: PathBuf },
+    #[error("{path}: malformed .go.buildinfo: {reason}")]
+    BadBuildInfo { path: PathBuf, reason: &'static str },
+    #[error("{path}: unsupported architecture {arch} (gotel supports x86_64)")]
+    UnsupportedArch { path: PathBuf, arch: String },
+    #[error("{path}: function {name} not found in the symbol table")]
+    MissingFunction { path: PathBuf, name: String },
+    #[error("{path}: function {name} lies outside the file's loadable segments")]
+    FunctionNotInFile { path: PathBuf, name: String },
+    #[error("{path}: no DWARF debug info (built with -ldflags=-w, or stripped)")]
+    NoDwarf { path: PathBuf },
+    #[error("{path}: bad DWARF: {reason}")]
+    Dwarf { path: PathBuf, reason: String },
+    // Internal, re-wrapped with the path before it leaves the crate.
+    #[error("{0}")]
+    Malformed(&'static str),
+}
+
+impl Error {
+    fn with_path(self, path: &Path) -> Self {
+        let path = path.to_path_buf();
+        match self {
+            Error::Malformed(reason) => Error::BadBuildInfo { path, reason },
+            Error::NoDwarf { .. } => Error::NoDwarf { path },
+            Error::Dwarf { reason, .. } => Error::Dwarf { path, reason },
+            other => other,
+        }
+    }
+}
+
+/// A function's place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    pub name: String,
+    /// Virtual address of the entry.
+    pub address: u64,
+    pub size: u64,
+    /// Offset of the entry in the file: what a uprobe attaches to.
+    pub file_offset: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    vaddr: u64,
+    file_offset: u64,
+    file_size: u64,
+}
+
+/// A parsed Go executable. Holds the file's bytes; cheap queries re-read its headers.
+pub struct GoBinary {
+    path: PathBuf,
+    data: Vec<u8>,
+    build_info: BuildInfo,
+    functions: HashMap<String, (u64, u64)>,
+    data_symbols: HashMap<String, u64>,
+    segments: Vec<Segment>,
+}
+
+impl std::fmt::Debug for GoBinary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoBinary")
+            .field("path", &self.path)
+            .field("go_version", &self.build_info.go_version)
+            .field("functions", &self.functions.len())
+            .finish()
+    }
+}
+
+impl GoBinary {
+    /// Reads and parses `path`. Fails with a clear error for a non-ELF, non-Go or non-amd64 file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let data = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        Self::parse(path, data)
+    }
+
+    /// Parses bytes already read; `path` is only used in messages.
+    pub fn parse(path: &Path, data: Vec<u8>) -> Result<Self, Error> {
+        let file = object::File::parse(&*data)
+            .map_err(|e| Error::NotElf { path: path.into(), reason: e.to_string() })?;
+        if file.format() != object::BinaryFormat::Elf {
+            return Err(Error::NotElf { path: path.into(), reason: format!("{:?}", file.format()) });
+        }
+        if file.architecture() != object::Architecture::X86_64 {
+            let arch = format!("{:?}", file.architecture());
+            return Err(Error::UnsupportedArch { path: path.into(), arch });
+        }
+        let segments: Vec<Segment> = file
+            .segments()
+            .map(|s| {
+                let (file_offset, file_size) = s.file_range();
+                Segment { vaddr: s.address(), file_offset, file_size }
+            })
+            .collect();
+        let section = file
+            .section_by_name(".go.buildinfo")
+            .ok_or_else(|| Error::NotGo { path: path.into() })?;
+        let section_data = section.data().map_err(|_| Error::NotGo { path: path.into() })?;
+        let read_at = |addr: u64, len: usize| -> Option<Vec<u8>> {
+            let off = vaddr_to_offset(&segments, addr)?;
+            data.get(usize::try_from(off).ok()?..usize::try_from(off).ok()? + len).map(<[u8]>::to_vec)
+        };
+        let build_info = buildinfo::parse(section_data, read_at).map_err(|e| e.with_path(path))?;
+
+        let mut functions = HashMap::new();
+        let mut data_symbols = HashMap::new();
+        for sym in file.symbols() {
+            let Ok(name) = sym.name() else { continue };
+            match sym.kind() {
+                SymbolKind::Text => {
+                    functions.insert(name.to_string(), (sym.address(), sym.size()));
+                }
+                SymbolKind::Data => {
+                    data_symbols.insert(name.to_string(), sym.address());
+                }
+                _ => {}
+            }
+        }
+        Ok(GoBinary { path: path.into(), data, build_info, functions, data_symbols, segments })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn build_info(&self) -> &BuildInfo {
+        &self.build_info
+    }
+
+    /// Number of function symbols (0 for a binary stripped of `.symtab`).
+    pub fn function_count(&self) -> usize {
+        self.functions.len()
+    }
+
+    /// Looks up a function by its Go symbol name, e.g. "net/http.serverHandler.ServeHTTP".
+    pub fn function(&self, name: &str) -> Result<Function, Error> {
+        let &(address, size) = self
+            .functions
+            .get(name)
+            .ok_or_else(|| Error::MissingFunction { path: self.path.clone(), name: name.into() })?;
+        let file_offset = vaddr_to_offset(&self.segments, address)
+            .ok_or_else(|| Error::FunctionNotInFile { path: self.path.clone(), name: name.into() })?;
+        Ok(Function { name: name.into(), address, size, file_offset })
+    }
+
+    /// Address of a data symbol (an itab, say), if the symbol table has it.
+    pub fn data_symbol(&self, name: &str) -> Option<u64> {
+        self.data_symbols.get(name).copied()
+    }
+
+    /// File offsets of every RET instruction of `function`.
+    pub fn ret_offsets(&self, function: &Function) -> Vec<u64> {
+        let start = function.file_offset as usize;
+        let end = start.saturating_add(function.size as usize).min(self.data.len());
+        let code = self.data.get(start..end).unwrap_or(&[]);
+        amd64_ret_addresses(code, function.file_offset)
+    }
+
+    /// Field offsets of the named structs from DWARF. Structs the binary lacks are absent.
+    pub fn struct_layouts(&self, wanted: &[&str]) -> Result<StructLayouts, Error> {
+        let file = object::File::parse(&*self.data)
+            .map_err(|e| Error::NotElf { path: self.path.clone(), reason: e.to_string() })?;
+        dwarf::struct_layouts(&file, wanted).map_err(|e| e.with_path(&self.path))
+    }
+}
+
+fn vaddr_to_offset(segments: &[Segment], addr: u64) -> Option<u64> {
+    segments
+        .iter()
+        .find(|s| addr >= s.vaddr && addr - s.vaddr < s.file_size)
+        .map(|s| addr - s.vaddr + s.file_offset)
+}

@@ -1,0 +1,156 @@
+/* net/http server spans: a uprobe at the entry of net/http.serverHandler.ServeHTTP records the
+ * request's goroutine and start time; one at each of its RETs emits the span. Everything is
+ * read at the return: the handler has run, so the response status and the mux's route pattern
+ * are known, and the Request itself is still alive. */
+#include "gotel.h"
+
+/* Field offsets, filled in per executable at load time. */
+const volatile u64 off_req_method = 0;
+const volatile u64 off_req_url = 0;
+const volatile u64 off_req_proto_major = 0;
+const volatile u64 off_req_proto_minor = 0;
+const volatile u64 off_req_host = 0;
+const volatile u64 off_req_remote_addr = 0;
+const volatile u64 off_req_tls = 0;
+const volatile u64 off_req_pattern = 0;
+const volatile bool has_pattern = false; /* Request.Pattern exists since Go 1.23 */
+const volatile u64 off_url_path = 0;
+const volatile u64 off_url_raw_query = 0;
+const volatile u64 off_response_status = 0;
+/* HTTP/2 responses are a different ResponseWriter: told apart by its itab address. */
+const volatile u64 itab_h2_response_writer = 0;
+const volatile u64 off_h2rw_rws = 0;
+const volatile u64 off_h2rws_status = 0;
+
+#define METHOD_CAP 16
+#define PATH_CAP 256
+#define QUERY_CAP 256
+#define HOST_CAP 128
+#define REMOTE_CAP 64
+#define PATTERN_CAP 128
+
+struct http_server_event {
+	struct span_header hdr;
+	u16 status;
+	u8 proto_major;
+	u8 proto_minor;
+	u8 tls;
+	u8 _pad[3];
+	u16 method_len, path_len, query_len, host_len, remote_len, pattern_len;
+	char method[METHOD_CAP];
+	char path[PATH_CAP];
+	char query[QUERY_CAP];
+	char host[HOST_CAP];
+	char remote[REMOTE_CAP];
+	char pattern[PATTERN_CAP];
+};
+
+struct server_call {
+	u64 start_ns;
+	u64 req;
+	u64 rw_itab;
+	u64 rw_data;
+	u8 trace_id[16];
+	u8 span_id[8];
+};
+
+/* LRU: a goroutine that panics out of the handler never reaches a RET; its entry ages out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct goroutine_key);
+	__type(value, struct server_call);
+} server_calls SEC(".maps");
+
+SEC("uprobe")
+int http_server_enter(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!pid_traced(pid))
+		return 0;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	/* func (sh serverHandler) ServeHTTP(rw ResponseWriter, req *Request):
+	 * sh (one pointer) in ARG1, rw (itab, data) in ARG2-3, req in ARG4. */
+	struct server_call call = {
+		.start_ns = bpf_ktime_get_ns(),
+		.rw_itab = GO_ARG2(ctx),
+		.rw_data = GO_ARG3(ctx),
+		.req = GO_ARG4(ctx),
+	};
+	random_id(call.trace_id, sizeof(call.trace_id));
+	random_id(call.span_id, sizeof(call.span_id));
+	bpf_map_update_elem(&server_calls, &key, &call, BPF_ANY);
+	return 0;
+}
+
+static __always_inline u16 response_status(const struct server_call *call)
+{
+	u64 status;
+	if (itab_h2_response_writer && call->rw_itab == itab_h2_response_writer) {
+		u64 rws = read_u64(call->rw_data + off_h2rw_rws);
+		status = rws ? read_u64(rws + off_h2rws_status) : 0;
+	} else {
+		status = read_u64(call->rw_data + off_response_status);
+	}
+	/* A handler that wrote nothing gets 200 when the server finishes the response. */
+	return status ? (u16)status : 200;
+}
+
+static __always_inline int http_server_return(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct server_call *call = bpf_map_lookup_elem(&server_calls, &key);
+	if (!call) {
+		if (pid_traced(pid))
+			count(STAT_NO_ENTRY);
+		return 0;
+	}
+	struct http_server_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RINGBUF_FULL);
+		bpf_map_delete_elem(&server_calls, &key);
+		return 0;
+	}
+	e->hdr.kind = EVENT_HTTP_SERVER;
+	e->hdr.pid = pid;
+	e->hdr.start_ns = call->start_ns;
+	e->hdr.end_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(e->hdr.trace_id, call->trace_id, sizeof(e->hdr.trace_id));
+	__builtin_memcpy(e->hdr.span_id, call->span_id, sizeof(e->hdr.span_id));
+	__builtin_memset(e->hdr.parent_span_id, 0, sizeof(e->hdr.parent_span_id));
+
+	u64 req = call->req;
+	e->status = response_status(call);
+	e->proto_major = (u8)read_u64(req + off_req_proto_major);
+	e->proto_minor = (u8)read_u64(req + off_req_proto_minor);
+	e->tls = read_u64(req + off_req_tls) != 0;
+	e->method_len = read_go_string(e->method, METHOD_CAP, req + off_req_method);
+	e->host_len = read_go_string(e->host, HOST_CAP, req + off_req_host);
+	e->remote_len = read_go_string(e->remote, REMOTE_CAP, req + off_req_remote_addr);
+	e->pattern_len = has_pattern ? read_go_string(e->pattern, PATTERN_CAP, req + off_req_pattern) : 0;
+	u64 url = read_u64(req + off_req_url);
+	e->path_len = url ? read_go_string(e->path, PATH_CAP, url + off_url_path) : 0;
+	e->query_len = url ? read_go_string(e->query, QUERY_CAP, url + off_url_raw_query) : 0;
+
+	bpf_map_delete_elem(&server_calls, &key);
+	count(STAT_EVENTS);
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
+	return 0;
+}
+
+/* Two entry points for the same return logic: one link for all RETs where the kernel has
+ * uprobe_multi (6.6+), one uprobe per RET otherwise. Userspace loads only the one it uses. */
+SEC("uprobe.multi")
+int http_server_return_multi(struct pt_regs *ctx)
+{
+	return http_server_return(ctx);
+}
+
+SEC("uprobe")
+int http_server_return_single(struct pt_regs *ctx)
+{
+	return http_server_return(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,142 @@
+/* Shared definitions for gotel's BPF programs: Go's amd64 register ABI, bounded reads of Go
+ * values from user memory, the event header every span event starts with, and the maps shared
+ * by all instrumentations (ring buffer, traced pids, counters). */
+#pragma once
+
+#include <stdbool.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+typedef __u8 u8;
+typedef __u16 u16;
+typedef __u32 u32;
+typedef __u64 u64;
+typedef __s64 s64;
+
+/* The kernel's x86_64 pt_regs, as a uprobe sees it. Declared here so no vmlinux.h is needed. */
+struct pt_regs {
+	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+	unsigned long ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+/* Go's register ABI (ABIInternal, Go 1.17+): integer arguments in this order; g in R14. */
+#define GO_ARG1(r) ((r)->ax)
+#define GO_ARG2(r) ((r)->bx)
+#define GO_ARG3(r) ((r)->cx)
+#define GO_ARG4(r) ((r)->di)
+#define GO_ARG5(r) ((r)->si)
+#define GO_G(r) ((r)->r14)
+
+/* Span events written to the ring buffer start with this header. */
+enum event_kind {
+	EVENT_HTTP_SERVER = 1,
+};
+
+struct span_header {
+	u32 kind;
+	u32 pid;
+	u64 start_ns; /* CLOCK_MONOTONIC */
+	u64 end_ns;
+	u8 trace_id[16];
+	u8 span_id[8];
+	u8 parent_span_id[8];
+};
+
+/* In-flight work is keyed by goroutine: a goroutine can move between threads mid-call. */
+struct goroutine_key {
+	u32 pid;
+	u32 _pad;
+	u64 g;
+};
+
+/* Indices of the counters in `stats`. */
+enum stat {
+	STAT_EVENTS = 0,
+	STAT_RINGBUF_FULL,
+	STAT_NO_ENTRY, /* a return without a recorded entry (attached mid-call) */
+	STAT_MAX,
+};
+
+/* Shared by every loaded instrumentation (userspace passes the same map to each object). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 23);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, u32);
+	__type(value, u8);
+} traced_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, u32);
+	__type(value, u64);
+} stats SEC(".maps");
+
+/* When set, only processes in traced_pids are traced; otherwise every process running the
+ * executable is (attach --exe). */
+const volatile bool filter_pids = false;
+
+/* Wake the agent only once this much is waiting: one wakeup per event costs more than the event. */
+#define WAKEUP_BYTES (64 * 1024)
+
+static __always_inline void count(u32 which)
+{
+	u64 *v = bpf_map_lookup_elem(&stats, &which);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline bool pid_traced(u32 pid)
+{
+	return !filter_pids || bpf_map_lookup_elem(&traced_pids, &pid);
+}
+
+static __always_inline u64 ringbuf_wakeup_flags(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+									     : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void random_id(u8 *id, int len)
+{
+	u32 any = 0;
+	for (int i = 0; i < len; i += 4) {
+		u32 r = bpf_get_prandom_u32();
+		any |= r;
+		__builtin_memcpy(id + i, &r, 4);
+	}
+	if (!any) /* all-zero ids are invalid in W3C trace context */
+		id[len - 1] = 1;
+}
+
+static __always_inline u64 read_u64(u64 addr)
+{
+	u64 v = 0;
+	bpf_probe_read_user(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+/* Copies at most `cap` (a power of two) bytes of the Go string at `addr` into `dst`; returns the
+ * number copied. */
+static __always_inline u16 read_go_string(char *dst, u32 cap, u64 addr)
+{
+	struct {
+		u64 ptr;
+		s64 len;
+	} s = {};
+	if (bpf_probe_read_user(&s, sizeof(s), (void *)addr) || !s.ptr || s.len <= 0)
+		return 0;
+	u32 n = s.len > cap ? cap : (u32)s.len;
+	n &= (cap << 1) - 1; /* keeps the verifier's bound at cap */
+	if (n > cap)
+		return 0;
+	if (bpf_probe_read_user(dst, n, (void *)s.ptr))
+		return 0;
+	return n;
+}

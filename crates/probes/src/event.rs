@@ -1,0 +1,206 @@
+//! Decoding of the fixed-size events the BPF programs write to the ring buffer.
+//! The layouts mirror `bpf/include/gotel.h` and the event structs of each program.
+
+/// Fields every span event carries (`struct span_header`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanHeader {
+    pub pid: u32,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero when the span is a root.
+    pub parent_span_id: [u8; 8],
+}
+
+/// One request served by net/http (`struct http_server_event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpServerEvent {
+    pub header: SpanHeader,
+    pub status: u16,
+    pub proto_major: u8,
+    pub proto_minor: u8,
+    pub tls: bool,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub host: String,
+    pub remote_addr: String,
+    /// The ServeMux pattern that matched ("GET /users/{id}"); empty when unknown.
+    pub pattern: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    HttpServer(HttpServerEvent),
+}
+
+impl Event {
+    pub fn header(&self) -> &SpanHeader {
+        match self {
+            Event::HttpServer(e) => &e.header,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event of {len} bytes is too short for its kind {kind} (needs {need})")]
+    TooShort { kind: u32, len: usize, need: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+}
+
+const KIND_HTTP_SERVER: u32 = 1;
+const HEADER_SIZE: usize = 56;
+/// sizeof(struct http_server_event), padded to 8.
+pub const HTTP_SERVER_EVENT_SIZE: usize = 928;
+
+/// Little-endian field reader over one event; lengths were checked before any read.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn u8(&self, at: usize) -> u8 {
+        self.0[at]
+    }
+    fn u16(&self, at: usize) -> u16 {
+        u16::from_le_bytes([self.0[at], self.0[at + 1]])
+    }
+    fn u32(&self, at: usize) -> u32 {
+        u32::from_le_bytes(self.array(at))
+    }
+    fn u64(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.array(at))
+    }
+    fn array<const N: usize>(&self, at: usize) -> [u8; N] {
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.0[at..at + N]);
+        a
+    }
+    /// A captured string: `len_at` holds the captured length, `cap` bounds it.
+    fn string(&self, len_at: usize, at: usize, cap: usize) -> String {
+        let len = usize::from(self.u16(len_at)).min(cap);
+        String::from_utf8_lossy(&self.0[at..at + len]).into_owned()
+    }
+}
+
+/// Decodes one ring-buffer sample.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() < 4 {
+        return Err(DecodeError::TooShort { kind: 0, len: bytes.len(), need: HEADER_SIZE });
+    }
+    let f = Fields(bytes);
+    let kind = f.u32(0);
+    let need = match kind {
+        KIND_HTTP_SERVER => HTTP_SERVER_EVENT_SIZE,
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    if bytes.len() < need {
+        return Err(DecodeError::TooShort { kind, len: bytes.len(), need });
+    }
+    let header = SpanHeader {
+        pid: f.u32(4),
+        start_ns: f.u64(8),
+        end_ns: f.u64(16),
+        trace_id: f.array(24),
+        span_id: f.array(40),
+        parent_span_id: f.array(48),
+    };
+    Ok(Event::HttpServer(HttpServerEvent {
+        header,
+        status: f.u16(56),
+        proto_major: f.u8(58),
+        proto_minor: f.u8(59),
+        tls: f.u8(60) != 0,
+        method: f.string(64, 76, 16),
+        path: f.string(66, 92, 256),
+        query: f.string(68, 348, 256),
+        host: f.string(70, 604, 128),
+        remote_addr: f.string(72, 732, 64),
+        pattern: f.string(74, 796, 128),
+    }))
+}
+
+/// Builds the bytes of an HTTP server event as the BPF program lays them out; for tests and
+/// benchmarks of the stages after decoding.
+pub fn encode_http_server(e: &HttpServerEvent) -> Vec<u8> {
+    let mut b = vec![0u8; HTTP_SERVER_EVENT_SIZE];
+    b[0..4].copy_from_slice(&KIND_HTTP_SERVER.to_le_bytes());
+    b[4..8].copy_from_slice(&e.header.pid.to_le_bytes());
+    b[8..16].copy_from_slice(&e.header.start_ns.to_le_bytes());
+    b[16..24].copy_from_slice(&e.header.end_ns.to_le_bytes());
+    b[24..40].copy_from_slice(&e.header.trace_id);
+    b[40..48].copy_from_slice(&e.header.span_id);
+    b[48..56].copy_from_slice(&e.header.parent_span_id);
+    b[56..58].copy_from_slice(&e.status.to_le_bytes());
+    b[58] = e.proto_major;
+    b[59] = e.proto_minor;
+    b[60] = u8::from(e.tls);
+    let strings = [
+        (64, 76, 16, &e.method),
+        (66, 92, 256, &e.path),
+        (68, 348, 256, &e.query),
+        (70, 604, 128, &e.host),
+        (72, 732, 64, &e.remote_addr),
+        (74, 796, 128, &e.pattern),
+    ];
+    for (len_at, at, cap, s) in strings {
+        let n = s.len().min(cap);
+        b[len_at..len_at + 2].copy_from_slice(&(n as u16).to_le_bytes());
+        b[at..at + n].copy_from_slice(&s.as_bytes()[..n]);
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> HttpServerEvent {
+        HttpServerEvent {
+            header: SpanHeader {
+                pid: 42,
+                start_ns: 1_000,
+                end_ns: 2_000,
+                trace_id: [7; 16],
+                span_id: [9; 8],
+                parent_span_id: [0; 8],
+            },
+            status: 404,
+            proto_major: 1,
+            proto_minor: 1,
+            tls: false,
+            method: "GET".into(),
+            path: "/users/7".into(),
+            query: "a=1".into(),
+            host: "localhost:8080".into(),
+            remote_addr: "127.0.0.1:5555".into(),
+            pattern: "GET /users/{id}".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_an_http_server_event() {
+        let e = sample();
+        assert_eq!(decode(&encode_http_server(&e)), Ok(Event::HttpServer(e)));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_events() {
+        let bytes = encode_http_server(&sample());
+        assert!(matches!(decode(&bytes[..100]), Err(DecodeError::TooShort { kind: 1, .. })));
+        let mut unknown = bytes.clone();
+        unknown[0] = 99;
+        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(99)));
+        assert!(decode(&[]).is_err());
+    }
+
+    #[test]
+    fn a_captured_length_past_its_buffer_is_clamped() {
+        let mut bytes = encode_http_server(&sample());
+        bytes[64..66].copy_from_slice(&500u16.to_le_bytes()); // method_len beyond 16
+        let Ok(Event::HttpServer(e)) = decode(&bytes) else { panic!("decodes") };
+        assert_eq!(e.method.len(), 16);
+    }
+}

@@ -1,0 +1,179 @@
+//! net/http server spans: planning (which function, which RETs, which field offsets) and
+//! attachment of `bpf/http_server.bpf.c` to one executable.
+
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+use goinfo::{Function, GoBinary};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, OpenObject, UprobeMultiOpts};
+
+use crate::skel::HttpServerSkelBuilder;
+use crate::{Error, FieldOffset, OffsetSource, SharedMaps, Skip};
+
+pub const NAME: &str = "net/http server";
+const ENTRY: &str = "net/http.serverHandler.ServeHTTP";
+const H2_ITAB: &str = "go:itab.*net/http.http2responseWriter,net/http.ResponseWriter";
+
+/// (struct, field, required). Optional fields only enrich the span.
+const FIELDS: &[(&str, &str, bool)] = &[
+    ("net/http.Request", "Method", true),
+    ("net/http.Request", "URL", true),
+    ("net/http.Request", "ProtoMajor", true),
+    ("net/http.Request", "ProtoMinor", true),
+    ("net/http.Request", "Host", true),
+    ("net/http.Request", "RemoteAddr", true),
+    ("net/http.Request", "TLS", true),
+    ("net/http.Request", "Pattern", false),
+    ("net/url.URL", "Path", true),
+    ("net/url.URL", "RawQuery", true),
+    ("net/http.response", "status", true),
+    ("net/http.http2responseWriter", "rws", false),
+    ("net/http.http2responseWriterState", "status", false),
+];
+
+/// Everything needed to attach to one executable, resolved without privileges.
+#[derive(Debug, Clone)]
+pub struct HttpServerPlan {
+    pub executable: PathBuf,
+    pub entry: Function,
+    pub return_offsets: Vec<u64>,
+    pub fields: Vec<FieldOffset>,
+    /// Address of the HTTP/2 ResponseWriter itab, to read HTTP/2 statuses; None without it.
+    pub h2_itab: Option<u64>,
+}
+
+impl HttpServerPlan {
+    fn offset(&self, struct_name: &str, field: &str) -> Option<u64> {
+        self.fields
+            .iter()
+            .find(|f| f.struct_name == struct_name && f.field == field)
+            .and_then(|f| f.offset)
+    }
+}
+
+/// Decides whether and how the net/http server instrumentation applies to `bin`.
+pub fn plan(bin: &GoBinary) -> Result<HttpServerPlan, Skip> {
+    let skip = |reason: String| Skip { instrumentation: NAME, reason };
+    crate::require_register_abi(bin).map_err(skip)?;
+    let entry = bin.function(ENTRY).map_err(|_| {
+        skip(format!("{ENTRY} is not in the binary (net/http server not linked, or symbols stripped)"))
+    })?;
+    let return_offsets = bin.ret_offsets(&entry);
+    if return_offsets.is_empty() {
+        return Err(skip(format!("no RET instruction found in {ENTRY}")));
+    }
+    let fields = crate::resolve_fields(bin, FIELDS).map_err(skip)?;
+    let h2_itab = bin.data_symbol(H2_ITAB);
+    Ok(HttpServerPlan { executable: bin.path().to_path_buf(), entry, return_offsets, fields, h2_itab })
+}
+
+/// The live probes of one executable. Dropping it detaches them.
+pub struct AttachedHttpServer {
+    pub plan: HttpServerPlan,
+    /// True when all RETs share one uprobe_multi link.
+    pub multi: bool,
+    _links: Vec<Link>,
+}
+
+/// Loads the program with the plan's offsets and attaches it to `attach_path` (the executable,
+/// or /proc/PID/exe for a process's). `filter_pids` limits it to pids in the shared set.
+pub fn attach(
+    plan: &HttpServerPlan,
+    attach_path: &Path,
+    shared: &SharedMaps,
+    filter_pids: bool,
+) -> Result<AttachedHttpServer, Error> {
+    let bpf = |what: &str| {
+        let what = format!("{what} ({NAME}, {})", plan.executable.display());
+        move |source| Error::Bpf { what, source }
+    };
+    let mut storage = MaybeUninit::<OpenObject>::uninit();
+    let mut open = HttpServerSkelBuilder::default().open(&mut storage).map_err(bpf("open"))?;
+    {
+        let ro = open.maps.rodata_data.as_deref_mut().ok_or_else(|| Error::Internal {
+            what: "http_server object has no .rodata".into(),
+        })?;
+        let req = |f| plan.offset("net/http.Request", f).unwrap_or(0);
+        ro.filter_pids = filter_pids;
+        ro.off_req_method = req("Method");
+        ro.off_req_url = req("URL");
+        ro.off_req_proto_major = req("ProtoMajor");
+        ro.off_req_proto_minor = req("ProtoMinor");
+        ro.off_req_host = req("Host");
+        ro.off_req_remote_addr = req("RemoteAddr");
+        ro.off_req_tls = req("TLS");
+        if let Some(p) = plan.offset("net/http.Request", "Pattern") {
+            ro.has_pattern = true;
+            ro.off_req_pattern = p;
+        }
+        ro.off_url_path = plan.offset("net/url.URL", "Path").unwrap_or(0);
+        ro.off_url_raw_query = plan.offset("net/url.URL", "RawQuery").unwrap_or(0);
+        ro.off_response_status = plan.offset("net/http.response", "status").unwrap_or(0);
+        let h2 = (
+            plan.h2_itab,
+            plan.offset("net/http.http2responseWriter", "rws"),
+            plan.offset("net/http.http2responseWriterState", "status"),
+        );
+        if let (Some(itab), Some(rws), Some(status)) = h2 {
+            ro.itab_h2_response_writer = itab;
+            ro.off_h2rw_rws = rws;
+            ro.off_h2rws_status = status;
+        }
+    }
+    let maps = &mut open.maps;
+    shared.reuse_in(&mut maps.events, &mut maps.traced_pids, &mut maps.stats)?;
+    let skel = open.load().map_err(bpf("load"))?;
+
+    let mut links = Vec::with_capacity(plan.return_offsets.len() + 1);
+    let entry = usize::try_from(plan.entry.file_offset).unwrap_or(usize::MAX);
+    links.push(
+        skel.progs
+            .http_server_enter
+            .attach_uprobe(false, -1, attach_path, entry)
+            .map_err(bpf(&format!("attach uprobe at {ENTRY} entry")))?,
+    );
+    let offsets: Vec<usize> =
+        plan.return_offsets.iter().map(|&o| usize::try_from(o).unwrap_or(usize::MAX)).collect();
+    let opts = UprobeMultiOpts { offsets: offsets.clone(), ..Default::default() };
+    let multi = match skel.progs.http_server_return_multi.attach_uprobe_multi_with_opts(
+        -1,
+        attach_path,
+        "",
+        opts,
+    ) {
+        Ok(link) => {
+            links.push(link);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "uprobe_multi unavailable, one uprobe per RET");
+            for &off in &offsets {
+                links.push(
+                    skel.progs
+                        .http_server_return_single
+                        .attach_uprobe(false, -1, attach_path, off)
+                        .map_err(bpf(&format!("attach uprobe at {ENTRY}+RET {off:#x}")))?,
+                );
+            }
+            false
+        }
+    };
+    // The links hold the programs, and the programs their maps: the object itself can go.
+    Ok(AttachedHttpServer { plan: plan.clone(), multi, _links: links })
+}
+
+impl std::fmt::Debug for AttachedHttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachedHttpServer")
+            .field("executable", &self.plan.executable)
+            .field("multi", &self.multi)
+            .field("links", &self._links.len())
+            .finish()
+    }
+}
+
+/// Where a field offset came from, for `gotel inspect`.
+pub(crate) fn field_source() -> OffsetSource {
+    OffsetSource::Dwarf
+}

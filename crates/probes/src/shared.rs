@@ -1,0 +1,99 @@
+//! Maps shared by every loaded instrumentation: one ring buffer for all span events, the set of
+//! traced pids and the counters. Created once; each object reuses their file descriptors.
+
+use std::os::fd::AsFd;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType, OpenMapMut};
+
+use crate::Error;
+
+const RINGBUF_BYTES: u32 = 1 << 23;
+const MAX_TRACED_PIDS: u32 = 16384;
+const STAT_COUNT: u32 = 3;
+
+/// The agent's view of what the BPF side counted (summed over CPUs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    /// Span events written to the ring buffer.
+    pub events: u64,
+    /// Spans lost because the ring buffer was full (the agent fell behind).
+    pub ringbuf_full: u64,
+    /// Returns seen without their entry (attached while a call was in flight).
+    pub returns_without_entry: u64,
+}
+
+pub struct SharedMaps {
+    events: MapHandle,
+    traced_pids: MapHandle,
+    stats: MapHandle,
+}
+
+impl SharedMaps {
+    pub fn create() -> Result<Self, Error> {
+        let opts = libbpf_sys_opts();
+        let create = |ty, name: &str, key, value, max| {
+            MapHandle::create(ty, Some(name), key, value, max, &opts)
+                .map_err(|source| Error::Bpf { what: format!("create map {name}"), source })
+        };
+        Ok(SharedMaps {
+            events: create(MapType::RingBuf, "events", 0, 0, RINGBUF_BYTES)?,
+            traced_pids: create(MapType::Hash, "traced_pids", 4, 1, MAX_TRACED_PIDS)?,
+            stats: create(MapType::PercpuArray, "stats", 4, 8, STAT_COUNT)?,
+        })
+    }
+
+    /// The ring buffer that carries every span event.
+    pub fn events(&self) -> &MapHandle {
+        &self.events
+    }
+
+    /// Adds `pid` to the processes traced when programs were loaded with a pid filter.
+    pub fn trace_pid(&self, pid: u32) -> Result<(), Error> {
+        self.traced_pids
+            .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
+            .map_err(|source| Error::Bpf { what: format!("trace pid {pid}"), source })
+    }
+
+    pub fn untrace_pid(&self, pid: u32) {
+        // A pid that was never added is not an error worth reporting.
+        let _ = self.traced_pids.delete(&pid.to_ne_bytes());
+    }
+
+    pub fn stats(&self) -> ProbeStats {
+        let sum = |index: u32| -> u64 {
+            match self.stats.lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY) {
+                Ok(Some(per_cpu)) => per_cpu
+                    .iter()
+                    .filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))))
+                    .sum(),
+                _ => 0,
+            }
+        };
+        ProbeStats { events: sum(0), ringbuf_full: sum(1), returns_without_entry: sum(2) }
+    }
+
+    /// Points an object's declarations of the shared maps at these maps before it loads.
+    pub(crate) fn reuse_in<'obj>(
+        &self,
+        events: &mut OpenMapMut<'obj>,
+        traced_pids: &mut OpenMapMut<'obj>,
+        stats: &mut OpenMapMut<'obj>,
+    ) -> Result<(), Error> {
+        for (open, shared, name) in [
+            (events, &self.events, "events"),
+            (traced_pids, &self.traced_pids, "traced_pids"),
+            (stats, &self.stats, "stats"),
+        ] {
+            open.reuse_fd(shared.as_fd())
+                .map_err(|source| Error::Bpf { what: format!("reuse map {name}"), source })?;
+        }
+        Ok(())
+    }
+}
+
+fn libbpf_sys_opts() -> libbpf_rs::libbpf_sys::bpf_map_create_opts {
+    libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    }
+}
