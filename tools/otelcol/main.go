@@ -70,8 +70,8 @@ func main() {
 			},
 		},
 		ProviderModules: map[string]string{
-			fileprovider.NewFactory().Create(confmap.ProviderSettings{}).Scheme(): "go.opentelemetry.io/collector/confmap/provider/fileprovider v1.67.0",
-			envprovider.NewFactory().Create(confmap.ProviderSettings{}).Scheme():  "go.opentelemetry.io/collector/confmap/provider/envprovider v1.67.0",
+			"file": "go.opentelemetry.io/collector/confmap/provider/fileprovider v1.67.0",
+			"env":  "go.opentelemetry.io/collector/confmap/provider/envprovider v1.67.0",
 		},
 	}
 	if err := otelcol.NewCommand(set).Execute(); err != nil {

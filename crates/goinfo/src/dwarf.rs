@@ -13,8 +13,15 @@ use crate::Error;
 pub type StructLayouts = HashMap<String, HashMap<String, u64>>;
 
 /// Collects the layout of every struct in `wanted`; structs not present are simply absent.
-pub(crate) fn struct_layouts(file: &object::File<'_>, wanted: &[&str]) -> Result<StructLayouts, Error> {
-    let endian = if file.is_little_endian() { RunTimeEndian::Little } else { RunTimeEndian::Big };
+pub(crate) fn struct_layouts(
+    file: &object::File<'_>,
+    wanted: &[&str],
+) -> Result<StructLayouts, Error> {
+    let endian = if file.is_little_endian() {
+        RunTimeEndian::Little
+    } else {
+        RunTimeEndian::Big
+    };
     let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
         Ok(match file.section_by_name(id.name()) {
             Some(s) => s.uncompressed_data().unwrap_or(Cow::Borrowed(&[])),
@@ -23,7 +30,9 @@ pub(crate) fn struct_layouts(file: &object::File<'_>, wanted: &[&str]) -> Result
     };
     let sections = gimli::DwarfSections::load(load).map_err(dwarf_err)?;
     if file.section_by_name(".debug_info").is_none() {
-        return Err(Error::NoDwarf { path: Default::default() });
+        return Err(Error::NoDwarf {
+            path: Default::default(),
+        });
     }
     let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
 
@@ -53,7 +62,9 @@ pub(crate) fn struct_layouts(file: &object::File<'_>, wanted: &[&str]) -> Result
                     }
                 }
                 gimli::DW_TAG_member => {
-                    let Some((_, struct_name)) = &collecting else { continue };
+                    let Some((_, struct_name)) = &collecting else {
+                        continue;
+                    };
                     let Some(field) = attr_string(&dwarf, &unit, entry, gimli::DW_AT_name) else {
                         continue;
                     };
@@ -94,5 +105,8 @@ fn attr_string(
 }
 
 fn dwarf_err(e: gimli::Error) -> Error {
-    Error::Dwarf { path: Default::default(), reason: e.to_string() }
+    Error::Dwarf {
+        path: Default::default(),
+        reason: e.to_string(),
+    }
 }

@@ -19,7 +19,10 @@ pub use rets::amd64_ret_addresses;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not an ELF executable ({reason})")]
     NotElf { path: PathBuf, reason: String },
     #[error("{path} is not a Go program: it has no .go.buildinfo section")]
@@ -95,35 +98,53 @@ impl GoBinary {
     /// Reads and parses `path`. Fails with a clear error for a non-ELF, non-Go or non-amd64 file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let data = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        let data = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(path, data)
     }
 
     /// Parses bytes already read; `path` is only used in messages.
     pub fn parse(path: &Path, data: Vec<u8>) -> Result<Self, Error> {
-        let file = object::File::parse(&*data)
-            .map_err(|e| Error::NotElf { path: path.into(), reason: e.to_string() })?;
+        let file = object::File::parse(&*data).map_err(|e| Error::NotElf {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         if file.format() != object::BinaryFormat::Elf {
-            return Err(Error::NotElf { path: path.into(), reason: format!("{:?}", file.format()) });
+            return Err(Error::NotElf {
+                path: path.into(),
+                reason: format!("{:?}", file.format()),
+            });
         }
         if file.architecture() != object::Architecture::X86_64 {
             let arch = format!("{:?}", file.architecture());
-            return Err(Error::UnsupportedArch { path: path.into(), arch });
+            return Err(Error::UnsupportedArch {
+                path: path.into(),
+                arch,
+            });
         }
         let segments: Vec<Segment> = file
             .segments()
             .map(|s| {
                 let (file_offset, file_size) = s.file_range();
-                Segment { vaddr: s.address(), file_offset, file_size }
+                Segment {
+                    vaddr: s.address(),
+                    file_offset,
+                    file_size,
+                }
             })
             .collect();
         let section = file
             .section_by_name(".go.buildinfo")
             .ok_or_else(|| Error::NotGo { path: path.into() })?;
-        let section_data = section.data().map_err(|_| Error::NotGo { path: path.into() })?;
+        let section_data = section
+            .data()
+            .map_err(|_| Error::NotGo { path: path.into() })?;
         let read_at = |addr: u64, len: usize| -> Option<Vec<u8>> {
             let off = vaddr_to_offset(&segments, addr)?;
-            data.get(usize::try_from(off).ok()?..usize::try_from(off).ok()? + len).map(<[u8]>::to_vec)
+            data.get(usize::try_from(off).ok()?..usize::try_from(off).ok()? + len)
+                .map(<[u8]>::to_vec)
         };
         let build_info = buildinfo::parse(section_data, read_at).map_err(|e| e.with_path(path))?;
 
@@ -141,7 +162,14 @@ impl GoBinary {
                 _ => {}
             }
         }
-        Ok(GoBinary { path: path.into(), data, build_info, functions, data_symbols, segments })
+        Ok(GoBinary {
+            path: path.into(),
+            data,
+            build_info,
+            functions,
+            data_symbols,
+            segments,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -162,10 +190,21 @@ impl GoBinary {
         let &(address, size) = self
             .functions
             .get(name)
-            .ok_or_else(|| Error::MissingFunction { path: self.path.clone(), name: name.into() })?;
-        let file_offset = vaddr_to_offset(&self.segments, address)
-            .ok_or_else(|| Error::FunctionNotInFile { path: self.path.clone(), name: name.into() })?;
-        Ok(Function { name: name.into(), address, size, file_offset })
+            .ok_or_else(|| Error::MissingFunction {
+                path: self.path.clone(),
+                name: name.into(),
+            })?;
+        let file_offset =
+            vaddr_to_offset(&self.segments, address).ok_or_else(|| Error::FunctionNotInFile {
+                path: self.path.clone(),
+                name: name.into(),
+            })?;
+        Ok(Function {
+            name: name.into(),
+            address,
+            size,
+            file_offset,
+        })
     }
 
     /// Address of a data symbol (an itab, say), if the symbol table has it.
@@ -176,15 +215,19 @@ impl GoBinary {
     /// File offsets of every RET instruction of `function`.
     pub fn ret_offsets(&self, function: &Function) -> Vec<u64> {
         let start = function.file_offset as usize;
-        let end = start.saturating_add(function.size as usize).min(self.data.len());
+        let end = start
+            .saturating_add(function.size as usize)
+            .min(self.data.len());
         let code = self.data.get(start..end).unwrap_or(&[]);
         amd64_ret_addresses(code, function.file_offset)
     }
 
     /// Field offsets of the named structs from DWARF. Structs the binary lacks are absent.
     pub fn struct_layouts(&self, wanted: &[&str]) -> Result<StructLayouts, Error> {
-        let file = object::File::parse(&*self.data)
-            .map_err(|e| Error::NotElf { path: self.path.clone(), reason: e.to_string() })?;
+        let file = object::File::parse(&*self.data).map_err(|e| Error::NotElf {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
         dwarf::struct_layouts(&file, wanted).map_err(|e| e.with_path(&self.path))
     }
 }

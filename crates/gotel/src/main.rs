@@ -1,1 +1,154 @@
-fn main() {}
+//! gotel: zero-code OpenTelemetry for Go services. The binary is wiring only: arguments in,
+//! library crates do the work.
+
+mod agent;
+mod cli;
+mod held;
+mod inspect;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use probes::SharedMaps;
+
+use crate::agent::{collect, instrument, stop_on_signals, stopped, Pipeline};
+use crate::cli::{Cli, Command, OutputArgs};
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == held::TRAMPOLINE_ARG)
+    {
+        held::trampoline(args.by_ref().skip(2).collect());
+    }
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Inspect { executable } => inspect::inspect(&executable).map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::Run { output, program } => run(&output, &program),
+        Command::Attach { output, target } => match (target.pid, target.exe) {
+            (Some(pid), _) => attach_pid(&output, pid),
+            (None, Some(exe)) => attach_exe(&output, &exe),
+            (None, None) => Err(anyhow!("give --pid or --exe")),
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gotel: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .init();
+}
+
+/// The maps every probe shares; the first thing that needs privileges, so it explains them.
+fn shared_maps() -> anyhow::Result<SharedMaps> {
+    SharedMaps::create().map_err(|e| {
+        anyhow!(
+            "{e}\ngotel needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE + \
+             CAP_DAC_READ_SEARCH, on Linux 5.8 or later (6.6+ for one link per function's RETs)"
+        )
+    })
+}
+
+fn run(output: &OutputArgs, program: &[String]) -> anyhow::Result<ExitCode> {
+    let name = &program[0];
+    let path = held::resolve_program(name).ok_or_else(|| anyhow!("{name}: not found in PATH"))?;
+    let shared = shared_maps()?;
+    let mut pipeline = Pipeline::new(output)?;
+    let instrumented = instrument(&path, &path, &shared, true)?;
+    pipeline
+        .resources()
+        .add_executable(&path, &instrumented.go_version);
+
+    let held = held::spawn_held(&path, name, &program[1..])
+        .with_context(|| format!("starting {}", path.display()))?;
+    shared.trace_pid(held.pid())?;
+    let pid = held.pid();
+    let mut child = held.release().context("releasing the program")?;
+    tracing::info!("started {} as pid {pid}", path.display());
+
+    let signals = stop_on_signals()?;
+    let mut status = None;
+    let mut give_up_at: Option<Instant> = None;
+    collect(&shared, pipeline, || {
+        if status.is_none() {
+            status = child.try_wait().ok().flatten();
+        }
+        if stopped(&signals) && give_up_at.is_none() {
+            // SAFETY: kill only sends a signal to our own child's pid.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            give_up_at = Some(Instant::now() + Duration::from_secs(5));
+        }
+        status.is_some() || give_up_at.is_some_and(|t| Instant::now() >= t)
+    })?;
+    let status = match status {
+        Some(s) => s,
+        None => child.wait()?,
+    };
+    tracing::info!("{} exited: {status}", path.display());
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn attach_pid(output: &OutputArgs, pid: u32) -> anyhow::Result<ExitCode> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let exe_link = proc_dir.join("exe");
+    let exe = std::fs::read_link(&exe_link)
+        .with_context(|| format!("process {pid}: cannot read {}", exe_link.display()))?;
+    let shared = shared_maps()?;
+    let mut pipeline = Pipeline::new(output)?;
+    // /proc/PID/exe reaches the very file the process runs, even if replaced or in a container.
+    let instrumented = instrument(&exe_link, &exe_link, &shared, true)?;
+    pipeline
+        .resources()
+        .add_executable(&exe, &instrumented.go_version);
+    shared.trace_pid(pid)?;
+    tracing::info!("tracing pid {pid} ({})", exe.display());
+    let signals = stop_on_signals()?;
+    collect(&shared, pipeline, || {
+        let gone = !proc_dir.exists();
+        if gone {
+            tracing::info!("pid {pid} exited");
+        }
+        gone || stopped(&signals)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn attach_exe(output: &OutputArgs, exe: &Path) -> anyhow::Result<ExitCode> {
+    let exe = std::fs::canonicalize(exe).with_context(|| format!("{}", exe.display()))?;
+    let shared = shared_maps()?;
+    let mut pipeline = Pipeline::new(output)?;
+    let instrumented = instrument(&exe, &exe, &shared, false)?;
+    pipeline
+        .resources()
+        .add_executable(&exe, &instrumented.go_version);
+    tracing::info!("tracing every process of {} until Ctrl-C", exe.display());
+    let signals = stop_on_signals()?;
+    collect(&shared, pipeline, || stopped(&signals))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -88,7 +88,11 @@ impl Fields<'_> {
 /// Decodes one ring-buffer sample.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() < 4 {
-        return Err(DecodeError::TooShort { kind: 0, len: bytes.len(), need: HEADER_SIZE });
+        return Err(DecodeError::TooShort {
+            kind: 0,
+            len: bytes.len(),
+            need: HEADER_SIZE,
+        });
     }
     let f = Fields(bytes);
     let kind = f.u32(0);
@@ -97,7 +101,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if bytes.len() < need {
-        return Err(DecodeError::TooShort { kind, len: bytes.len(), need });
+        return Err(DecodeError::TooShort {
+            kind,
+            len: bytes.len(),
+            need,
+        });
     }
     let header = SpanHeader {
         pid: f.u32(4),
@@ -189,7 +197,10 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_events() {
         let bytes = encode_http_server(&sample());
-        assert!(matches!(decode(&bytes[..100]), Err(DecodeError::TooShort { kind: 1, .. })));
+        assert!(matches!(
+            decode(&bytes[..100]),
+            Err(DecodeError::TooShort { kind: 1, .. })
+        ));
         let mut unknown = bytes.clone();
         unknown[0] = 99;
         assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(99)));
@@ -200,7 +211,9 @@ mod tests {
     fn a_captured_length_past_its_buffer_is_clamped() {
         let mut bytes = encode_http_server(&sample());
         bytes[64..66].copy_from_slice(&500u16.to_le_bytes()); // method_len beyond 16
-        let Ok(Event::HttpServer(e)) = decode(&bytes) else { panic!("decodes") };
+        let Ok(Event::HttpServer(e)) = decode(&bytes) else {
+            panic!("decodes")
+        };
         assert_eq!(e.method.len(), 16);
     }
 }

@@ -54,10 +54,15 @@ impl HttpServerPlan {
 
 /// Decides whether and how the net/http server instrumentation applies to `bin`.
 pub fn plan(bin: &GoBinary) -> Result<HttpServerPlan, Skip> {
-    let skip = |reason: String| Skip { instrumentation: NAME, reason };
+    let skip = |reason: String| Skip {
+        instrumentation: NAME,
+        reason,
+    };
     crate::require_register_abi(bin).map_err(skip)?;
     let entry = bin.function(ENTRY).map_err(|_| {
-        skip(format!("{ENTRY} is not in the binary (net/http server not linked, or symbols stripped)"))
+        skip(format!(
+            "{ENTRY} is not in the binary (net/http server not linked, or symbols stripped)"
+        ))
     })?;
     let return_offsets = bin.ret_offsets(&entry);
     if return_offsets.is_empty() {
@@ -65,7 +70,13 @@ pub fn plan(bin: &GoBinary) -> Result<HttpServerPlan, Skip> {
     }
     let fields = crate::resolve_fields(bin, FIELDS).map_err(skip)?;
     let h2_itab = bin.data_symbol(H2_ITAB);
-    Ok(HttpServerPlan { executable: bin.path().to_path_buf(), entry, return_offsets, fields, h2_itab })
+    Ok(HttpServerPlan {
+        executable: bin.path().to_path_buf(),
+        entry,
+        return_offsets,
+        fields,
+        h2_itab,
+    })
 }
 
 /// The live probes of one executable. Dropping it detaches them.
@@ -89,11 +100,17 @@ pub fn attach(
         move |source| Error::Bpf { what, source }
     };
     let mut storage = MaybeUninit::<OpenObject>::uninit();
-    let mut open = HttpServerSkelBuilder::default().open(&mut storage).map_err(bpf("open"))?;
+    let mut open = HttpServerSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(bpf("open"))?;
     {
-        let ro = open.maps.rodata_data.as_deref_mut().ok_or_else(|| Error::Internal {
-            what: "http_server object has no .rodata".into(),
-        })?;
+        let ro = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| Error::Internal {
+                what: "http_server object has no .rodata".into(),
+            })?;
         let req = |f| plan.offset("net/http.Request", f).unwrap_or(0);
         ro.filter_pids = filter_pids;
         ro.off_req_method = req("Method");
@@ -133,15 +150,20 @@ pub fn attach(
             .attach_uprobe(false, -1, attach_path, entry)
             .map_err(bpf(&format!("attach uprobe at {ENTRY} entry")))?,
     );
-    let offsets: Vec<usize> =
-        plan.return_offsets.iter().map(|&o| usize::try_from(o).unwrap_or(usize::MAX)).collect();
-    let opts = UprobeMultiOpts { offsets: offsets.clone(), ..Default::default() };
-    let multi = match skel.progs.http_server_return_multi.attach_uprobe_multi_with_opts(
-        -1,
-        attach_path,
-        "",
-        opts,
-    ) {
+    let offsets: Vec<usize> = plan
+        .return_offsets
+        .iter()
+        .map(|&o| usize::try_from(o).unwrap_or(usize::MAX))
+        .collect();
+    let opts = UprobeMultiOpts {
+        offsets: offsets.clone(),
+        ..Default::default()
+    };
+    let multi = match skel
+        .progs
+        .http_server_return_multi
+        .attach_uprobe_multi_with_opts(-1, attach_path, "", opts)
+    {
         Ok(link) => {
             links.push(link);
             true
@@ -160,7 +182,11 @@ pub fn attach(
         }
     };
     // The links hold the programs, and the programs their maps: the object itself can go.
-    Ok(AttachedHttpServer { plan: plan.clone(), multi, _links: links })
+    Ok(AttachedHttpServer {
+        plan: plan.clone(),
+        multi,
+        _links: links,
+    })
 }
 
 impl std::fmt::Debug for AttachedHttpServer {

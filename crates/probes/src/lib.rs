@@ -14,7 +14,10 @@ pub use shared::{ProbeStats, SharedMaps};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{what}: {source}")]
-    Bpf { what: String, source: libbpf_rs::Error },
+    Bpf {
+        what: String,
+        source: libbpf_rs::Error,
+    },
     #[error("{what}")]
     Internal { what: String },
 }
@@ -66,12 +69,21 @@ pub(crate) fn resolve_fields(
     let layouts = bin.struct_layouts(&structs).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(wanted.len());
     for &(struct_name, field, required) in wanted {
-        let offset = layouts.get(struct_name).and_then(|fields| fields.get(field)).copied();
+        let offset = layouts
+            .get(struct_name)
+            .and_then(|fields| fields.get(field))
+            .copied();
         if required && offset.is_none() {
             return Err(format!("field {struct_name}.{field} not found in DWARF"));
         }
         let source = offset.map(|_| http_server::field_source());
-        out.push(FieldOffset { struct_name, field, required, offset, source });
+        out.push(FieldOffset {
+            struct_name,
+            field,
+            required,
+            offset,
+            source,
+        });
     }
     Ok(out)
 }
@@ -94,5 +106,7 @@ pub struct Plans {
 }
 
 pub fn plan_all(bin: &GoBinary) -> Plans {
-    Plans { http_server: http_server::plan(bin) }
+    Plans {
+        http_server: http_server::plan(bin),
+    }
 }

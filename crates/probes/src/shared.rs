@@ -32,8 +32,10 @@ impl SharedMaps {
     pub fn create() -> Result<Self, Error> {
         let opts = libbpf_sys_opts();
         let create = |ty, name: &str, key, value, max| {
-            MapHandle::create(ty, Some(name), key, value, max, &opts)
-                .map_err(|source| Error::Bpf { what: format!("create map {name}"), source })
+            MapHandle::create(ty, Some(name), key, value, max, &opts).map_err(|source| Error::Bpf {
+                what: format!("create map {name}"),
+                source,
+            })
         };
         Ok(SharedMaps {
             events: create(MapType::RingBuf, "events", 0, 0, RINGBUF_BYTES)?,
@@ -51,7 +53,10 @@ impl SharedMaps {
     pub fn trace_pid(&self, pid: u32) -> Result<(), Error> {
         self.traced_pids
             .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
-            .map_err(|source| Error::Bpf { what: format!("trace pid {pid}"), source })
+            .map_err(|source| Error::Bpf {
+                what: format!("trace pid {pid}"),
+                source,
+            })
     }
 
     pub fn untrace_pid(&self, pid: u32) {
@@ -61,15 +66,25 @@ impl SharedMaps {
 
     pub fn stats(&self) -> ProbeStats {
         let sum = |index: u32| -> u64 {
-            match self.stats.lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY) {
+            match self
+                .stats
+                .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
+            {
                 Ok(Some(per_cpu)) => per_cpu
                     .iter()
-                    .filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))))
+                    .filter_map(|v| {
+                        v.get(..8)
+                            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                    })
                     .sum(),
                 _ => 0,
             }
         };
-        ProbeStats { events: sum(0), ringbuf_full: sum(1), returns_without_entry: sum(2) }
+        ProbeStats {
+            events: sum(0),
+            ringbuf_full: sum(1),
+            returns_without_entry: sum(2),
+        }
     }
 
     /// Points an object's declarations of the shared maps at these maps before it loads.
@@ -84,8 +99,10 @@ impl SharedMaps {
             (traced_pids, &self.traced_pids, "traced_pids"),
             (stats, &self.stats, "stats"),
         ] {
-            open.reuse_fd(shared.as_fd())
-                .map_err(|source| Error::Bpf { what: format!("reuse map {name}"), source })?;
+            open.reuse_fd(shared.as_fd()).map_err(|source| Error::Bpf {
+                what: format!("reuse map {name}"),
+                source,
+            })?;
         }
         Ok(())
     }

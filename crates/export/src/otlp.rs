@@ -1,0 +1,530 @@
+//! OTLP export, configured the way every OpenTelemetry SDK is (OTEL_EXPORTER_OTLP_* and
+//! OTEL_BSP_*), batched on a thread of its own so the probes' consumer never waits: when the
+//! queue is full, spans are dropped and counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message;
+use tokio::sync::mpsc;
+use trace::{ProcessResource, Span};
+
+use crate::export_request;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var}={value}: unsupported OTLP protocol (use grpc or http/protobuf)")]
+    Protocol { var: &'static str, value: String },
+    #[error("{var}={value}: not a number of milliseconds")]
+    Number { var: &'static str, value: String },
+    #[error("{var}={value}: an OTLP endpoint must start with http:// (TLS is not supported yet)")]
+    Endpoint { var: &'static str, value: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// For HTTP the full URL of the traces resource; for gRPC the server's base URL.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub schedule_delay: Duration,
+    pub max_queue_size: usize,
+    pub max_batch_size: usize,
+}
+
+impl OtlpConfig {
+    /// Reads the OTLP settings; `None` when no endpoint is configured and OTEL_TRACES_EXPORTER
+    /// does not ask for otlp. Flags (`endpoint`, `protocol`) beat the environment.
+    pub fn from_env(
+        get: impl Fn(&str) -> Option<String>,
+        endpoint: Option<String>,
+        protocol: Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let (proto_var, proto_value) = match protocol {
+            Some(p) => ("--otlp-protocol", Some(p)),
+            None => match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+                Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(p)),
+                None => (
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    get("OTEL_EXPORTER_OTLP_PROTOCOL"),
+                ),
+            },
+        };
+        let protocol = match proto_value.as_deref().map(str::trim) {
+            None | Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some("grpc") => Protocol::Grpc,
+            Some(other) => {
+                return Err(ConfigError::Protocol {
+                    var: proto_var,
+                    value: other.to_string(),
+                })
+            }
+        };
+        // A signal-specific endpoint is used as is; a base endpoint gets /v1/traces for HTTP.
+        let (var, url) = if let Some(e) = endpoint {
+            ("--otlp-endpoint", Some(base_to_traces(&e, protocol)))
+        } else if let Some(e) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", Some(e))
+        } else if let Some(e) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                Some(base_to_traces(&e, protocol)),
+            )
+        } else if get("OTEL_TRACES_EXPORTER").is_some_and(|v| v.split(',').any(|x| x == "otlp")) {
+            let default = match protocol {
+                Protocol::Grpc => "http://localhost:4317".to_string(),
+                Protocol::HttpProtobuf => "http://localhost:4318/v1/traces".to_string(),
+            };
+            ("OTEL_TRACES_EXPORTER", Some(default))
+        } else {
+            ("", None)
+        };
+        let Some(endpoint) = url else { return Ok(None) };
+        if !endpoint.starts_with("http://") {
+            return Err(ConfigError::Endpoint {
+                var,
+                value: endpoint,
+            });
+        }
+        let millis = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| ConfigError::Number { var, value: v }),
+            }
+        };
+        let headers = get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+            .or_else(|| get("OTEL_EXPORTER_OTLP_HEADERS"))
+            .map(|h| trace::parse_resource_attributes(&h))
+            .unwrap_or_default();
+        let timeout = match get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") {
+            Some(_) => millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 10_000)?,
+            None => millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
+        };
+        Ok(Some(OtlpConfig {
+            endpoint,
+            protocol,
+            headers,
+            timeout: Duration::from_millis(timeout),
+            schedule_delay: Duration::from_millis(millis("OTEL_BSP_SCHEDULE_DELAY", 5_000)?),
+            max_queue_size: millis("OTEL_BSP_MAX_QUEUE_SIZE", 2_048)?.max(1) as usize,
+            max_batch_size: millis("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.max(1) as usize,
+        }))
+    }
+}
+
+fn base_to_traces(base: &str, protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Grpc => base.to_string(),
+        Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+    }
+}
+
+/// What the exporter did, for the agent's status lines.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub exported: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_export_failed: AtomicU64,
+}
+
+type Item = (Arc<ProcessResource>, Span);
+
+pub struct OtlpExporter {
+    tx: Option<mpsc::Sender<Item>>,
+    stats: Arc<ExportStats>,
+    done: std::sync::mpsc::Receiver<()>,
+    config: OtlpConfig,
+}
+
+impl OtlpExporter {
+    pub fn start(config: OtlpConfig) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(config.max_queue_size);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let stats = Arc::new(ExportStats::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (cfg, st) = (config.clone(), Arc::clone(&stats));
+        std::thread::Builder::new()
+            .name("gotel-otlp".into())
+            .spawn(move || {
+                runtime.block_on(run(cfg, rx, st));
+                let _ = done_tx.send(());
+            })?;
+        Ok(OtlpExporter {
+            tx: Some(tx),
+            stats,
+            done,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &OtlpConfig {
+        &self.config
+    }
+
+    /// Queues a span; never blocks. A full queue drops the span and counts it.
+    pub fn offer(&self, resource: Arc<ProcessResource>, span: Span) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send((resource, span)).is_err() {
+                self.stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &ExportStats {
+        &self.stats
+    }
+
+    /// (exported, dropped because the queue was full, dropped because export failed)
+    pub fn stats_snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.stats.exported.load(Ordering::Relaxed),
+            self.stats.dropped_queue_full.load(Ordering::Relaxed),
+            self.stats.dropped_export_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Sends what is queued, waiting at most `timeout`.
+    pub fn shutdown(&mut self, timeout: Duration) -> bool {
+        self.tx.take();
+        self.done.recv_timeout(timeout).is_ok()
+    }
+}
+
+enum Client {
+    Http(reqwest::Client),
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+}
+
+async fn run(config: OtlpConfig, mut rx: mpsc::Receiver<Item>, stats: Arc<ExportStats>) {
+    let mut client = match config.protocol {
+        Protocol::HttpProtobuf => {
+            match reqwest::Client::builder().timeout(config.timeout).build() {
+                Ok(c) => Client::Http(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create the OTLP HTTP client; spans will be dropped");
+                    return;
+                }
+            }
+        }
+        Protocol::Grpc => match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
+            Ok(ep) => Client::Grpc(TraceServiceClient::new(
+                ep.timeout(config.timeout).connect_lazy(),
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, endpoint = %config.endpoint, "bad OTLP gRPC endpoint");
+                return;
+            }
+        },
+    };
+    let mut batch: Vec<Item> = Vec::with_capacity(config.max_batch_size);
+    let mut open = true;
+    while open {
+        let deadline = tokio::time::Instant::now() + config.schedule_delay;
+        while batch.len() < config.max_batch_size {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(item)) => batch.push(item),
+                Ok(None) => {
+                    open = false;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let n = batch.len() as u64;
+        if send_with_retry(&mut client, &config, &batch, !open).await {
+            stats.exported.fetch_add(n, Ordering::Relaxed);
+        } else {
+            stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
+        }
+        batch.clear();
+    }
+}
+
+/// Retries transient failures with exponential backoff, as the OTLP spec asks; gives up after
+/// a budget (short when shutting down) and reports whether the batch was delivered.
+async fn send_with_retry(
+    client: &mut Client,
+    config: &OtlpConfig,
+    batch: &[Item],
+    closing: bool,
+) -> bool {
+    let request = export_request(batch);
+    let budget = if closing {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(30)
+    };
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = match client {
+            Client::Http(http) => send_http(http, config, &request).await,
+            Client::Grpc(grpc) => send_grpc(grpc, config, request.clone()).await,
+        };
+        match result {
+            Ok(()) => return true,
+            Err(Failure { retryable, message }) => {
+                if !retryable || started.elapsed() + backoff > budget {
+                    tracing::warn!(
+                        endpoint = %config.endpoint,
+                        spans = batch.len(),
+                        error = %message,
+                        "OTLP export failed; spans dropped"
+                    );
+                    return false;
+                }
+                tracing::debug!(error = %message, retry_in = ?backoff, "OTLP export failed, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+struct Failure {
+    retryable: bool,
+    message: String,
+}
+
+async fn send_http(
+    http: &reqwest::Client,
+    config: &OtlpConfig,
+    request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) -> Result<(), Failure> {
+    let mut req = http
+        .post(&config.endpoint)
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec());
+    for (k, v) in &config.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    match req.send().await {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            Err(Failure {
+                retryable: matches!(code, 429 | 502 | 503 | 504),
+                message: format!("HTTP {code} from collector"),
+            })
+        }
+        Err(e) => Err(Failure {
+            retryable: true,
+            message: e.to_string(),
+        }),
+    }
+}
+
+async fn send_grpc(
+    grpc: &mut TraceServiceClient<tonic::transport::Channel>,
+    config: &OtlpConfig,
+    request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) -> Result<(), Failure> {
+    let mut req = tonic::Request::new(request);
+    for (k, v) in &config.headers {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
+            v.parse(),
+        ) {
+            req.metadata_mut().insert(k, v);
+        }
+    }
+    match grpc.export(req).await {
+        Ok(_) => Ok(()),
+        Err(status) => {
+            use tonic::Code;
+            let retryable = matches!(
+                status.code(),
+                Code::Cancelled
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::OutOfRange
+                    | Code::Unavailable
+                    | Code::DataLoss
+            );
+            Err(Failure {
+                retryable,
+                message: format!("gRPC {:?}: {}", status.code(), status.message()),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn nothing_configured_means_no_otlp() {
+        assert_eq!(OtlpConfig::from_env(env(&[]), None, None), Ok(None));
+    }
+
+    #[test]
+    fn http_is_the_default_and_the_base_endpoint_gets_the_traces_path() {
+        let c = OtlpConfig::from_env(
+            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]),
+            None,
+            None,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.protocol, Protocol::HttpProtobuf);
+        assert_eq!(c.endpoint, "http://c:4318/v1/traces");
+        assert_eq!(c.schedule_delay, Duration::from_secs(5));
+        assert_eq!((c.max_queue_size, c.max_batch_size), (2048, 512));
+    }
+
+    #[test]
+    fn the_traces_endpoint_is_used_as_is_and_grpc_keeps_the_base() {
+        let c = OtlpConfig::from_env(
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:1"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:9/custom"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s%3Dcret"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.endpoint, "http://c:9/custom");
+        assert_eq!(c.schedule_delay, Duration::from_millis(200));
+        assert_eq!(
+            c.headers,
+            vec![("api-key".to_string(), "s=cret".to_string())]
+        );
+        let g = OtlpConfig::from_env(env(&[]), Some("http://c:4317".into()), Some("grpc".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (g.protocol, g.endpoint.as_str()),
+            (Protocol::Grpc, "http://c:4317")
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let e = OtlpConfig::from_env(
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ]),
+            None,
+            None,
+        );
+        assert_eq!(
+            e,
+            Err(ConfigError::Protocol {
+                var: "OTEL_EXPORTER_OTLP_PROTOCOL",
+                value: "http/json".into()
+            })
+        );
+        let e = OtlpConfig::from_env(
+            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c")]),
+            None,
+            None,
+        );
+        assert!(matches!(e, Err(ConfigError::Endpoint { .. })));
+        let e = OtlpConfig::from_env(
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+            ]),
+            None,
+            None,
+        );
+        assert!(matches!(
+            e,
+            Err(ConfigError::Number {
+                var: "OTEL_BSP_SCHEDULE_DELAY",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn otel_traces_exporter_otlp_alone_uses_the_default_endpoint() {
+        let c = OtlpConfig::from_env(env(&[("OTEL_TRACES_EXPORTER", "otlp")]), None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.endpoint, "http://localhost:4318/v1/traces");
+    }
+
+    #[test]
+    fn a_collector_that_is_down_costs_counted_drops_not_a_hang() {
+        let mut cfg = OtlpConfig::from_env(env(&[]), Some("http://127.0.0.1:9".into()), None)
+            .unwrap()
+            .unwrap();
+        cfg.schedule_delay = Duration::from_millis(10);
+        cfg.max_queue_size = 4;
+        let mut exporter = OtlpExporter::start(cfg).unwrap();
+        let resource = Arc::new(ProcessResource {
+            pid: 1,
+            attributes: vec![],
+        });
+        let span = Span {
+            trace_id: [1; 16],
+            span_id: [1; 8],
+            parent_span_id: None,
+            name: "GET".into(),
+            kind: trace::SpanKind::Server,
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            attributes: vec![],
+            status: trace::Status::Unset,
+        };
+        for _ in 0..100 {
+            exporter.offer(resource.clone(), span.clone());
+        }
+        let queue_full = exporter.stats().dropped_queue_full.load(Ordering::Relaxed);
+        assert!(queue_full > 0, "a queue of 4 cannot take 100 spans at once");
+        let started = Instant::now();
+        assert!(
+            exporter.shutdown(Duration::from_secs(10)),
+            "shutdown finishes within its budget"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}

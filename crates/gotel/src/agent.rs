@@ -1,0 +1,210 @@
+//! The running agent: attach probes to executables, then read the ring buffer and hand spans
+//! to the exporters until told to stop.
+
+use std::cell::RefCell;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use export::console::Console;
+use export::otlp::{OtlpConfig, OtlpExporter};
+use goinfo::GoBinary;
+use probes::http_server::{self, AttachedHttpServer};
+use probes::SharedMaps;
+use trace::{AgentIdentity, Assembler, ResourceCache};
+
+use crate::cli::OutputArgs;
+
+/// Probes attached to one executable.
+pub struct Instrumented {
+    pub go_version: String,
+    _http_server: AttachedHttpServer,
+}
+
+/// Analyses `exe` and attaches every instrumentation that applies. `attach_path` names the same
+/// file as the kernel should resolve it (the path itself, or /proc/PID/exe).
+pub fn instrument(
+    exe: &Path,
+    attach_path: &Path,
+    shared: &SharedMaps,
+    filter_pids: bool,
+) -> anyhow::Result<Instrumented> {
+    let bin = GoBinary::open(exe)?;
+    let go_version = bin.build_info().go_version.clone();
+    let plans = probes::plan_all(&bin);
+    let plan = match plans.http_server {
+        Ok(plan) => plan,
+        Err(skip) => bail!("nothing to instrument in {}: {skip}", exe.display()),
+    };
+    let attached = http_server::attach(&plan, attach_path, shared, filter_pids)
+        .with_context(|| format!("attaching to {}", exe.display()))?;
+    tracing::info!(
+        "attached {} to {} ({go_version}): entry + {} RETs{}",
+        http_server::NAME,
+        exe.display(),
+        plan.return_offsets.len(),
+        if attached.multi {
+            " (one uprobe_multi link)"
+        } else {
+            " (one uprobe each)"
+        }
+    );
+    Ok(Instrumented {
+        go_version,
+        _http_server: attached,
+    })
+}
+
+/// Decoded events -> spans -> exporters.
+pub struct Pipeline {
+    assembler: Assembler,
+    console: Option<Console<std::io::Stdout>>,
+    otlp: Option<OtlpExporter>,
+    spans: u64,
+    bad_events: u64,
+}
+
+impl Pipeline {
+    pub fn new(output: &OutputArgs) -> anyhow::Result<Self> {
+        let otlp_config = OtlpConfig::from_env(
+            |k| std::env::var(k).ok(),
+            output.otlp_endpoint.clone(),
+            output.otlp_protocol.clone(),
+        )?;
+        let otlp = match otlp_config {
+            Some(cfg) => {
+                tracing::info!(
+                    "exporting spans over OTLP {} to {}",
+                    cfg.protocol,
+                    cfg.endpoint
+                );
+                Some(OtlpExporter::start(cfg).context("starting the OTLP exporter")?)
+            }
+            None => None,
+        };
+        let console = (otlp.is_none() || output.console).then(|| {
+            let color = !output.no_color && std::io::stdout().is_terminal();
+            Console::new(std::io::stdout(), color)
+        });
+        if console.is_some() && otlp.is_none() {
+            tracing::info!("printing spans here (set OTEL_EXPORTER_OTLP_ENDPOINT to export them)");
+        }
+        let identity = AgentIdentity::from_env(output.service_name.clone());
+        Ok(Pipeline {
+            assembler: Assembler::new(ResourceCache::new(identity)),
+            console,
+            otlp,
+            spans: 0,
+            bad_events: 0,
+        })
+    }
+
+    pub fn resources(&mut self) -> &mut ResourceCache {
+        self.assembler.resources()
+    }
+
+    fn on_sample(&mut self, bytes: &[u8]) {
+        let event = match probes::event::decode(bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                self.bad_events += 1;
+                tracing::warn!(error = %e, "skipping an event gotel cannot read");
+                return;
+            }
+        };
+        let (resource, span) = self.assembler.assemble(&event);
+        self.spans += 1;
+        if let Some(otlp) = &self.otlp {
+            otlp.offer(resource.clone(), span.clone());
+        }
+        if let Some(console) = &mut self.console {
+            console.push(resource, span);
+        }
+    }
+
+    fn tick(&mut self) {
+        if let Some(console) = &mut self.console {
+            console.tick(Instant::now());
+        }
+    }
+
+    /// Flushes every exporter and reports what happened.
+    fn finish(mut self, shared: &SharedMaps) {
+        if let Some(console) = &mut self.console {
+            console.flush();
+        }
+        let probe = shared.stats();
+        let mut summary = format!("{} spans", self.spans);
+        if let Some(mut otlp) = self.otlp.take() {
+            let sent_all = otlp.shutdown(Duration::from_secs(5));
+            let s = otlp.stats_snapshot();
+            summary += &format!(
+                ", {} exported, {} dropped (queue full), {} dropped (export failed)",
+                s.0, s.1, s.2
+            );
+            if !sent_all {
+                summary += ", export still pending at exit";
+            }
+        }
+        if probe.ringbuf_full > 0 {
+            summary += &format!(
+                ", {} lost in the kernel (ring buffer full)",
+                probe.ringbuf_full
+            );
+        }
+        if self.bad_events > 0 {
+            summary += &format!(", {} unreadable events", self.bad_events);
+        }
+        tracing::info!("{summary}");
+    }
+}
+
+/// Reads events until `stop` says so, then drains and flushes.
+pub fn collect(
+    shared: &SharedMaps,
+    pipeline: Pipeline,
+    mut stop: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let pipeline = Rc::new(RefCell::new(pipeline));
+    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    let sink = Rc::clone(&pipeline);
+    builder
+        .add(shared.events(), move |bytes: &[u8]| {
+            sink.borrow_mut().on_sample(bytes);
+            0
+        })
+        .context("reading the events ring buffer")?;
+    let ring = builder.build().context("reading the events ring buffer")?;
+    loop {
+        // The programs wake us only once plenty is waiting; the timeout picks up the rest.
+        let _ = ring.poll(Duration::from_millis(50));
+        let _ = ring.consume();
+        pipeline.borrow_mut().tick();
+        if stop() {
+            let _ = ring.consume();
+            break;
+        }
+    }
+    drop(ring);
+    let pipeline = Rc::try_unwrap(pipeline)
+        .map_err(|_| anyhow::anyhow!("internal: pipeline still borrowed"))?
+        .into_inner();
+    pipeline.finish(shared);
+    Ok(())
+}
+
+/// A stop flag raised by SIGINT or SIGTERM.
+pub fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}
+
+pub fn stopped(flag: &std::sync::atomic::AtomicBool) -> bool {
+    flag.load(Ordering::Relaxed)
+}

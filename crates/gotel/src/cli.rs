@@ -1,0 +1,77 @@
+//! Command-line arguments, turned once into validated settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gotel",
+    version,
+    about = "Zero-code OpenTelemetry for Go services, with eBPF",
+    long_about = "Zero-code OpenTelemetry for Go services, with eBPF.\n\n\
+        Spans are printed on the terminal unless an OTLP endpoint is configured \
+        (--otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter for gotel's own messages (e.g. info, debug, gotel=debug).
+    #[arg(long, global = true, env = "GOTEL_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a Go program with probes already attached, so its first request is traced.
+    Run {
+        #[command(flatten)]
+        output: OutputArgs,
+        /// The program and its arguments.
+        #[arg(required = true, last = true, value_name = "PROGRAM")]
+        program: Vec<String>,
+    },
+    /// Instrument running processes: one by pid, or every process of an executable.
+    Attach {
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
+        target: AttachTarget,
+    },
+    /// Show what gotel sees in a Go executable, and which instrumentations would apply.
+    Inspect {
+        /// Path to the executable.
+        executable: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct AttachTarget {
+    /// A running process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// An executable file: every process running it, now and later.
+    #[arg(long)]
+    pub exe: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// service.name for processes that do not set OTEL_SERVICE_NAME themselves.
+    #[arg(long)]
+    pub service_name: Option<String>,
+    /// OTLP base endpoint (overrides OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long)]
+    pub otlp_protocol: Option<String>,
+    /// Also print spans on the terminal when exporting over OTLP.
+    #[arg(long)]
+    pub console: bool,
+    /// Never color the terminal view.
+    #[arg(long)]
+    pub no_color: bool,
+}

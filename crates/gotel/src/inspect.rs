@@ -1,0 +1,86 @@
+//! `gotel inspect`: what gotel sees in an executable, without privileges.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use goinfo::GoBinary;
+use probes::{plan_all, FieldOffset};
+
+pub fn inspect(path: &Path) -> anyhow::Result<String> {
+    let bin = GoBinary::open(path)?;
+    let info = bin.build_info();
+    let mut out = String::new();
+    let w = &mut out;
+    writeln!(w, "{}", path.display())?;
+    writeln!(w, "  Go version     {}", info.go_version)?;
+    if let Some(m) = &info.main_module {
+        writeln!(w, "  main module    {} {}", m.path, m.version)?;
+    } else if !info.main_path.is_empty() {
+        writeln!(w, "  main package   {}", info.main_path)?;
+    }
+    writeln!(
+        w,
+        "  modules        {}",
+        if info.deps.is_empty() { "(none)" } else { "" }
+    )?;
+    for m in &info.deps {
+        match &m.replaced_by {
+            Some(r) => writeln!(
+                w,
+                "    {} {} => {} {}",
+                m.path, m.version, r.path, r.version
+            )?,
+            None => writeln!(w, "    {} {}", m.path, m.version)?,
+        }
+    }
+    let symbols = match bin.function_count() {
+        0 => "none (stripped: no .symtab)".to_string(),
+        n => format!("{n} functions in .symtab"),
+    };
+    writeln!(w, "  symbols        {symbols}")?;
+
+    writeln!(w, "\ninstrumentations")?;
+    let plans = plan_all(&bin);
+    match &plans.http_server {
+        Ok(plan) => {
+            writeln!(w, "  {:<18} applies", probes::http_server::NAME)?;
+            let e = &plan.entry;
+            writeln!(
+                w,
+                "    entry   {} at {:#x} (file offset {:#x}, {} bytes)",
+                e.name, e.address, e.file_offset, e.size
+            )?;
+            let rets: Vec<String> = plan
+                .return_offsets
+                .iter()
+                .map(|o| format!("{o:#x}"))
+                .collect();
+            writeln!(
+                w,
+                "    RETs    {} at file offsets {}",
+                rets.len(),
+                rets.join(" ")
+            )?;
+            for f in &plan.fields {
+                writeln!(w, "    field   {}", field_line(f))?;
+            }
+            if plan.h2_itab.is_none() {
+                writeln!(
+                    w,
+                    "    note    no HTTP/2 ResponseWriter itab: HTTP/2 statuses read as 200"
+                )?;
+            }
+        }
+        Err(skip) => writeln!(w, "  {:<18} skipped: {}", skip.instrumentation, skip.reason)?,
+    }
+    Ok(out)
+}
+
+fn field_line(f: &FieldOffset) -> String {
+    let name = format!("{}.{}", f.struct_name, f.field);
+    match (f.offset, f.source) {
+        (Some(off), Some(src)) => format!("{name:<46} {off:>4}  ({src})"),
+        _ if f.required => format!("{name:<46} missing"),
+        _ => format!("{name:<46} absent (optional)"),
+    }
+}

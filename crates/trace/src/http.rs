@@ -1,0 +1,200 @@
+//! net/http server events as spans, per the OpenTelemetry HTTP semantic conventions
+//! (stable since semconv 1.23).
+
+use probes::event::HttpServerEvent;
+
+use crate::{KeyValue, MonotonicClock, Span, SpanKind, Status};
+
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+];
+
+/// The route of a ServeMux pattern "[METHOD ][HOST]/[PATH]": its path part.
+fn route_of(pattern: &str) -> Option<&str> {
+    let rest = match pattern.split_once(' ') {
+        Some((method, rest)) if !method.contains('/') => rest.trim_start(),
+        _ => pattern,
+    };
+    rest.find('/').map(|i| &rest[i..])
+}
+
+/// Splits "host:port", "[v6]:port", "host" into (host, port).
+pub(crate) fn split_host_port(s: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = s.strip_prefix('[') {
+        if let Some((host, tail)) = rest.split_once(']') {
+            return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
+        _ => (s, None),
+    }
+}
+
+pub fn http_server_span(e: &HttpServerEvent, clock: &MonotonicClock) -> Span {
+    let known = KNOWN_METHODS.contains(&e.method.as_str());
+    let route = route_of(&e.pattern);
+    let name = match (known, route) {
+        (true, Some(route)) => format!("{} {route}", e.method),
+        (true, None) => e.method.clone(),
+        (false, Some(route)) => format!("HTTP {route}"),
+        (false, None) => "HTTP".to_string(),
+    };
+
+    let mut attrs = Vec::with_capacity(14);
+    if known {
+        attrs.push(KeyValue::new("http.request.method", e.method.as_str()));
+    } else {
+        attrs.push(KeyValue::new("http.request.method", "_OTHER"));
+        attrs.push(KeyValue::new(
+            "http.request.method_original",
+            e.method.as_str(),
+        ));
+    }
+    attrs.push(KeyValue::new("url.path", e.path.as_str()));
+    if !e.query.is_empty() {
+        attrs.push(KeyValue::new("url.query", e.query.as_str()));
+    }
+    attrs.push(KeyValue::new(
+        "url.scheme",
+        if e.tls { "https" } else { "http" },
+    ));
+    if let Some(route) = route {
+        attrs.push(KeyValue::new("http.route", route));
+    }
+    attrs.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(e.status),
+    ));
+    let version = match (e.proto_major, e.proto_minor) {
+        (2, _) => "2".to_string(),
+        (3, _) => "3".to_string(),
+        (major, minor) => format!("{major}.{minor}"),
+    };
+    attrs.push(KeyValue::new("network.protocol.version", version));
+    let (host, port) = split_host_port(&e.host);
+    if !host.is_empty() {
+        attrs.push(KeyValue::new("server.address", host));
+    }
+    if let Some(port) = port {
+        attrs.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    let (client, client_port) = split_host_port(&e.remote_addr);
+    if !client.is_empty() {
+        attrs.push(KeyValue::new("client.address", client));
+    }
+    if let Some(port) = client_port {
+        attrs.push(KeyValue::new("client.port", i64::from(port)));
+    }
+    // Server spans are errors for 5xx only: a 4xx is the client's mistake.
+    let status = if e.status >= 500 {
+        attrs.push(KeyValue::new("error.type", e.status.to_string()));
+        Status::Error {
+            message: String::new(),
+        }
+    } else {
+        Status::Unset
+    };
+
+    let parent = e.header.parent_span_id;
+    Span {
+        trace_id: e.header.trace_id,
+        span_id: e.header.span_id,
+        parent_span_id: (parent != [0; 8]).then_some(parent),
+        name,
+        kind: SpanKind::Server,
+        start_unix_nanos: clock.to_unix_nanos(e.header.start_ns),
+        end_unix_nanos: clock.to_unix_nanos(e.header.end_ns),
+        attributes: attrs,
+        status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AttributeValue;
+    use probes::event::SpanHeader;
+
+    fn event(method: &str, path: &str, query: &str, pattern: &str, status: u16) -> HttpServerEvent {
+        HttpServerEvent {
+            header: SpanHeader {
+                pid: 1,
+                start_ns: 1_000_000,
+                end_ns: 51_000_000,
+                trace_id: [1; 16],
+                span_id: [2; 8],
+                parent_span_id: [0; 8],
+            },
+            status,
+            proto_major: 1,
+            proto_minor: 1,
+            tls: false,
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            host: "localhost:8080".into(),
+            remote_addr: "[::1]:40000".into(),
+            pattern: pattern.into(),
+        }
+    }
+
+    fn attr<'a>(s: &'a Span, k: &str) -> Option<&'a AttributeValue> {
+        s.attribute(k)
+    }
+
+    #[test]
+    fn a_routed_request_is_named_by_method_and_route() {
+        let s = http_server_span(
+            &event("GET", "/users/7", "x=1", "GET /users/{id}", 200),
+            &MonotonicClock::new(),
+        );
+        assert_eq!(s.name, "GET /users/{id}");
+        assert_eq!(s.kind, SpanKind::Server);
+        assert_eq!(s.duration_nanos(), 50_000_000);
+        assert_eq!(s.parent_span_id, None);
+        assert_eq!(attr(&s, "http.route"), Some(&"/users/{id}".into()));
+        assert_eq!(attr(&s, "url.query"), Some(&"x=1".into()));
+        assert_eq!(attr(&s, "server.address"), Some(&"localhost".into()));
+        assert_eq!(attr(&s, "server.port"), Some(&8080.into()));
+        assert_eq!(attr(&s, "client.address"), Some(&"::1".into()));
+        assert_eq!(attr(&s, "client.port"), Some(&40000.into()));
+        assert_eq!(attr(&s, "network.protocol.version"), Some(&"1.1".into()));
+        assert_eq!(s.status, Status::Unset);
+    }
+
+    #[test]
+    fn unrouted_5xx_and_unknown_methods() {
+        let s = http_server_span(&event("GET", "/x", "", "", 503), &MonotonicClock::new());
+        assert_eq!(s.name, "GET");
+        assert!(attr(&s, "url.query").is_none());
+        assert!(matches!(s.status, Status::Error { .. }));
+        assert_eq!(attr(&s, "error.type"), Some(&"503".into()));
+
+        let s = http_server_span(&event("BREW", "/pot", "", "", 404), &MonotonicClock::new());
+        assert_eq!(s.name, "HTTP");
+        assert_eq!(attr(&s, "http.request.method"), Some(&"_OTHER".into()));
+        assert_eq!(
+            attr(&s, "http.request.method_original"),
+            Some(&"BREW".into())
+        );
+        assert_eq!(s.status, Status::Unset, "4xx is not a server error");
+    }
+
+    #[test]
+    fn routes_from_patterns_with_and_without_method_or_host() {
+        assert_eq!(route_of("GET /a/{b}"), Some("/a/{b}"));
+        assert_eq!(route_of("/static/"), Some("/static/"));
+        assert_eq!(route_of("example.com/x"), Some("/x"));
+        assert_eq!(route_of("POST example.com/x"), Some("/x"));
+        assert_eq!(route_of(""), None);
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("a.b:80"), ("a.b", Some(80)));
+        assert_eq!(split_host_port("a.b"), ("a.b", None));
+        assert_eq!(split_host_port("[::1]:9"), ("::1", Some(9)));
+        assert_eq!(split_host_port("::1"), ("::1", None));
+    }
+}
