@@ -153,6 +153,7 @@ type Item = (Arc<ProcessResource>, Span);
 
 pub struct OtlpExporter {
     tx: Option<mpsc::Sender<Item>>,
+    closing: tokio::sync::watch::Sender<bool>,
     stats: Arc<ExportStats>,
     done: std::sync::mpsc::Receiver<()>,
     config: OtlpConfig,
@@ -166,15 +167,17 @@ impl OtlpExporter {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let (cfg, st) = (config.clone(), Arc::clone(&stats));
         std::thread::Builder::new()
             .name("gotel-otlp".into())
             .spawn(move || {
-                runtime.block_on(run(cfg, rx, st));
+                runtime.block_on(run(cfg, rx, closing_rx, st));
                 let _ = done_tx.send(());
             })?;
         Ok(OtlpExporter {
             tx: Some(tx),
+            closing,
             stats,
             done,
             config,
@@ -212,6 +215,7 @@ impl OtlpExporter {
     /// Sends what is queued, waiting at most `timeout`.
     pub fn shutdown(&mut self, timeout: Duration) -> bool {
         self.tx.take();
+        let _ = self.closing.send(true);
         self.done.recv_timeout(timeout).is_ok()
     }
 }
@@ -221,7 +225,12 @@ enum Client {
     Grpc(TraceServiceClient<tonic::transport::Channel>),
 }
 
-async fn run(config: OtlpConfig, mut rx: mpsc::Receiver<Item>, stats: Arc<ExportStats>) {
+async fn run(
+    config: OtlpConfig,
+    mut rx: mpsc::Receiver<Item>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+    stats: Arc<ExportStats>,
+) {
     let mut client = match config.protocol {
         Protocol::HttpProtobuf => {
             match reqwest::Client::builder().timeout(config.timeout).build() {
@@ -260,7 +269,7 @@ async fn run(config: OtlpConfig, mut rx: mpsc::Receiver<Item>, stats: Arc<Export
             continue;
         }
         let n = batch.len() as u64;
-        if send_with_retry(&mut client, &config, &batch, !open).await {
+        if send_with_retry(&mut client, &config, &batch, &mut closing).await {
             stats.exported.fetch_add(n, Ordering::Relaxed);
         } else {
             stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
@@ -270,19 +279,15 @@ async fn run(config: OtlpConfig, mut rx: mpsc::Receiver<Item>, stats: Arc<Export
 }
 
 /// Retries transient failures with exponential backoff, as the OTLP spec asks; gives up after
-/// a budget (short when shutting down) and reports whether the batch was delivered.
+/// a budget, or at once when shutdown begins, and reports whether the batch was delivered.
 async fn send_with_retry(
     client: &mut Client,
     config: &OtlpConfig,
     batch: &[Item],
-    closing: bool,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
     let request = export_request(batch);
-    let budget = if closing {
-        Duration::from_secs(3)
-    } else {
-        Duration::from_secs(30)
-    };
+    let budget = Duration::from_secs(30);
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -293,7 +298,8 @@ async fn send_with_retry(
         match result {
             Ok(()) => return true,
             Err(Failure { retryable, message }) => {
-                if !retryable || started.elapsed() + backoff > budget {
+                let shutting_down = *closing.borrow();
+                if !retryable || shutting_down || started.elapsed() + backoff > budget {
                     tracing::warn!(
                         endpoint = %config.endpoint,
                         spans = batch.len(),
@@ -303,7 +309,10 @@ async fn send_with_retry(
                     return false;
                 }
                 tracing::debug!(error = %message, retry_in = ?backoff, "OTLP export failed, retrying");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = closing.changed() => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }

@@ -1,0 +1,458 @@
+//! net/http server spans, end to end: real uprobes on real Go binaries, spans checked at a real
+//! OpenTelemetry Collector.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn by_path<'a>(spans: &'a [ReceivedSpan], path: &str) -> &'a ReceivedSpan {
+    spans
+        .iter()
+        .find(|s| s.attr_str("url.path").as_deref() == Some(path))
+        .unwrap_or_else(|| panic!("no span for {path} in {spans:#?}"))
+}
+
+/// Every kind of request, on a fixture built with `go`: exact names, attributes, statuses,
+/// durations, times and resource.
+fn every_request_kind(go: &str, routed: bool) {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start(go);
+    let port = free_port();
+    let fx = fixture(&format!("httpserver-{go}"));
+    let addr = format!("127.0.0.1:{port}");
+    let mut gotel = gotel(
+        &["run", "--", fx.to_str().unwrap(), "-addr", &addr],
+        Some(&collector),
+        &[
+            ("OTEL_SERVICE_NAME", "shop"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e"),
+        ],
+    );
+    wait_for_port(port, WAIT);
+    let target_pid = gotel.children()[0];
+
+    let t0 = unix_nanos_now();
+    assert_eq!(http_get(port, "/hello").0, 200);
+    assert_eq!(http_get(port, "/users/7?fields=name&x=1").0, 200);
+    assert_eq!(http_get(port, "/missing").0, 404);
+    assert_eq!(http_get(port, "/status/500").0, 500);
+    assert_eq!(http_get(port, "/slow?ms=50").0, 200);
+    let t1 = unix_nanos_now();
+
+    let spans = collector.wait_for_spans(5, WAIT);
+    assert_eq!(spans.len(), 5, "one span per request: {spans:#?}");
+
+    let hello = by_path(&spans, "/hello");
+    assert_eq!(hello.name(), if routed { "GET /hello" } else { "GET" });
+    assert_eq!(hello.kind(), 2, "SERVER");
+    assert_eq!(
+        hello.attr_str("http.request.method").as_deref(),
+        Some("GET")
+    );
+    assert_eq!(hello.attr_int("http.response.status_code"), Some(200));
+    assert_eq!(hello.attr_str("url.scheme").as_deref(), Some("http"));
+    assert_eq!(hello.attr("url.query"), None);
+    assert_eq!(
+        hello.attr_str("network.protocol.version").as_deref(),
+        Some("1.1")
+    );
+    assert_eq!(
+        hello.attr_str("server.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(hello.attr_int("server.port"), Some(i64::from(port)));
+    assert_eq!(
+        hello.attr_str("client.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert!(hello.attr_int("client.port").is_some_and(|p| p > 0));
+    assert_eq!(hello.status_code(), 0, "UNSET");
+
+    let user = by_path(&spans, "/users/7");
+    assert_eq!(user.name(), if routed { "GET /users/{id}" } else { "GET" });
+    assert_eq!(
+        user.attr_str("url.query").as_deref(),
+        Some("fields=name&x=1")
+    );
+    if routed {
+        assert_eq!(user.attr_str("http.route").as_deref(), Some("/users/{id}"));
+    }
+
+    let missing = by_path(&spans, "/missing");
+    assert_eq!(missing.name(), "GET", "no route matched");
+    assert_eq!(missing.attr_int("http.response.status_code"), Some(404));
+    assert_eq!(missing.status_code(), 0, "4xx is not a server error");
+
+    let failed = by_path(&spans, "/status/500");
+    assert_eq!(failed.attr_int("http.response.status_code"), Some(500));
+    assert_eq!(failed.status_code(), 2, "ERROR for 5xx");
+    assert_eq!(failed.attr_str("error.type").as_deref(), Some("500"));
+
+    let slow = by_path(&spans, "/slow");
+    let d = slow.duration();
+    assert!(
+        d >= Duration::from_millis(50) && d < Duration::from_millis(70),
+        "slow took {d:?}"
+    );
+
+    let mut span_ids = HashSet::new();
+    for s in &spans {
+        let (start, end) = (s.nanos("startTimeUnixNano"), s.nanos("endTimeUnixNano"));
+        // Each request happened between t0 and t1 on the wall clock; allow 1 ms of clock error.
+        assert!(
+            start + 1_000_000 >= t0 && end <= t1 + 1_000_000,
+            "{} outside the test's window",
+            s.name()
+        );
+        assert!(start <= end);
+        let (trace, span) = (s.hex("traceId"), s.hex("spanId"));
+        assert_eq!(trace.len(), 32);
+        assert_eq!(span.len(), 16);
+        assert!(trace != "0".repeat(32) && span != "0".repeat(16));
+        assert!(span_ids.insert(span), "span ids are unique");
+        assert_eq!(
+            s.hex("parentSpanId"),
+            "",
+            "a request without traceparent is a root"
+        );
+
+        assert_eq!(s.resource_str("service.name").as_deref(), Some("shop"));
+        assert_eq!(
+            s.resource_str("deployment.environment").as_deref(),
+            Some("e2e")
+        );
+        assert_eq!(s.resource_int("process.pid"), Some(i64::from(target_pid)));
+        assert_eq!(
+            s.resource_str("process.runtime.name").as_deref(),
+            Some("go")
+        );
+        assert!(s
+            .resource_str("process.runtime.version")
+            .is_some_and(|v| v.starts_with(go)));
+        let exe = s.resource_str("process.executable.path").unwrap();
+        assert_eq!(std::path::Path::new(&exe), fx.canonicalize().unwrap());
+        assert!(s.resource_str("host.name").is_some_and(|h| !h.is_empty()));
+        assert_eq!(
+            s.resource_str("telemetry.distro.name").as_deref(),
+            Some("gotel")
+        );
+    }
+
+    // SIGTERM: gotel stops the program, flushes and exits.
+    let status = gotel.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+    assert!(!status.success(), "the program was terminated: {status}");
+    assert!(
+        gotel
+            .log()
+            .iter()
+            .any(|l| l.contains("5 spans, 5 exported")),
+        "{:?}",
+        gotel.log()
+    );
+}
+
+#[test]
+fn every_request_kind_go1_22() {
+    every_request_kind("go1.22", false);
+}
+
+#[test]
+fn every_request_kind_go1_26() {
+    every_request_kind("go1.26", true);
+}
+
+/// 1,000 requests in their handlers at the same moment: one span each, none lost or mixed.
+#[test]
+fn a_thousand_requests_in_flight_at_once() {
+    let Some(()) = privileged() else { return };
+    raise_fd_limit();
+    let collector = Collector::start("thousand");
+    let port = free_port();
+    let fx = fixture("httpserver-go1.26");
+    let _gotel = gotel(
+        &[
+            "run",
+            "--",
+            fx.to_str().unwrap(),
+            "-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+        Some(&collector),
+        &[],
+    );
+    wait_for_port(port, WAIT);
+    const N: usize = 1000;
+    let clients: Vec<_> = (0..N)
+        .map(|i| {
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || http_get(port, &format!("/barrier?n={N}&i={i}")))
+                .unwrap()
+        })
+        .collect();
+    for c in clients {
+        let (status, body) = c.join().unwrap();
+        assert_eq!(
+            (status, body.trim()),
+            (200, "released"),
+            "all {N} were in flight together"
+        );
+    }
+    let spans = collector.wait_for_spans(N, Duration::from_secs(30));
+    assert_eq!(spans.len(), N);
+    let queries: HashSet<String> = spans
+        .iter()
+        .filter_map(|s| s.attr_str("url.query"))
+        .collect();
+    let expected: HashSet<String> = (0..N).map(|i| format!("n={N}&i={i}")).collect();
+    assert_eq!(
+        queries, expected,
+        "each span carries its own request's query"
+    );
+    let ports: HashSet<i64> = spans
+        .iter()
+        .filter_map(|s| s.attr_int("client.port"))
+        .collect();
+    assert_eq!(ports.len(), N, "each span carries its own connection");
+    assert!(spans
+        .iter()
+        .all(|s| s.attr_int("http.response.status_code") == Some(200)));
+}
+
+/// Without OTEL_SERVICE_NAME in the program's environment: gotel's flag, else the file's name.
+#[test]
+fn service_name_falls_back_to_the_flag_then_the_executable() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("names");
+    let fx = fixture("httpserver-go1.26");
+    for (extra, expected) in [
+        (vec!["--service-name", "billing"], "billing"),
+        (vec![], "httpserver-go1.26"),
+    ] {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec!["run"];
+        args.extend(extra);
+        args.extend(["--", fx.to_str().unwrap(), "-addr", &addr]);
+        let _gotel = gotel(&args, Some(&collector), &[]);
+        wait_for_port(port, WAIT);
+        let before = collector.spans().len();
+        assert_eq!(http_get(port, "/hello").0, 200);
+        let spans = collector.wait_for_spans(before + 1, WAIT);
+        assert_eq!(
+            spans
+                .last()
+                .unwrap()
+                .resource_str("service.name")
+                .as_deref(),
+            Some(expected)
+        );
+    }
+}
+
+/// attach --exe covers processes of that file that start later, and only those.
+#[test]
+fn attach_exe_traces_processes_started_later() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("exe");
+    // A private copy: a file of its own (inode), so other tests' processes are not ours.
+    let dir = TempDir::new("attach-exe");
+    let exe = dir.0.join("inventory");
+    std::fs::copy(fixture("httpserver-go1.26"), &exe).unwrap();
+    let exe_str = exe.to_str().unwrap().to_string();
+    let gotel = gotel(&["attach", "--exe", &exe_str], Some(&collector), &[]);
+    gotel.wait_for_log("tracing every process", WAIT);
+
+    let (p1, p2) = (free_port(), free_port());
+    let first = start_fixture(&exe, p1);
+    let second = start_fixture(&exe, p2);
+    wait_for_port(p1, WAIT);
+    wait_for_port(p2, WAIT);
+    assert_eq!(http_get(p1, "/hello").0, 200);
+    assert_eq!(http_get(p2, "/users/1").0, 200);
+    let spans = collector.wait_for_spans(2, WAIT);
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let pids: HashSet<i64> = spans
+        .iter()
+        .filter_map(|s| s.resource_int("process.pid"))
+        .collect();
+    assert_eq!(
+        pids,
+        HashSet::from([i64::from(first.pid()), i64::from(second.pid())])
+    );
+    assert!(spans
+        .iter()
+        .all(|s| s.resource_str("service.name").as_deref() == Some("inventory")));
+}
+
+/// attach --pid instruments one running process and exits when it does.
+#[test]
+fn attach_pid_traces_a_running_process_and_follows_its_exit() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("pid");
+    let port = free_port();
+    let mut target = start_fixture(&fixture("httpserver-go1.22"), port);
+    wait_for_port(port, WAIT);
+    assert_eq!(http_get(port, "/hello").0, 200, "served before gotel");
+    let pid = target.pid().to_string();
+    let mut gotel = gotel(&["attach", "--pid", &pid], Some(&collector), &[]);
+    gotel.wait_for_log("tracing pid", WAIT);
+    assert_eq!(http_get(port, "/slow?ms=5").0, 200);
+    let spans = collector.wait_for_spans(1, WAIT);
+    assert_eq!(spans.len(), 1, "only requests after attach");
+    assert_eq!(spans[0].attr_str("url.query").as_deref(), Some("ms=5"));
+    assert_eq!(
+        spans[0].resource_int("process.pid"),
+        Some(i64::from(target.pid()))
+    );
+    target.signal_and_wait(libc::SIGKILL, WAIT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gotel.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gotel should exit with its target"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Killing gotel outright leaves the program serving, with its probes gone.
+#[test]
+fn the_target_keeps_serving_when_gotel_is_killed() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("kill");
+    let port = free_port();
+    let fx = fixture("httpserver-go1.26");
+    let mut gotel = gotel(
+        &[
+            "run",
+            "--",
+            fx.to_str().unwrap(),
+            "-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+        Some(&collector),
+        &[],
+    );
+    wait_for_port(port, WAIT);
+    let target = gotel.children()[0];
+    assert_eq!(http_get(port, "/hello").0, 200);
+    gotel.signal_and_wait(libc::SIGKILL, WAIT);
+    for _ in 0..20 {
+        assert_eq!(http_get(port, "/users/2").0, 200);
+    }
+    assert!(
+        std::path::Path::new(&format!("/proc/{target}")).exists(),
+        "target alive"
+    );
+    // SAFETY: the orphaned fixture is ours to stop.
+    unsafe { libc::kill(target as i32, libc::SIGKILL) };
+}
+
+/// No OTLP endpoint: spans are printed on the terminal.
+#[test]
+fn without_an_endpoint_spans_are_printed() {
+    let Some(()) = privileged() else { return };
+    let port = free_port();
+    let fx = fixture("httpserver-go1.26");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gotel"));
+    cmd.args([
+        "run",
+        "--no-color",
+        "--",
+        fx.to_str().unwrap(),
+        "-addr",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+    .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    .env_remove("OTEL_TRACES_EXPORTER")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    let mut gotel = Proc::new(cmd.spawn().unwrap());
+    wait_for_port(port, WAIT);
+    assert_eq!(http_get(port, "/users/9").0, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    gotel.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+    let mut out = String::new();
+    std::io::Read::read_to_string(gotel.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains("SERVER"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("httpserver-go1.26") && line.contains("GET /users/{id}"),
+        "{line}"
+    );
+    assert!(
+        line.contains(" 200 ") && line.contains("url.path=/users/9"),
+        "{line}"
+    );
+}
+
+/// OTLP over gRPC reaches the collector too.
+#[test]
+fn grpc_export() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("grpc");
+    let port = free_port();
+    let fx = fixture("httpserver-go1.26");
+    let endpoint = collector.grpc_endpoint();
+    let addr = format!("127.0.0.1:{port}");
+    let _gotel = gotel(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "grpc",
+            "--",
+            fx.to_str().unwrap(),
+            "-addr",
+            &addr,
+        ],
+        None,
+        &[],
+    );
+    wait_for_port(port, WAIT);
+    assert_eq!(http_get(port, "/hello").0, 200);
+    let spans = collector.wait_for_spans(1, WAIT);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].name(), "GET /hello");
+}
+
+/// A collector that is down costs counted drops; the program never notices.
+#[test]
+fn a_collector_that_is_down_does_not_hurt_the_target() {
+    let Some(()) = privileged() else { return };
+    let port = free_port();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let fx = fixture("httpserver-go1.26");
+    let mut gotel = gotel(
+        &[
+            "run",
+            "--otlp-endpoint",
+            &dead,
+            "--",
+            fx.to_str().unwrap(),
+            "-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+        None,
+        &[],
+    );
+    wait_for_port(port, WAIT);
+    for _ in 0..10 {
+        assert_eq!(http_get(port, "/hello").0, 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    gotel.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    let log = gotel.log().join("\n");
+    assert!(log.contains("10 spans, 0 exported"), "{log}");
+    assert!(log.contains("10 dropped (export failed)"), "{log}");
+}

@@ -1,0 +1,419 @@
+//! End-to-end test support: a real OpenTelemetry Collector, gotel itself, Go fixtures built by
+//! scripts/build-fixtures.sh, and a plain HTTP client. Tests need root to attach uprobes: without
+//! it they skip loudly, except under CI (CI=true) where skipping would hide a broken machine.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// None (after saying why, loudly) when this machine cannot run privileged tests.
+pub fn privileged() -> Option<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(());
+    }
+    let msg =
+        "end-to-end test needs root (uprobes, BPF maps): SKIPPED. Run as root: scripts/test.sh";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg} (and CI=true: refusing to pass without running)");
+    }
+    eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    None
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    let dir = std::env::var_os("GOTEL_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/fixtures"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "fixture {} missing: run scripts/build-fixtures.sh",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on port {port} after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn unix_nanos_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+pub struct Proc(pub Child, Option<Arc<Mutex<Vec<String>>>>);
+
+impl Proc {
+    pub fn new(child: Child) -> Self {
+        Proc(child, None)
+    }
+
+    /// Keeps the child's stderr lines (echoed to ours) for `wait_for_log`.
+    pub fn capturing_stderr(mut child: Child) -> Self {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(err) = child.stderr.take() {
+            let sink = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("  | {line}");
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc(child, Some(lines))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.1
+            .as_ref()
+            .map(|l| l.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    pub fn wait_for_log(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log().iter().any(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} in {within:?}: {:?}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` and waits for the exit, at most `within`.
+    pub fn signal_and_wait(&mut self, signal: i32, within: Duration) -> std::process::ExitStatus {
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pid {} still running {within:?} after signal {signal}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pids of this process's children.
+    pub fn children(&self) -> Vec<u32> {
+        let path = format!("/proc/{0}/task/{0}/children", self.pid());
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("gotel-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real OpenTelemetry Collector: OTLP in, JSON lines out.
+pub struct Collector {
+    pub http_port: u16,
+    pub grpc_port: u16,
+    out: PathBuf,
+    _dir: TempDir,
+    _proc: Proc,
+}
+
+impl Collector {
+    pub fn start(tag: &str) -> Collector {
+        let bin = std::env::var_os("GOTEL_COLLECTOR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/tools/otelcol-gotel"));
+        assert!(
+            bin.exists(),
+            "collector {} missing: run scripts/build-collector.sh",
+            bin.display()
+        );
+        let dir = TempDir::new(&format!("collector-{tag}"));
+        let (http_port, grpc_port) = (free_port(), free_port());
+        let out = dir.0.join("spans.jsonl");
+        let config = format!(
+            "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: 127.0.0.1:{grpc_port} }}\n      \
+             http: {{ endpoint: 127.0.0.1:{http_port} }}\n\
+             exporters:\n  file:\n    path: {}\n    flush_interval: 100ms\n\
+             service:\n  telemetry:\n    metrics: {{ level: none }}\n    logs: {{ level: warn }}\n  \
+             pipelines:\n    traces: {{ receivers: [otlp], exporters: [file] }}\n",
+            out.display()
+        );
+        let config_path = dir.0.join("config.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let proc = Proc::new(
+            Command::new(&bin)
+                .arg("--config")
+                .arg(&config_path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start the collector"),
+        );
+        wait_for_port(http_port, Duration::from_secs(20));
+        wait_for_port(grpc_port, Duration::from_secs(20));
+        Collector {
+            http_port,
+            grpc_port,
+            out,
+            _dir: dir,
+            _proc: proc,
+        }
+    }
+
+    pub fn http_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Every span received so far, each with its resource attributes merged in under "resource".
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let mut spans = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            for rs in v["resourceSpans"].as_array().into_iter().flatten() {
+                let resource = attrs(&rs["resource"]["attributes"]);
+                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                    for s in ss["spans"].as_array().into_iter().flatten() {
+                        spans.push(ReceivedSpan {
+                            span: s.clone(),
+                            resource: resource.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        spans
+    }
+
+    /// Waits until at least `n` spans arrived; returns them all.
+    pub fn wait_for_spans(&self, n: usize, within: Duration) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + within;
+        loop {
+            let spans = self.spans();
+            if spans.len() >= n || Instant::now() >= deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn attrs(list: &Value) -> Vec<(String, Value)> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|kv| {
+            let v = &kv["value"];
+            let value = if let Some(s) = v.get("stringValue") {
+                s.clone()
+            } else if let Some(i) = v.get("intValue") {
+                // OTLP JSON writes 64-bit ints as strings.
+                Value::from(i.as_str().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0))
+            } else if let Some(b) = v.get("boolValue") {
+                b.clone()
+            } else {
+                v.clone()
+            };
+            (kv["key"].as_str().unwrap_or_default().to_string(), value)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    pub span: Value,
+    pub resource: Vec<(String, Value)>,
+}
+
+impl ReceivedSpan {
+    pub fn name(&self) -> &str {
+        self.span["name"].as_str().unwrap_or_default()
+    }
+    pub fn kind(&self) -> i64 {
+        self.span["kind"].as_i64().unwrap_or(0)
+    }
+    pub fn attr(&self, key: &str) -> Option<Value> {
+        attrs(&self.span["attributes"])
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+    pub fn attr_str(&self, key: &str) -> Option<String> {
+        self.attr(key).and_then(|v| v.as_str().map(str::to_string))
+    }
+    pub fn attr_int(&self, key: &str) -> Option<i64> {
+        self.attr(key).and_then(|v| v.as_i64())
+    }
+    pub fn resource_str(&self, key: &str) -> Option<String> {
+        self.resource
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_str().map(str::to_string))
+    }
+    pub fn resource_int(&self, key: &str) -> Option<i64> {
+        self.resource
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_i64())
+    }
+    /// 2 = ERROR, 0 = UNSET.
+    pub fn status_code(&self) -> i64 {
+        self.span["status"]["code"].as_i64().unwrap_or(0)
+    }
+    pub fn nanos(&self, field: &str) -> u64 {
+        self.span[field]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(
+            self.nanos("endTimeUnixNano")
+                .saturating_sub(self.nanos("startTimeUnixNano")),
+        )
+    }
+    pub fn hex(&self, field: &str) -> String {
+        self.span[field].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// gotel with OTLP pointed at `collector` (when given), its stderr captured.
+pub fn gotel(args: &[&str], collector: Option<&Collector>, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gotel"));
+    cmd.args(args)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(c) = collector {
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", c.http_endpoint());
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc::capturing_stderr(cmd.spawn().expect("start gotel"))
+}
+
+/// A fixture started directly, without gotel.
+pub fn start_fixture(path: &Path, port: u16) -> Proc {
+    let child = Command::new(path)
+        .arg("-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fixture");
+    Proc::new(child)
+}
+
+/// Lets this test process hold many sockets at once.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+/// Sends one HTTP/1.1 request on a new connection; returns (status, body).
+pub fn http_get(port: u16, path_and_query: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    write!(
+        s,
+        "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
