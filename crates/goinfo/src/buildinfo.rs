@@ -134,14 +134,14 @@ pub(crate) fn parse(
         go_version: String::from_utf8_lossy(&version).into_owned(),
         ..BuildInfo::default()
     };
-    // modinfo is wrapped in 16-byte sentinels; keep only the text between them.
-    let text = String::from_utf8_lossy(&modinfo);
-    let text = if text.len() >= 33 && text.as_bytes()[text.len() - 17] == b'\n' {
-        text.get(16..text.len() - 16).unwrap_or("")
+    // modinfo is wrapped in 16-byte binary sentinels; keep only the text between them.
+    let n = modinfo.len();
+    let inner = if n >= 33 && modinfo[n - 17] == b'\n' {
+        &modinfo[16..n - 16]
     } else {
-        &text
+        &modinfo[..]
     };
-    parse_modinfo(text, &mut info);
+    parse_modinfo(&String::from_utf8_lossy(inner), &mut info);
     Ok(info)
 }
 
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn parses_inline_layout_with_modules_and_replacements() {
-        let sentinel = "0123456789abcdef";
+        let sentinel = "\u{1}\u{2}0123456789abc\u{7f}";
         let body = "path\texample.com/app\nmod\texample.com/app\t(devel)\t\n\
                     dep\tgolang.org/x/net\tv0.20.0\th1:abc=\n\
                     dep\tgoogle.golang.org/grpc\tv1.60.0\t\n=>\t../grpc\t\t\n\
