@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what the tests need (system packages, Go
+# toolchains, the pinned OpenTelemetry Collector), builds the Go fixtures, then runs format and
+# lint checks and every test. End-to-end tests attach real uprobes, so run this as root.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export PATH="$HOME/.cargo/bin:/usr/local/go/bin:$PATH"
+
+step() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
+
+step "system packages and Go toolchains"
+bash scripts/setup.sh
+step "Go fixtures (every installed toolchain, plain and stripped)"
+bash scripts/build-fixtures.sh
+step "OpenTelemetry Collector (pinned, from the Go module proxy)"
+bash scripts/build-collector.sh
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "tests"
+if [ "$(id -u)" != 0 ]; then
+  echo "!!! not root: end-to-end tests will be SKIPPED (they need to attach uprobes) !!!"
+fi
+cargo test --workspace --locked
