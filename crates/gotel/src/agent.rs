@@ -13,10 +13,10 @@ use export::console::Console;
 use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
 use probes::http_server::{self, AttachedHttpServer};
-use probes::SharedMaps;
+use probes::{AttachOptions, SharedMaps};
 use trace::{AgentIdentity, Assembler, ResourceCache};
 
-use crate::cli::OutputArgs;
+use crate::cli::AgentArgs;
 
 /// Probes attached to one executable.
 pub struct Instrumented {
@@ -30,7 +30,7 @@ pub fn instrument(
     exe: &Path,
     attach_path: &Path,
     shared: &SharedMaps,
-    filter_pids: bool,
+    options: AttachOptions,
 ) -> anyhow::Result<Instrumented> {
     let bin = GoBinary::open(exe)?;
     let go_version = bin.build_info().go_version.clone();
@@ -39,7 +39,7 @@ pub fn instrument(
         Ok(plan) => plan,
         Err(skip) => bail!("nothing to instrument in {}: {skip}", exe.display()),
     };
-    let attached = http_server::attach(&plan, attach_path, shared, filter_pids)
+    let attached = http_server::attach(&plan, attach_path, shared, options)
         .with_context(|| format!("attaching to {}", exe.display()))?;
     tracing::info!(
         "attached {} to {} ({go_version}): entry + {} RETs{}",
@@ -68,11 +68,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(output: &OutputArgs) -> anyhow::Result<Self> {
+    pub fn new(args: &AgentArgs) -> anyhow::Result<Self> {
         let otlp_config = OtlpConfig::from_env(
             |k| std::env::var(k).ok(),
-            output.otlp_endpoint.clone(),
-            output.otlp_protocol.clone(),
+            args.otlp_endpoint.clone(),
+            args.otlp_protocol.clone(),
         )?;
         let otlp = match otlp_config {
             Some(cfg) => {
@@ -85,14 +85,14 @@ impl Pipeline {
             }
             None => None,
         };
-        let console = (otlp.is_none() || output.console).then(|| {
-            let color = !output.no_color && std::io::stdout().is_terminal();
+        let console = (otlp.is_none() || args.console).then(|| {
+            let color = !args.no_color && std::io::stdout().is_terminal();
             Console::new(std::io::stdout(), color)
         });
         if console.is_some() && otlp.is_none() {
             tracing::info!("printing spans here (set OTEL_EXPORTER_OTLP_ENDPOINT to export them)");
         }
-        let identity = AgentIdentity::from_env(output.service_name.clone());
+        let identity = AgentIdentity::from_env(args.service_name.clone());
         Ok(Pipeline {
             assembler: Assembler::new(ResourceCache::new(identity)),
             console,

@@ -27,7 +27,7 @@ pub enum Command {
     /// Start a Go program with probes already attached, so its first request is traced.
     Run {
         #[command(flatten)]
-        output: OutputArgs,
+        agent: AgentArgs,
         /// The program and its arguments.
         #[arg(required = true, last = true, value_name = "PROGRAM")]
         program: Vec<String>,
@@ -35,7 +35,7 @@ pub enum Command {
     /// Instrument running processes: one by pid, or every process of an executable.
     Attach {
         #[command(flatten)]
-        output: OutputArgs,
+        agent: AgentArgs,
         #[command(flatten)]
         target: AttachTarget,
     },
@@ -58,7 +58,7 @@ pub struct AttachTarget {
 }
 
 #[derive(Debug, Args)]
-pub struct OutputArgs {
+pub struct AgentArgs {
     /// service.name for processes that do not set OTEL_SERVICE_NAME themselves.
     #[arg(long)]
     pub service_name: Option<String>,
@@ -74,4 +74,8 @@ pub struct OutputArgs {
     /// Never color the terminal view.
     #[arg(long)]
     pub no_color: bool,
+    /// One uprobe per RET instead of one uprobe_multi link per function (for kernels before
+    /// 6.6, or to compare).
+    #[arg(long)]
+    pub no_uprobe_multi: bool,
 }

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
-use probes::SharedMaps;
+use probes::{AttachOptions, SharedMaps};
 
 use crate::agent::{collect, instrument, stop_on_signals, stopped, Pipeline};
-use crate::cli::{Cli, Command, OutputArgs};
+use crate::cli::{AgentArgs, Cli, Command};
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
@@ -32,10 +32,10 @@ fn main() -> ExitCode {
             print!("{text}");
             ExitCode::SUCCESS
         }),
-        Command::Run { output, program } => run(&output, &program),
-        Command::Attach { output, target } => match (target.pid, target.exe) {
-            (Some(pid), _) => attach_pid(&output, pid),
-            (None, Some(exe)) => attach_exe(&output, &exe),
+        Command::Run { agent, program } => run(&agent, &program),
+        Command::Attach { agent, target } => match (target.pid, target.exe) {
+            (Some(pid), _) => attach_pid(&agent, pid),
+            (None, Some(exe)) => attach_exe(&agent, &exe),
             (None, None) => Err(anyhow!("give --pid or --exe")),
         },
     };
@@ -70,12 +70,19 @@ fn shared_maps() -> anyhow::Result<SharedMaps> {
     })
 }
 
-fn run(output: &OutputArgs, program: &[String]) -> anyhow::Result<ExitCode> {
+fn attach_options(agent: &AgentArgs, filter_pids: bool) -> AttachOptions {
+    AttachOptions {
+        filter_pids,
+        uprobe_multi: !agent.no_uprobe_multi,
+    }
+}
+
+fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let name = &program[0];
     let path = held::resolve_program(name).ok_or_else(|| anyhow!("{name}: not found in PATH"))?;
     let shared = shared_maps()?;
-    let mut pipeline = Pipeline::new(output)?;
-    let instrumented = instrument(&path, &path, &shared, true)?;
+    let mut pipeline = Pipeline::new(agent)?;
+    let instrumented = instrument(&path, &path, &shared, attach_options(agent, true))?;
     pipeline
         .resources()
         .add_executable(&path, &instrumented.go_version);
@@ -114,15 +121,15 @@ fn run(output: &OutputArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-fn attach_pid(output: &OutputArgs, pid: u32) -> anyhow::Result<ExitCode> {
+fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let exe_link = proc_dir.join("exe");
     let exe = std::fs::read_link(&exe_link)
         .with_context(|| format!("process {pid}: cannot read {}", exe_link.display()))?;
     let shared = shared_maps()?;
-    let mut pipeline = Pipeline::new(output)?;
+    let mut pipeline = Pipeline::new(agent)?;
     // /proc/PID/exe reaches the very file the process runs, even if replaced or in a container.
-    let instrumented = instrument(&exe_link, &exe_link, &shared, true)?;
+    let instrumented = instrument(&exe_link, &exe_link, &shared, attach_options(agent, true))?;
     pipeline
         .resources()
         .add_executable(&exe, &instrumented.go_version);
@@ -139,11 +146,11 @@ fn attach_pid(output: &OutputArgs, pid: u32) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn attach_exe(output: &OutputArgs, exe: &Path) -> anyhow::Result<ExitCode> {
+fn attach_exe(agent: &AgentArgs, exe: &Path) -> anyhow::Result<ExitCode> {
     let exe = std::fs::canonicalize(exe).with_context(|| format!("{}", exe.display()))?;
     let shared = shared_maps()?;
-    let mut pipeline = Pipeline::new(output)?;
-    let instrumented = instrument(&exe, &exe, &shared, false)?;
+    let mut pipeline = Pipeline::new(agent)?;
+    let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false))?;
     pipeline
         .resources()
         .add_executable(&exe, &instrumented.go_version);

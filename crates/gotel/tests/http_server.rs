@@ -18,15 +18,20 @@ fn by_path<'a>(spans: &'a [ReceivedSpan], path: &str) -> &'a ReceivedSpan {
 }
 
 /// Every kind of request, on a fixture built with `go`: exact names, attributes, statuses,
-/// durations, times and resource.
-fn every_request_kind(go: &str, routed: bool) {
+/// durations, times and resource. `uprobe_multi` false forces one uprobe per RET.
+fn every_request_kind(go: &str, routed: bool, uprobe_multi: bool) {
     let Some(()) = privileged() else { return };
     let collector = Collector::start(go);
     let port = free_port();
     let fx = fixture(&format!("httpserver-{go}"));
     let addr = format!("127.0.0.1:{port}");
+    let mut args = vec!["run"];
+    if !uprobe_multi {
+        args.push("--no-uprobe-multi");
+    }
+    args.extend(["--", fx.to_str().unwrap(), "-addr", &addr]);
     let mut gotel = gotel(
-        &["run", "--", fx.to_str().unwrap(), "-addr", &addr],
+        &args,
         Some(&collector),
         &[
             ("OTEL_SERVICE_NAME", "shop"),
@@ -35,6 +40,12 @@ fn every_request_kind(go: &str, routed: bool) {
     );
     wait_for_port(port, WAIT);
     let target_pid = gotel.children()[0];
+    let attach_kind = if uprobe_multi {
+        "one uprobe_multi link"
+    } else {
+        "one uprobe each"
+    };
+    gotel.wait_for_log(attach_kind, WAIT);
 
     let t0 = unix_nanos_now();
     assert_eq!(http_get(port, "/hello").0, 200);
@@ -157,13 +168,13 @@ fn every_request_kind(go: &str, routed: bool) {
 }
 
 #[test]
-fn every_request_kind_go1_22() {
-    every_request_kind("go1.22", false);
+fn every_request_kind_go1_22_one_uprobe_per_ret() {
+    every_request_kind("go1.22", false, false);
 }
 
 #[test]
 fn every_request_kind_go1_26() {
-    every_request_kind("go1.26", true);
+    every_request_kind("go1.26", true, true);
 }
 
 /// 1,000 requests in their handlers at the same moment: one span each, none lost or mixed.

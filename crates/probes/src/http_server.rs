@@ -9,7 +9,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject, UprobeMultiOpts};
 
 use crate::skel::HttpServerSkelBuilder;
-use crate::{Error, FieldOffset, OffsetSource, SharedMaps, Skip};
+use crate::{AttachOptions, Error, FieldOffset, OffsetSource, SharedMaps, Skip};
 
 pub const NAME: &str = "net/http server";
 const ENTRY: &str = "net/http.serverHandler.ServeHTTP";
@@ -88,13 +88,17 @@ pub struct AttachedHttpServer {
 }
 
 /// Loads the program with the plan's offsets and attaches it to `attach_path` (the executable,
-/// or /proc/PID/exe for a process's). `filter_pids` limits it to pids in the shared set.
+/// or /proc/PID/exe for a process's).
 pub fn attach(
     plan: &HttpServerPlan,
     attach_path: &Path,
     shared: &SharedMaps,
-    filter_pids: bool,
+    options: AttachOptions,
 ) -> Result<AttachedHttpServer, Error> {
+    let AttachOptions {
+        filter_pids,
+        uprobe_multi,
+    } = options;
     let bpf = |what: &str| {
         let what = format!("{what} ({NAME}, {})", plan.executable.display());
         move |source| Error::Bpf { what, source }
@@ -159,17 +163,23 @@ pub fn attach(
         offsets: offsets.clone(),
         ..Default::default()
     };
-    let multi = match skel
-        .progs
-        .http_server_return_multi
-        .attach_uprobe_multi_with_opts(-1, attach_path, "", opts)
-    {
+    let multi_link = if uprobe_multi {
+        let progs = &skel.progs;
+        progs
+            .http_server_return_multi
+            .attach_uprobe_multi_with_opts(-1, attach_path, "", opts)
+    } else {
+        Err(libbpf_rs::Error::from(std::io::Error::other(
+            "turned off by --no-uprobe-multi",
+        )))
+    };
+    let multi = match multi_link {
         Ok(link) => {
             links.push(link);
             true
         }
         Err(e) => {
-            tracing::debug!(error = %e, "uprobe_multi unavailable, one uprobe per RET");
+            tracing::debug!(error = %e, "no uprobe_multi link: one uprobe per RET");
             for &off in &offsets {
                 links.push(
                     skel.progs

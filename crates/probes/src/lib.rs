@@ -22,6 +22,16 @@ pub enum Error {
     Internal { what: String },
 }
 
+/// How programs are attached.
+#[derive(Debug, Clone, Copy)]
+pub struct AttachOptions {
+    /// Trace only pids in the shared set (`run`, `attach --pid`); else every process of the file.
+    pub filter_pids: bool,
+    /// One uprobe_multi link for all RETs of a function (Linux 6.6+); false forces one uprobe
+    /// per RET, the fallback for older kernels.
+    pub uprobe_multi: bool,
+}
+
 /// Why an instrumentation does not apply to an executable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skip {
