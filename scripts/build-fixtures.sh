@@ -1,30 +1,56 @@
 #!/usr/bin/env bash
-# Builds every Go fixture with every Go toolchain found, into target/fixtures/NAME-goX.Y.
-# A toolchain that is missing is reported and skipped here; tests say what they need.
+# Builds every Go fixture with every Go toolchain found (Debian's /usr/lib/go-1.NN and the
+# machine's /usr/local/go), plain and stripped (-s -w), into target/fixtures/NAME-go1.NN[-stripped].
+# The newest toolchain also builds NAME-go1.NN-gopath in GOPATH mode: buildinfo with no modules.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${GOTEL_FIXTURES_DIR:-$repo/target/fixtures}
 mkdir -p "$out"
 
+declare -A seen
 toolchains=()
 for dir in /usr/lib/go-1.* /usr/local/go; do
-  [ -x "$dir/bin/go" ] && toolchains+=("$dir")
+  [ -x "$dir/bin/go" ] || continue
+  short=$("$dir/bin/go" env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+  [ -n "${seen[$short]:-}" ] && continue   # one toolchain per Go version
+  seen[$short]=$dir
+  toolchains+=("$dir")
 done
+[ ${#toolchains[@]} -gt 0 ] || { echo "[fixtures] no Go toolchain found" >&2; exit 1; }
 
+# go build with toolchain $1, in directory $2, then the rest of go build's arguments.
+gobuild() {
+  local root=$1 dir=$2; shift 2
+  (cd "$dir" && GOTOOLCHAIN=local CGO_ENABLED=0 GOROOT="$root" GOFLAGS=-mod=mod \
+    "$root/bin/go" build -trimpath "$@")
+}
+
+newest=""
 for fixture in "$repo"/fixtures/*/; do
   name=$(basename "$fixture")
   for root in "${toolchains[@]}"; do
-    ver=$("$root/bin/go" env GOVERSION)            # go1.22.12
+    ver=$("$root/bin/go" env GOVERSION)
     short=$(echo "$ver" | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+    newest=$root
     bin="$out/$name-go$short"
-    if [ -x "$bin" ] && [ -z "$(find "$fixture" -newer "$bin" -type f)" ]; then
+    if [ -x "$bin" ] && [ -x "$bin-stripped" ] && [ -z "$(find "$fixture" -newer "$bin" -type f)" ]; then
       continue
     fi
     echo "[fixtures] $name with $ver"
-    (cd "$fixture" && GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0 GOROOT="$root" \
-      "$root/bin/go" build -trimpath -o "$bin" .)
-    (cd "$fixture" && GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0 GOROOT="$root" \
-      "$root/bin/go" build -trimpath -ldflags="-s -w" -o "$bin-stripped" .)
+    gobuild "$root" "$fixture" -o "$bin" .
+    gobuild "$root" "$fixture" -ldflags="-s -w" -o "$bin-stripped" .
   done
+  # GOPATH mode: no go.mod, so buildinfo names no module versions (like many distro builds).
+  short=$("$newest/bin/go" env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+  bin="$out/$name-go$short-gopath"
+  if [ ! -x "$bin" ] || [ -n "$(find "$fixture" -newer "$bin" -type f)" ]; then
+    echo "[fixtures] $name in GOPATH mode with go$short"
+    gopath=$(mktemp -d)
+    mkdir -p "$gopath/src/gotel.dev/$name"
+    cp "$fixture"/*.go "$gopath/src/gotel.dev/$name/"
+    (cd "$gopath/src/gotel.dev/$name" && GOPATH=$gopath GO111MODULE=off GOTOOLCHAIN=local \
+      CGO_ENABLED=0 GOROOT="$newest" "$newest/bin/go" build -ldflags="-s -w" -o "$bin" .)
+    rm -rf "$gopath"
+  fi
 done
 echo "[fixtures] ready in $out: $(ls "$out" | tr '\n' ' ')"

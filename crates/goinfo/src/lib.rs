@@ -4,7 +4,9 @@
 
 mod buildinfo;
 mod dwarf;
+pub mod pclntab;
 mod rets;
+mod types;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 pub use buildinfo::{parse_go_version, BuildInfo, Module};
 pub use dwarf::StructLayouts;
+pub use pclntab::PclnFunction;
 pub use rets::amd64_ret_addresses;
 
 /// Why a file could not be analysed; each names the file and what is missing.
@@ -29,14 +32,22 @@ pub enum Error {
     NotGo { path: PathBuf },
     #[error("{path}: malformed .go.buildinfo: {reason}")]
     BadBuildInfo { path: PathBuf, reason: &'static str },
+    #[error("{path}: unreadable .gopclntab: {reason}")]
+    BadPclntab { path: PathBuf, reason: &'static str },
     #[error("{path}: unsupported architecture {arch} (gotel supports x86_64)")]
     UnsupportedArch { path: PathBuf, arch: String },
-    #[error("{path}: function {name} not found in the symbol table")]
-    MissingFunction { path: PathBuf, name: String },
+    #[error("{path}: function {name} not found in {table}")]
+    MissingFunction {
+        path: PathBuf,
+        name: String,
+        table: SymbolSource,
+    },
     #[error("{path}: function {name} lies outside the file's loadable segments")]
     FunctionNotInFile { path: PathBuf, name: String },
     #[error("{path}: no DWARF debug info (built with -ldflags=-w, or stripped)")]
     NoDwarf { path: PathBuf },
+    #[error("{path}: no Go type data section (.go.type or .rodata)")]
+    NoTypes { path: PathBuf },
     #[error("{path}: bad DWARF: {reason}")]
     Dwarf { path: PathBuf, reason: String },
     // Internal, re-wrapped with the path before it leaves the crate.
@@ -48,6 +59,9 @@ impl Error {
     fn with_path(self, path: &Path) -> Self {
         let path = path.to_path_buf();
         match self {
+            Error::Malformed(reason) if reason.contains("pclntab") => {
+                Error::BadPclntab { path, reason }
+            }
             Error::Malformed(reason) => Error::BadBuildInfo { path, reason },
             Error::NoDwarf { .. } => Error::NoDwarf { path },
             Error::Dwarf { reason, .. } => Error::Dwarf { path, reason },
@@ -67,6 +81,24 @@ pub struct Function {
     pub file_offset: u64,
 }
 
+/// Where function symbols came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymbolSource {
+    /// The ELF symbol table.
+    Symtab,
+    /// Go's own function table, which stripping keeps.
+    Pclntab,
+}
+
+impl std::fmt::Display for SymbolSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SymbolSource::Symtab => ".symtab",
+            SymbolSource::Pclntab => ".gopclntab",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Segment {
     vaddr: u64,
@@ -80,6 +112,7 @@ pub struct GoBinary {
     data: Vec<u8>,
     build_info: BuildInfo,
     functions: HashMap<String, (u64, u64)>,
+    symbol_source: SymbolSource,
     data_symbols: HashMap<String, u64>,
     segments: Vec<Segment>,
 }
@@ -162,14 +195,37 @@ impl GoBinary {
                 _ => {}
             }
         }
+        let mut symbol_source = SymbolSource::Symtab;
+        if functions.is_empty() {
+            symbol_source = SymbolSource::Pclntab;
+            let pcln = pclntab_of(&file).map_err(|e| e.with_path(path))?;
+            functions = pcln
+                .into_iter()
+                .map(|f| (f.name, (f.entry, f.end - f.entry)))
+                .collect();
+        }
         Ok(GoBinary {
             path: path.into(),
             data,
             build_info,
             functions,
+            symbol_source,
             data_symbols,
             segments,
         })
+    }
+
+    /// Every function in `.gopclntab`, whether or not `.symtab` exists.
+    pub fn pclntab_functions(&self) -> Result<Vec<PclnFunction>, Error> {
+        let file = object::File::parse(&*self.data).map_err(|e| Error::NotElf {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        pclntab_of(&file).map_err(|e| e.with_path(&self.path))
+    }
+
+    pub fn symbol_source(&self) -> SymbolSource {
+        self.symbol_source
     }
 
     pub fn path(&self) -> &Path {
@@ -180,9 +236,16 @@ impl GoBinary {
         &self.build_info
     }
 
-    /// Number of function symbols (0 for a binary stripped of `.symtab`).
+    /// Number of function symbols.
     pub fn function_count(&self) -> usize {
         self.functions.len()
+    }
+
+    /// Every function as (name, address, size).
+    pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.functions
+            .iter()
+            .map(|(name, &(addr, size))| (name.as_str(), addr, size))
     }
 
     /// Looks up a function by its Go symbol name, e.g. "net/http.serverHandler.ServeHTTP".
@@ -193,6 +256,7 @@ impl GoBinary {
             .ok_or_else(|| Error::MissingFunction {
                 path: self.path.clone(),
                 name: name.into(),
+                table: self.symbol_source,
             })?;
         let file_offset =
             vaddr_to_offset(&self.segments, address).ok_or_else(|| Error::FunctionNotInFile {
@@ -222,6 +286,35 @@ impl GoBinary {
         amd64_ret_addresses(code, function.file_offset)
     }
 
+    /// Field offsets of the named structs from the runtime type descriptors, which stripped
+    /// binaries keep. Structs with no descriptor (never converted to an interface, say) are
+    /// absent. Non-PIE executables only: in a PIE the descriptors' pointers are relocated at
+    /// load time.
+    pub fn struct_layouts_from_types(&self, wanted: &[&str]) -> Result<StructLayouts, Error> {
+        let file = object::File::parse(&*self.data).map_err(|e| Error::NotElf {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        // Go 1.27 moved type data into .go.type; before, it starts .rodata.
+        let section = file
+            .section_by_name(".go.type")
+            .or_else(|| file.section_by_name(".rodata"))
+            .ok_or_else(|| Error::NoTypes {
+                path: self.path.clone(),
+            })?;
+        let region = section.data().map_err(|_| Error::NoTypes {
+            path: self.path.clone(),
+        })?;
+        let offset_embed = matches!(self.build_info.go_semver(), Some((1, minor, _)) if minor < 19);
+        Ok(types::struct_layouts(
+            self,
+            section.address(),
+            region,
+            offset_embed,
+            wanted,
+        ))
+    }
+
     /// Field offsets of the named structs from DWARF. Structs the binary lacks are absent.
     pub fn struct_layouts(&self, wanted: &[&str]) -> Result<StructLayouts, Error> {
         let file = object::File::parse(&*self.data).map_err(|e| Error::NotElf {
@@ -230,6 +323,24 @@ impl GoBinary {
         })?;
         dwarf::struct_layouts(&file, wanted).map_err(|e| e.with_path(&self.path))
     }
+}
+
+impl types::Memory for GoBinary {
+    fn read(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
+        let off = usize::try_from(vaddr_to_offset(&self.segments, vaddr)?).ok()?;
+        self.data.get(off..off.checked_add(len)?)
+    }
+}
+
+fn pclntab_of(file: &object::File<'_>) -> Result<Vec<PclnFunction>, Error> {
+    let section = file
+        .section_by_name(".gopclntab")
+        .ok_or(Error::Malformed("no .gopclntab"))?;
+    let data = section
+        .data()
+        .map_err(|_| Error::Malformed("unreadable .gopclntab"))?;
+    let text = file.section_by_name(".text").map_or(0, |s| s.address());
+    pclntab::parse(data, text)
 }
 
 fn vaddr_to_offset(segments: &[Segment], addr: u64) -> Option<u64> {

@@ -137,22 +137,188 @@ fn go1_26_fixture() {
     check_unstripped("go1.26", true);
 }
 
+/// The structs gotel reads, as DWARF names them.
+const STRUCTS: &[&str] = &[
+    "net/http.Request",
+    "net/url.URL",
+    "net/http.response",
+    "net/http.http2responseWriter",
+    "net/http.http2responseWriterState",
+];
+
+/// Every Go version a fixture was built with ("go1.19", ...), from target/fixtures.
+fn built_versions() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|n| n.strip_prefix("httpserver-").map(str::to_string))
+                .filter(|n| !n.contains('-'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 #[test]
-fn stripped_binaries_keep_buildinfo_but_lose_symbols_and_dwarf() {
-    let Some(path) = fixture("httpserver-go1.26-stripped") else {
+fn fixtures_exist_for_several_go_versions() {
+    if fixture("httpserver-go1.26").is_none() {
+        return;
+    }
+    let versions = built_versions();
+    assert!(
+        versions.len() >= 2,
+        "fixtures for at least two Go versions: {versions:?}"
+    );
+}
+
+/// pclntab agrees with .symtab and with `go tool nm`, for every toolchain.
+#[test]
+fn pclntab_agrees_with_symtab_and_go_tool_nm() {
+    for version in built_versions() {
+        let Some(path) = fixture(&format!("httpserver-{version}")) else {
+            return;
+        };
+        let bin = GoBinary::open(&path).unwrap();
+        assert_eq!(bin.symbol_source(), goinfo::SymbolSource::Symtab);
+        let pcln = bin.pclntab_functions().unwrap();
+        assert!(pcln.len() > 1000, "{version}: {} functions", pcln.len());
+        let mut by_address: std::collections::HashMap<u64, Vec<(&str, u64)>> = Default::default();
+        for (name, addr, size) in bin.functions() {
+            by_address.entry(addr).or_default().push((name, size));
+        }
+        let mut name_count: std::collections::HashMap<&str, usize> = Default::default();
+        for f in &pcln {
+            *name_count.entry(f.name.as_str()).or_default() += 1;
+        }
+        // A name that several local functions share (generic closures) is one map entry.
+        for f in pcln.iter().filter(|f| name_count[f.name.as_str()] == 1) {
+            let at_entry = by_address.get(&f.entry).unwrap_or_else(|| {
+                panic!(
+                    "{version}: no .symtab function at {:#x} ({})",
+                    f.entry, f.name
+                )
+            });
+            // Same name, but for the ".abi0" suffix of assembly functions, the "[...]" that
+            // pclntab writes for array lengths and the "·" that .symtab writes as ".".
+            let pcln_name = f.name.replace('·', ".");
+            let same = at_entry.iter().find(|(name, _)| {
+                name.strip_suffix(".abi0").unwrap_or(name) == pcln_name
+                    || pcln_name.contains("[...]")
+            });
+            let &(_, size) =
+                same.unwrap_or_else(|| panic!("{version}: {at_entry:?} vs {}", f.name));
+            assert!(size <= f.end - f.entry, "{version}: size of {}", f.name);
+        }
+        let Some(go) = go_tool_for(&version) else {
+            continue;
+        };
+        let nm = Command::new(&go)
+            .args(["tool", "nm"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        // name -> addresses: a function and its ABI wrapper share a name once ".abi0" is cut.
+        let mut text_symbols: std::collections::HashMap<String, Vec<u64>> = Default::default();
+        for line in String::from_utf8_lossy(&nm.stdout).lines() {
+            // "  addr T name", where a generic name may itself contain spaces.
+            let mut w = line.trim_start().splitn(3, ' ');
+            if let (Some(addr), Some("T" | "t"), Some(name)) = (w.next(), w.next(), w.next()) {
+                let name = name.strip_suffix(".abi0").unwrap_or(name);
+                let addr = u64::from_str_radix(addr, 16).unwrap();
+                text_symbols.entry(name.to_string()).or_default().push(addr);
+            }
+        }
+        let mut checked = 0;
+        for f in &pcln {
+            if let Some(addrs) = text_symbols.get(&f.name) {
+                assert!(
+                    addrs.contains(&f.entry),
+                    "{version}: go tool nm disagrees on {}",
+                    f.name
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            checked > pcln.len() * 9 / 10,
+            "{version}: compared {checked} of {}",
+            pcln.len()
+        );
+        let serve = pcln
+            .iter()
+            .find(|f| f.name == SERVE_HTTP)
+            .expect("ServeHTTP in pclntab");
+        assert_eq!(text_symbols.get(SERVE_HTTP), Some(&vec![serve.entry]));
+    }
+}
+
+/// Type descriptors give the same offsets as DWARF, for every toolchain; stripped builds give
+/// the same functions and offsets as their unstripped twins.
+#[test]
+fn type_descriptors_and_pclntab_match_dwarf_and_symtab_when_stripped() {
+    for version in built_versions() {
+        let Some(path) = fixture(&format!("httpserver-{version}")) else {
+            return;
+        };
+        let Some(stripped_path) = fixture(&format!("httpserver-{version}-stripped")) else {
+            return;
+        };
+        let bin = GoBinary::open(&path).unwrap();
+        let dwarf = bin.struct_layouts(STRUCTS).unwrap();
+        let from_types = bin.struct_layouts_from_types(STRUCTS).unwrap();
+        for s in STRUCTS {
+            assert_eq!(from_types.get(*s), dwarf.get(*s), "{version}: {s}");
+        }
+        // The HTTP/2 writer was renamed in Go 1.27 (http2ResponseWriter); the rest is stable.
+        for s in &STRUCTS[..3] {
+            assert!(dwarf.contains_key(*s), "{version}: {s} in DWARF");
+        }
+
+        let stripped = GoBinary::open(&stripped_path).unwrap();
+        assert_eq!(stripped.symbol_source(), goinfo::SymbolSource::Pclntab);
+        assert!(matches!(
+            stripped.struct_layouts(STRUCTS),
+            Err(Error::NoDwarf { .. })
+        ));
+        assert_eq!(
+            stripped.struct_layouts_from_types(STRUCTS).unwrap(),
+            dwarf,
+            "{version}"
+        );
+        let (a, b) = (
+            bin.function(SERVE_HTTP).unwrap(),
+            stripped.function(SERVE_HTTP).unwrap(),
+        );
+        assert_eq!(
+            (a.address, a.file_offset),
+            (b.address, b.file_offset),
+            "{version}"
+        );
+        assert_eq!(bin.ret_offsets(&a), stripped.ret_offsets(&b), "{version}");
+    }
+}
+
+#[test]
+fn a_gopath_build_has_no_modules_but_everything_else() {
+    let Some(name) = built_versions()
+        .last()
+        .map(|v| format!("httpserver-{v}-gopath"))
+    else {
         return;
     };
+    let Some(path) = fixture(&name) else { return };
     let bin = GoBinary::open(&path).unwrap();
-    assert!(bin.build_info().go_version.starts_with("go1.26"));
-    assert_eq!(bin.function_count(), 0);
-    assert!(matches!(
-        bin.function(SERVE_HTTP),
-        Err(Error::MissingFunction { .. })
-    ));
-    assert!(matches!(
-        bin.struct_layouts(&["net/http.Request"]),
-        Err(Error::NoDwarf { .. })
-    ));
+    assert!(
+        bin.build_info().main_module.is_none(),
+        "GOPATH mode records no module"
+    );
+    assert!(bin.build_info().deps.is_empty());
+    assert!(bin.function(SERVE_HTTP).is_ok());
+    assert!(bin
+        .struct_layouts_from_types(&["net/http.Request"])
+        .unwrap()
+        .contains_key("net/http.Request"));
 }
 
 fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
