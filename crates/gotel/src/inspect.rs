@@ -4,7 +4,8 @@ use std::fmt::Write;
 use std::path::Path;
 
 use goinfo::GoBinary;
-use probes::{plan_all, FieldOffset};
+use offsets::FieldOffset;
+use probes::plan_all;
 
 pub fn inspect(path: &Path) -> anyhow::Result<String> {
     let bin = GoBinary::open(path)?;
@@ -33,10 +34,11 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
             None => writeln!(w, "    {} {}", m.path, m.version)?,
         }
     }
-    let symbols = match bin.function_count() {
-        0 => "none (stripped: no .symtab)".to_string(),
-        n => format!("{n} functions in .symtab"),
-    };
+    let symbols = format!(
+        "{} functions from {}",
+        bin.function_count(),
+        bin.symbol_source()
+    );
     writeln!(w, "  symbols        {symbols}")?;
 
     writeln!(w, "\ninstrumentations")?;
@@ -64,12 +66,6 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
             for f in &plan.fields {
                 writeln!(w, "    field   {}", field_line(f))?;
             }
-            if plan.h2_itab.is_none() {
-                writeln!(
-                    w,
-                    "    note    no HTTP/2 ResponseWriter itab: HTTP/2 statuses read as 200"
-                )?;
-            }
         }
         Err(skip) => writeln!(w, "  {:<18} skipped: {}", skip.instrumentation, skip.reason)?,
     }
@@ -77,10 +73,10 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
 }
 
 fn field_line(f: &FieldOffset) -> String {
-    let name = format!("{}.{}", f.struct_name, f.field);
-    match (f.offset, f.source) {
+    let name = f.spec.key();
+    match (f.offset, &f.source) {
         (Some(off), Some(src)) => format!("{name:<46} {off:>4}  ({src})"),
-        _ if f.required => format!("{name:<46} missing"),
-        _ => format!("{name:<46} absent (optional)"),
+        (None, Some(src)) => format!("{name:<46} absent ({src})"),
+        (_, None) => format!("{name:<46} unknown (optional: spans lack what it gives)"),
     }
 }

@@ -17,8 +17,8 @@ const volatile bool has_pattern = false; /* Request.Pattern exists since Go 1.23
 const volatile u64 off_url_path = 0;
 const volatile u64 off_url_raw_query = 0;
 const volatile u64 off_response_status = 0;
-/* HTTP/2 responses are a different ResponseWriter: told apart by its itab address. */
-const volatile u64 itab_h2_response_writer = 0;
+/* HTTP/2 responses are a different ResponseWriter, used exactly when ProtoMajor is 2. */
+const volatile bool has_h2 = false;
 const volatile u64 off_h2rw_rws = 0;
 const volatile u64 off_h2rws_status = 0;
 
@@ -48,7 +48,6 @@ struct http_server_event {
 struct server_call {
 	u64 start_ns;
 	u64 req;
-	u64 rw_itab;
 	u64 rw_data;
 	u8 trace_id[16];
 	u8 span_id[8];
@@ -73,8 +72,7 @@ int http_server_enter(struct pt_regs *ctx)
 	 * sh (one pointer) in ARG1, rw (itab, data) in ARG2-3, req in ARG4. */
 	struct server_call call = {
 		.start_ns = bpf_ktime_get_ns(),
-		.rw_itab = GO_ARG2(ctx),
-		.rw_data = GO_ARG3(ctx),
+		.rw_data = GO_ARG3(ctx), /* rw's itab is in ARG2 */
 		.req = GO_ARG4(ctx),
 	};
 	random_id(call.trace_id, sizeof(call.trace_id));
@@ -83,10 +81,13 @@ int http_server_enter(struct pt_regs *ctx)
 	return 0;
 }
 
-static __always_inline u16 response_status(const struct server_call *call)
+/* The response status; 0 when it cannot be known (HTTP/2 without its offsets). */
+static __always_inline u16 response_status(const struct server_call *call, u8 proto_major)
 {
 	u64 status;
-	if (itab_h2_response_writer && call->rw_itab == itab_h2_response_writer) {
+	if (proto_major == 2) {
+		if (!has_h2)
+			return 0;
 		u64 rws = read_u64(call->rw_data + off_h2rw_rws);
 		status = rws ? read_u64(rws + off_h2rws_status) : 0;
 	} else {
@@ -121,8 +122,8 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	__builtin_memset(e->hdr.parent_span_id, 0, sizeof(e->hdr.parent_span_id));
 
 	u64 req = call->req;
-	e->status = response_status(call);
 	e->proto_major = (u8)read_u64(req + off_req_proto_major);
+	e->status = response_status(call, e->proto_major);
 	e->proto_minor = (u8)read_u64(req + off_req_proto_minor);
 	e->tls = read_u64(req + off_req_tls) != 0;
 	e->method_len = read_go_string(e->method, METHOD_CAP, req + off_req_method);

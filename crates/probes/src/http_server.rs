@@ -9,27 +9,29 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject, UprobeMultiOpts};
 
 use crate::skel::HttpServerSkelBuilder;
-use crate::{AttachOptions, Error, FieldOffset, OffsetSource, SharedMaps, Skip};
+use offsets::{FieldOffset, FieldSpec};
+
+use crate::{AttachOptions, Error, SharedMaps, Skip};
 
 pub const NAME: &str = "net/http server";
 const ENTRY: &str = "net/http.serverHandler.ServeHTTP";
-const H2_ITAB: &str = "go:itab.*net/http.http2responseWriter,net/http.ResponseWriter";
 
-/// (struct, field, required). Optional fields only enrich the span.
-const FIELDS: &[(&str, &str, bool)] = &[
-    ("net/http.Request", "Method", true),
-    ("net/http.Request", "URL", true),
-    ("net/http.Request", "ProtoMajor", true),
-    ("net/http.Request", "ProtoMinor", true),
-    ("net/http.Request", "Host", true),
-    ("net/http.Request", "RemoteAddr", true),
-    ("net/http.Request", "TLS", true),
-    ("net/http.Request", "Pattern", false),
-    ("net/url.URL", "Path", true),
-    ("net/url.URL", "RawQuery", true),
-    ("net/http.response", "status", true),
-    ("net/http.http2responseWriter", "rws", false),
-    ("net/http.http2responseWriterState", "status", false),
+/// The fields the program reads. Optional ones only enrich the span.
+pub const FIELDS: &[FieldSpec] = &[
+    FieldSpec::std("net/http.Request", "Method", true),
+    FieldSpec::std("net/http.Request", "URL", true),
+    FieldSpec::std("net/http.Request", "ProtoMajor", true),
+    FieldSpec::std("net/http.Request", "ProtoMinor", true),
+    FieldSpec::std("net/http.Request", "Host", true),
+    FieldSpec::std("net/http.Request", "RemoteAddr", true),
+    FieldSpec::std("net/http.Request", "TLS", true),
+    FieldSpec::std("net/http.Request", "Pattern", false),
+    FieldSpec::std("net/url.URL", "Path", true),
+    FieldSpec::std("net/url.URL", "RawQuery", true),
+    FieldSpec::std("net/http.response", "status", true),
+    // HTTP/2 (Go before 1.27; 1.27 renamed the writer): without them HTTP/2 spans lack a status.
+    FieldSpec::std("net/http.http2responseWriter", "rws", false),
+    FieldSpec::std("net/http.http2responseWriterState", "status", false),
 ];
 
 /// Everything needed to attach to one executable, resolved without privileges.
@@ -39,15 +41,13 @@ pub struct HttpServerPlan {
     pub entry: Function,
     pub return_offsets: Vec<u64>,
     pub fields: Vec<FieldOffset>,
-    /// Address of the HTTP/2 ResponseWriter itab, to read HTTP/2 statuses; None without it.
-    pub h2_itab: Option<u64>,
 }
 
 impl HttpServerPlan {
     fn offset(&self, struct_name: &str, field: &str) -> Option<u64> {
         self.fields
             .iter()
-            .find(|f| f.struct_name == struct_name && f.field == field)
+            .find(|f| f.spec.struct_name == struct_name && f.spec.field == field)
             .and_then(|f| f.offset)
     }
 }
@@ -61,21 +61,19 @@ pub fn plan(bin: &GoBinary) -> Result<HttpServerPlan, Skip> {
     crate::require_register_abi(bin).map_err(skip)?;
     let entry = bin.function(ENTRY).map_err(|_| {
         skip(format!(
-            "{ENTRY} is not in the binary (net/http server not linked, or symbols stripped)"
+            "{ENTRY} is not in the binary (net/http server not linked)"
         ))
     })?;
     let return_offsets = bin.ret_offsets(&entry);
     if return_offsets.is_empty() {
         return Err(skip(format!("no RET instruction found in {ENTRY}")));
     }
-    let fields = crate::resolve_fields(bin, FIELDS).map_err(skip)?;
-    let h2_itab = bin.data_symbol(H2_ITAB);
+    let fields = offsets::resolve(bin, FIELDS).map_err(skip)?;
     Ok(HttpServerPlan {
         executable: bin.path().to_path_buf(),
         entry,
         return_offsets,
         fields,
-        h2_itab,
     })
 }
 
@@ -132,12 +130,11 @@ pub fn attach(
         ro.off_url_raw_query = plan.offset("net/url.URL", "RawQuery").unwrap_or(0);
         ro.off_response_status = plan.offset("net/http.response", "status").unwrap_or(0);
         let h2 = (
-            plan.h2_itab,
             plan.offset("net/http.http2responseWriter", "rws"),
             plan.offset("net/http.http2responseWriterState", "status"),
         );
-        if let (Some(itab), Some(rws), Some(status)) = h2 {
-            ro.itab_h2_response_writer = itab;
+        if let (Some(rws), Some(status)) = h2 {
+            ro.has_h2 = true;
             ro.off_h2rw_rws = rws;
             ro.off_h2rws_status = status;
         }
@@ -207,9 +204,4 @@ impl std::fmt::Debug for AttachedHttpServer {
             .field("links", &self._links.len())
             .finish()
     }
-}
-
-/// Where a field offset came from, for `gotel inspect`.
-pub(crate) fn field_source() -> OffsetSource {
-    OffsetSource::Dwarf
 }

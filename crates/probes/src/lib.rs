@@ -8,6 +8,7 @@ mod shared;
 mod skel;
 
 use goinfo::GoBinary;
+use offsets::FieldSpec;
 
 pub use shared::{ProbeStats, SharedMaps};
 
@@ -45,59 +46,6 @@ impl std::fmt::Display for Skip {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OffsetSource {
-    Dwarf,
-}
-
-impl std::fmt::Display for OffsetSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            OffsetSource::Dwarf => "DWARF",
-        })
-    }
-}
-
-/// One struct field an instrumentation reads, and where it lies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldOffset {
-    pub struct_name: &'static str,
-    pub field: &'static str,
-    pub required: bool,
-    /// None: absent from this binary (allowed only for optional fields).
-    pub offset: Option<u64>,
-    pub source: Option<OffsetSource>,
-}
-
-/// Resolves (struct, field, required) triples; fails naming the first required field missing.
-pub(crate) fn resolve_fields(
-    bin: &GoBinary,
-    wanted: &[(&'static str, &'static str, bool)],
-) -> Result<Vec<FieldOffset>, String> {
-    let mut structs: Vec<&str> = wanted.iter().map(|w| w.0).collect();
-    structs.dedup();
-    let layouts = bin.struct_layouts(&structs).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(wanted.len());
-    for &(struct_name, field, required) in wanted {
-        let offset = layouts
-            .get(struct_name)
-            .and_then(|fields| fields.get(field))
-            .copied();
-        if required && offset.is_none() {
-            return Err(format!("field {struct_name}.{field} not found in DWARF"));
-        }
-        let source = offset.map(|_| http_server::field_source());
-        out.push(FieldOffset {
-            struct_name,
-            field,
-            required,
-            offset,
-            source,
-        });
-    }
-    Ok(out)
-}
-
 /// Go before 1.17 passes arguments on the stack; our programs read Go's register ABI.
 pub(crate) fn require_register_abi(bin: &GoBinary) -> Result<(), String> {
     match bin.build_info().go_semver() {
@@ -119,4 +67,9 @@ pub fn plan_all(bin: &GoBinary) -> Plans {
     Plans {
         http_server: http_server::plan(bin),
     }
+}
+
+/// Every struct field any instrumentation reads: what the offsets database must cover.
+pub fn declared_fields() -> Vec<FieldSpec> {
+    http_server::FIELDS.to_vec()
 }

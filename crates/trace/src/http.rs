@@ -62,10 +62,13 @@ pub fn http_server_span(e: &HttpServerEvent, clock: &MonotonicClock) -> Span {
     if let Some(route) = route {
         attrs.push(KeyValue::new("http.route", route));
     }
-    attrs.push(KeyValue::new(
-        "http.response.status_code",
-        i64::from(e.status),
-    ));
+    // 0: the probe could not read it (HTTP/2 on a Go without known offsets).
+    if e.status != 0 {
+        attrs.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(e.status),
+        ));
+    }
     let version = match (e.proto_major, e.proto_minor) {
         (2, _) => "2".to_string(),
         (3, _) => "3".to_string(),

@@ -1,0 +1,180 @@
+//! Where gotel finds the offset of each struct field an instrumentation reads, in order of
+//! trust: the executable's DWARF, then its Go runtime type descriptors (kept when stripped),
+//! then the embedded offsets database (keyed by Go or module version).
+
+pub mod db;
+pub mod version;
+
+use std::sync::OnceLock;
+
+use goinfo::{GoBinary, StructLayouts};
+
+pub use db::{Database, Lookup, STD};
+
+/// A field an instrumentation reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldSpec {
+    /// `STD` for the standard library, else the module path that defines the struct.
+    pub module: &'static str,
+    /// As DWARF names it: "net/http.Request".
+    pub struct_name: &'static str,
+    pub field: &'static str,
+    /// Without a required field the instrumentation is off; optional ones only enrich spans.
+    pub required: bool,
+}
+
+impl FieldSpec {
+    pub const fn std(struct_name: &'static str, field: &'static str, required: bool) -> Self {
+        FieldSpec {
+            module: STD,
+            struct_name,
+            field,
+            required,
+        }
+    }
+
+    /// "net/http.Request.Method": the database's key.
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.struct_name, self.field)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetSource {
+    Dwarf,
+    TypeDescriptor,
+    /// The versions the database entry covers ("1.19.8 .. 1.27.3").
+    Database {
+        versions: String,
+    },
+}
+
+impl std::fmt::Display for OffsetSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OffsetSource::Dwarf => f.write_str("DWARF"),
+            OffsetSource::TypeDescriptor => f.write_str("type descriptor"),
+            OffsetSource::Database { versions } => write!(f, "offsets database, {versions}"),
+        }
+    }
+}
+
+/// One field, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldOffset {
+    pub spec: FieldSpec,
+    /// None: the field does not exist in this binary (or could not be found: see `source`).
+    pub offset: Option<u64>,
+    /// Who said so; None when nobody knew.
+    pub source: Option<OffsetSource>,
+}
+
+static EMBEDDED: OnceLock<Result<Database, String>> = OnceLock::new();
+
+/// The database compiled into gotel.
+pub fn embedded() -> Result<&'static Database, &'static str> {
+    EMBEDDED
+        .get_or_init(|| {
+            Database::from_json(include_str!("../data/offsets.json")).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(String::as_str)
+}
+
+/// Resolves every field; fails naming the first required field no source knows.
+pub fn resolve(bin: &GoBinary, specs: &[FieldSpec]) -> Result<Vec<FieldOffset>, String> {
+    let mut structs: Vec<&str> = specs.iter().map(|s| s.struct_name).collect();
+    structs.sort_unstable();
+    structs.dedup();
+    let dwarf = bin.struct_layouts(&structs).unwrap_or_default();
+    let missing: Vec<&str> = structs
+        .iter()
+        .copied()
+        .filter(|s| !dwarf.contains_key(*s))
+        .collect();
+    let types: StructLayouts = if missing.is_empty() {
+        StructLayouts::new()
+    } else {
+        bin.struct_layouts_from_types(&missing).unwrap_or_default()
+    };
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        // A struct the binary describes is authoritative for its fields, present or absent.
+        let described = [
+            (&dwarf, OffsetSource::Dwarf),
+            (&types, OffsetSource::TypeDescriptor),
+        ]
+        .into_iter()
+        .find_map(|(layouts, source)| {
+            let fields = layouts.get(spec.struct_name)?;
+            Some((fields.get(spec.field).copied(), source))
+        });
+        let resolved = match described {
+            Some((offset, source)) => FieldOffset {
+                spec: *spec,
+                offset,
+                source: Some(source),
+            },
+            None => from_database(bin, spec)?,
+        };
+        if spec.required && resolved.offset.is_none() {
+            return Err(match resolved.source {
+                Some(source) => format!("{} does not exist here ({source})", spec.key()),
+                None => format!("{}: offset unknown", spec.key()),
+            });
+        }
+        out.push(resolved);
+    }
+    Ok(out)
+}
+
+fn from_database(bin: &GoBinary, spec: &FieldSpec) -> Result<FieldOffset, String> {
+    let info = bin.build_info();
+    let version = if spec.module == STD {
+        Some(info.go_version.as_str())
+    } else {
+        info.module_version(spec.module)
+    };
+    let unknown = |why: String| -> Result<FieldOffset, String> {
+        if spec.required {
+            Err(format!(
+                "{}: not in DWARF or type descriptors, and the offsets database cannot say: {why}",
+                spec.key()
+            ))
+        } else {
+            Ok(FieldOffset {
+                spec: *spec,
+                offset: None,
+                source: None,
+            })
+        }
+    };
+    let Some(version) = version else {
+        return unknown(format!("the binary records no version of {}", spec.module));
+    };
+    let db = match embedded() {
+        Ok(db) => db,
+        Err(e) => return unknown(e.to_string()),
+    };
+    match db.lookup(spec.module, version, &spec.key()) {
+        Lookup::Found { offset, from, to } => Ok(FieldOffset {
+            spec: *spec,
+            offset,
+            source: Some(OffsetSource::Database {
+                versions: format!("{from} .. {to}"),
+            }),
+        }),
+        Lookup::Unknown(why) => unknown(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_database_parses() {
+        let db = embedded().unwrap();
+        assert_eq!(db.schema, db::SCHEMA);
+    }
+}
