@@ -4,6 +4,8 @@
 
 mod buildinfo;
 mod dwarf;
+#[cfg(test)]
+mod fuzz;
 pub mod pclntab;
 mod rets;
 mod types;
@@ -201,7 +203,7 @@ impl GoBinary {
             let pcln = pclntab_of(&file).map_err(|e| e.with_path(path))?;
             functions = pcln
                 .into_iter()
-                .map(|f| (f.name, (f.entry, f.end - f.entry)))
+                .map(|f| (f.name, (f.entry, f.end.saturating_sub(f.entry))))
                 .collect();
         }
         Ok(GoBinary {
