@@ -65,6 +65,8 @@ pub struct Pipeline {
     otlp: Option<OtlpExporter>,
     spans: u64,
     bad_events: u64,
+    /// Processes already warned about implausible events (one warning each).
+    warned_pids: std::collections::HashSet<u32>,
 }
 
 impl Pipeline {
@@ -99,6 +101,7 @@ impl Pipeline {
             otlp,
             spans: 0,
             bad_events: 0,
+            warned_pids: Default::default(),
         })
     }
 
@@ -115,6 +118,17 @@ impl Pipeline {
                 return;
             }
         };
+        if let Some(why) = event.implausible() {
+            self.bad_events += 1;
+            let pid = event.header().pid;
+            if self.warned_pids.insert(pid) {
+                tracing::warn!(
+                    "pid {pid}: dropping spans that read wrong values ({why}): the field offsets \
+                     for this executable are likely wrong; please report its Go version"
+                );
+            }
+            return;
+        }
         let (resource, span) = self.assembler.assemble(&event);
         self.spans += 1;
         if let Some(otlp) = &self.otlp {
@@ -156,7 +170,7 @@ impl Pipeline {
             );
         }
         if self.bad_events > 0 {
-            summary += &format!(", {} unreadable events", self.bad_events);
+            summary += &format!(", {} unreadable or implausible events", self.bad_events);
         }
         tracing::info!("{summary}");
     }

@@ -42,6 +42,26 @@ impl Event {
             Event::HttpServer(e) => &e.header,
         }
     }
+
+    /// Why the values read do not look like what the fields hold, if they do not: the sign of
+    /// wrong offsets (an unknown version guessed from the database, say).
+    pub fn implausible(&self) -> Option<String> {
+        match self {
+            Event::HttpServer(e) => {
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if e.method.is_empty() || !e.method.bytes().all(token) {
+                    Some(format!("HTTP method {:?} is not a method", e.method))
+                } else if !(1..=3).contains(&e.proto_major) {
+                    Some(format!(
+                        "HTTP major version {} is not 1, 2 or 3",
+                        e.proto_major
+                    ))
+                } else {
+                    None
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -192,6 +212,20 @@ mod tests {
     fn round_trips_an_http_server_event() {
         let e = sample();
         assert_eq!(decode(&encode_http_server(&e)), Ok(Event::HttpServer(e)));
+    }
+
+    #[test]
+    fn values_that_cannot_be_what_the_fields_hold_are_implausible() {
+        assert_eq!(Event::HttpServer(sample()).implausible(), None);
+        let mut garbage = sample();
+        garbage.method = "\u{1}\u{7f}x".into();
+        assert!(Event::HttpServer(garbage)
+            .implausible()
+            .unwrap()
+            .contains("not a method"));
+        let mut bad_proto = sample();
+        bad_proto.proto_major = 77;
+        assert!(Event::HttpServer(bad_proto).implausible().is_some());
     }
 
     #[test]
