@@ -5,18 +5,14 @@ use std::process::Command;
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROGRAMS: &[&str] = &["http_server"];
+const PROGRAMS: &[&str] = &["http_server", "http_client", "goroutines"];
 
 fn clang() -> String {
     if let Ok(c) = std::env::var("GOTEL_CLANG") {
         return c;
     }
     for candidate in ["clang-19", "clang"] {
-        if Command::new(candidate)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
+        if Command::new(candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
             return candidate.to_string();
         }
     }

@@ -66,12 +66,7 @@ fn main() -> anyhow::Result<()> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&repo)?;
     match Cli::parse().task {
-        Task::Offsets {
-            full,
-            jobs,
-            goroots,
-            out,
-        } => regenerate(full, jobs.max(1), goroots, &out),
+        Task::Offsets { full, jobs, goroots, out } => regenerate(full, jobs.max(1), goroots, &out),
     }
 }
 
@@ -83,23 +78,15 @@ fn toolchains(given: Vec<PathBuf>) -> Vec<PathBuf> {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("go-1."))
-        })
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("go-1.")))
         .collect();
     roots.sort();
     roots.push(PathBuf::from("/usr/local/go"));
-    roots
-        .into_iter()
-        .filter(|r| r.join("bin/go").exists())
-        .collect()
+    roots.into_iter().filter(|r| r.join("bin/go").exists()).collect()
 }
 
 fn go_version(goroot: &Path) -> anyhow::Result<String> {
-    let out = Command::new(goroot.join("bin/go"))
-        .args(["env", "GOVERSION"])
-        .output()?;
+    let out = Command::new(goroot.join("bin/go")).args(["env", "GOVERSION"]).output()?;
     let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
     match v.strip_prefix("go") {
         Some(v) if out.status.success() => Ok(v.to_string()),
@@ -116,10 +103,7 @@ fn probe_std(goroot: &Path, fields: &[FieldSpec]) -> anyhow::Result<BTreeMap<Str
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("go.mod"),
-        "module gotel.dev/offsets/probe\n\ngo 1.17\n",
-    )?;
+    std::fs::write(dir.join("go.mod"), "module gotel.dev/offsets/probe\n\ngo 1.17\n")?;
     std::fs::write(dir.join("main.go"), STD_PROBE)?;
     let out = Command::new(goroot.join("bin/go"))
         .args(["build", "-trimpath", "-o", "probe", "."])
@@ -131,10 +115,7 @@ fn probe_std(goroot: &Path, fields: &[FieldSpec]) -> anyhow::Result<BTreeMap<Str
         .context("running go build")?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&dir);
-        bail!(
-            "go build failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("go build failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let bin = GoBinary::open(dir.join("probe"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -144,15 +125,7 @@ fn probe_std(goroot: &Path, fields: &[FieldSpec]) -> anyhow::Result<BTreeMap<Str
     let layouts = bin.struct_layouts(&structs)?;
     Ok(fields
         .iter()
-        .map(|f| {
-            (
-                f.key(),
-                layouts
-                    .get(f.struct_name)
-                    .and_then(|s| s.get(f.field))
-                    .copied(),
-            )
-        })
+        .map(|f| (f.key(), layouts.get(f.struct_name).and_then(|s| s.get(f.field)).copied()))
         .collect())
 }
 
@@ -160,17 +133,10 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
     let started = Instant::now();
     let mut db = match std::fs::read_to_string(out) {
         Ok(text) if !full => Database::from_json(&text)?,
-        _ => Database {
-            schema: SCHEMA,
-            modules: BTreeMap::new(),
-        },
+        _ => Database { schema: SCHEMA, modules: BTreeMap::new() },
     };
     let declared = probes::declared_fields();
-    let std_fields: Vec<FieldSpec> = declared
-        .iter()
-        .filter(|f| f.module == STD)
-        .copied()
-        .collect();
+    let std_fields: Vec<FieldSpec> = declared.iter().filter(|f| f.module == STD).copied().collect();
     if let Some(other) = declared.iter().find(|f| f.module != STD) {
         bail!(
             "{} is declared from module {}: add a probe program for it",
@@ -179,19 +145,12 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
         );
     }
 
-    let known: Vec<String> = db
-        .modules
-        .get(STD)
-        .map(|m| m.versions.clone())
-        .unwrap_or_default();
+    let known: Vec<String> = db.modules.get(STD).map(|m| m.versions.clone()).unwrap_or_default();
     let mut work = Vec::new();
     for root in toolchains(goroots) {
         let version = go_version(&root)?;
         if known.contains(&version) {
-            println!(
-                "[offsets] std {version}: already in the database ({})",
-                root.display()
-            );
+            println!("[offsets] std {version}: already in the database ({})", root.display());
         } else if !work.iter().any(|(v, _): &(String, PathBuf)| *v == version) {
             work.push((version, root));
         }
@@ -227,10 +186,7 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
         }
     });
 
-    let module = db
-        .modules
-        .entry(STD.to_string())
-        .or_insert_with(ModuleOffsets::default);
+    let module = db.modules.entry(STD.to_string()).or_insert_with(ModuleOffsets::default);
     for (version, result) in results.into_inner().unwrap() {
         match result {
             Ok(fields) => module.record(&version, &fields),

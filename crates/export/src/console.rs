@@ -12,14 +12,8 @@ use trace::{ProcessResource, Span, SpanKind, Status};
 const WAIT_FOR_ROOT: Duration = Duration::from_secs(1);
 
 /// Attributes worth a glance, in the order shown; the rest go to OTLP only.
-const SHOWN: &[&str] = &[
-    "url.path",
-    "url.query",
-    "url.full",
-    "server.address",
-    "server.port",
-    "client.address",
-];
+const SHOWN: &[&str] =
+    &["url.path", "url.query", "url.full", "server.address", "server.port", "client.address"];
 
 struct Pending {
     spans: Vec<(Arc<ProcessResource>, Span)>,
@@ -34,20 +28,16 @@ pub struct Console<W: Write> {
 
 impl<W: Write> Console<W> {
     pub fn new(out: W, color: bool) -> Self {
-        Console {
-            out,
-            color,
-            pending: HashMap::new(),
-        }
+        Console { out, color, pending: HashMap::new() }
     }
 
     pub fn push(&mut self, resource: Arc<ProcessResource>, span: Span) {
         let trace_id = span.trace_id;
         let is_local_root = span.parent_span_id.is_none() || span.kind == SpanKind::Server;
-        let entry = self.pending.entry(trace_id).or_insert_with(|| Pending {
-            spans: Vec::new(),
-            since: Instant::now(),
-        });
+        let entry = self
+            .pending
+            .entry(trace_id)
+            .or_insert_with(|| Pending { spans: Vec::new(), since: Instant::now() });
         entry.spans.push((resource, span));
         if is_local_root {
             if let Some(p) = self.pending.remove(&trace_id) {
@@ -85,9 +75,7 @@ impl<W: Write> Console<W> {
     }
 
     fn line(&self, resource: &ProcessResource, span: &Span) -> String {
-        let status_code = span
-            .attribute("http.response.status_code")
-            .map(|v| v.to_string());
+        let status_code = span.attribute("http.response.status_code").map(|v| v.to_string());
         let (status, status_color) = match (&span.status, status_code) {
             (Status::Error { .. }, Some(c)) => (c, "31"),
             (Status::Error { .. }, None) => ("ERROR".to_string(), "31"),
@@ -99,10 +87,8 @@ impl<W: Write> Console<W> {
             SpanKind::Client => "CLIENT",
             SpanKind::Internal => "INTERNAL",
         };
-        let attrs: Vec<String> = SHOWN
-            .iter()
-            .filter_map(|k| span.attribute(k).map(|v| format!("{k}={v}")))
-            .collect();
+        let attrs: Vec<String> =
+            SHOWN.iter().filter_map(|k| span.attribute(k).map(|v| format!("{k}={v}"))).collect();
         format!(
             "{} {} {:<6} {:<28} {} {:>9}  {}",
             self.paint("36", resource.service_name()),
@@ -156,9 +142,8 @@ impl<W: Write> Console<W> {
         text.push_str(&self.line(&spans[at].0, &spans[at].1));
         text.push('\n');
         let id = spans[at].1.span_id;
-        let children: Vec<usize> = (0..spans.len())
-            .filter(|&i| spans[i].1.parent_span_id == Some(id))
-            .collect();
+        let children: Vec<usize> =
+            (0..spans.len()).filter(|&i| spans[i].1.parent_span_id == Some(id)).collect();
         let child_prefix = format!("{prefix}{}", if last { "   " } else { "│  " });
         for (n, &c) in children.iter().enumerate() {
             self.tree(spans, c, &child_prefix, n + 1 == children.len(), text);
@@ -182,13 +167,7 @@ fn format_duration(nanos: u64) -> String {
 fn format_clock(unix_nanos: u64) -> String {
     let ms = unix_nanos / 1_000_000;
     let s = ms / 1000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        (s / 3600) % 24,
-        (s / 60) % 60,
-        s % 60,
-        ms % 1000
-    )
+    format!("{:02}:{:02}:{:02}.{:03}", (s / 3600) % 24, (s / 60) % 60, s % 60, ms % 1000)
 }
 
 #[cfg(test)]
@@ -197,10 +176,7 @@ mod tests {
     use trace::KeyValue;
 
     fn res(pid: u32, name: &str) -> Arc<ProcessResource> {
-        Arc::new(ProcessResource {
-            pid,
-            attributes: vec![("service.name".into(), name.into())],
-        })
+        Arc::new(ProcessResource { pid, attributes: vec![("service.name".into(), name.into())] })
     }
 
     fn span(id: u8, parent: Option<u8>, kind: SpanKind, name: &str, start: u64) -> Span {

@@ -21,10 +21,7 @@ fn value(v: &AttributeValue) -> AnyValue {
 }
 
 fn key_value(key: &str, v: &AttributeValue) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(value(v)),
-    }
+    KeyValue { key: key.to_string(), value: Some(value(v)) }
 }
 
 fn span(s: &trace::Span) -> Span {
@@ -35,10 +32,9 @@ fn span(s: &trace::Span) -> Span {
     };
     let status = match &s.status {
         trace::Status::Unset => None,
-        trace::Status::Error { message } => Some(Status {
-            code: status::StatusCode::Error as i32,
-            message: message.clone(),
-        }),
+        trace::Status::Error { message } => {
+            Some(Status { code: status::StatusCode::Error as i32, message: message.clone() })
+        }
     };
     Span {
         trace_id: s.trace_id.to_vec(),
@@ -48,11 +44,7 @@ fn span(s: &trace::Span) -> Span {
         kind: kind as i32,
         start_time_unix_nano: s.start_unix_nanos,
         end_time_unix_nano: s.end_unix_nanos,
-        attributes: s
-            .attributes
-            .iter()
-            .map(|kv| key_value(kv.key, &kv.value))
-            .collect(),
+        attributes: s.attributes.iter().map(|kv| key_value(kv.key, &kv.value)).collect(),
         status,
         ..Default::default()
     }
@@ -62,10 +54,7 @@ fn span(s: &trace::Span) -> Span {
 pub fn export_request(spans: &[(Arc<ProcessResource>, trace::Span)]) -> ExportTraceServiceRequest {
     let mut groups: Vec<(&Arc<ProcessResource>, Vec<Span>)> = Vec::new();
     for (resource, s) in spans {
-        match groups
-            .iter_mut()
-            .find(|(r, _)| Arc::ptr_eq(r, resource) || r.pid == resource.pid)
-        {
+        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, resource) || r.pid == resource.pid) {
             Some((_, list)) => list.push(span(s)),
             None => groups.push((resource, vec![span(s)])),
         }
@@ -74,11 +63,7 @@ pub fn export_request(spans: &[(Arc<ProcessResource>, trace::Span)]) -> ExportTr
         .into_iter()
         .map(|(resource, spans)| ResourceSpans {
             resource: Some(Resource {
-                attributes: resource
-                    .attributes
-                    .iter()
-                    .map(|(k, v)| key_value(k, v))
-                    .collect(),
+                attributes: resource.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
@@ -102,10 +87,7 @@ mod tests {
     use trace::{KeyValue as Kv, Status as St};
 
     fn resource(pid: u32, name: &str) -> Arc<ProcessResource> {
-        Arc::new(ProcessResource {
-            pid,
-            attributes: vec![("service.name".into(), name.into())],
-        })
+        Arc::new(ProcessResource { pid, attributes: vec![("service.name".into(), name.into())] })
     }
 
     fn a_span(id: u8, status: St) -> trace::Span {
@@ -125,9 +107,7 @@ mod tests {
     #[test]
     fn groups_by_process_and_maps_every_field() {
         let (a, b) = (resource(1, "a"), resource(2, "b"));
-        let err = St::Error {
-            message: String::new(),
-        };
+        let err = St::Error { message: String::new() };
         let req = export_request(&[
             (a.clone(), a_span(1, St::Unset)),
             (b.clone(), a_span(2, err)),
@@ -137,23 +117,14 @@ mod tests {
         let first = &req.resource_spans[0];
         let spans = &first.scope_spans[0].spans;
         assert_eq!(spans.len(), 2);
-        assert_eq!(
-            first.resource.as_ref().unwrap().attributes[0].key,
-            "service.name"
-        );
+        assert_eq!(first.resource.as_ref().unwrap().attributes[0].key, "service.name");
         assert_eq!(spans[0].trace_id, vec![1; 16]);
         assert_eq!(spans[0].parent_span_id, Vec::<u8>::new());
         assert_eq!(spans[0].kind, span::SpanKind::Server as i32);
-        assert_eq!(
-            (spans[0].start_time_unix_nano, spans[0].end_time_unix_nano),
-            (10, 20)
-        );
+        assert_eq!((spans[0].start_time_unix_nano, spans[0].end_time_unix_nano), (10, 20));
         assert!(spans[0].status.is_none());
         let b_span = &req.resource_spans[1].scope_spans[0].spans[0];
-        assert_eq!(
-            b_span.status.as_ref().unwrap().code,
-            status::StatusCode::Error as i32
-        );
+        assert_eq!(b_span.status.as_ref().unwrap().code, status::StatusCode::Error as i32);
         assert_eq!(
             b_span.attributes[0].value.as_ref().unwrap().value,
             Some(any_value::Value::IntValue(500))

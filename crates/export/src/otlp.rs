@@ -63,20 +63,14 @@ impl OtlpConfig {
             Some(p) => ("--otlp-protocol", Some(p)),
             None => match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
                 Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(p)),
-                None => (
-                    "OTEL_EXPORTER_OTLP_PROTOCOL",
-                    get("OTEL_EXPORTER_OTLP_PROTOCOL"),
-                ),
+                None => ("OTEL_EXPORTER_OTLP_PROTOCOL", get("OTEL_EXPORTER_OTLP_PROTOCOL")),
             },
         };
         let protocol = match proto_value.as_deref().map(str::trim) {
             None | Some("http/protobuf") => Protocol::HttpProtobuf,
             Some("grpc") => Protocol::Grpc,
             Some(other) => {
-                return Err(ConfigError::Protocol {
-                    var: proto_var,
-                    value: other.to_string(),
-                })
+                return Err(ConfigError::Protocol { var: proto_var, value: other.to_string() })
             }
         };
         // A signal-specific endpoint is used as is; a base endpoint gets /v1/traces for HTTP.
@@ -85,10 +79,7 @@ impl OtlpConfig {
         } else if let Some(e) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", Some(e))
         } else if let Some(e) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                Some(base_to_traces(&e, protocol)),
-            )
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", Some(base_to_traces(&e, protocol)))
         } else if get("OTEL_TRACES_EXPORTER").is_some_and(|v| v.split(',').any(|x| x == "otlp")) {
             let default = match protocol {
                 Protocol::Grpc => "http://localhost:4317".to_string(),
@@ -100,18 +91,12 @@ impl OtlpConfig {
         };
         let Some(endpoint) = url else { return Ok(None) };
         if !endpoint.starts_with("http://") {
-            return Err(ConfigError::Endpoint {
-                var,
-                value: endpoint,
-            });
+            return Err(ConfigError::Endpoint { var, value: endpoint });
         }
         let millis = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
             match get(var) {
                 None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| ConfigError::Number { var, value: v }),
+                Some(v) => v.trim().parse().map_err(|_| ConfigError::Number { var, value: v }),
             }
         };
         let headers = get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
@@ -164,24 +149,14 @@ impl OtlpExporter {
         let (tx, rx) = mpsc::channel(config.max_queue_size);
         let (done_tx, done) = std::sync::mpsc::channel();
         let stats = Arc::new(ExportStats::default());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let (cfg, st) = (config.clone(), Arc::clone(&stats));
-        std::thread::Builder::new()
-            .name("gotel-otlp".into())
-            .spawn(move || {
-                runtime.block_on(run(cfg, rx, closing_rx, st));
-                let _ = done_tx.send(());
-            })?;
-        Ok(OtlpExporter {
-            tx: Some(tx),
-            closing,
-            stats,
-            done,
-            config,
-        })
+        std::thread::Builder::new().name("gotel-otlp".into()).spawn(move || {
+            runtime.block_on(run(cfg, rx, closing_rx, st));
+            let _ = done_tx.send(());
+        })?;
+        Ok(OtlpExporter { tx: Some(tx), closing, stats, done, config })
     }
 
     pub fn config(&self) -> &OtlpConfig {
@@ -192,9 +167,7 @@ impl OtlpExporter {
     pub fn offer(&self, resource: Arc<ProcessResource>, span: Span) {
         if let Some(tx) = &self.tx {
             if tx.try_send((resource, span)).is_err() {
-                self.stats
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -242,9 +215,9 @@ async fn run(
             }
         }
         Protocol::Grpc => match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
-            Ok(ep) => Client::Grpc(TraceServiceClient::new(
-                ep.timeout(config.timeout).connect_lazy(),
-            )),
+            Ok(ep) => {
+                Client::Grpc(TraceServiceClient::new(ep.timeout(config.timeout).connect_lazy()))
+            }
             Err(e) => {
                 tracing::error!(error = %e, endpoint = %config.endpoint, "bad OTLP gRPC endpoint");
                 return;
@@ -345,10 +318,7 @@ async fn send_http(
                 message: format!("HTTP {code} from collector"),
             })
         }
-        Err(e) => Err(Failure {
-            retryable: true,
-            message: e.to_string(),
-        }),
+        Err(e) => Err(Failure { retryable: true, message: e.to_string() }),
     }
 }
 
@@ -359,10 +329,9 @@ async fn send_grpc(
 ) -> Result<(), Failure> {
     let mut req = tonic::Request::new(request);
     for (k, v) in &config.headers {
-        if let (Ok(k), Ok(v)) = (
-            tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
-            v.parse(),
-        ) {
+        if let (Ok(k), Ok(v)) =
+            (tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()), v.parse())
+        {
             req.metadata_mut().insert(k, v);
         }
     }
@@ -392,16 +361,9 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| {
-            pairs
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-        }
+        let pairs: Vec<(String, String)> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
     }
 
     #[test]
@@ -440,17 +402,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.endpoint, "http://c:9/custom");
         assert_eq!(c.schedule_delay, Duration::from_millis(200));
-        assert_eq!(
-            c.headers,
-            vec![("api-key".to_string(), "s=cret".to_string())]
-        );
+        assert_eq!(c.headers, vec![("api-key".to_string(), "s=cret".to_string())]);
         let g = OtlpConfig::from_env(env(&[]), Some("http://c:4317".into()), Some("grpc".into()))
             .unwrap()
             .unwrap();
-        assert_eq!(
-            (g.protocol, g.endpoint.as_str()),
-            (Protocol::Grpc, "http://c:4317")
-        );
+        assert_eq!((g.protocol, g.endpoint.as_str()), (Protocol::Grpc, "http://c:4317"));
     }
 
     #[test]
@@ -470,11 +426,8 @@ mod tests {
                 value: "http/json".into()
             })
         );
-        let e = OtlpConfig::from_env(
-            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c")]),
-            None,
-            None,
-        );
+        let e =
+            OtlpConfig::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c")]), None, None);
         assert!(matches!(e, Err(ConfigError::Endpoint { .. })));
         let e = OtlpConfig::from_env(
             env(&[
@@ -484,13 +437,7 @@ mod tests {
             None,
             None,
         );
-        assert!(matches!(
-            e,
-            Err(ConfigError::Number {
-                var: "OTEL_BSP_SCHEDULE_DELAY",
-                ..
-            })
-        ));
+        assert!(matches!(e, Err(ConfigError::Number { var: "OTEL_BSP_SCHEDULE_DELAY", .. })));
     }
 
     #[test]
@@ -509,10 +456,7 @@ mod tests {
         cfg.schedule_delay = Duration::from_millis(10);
         cfg.max_queue_size = 4;
         let mut exporter = OtlpExporter::start(cfg).unwrap();
-        let resource = Arc::new(ProcessResource {
-            pid: 1,
-            attributes: vec![],
-        });
+        let resource = Arc::new(ProcessResource { pid: 1, attributes: vec![] });
         let span = Span {
             trace_id: [1; 16],
             span_id: [1; 8],
@@ -530,10 +474,7 @@ mod tests {
         let queue_full = exporter.stats().dropped_queue_full.load(Ordering::Relaxed);
         assert!(queue_full > 0, "a queue of 4 cannot take 100 spans at once");
         let started = Instant::now();
-        assert!(
-            exporter.shutdown(Duration::from_secs(10)),
-            "shutdown finishes within its budget"
-        );
+        assert!(exporter.shutdown(Duration::from_secs(10)), "shutdown finishes within its budget");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

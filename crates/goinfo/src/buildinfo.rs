@@ -36,13 +36,10 @@ pub struct BuildInfo {
 impl BuildInfo {
     /// The version of module `path` linked into the binary, following replacements.
     pub fn module_version(&self, path: &str) -> Option<&str> {
-        self.deps
-            .iter()
-            .find(|m| m.path == path)
-            .map(|m| match &m.replaced_by {
-                Some(r) if !r.version.is_empty() => r.version.as_str(),
-                _ => m.version.as_str(),
-            })
+        self.deps.iter().find(|m| m.path == path).map(|m| match &m.replaced_by {
+            Some(r) if !r.version.is_empty() => r.version.as_str(),
+            _ => m.version.as_str(),
+        })
     }
 
     /// Go version as (major, minor, patch), e.g. "go1.22.12" -> (1, 22, 12).
@@ -60,12 +57,7 @@ pub fn parse_go_version(v: &str) -> Option<(u32, u32, u32)> {
     let minor_digits: String = minor_raw.chars().take_while(char::is_ascii_digit).collect();
     let minor = minor_digits.parse().ok()?;
     let patch = match parts.next() {
-        Some(p) => p
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .ok()?,
+        Some(p) => p.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()?,
         None => 0,
     };
     Some((major, minor, patch))
@@ -136,11 +128,8 @@ pub(crate) fn parse(
     };
     // modinfo is wrapped in 16-byte binary sentinels; keep only the text between them.
     let n = modinfo.len();
-    let inner = if n >= 33 && modinfo[n - 17] == b'\n' {
-        &modinfo[16..n - 16]
-    } else {
-        &modinfo[..]
-    };
+    let inner =
+        if n >= 33 && modinfo[n - 17] == b'\n' { &modinfo[16..n - 16] } else { &modinfo[..] };
     parse_modinfo(&String::from_utf8_lossy(inner), &mut info);
     Ok(info)
 }
@@ -209,10 +198,7 @@ mod tests {
         assert_eq!(info.main_module.as_ref().unwrap().version, "(devel)");
         assert_eq!(info.module_version("golang.org/x/net"), Some("v0.20.0"));
         // A local replacement has no version: the original requirement stands.
-        assert_eq!(
-            info.module_version("google.golang.org/grpc"),
-            Some("v1.60.0")
-        );
+        assert_eq!(info.module_version("google.golang.org/grpc"), Some("v1.60.0"));
         assert_eq!(info.settings, vec![("-ldflags".into(), "-s -w".into())]);
     }
 

@@ -17,11 +17,7 @@ pub(crate) fn struct_layouts(
     file: &object::File<'_>,
     wanted: &[&str],
 ) -> Result<StructLayouts, Error> {
-    let endian = if file.is_little_endian() {
-        RunTimeEndian::Little
-    } else {
-        RunTimeEndian::Big
-    };
+    let endian = if file.is_little_endian() { RunTimeEndian::Little } else { RunTimeEndian::Big };
     let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
         Ok(match file.section_by_name(id.name()) {
             Some(s) => s.uncompressed_data().unwrap_or(Cow::Borrowed(&[])),
@@ -30,9 +26,7 @@ pub(crate) fn struct_layouts(
     };
     let sections = gimli::DwarfSections::load(load).map_err(dwarf_err)?;
     if file.section_by_name(".debug_info").is_none() {
-        return Err(Error::NoDwarf {
-            path: Default::default(),
-        });
+        return Err(Error::NoDwarf { path: Default::default() });
     }
     let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
 
@@ -105,8 +99,5 @@ fn attr_string(
 }
 
 fn dwarf_err(e: gimli::Error) -> Error {
-    Error::Dwarf {
-        path: Default::default(),
-        reason: e.to_string(),
-    }
+    Error::Dwarf { path: Default::default(), reason: e.to_string() }
 }

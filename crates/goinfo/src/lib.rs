@@ -24,10 +24,7 @@ pub use rets::amd64_ret_addresses;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not an ELF executable ({reason})")]
     NotElf { path: PathBuf, reason: String },
     #[error("{path} is not a Go program: it has no .go.buildinfo section")]
@@ -39,11 +36,7 @@ pub enum Error {
     #[error("{path}: unsupported architecture {arch} (gotel supports x86_64)")]
     UnsupportedArch { path: PathBuf, arch: String },
     #[error("{path}: function {name} not found in {table}")]
-    MissingFunction {
-        path: PathBuf,
-        name: String,
-        table: SymbolSource,
-    },
+    MissingFunction { path: PathBuf, name: String, table: SymbolSource },
     #[error("{path}: function {name} lies outside the file's loadable segments")]
     FunctionNotInFile { path: PathBuf, name: String },
     #[error("{path}: no DWARF debug info (built with -ldflags=-w, or stripped)")]
@@ -133,19 +126,14 @@ impl GoBinary {
     /// Reads and parses `path`. Fails with a clear error for a non-ELF, non-Go or non-amd64 file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let data = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })?;
+        let data = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
         Self::parse(path, data)
     }
 
     /// Parses bytes already read; `path` is only used in messages.
     pub fn parse(path: &Path, data: Vec<u8>) -> Result<Self, Error> {
-        let file = object::File::parse(&*data).map_err(|e| Error::NotElf {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+        let file = object::File::parse(&*data)
+            .map_err(|e| Error::NotElf { path: path.into(), reason: e.to_string() })?;
         if file.format() != object::BinaryFormat::Elf {
             return Err(Error::NotElf {
                 path: path.into(),
@@ -154,28 +142,19 @@ impl GoBinary {
         }
         if file.architecture() != object::Architecture::X86_64 {
             let arch = format!("{:?}", file.architecture());
-            return Err(Error::UnsupportedArch {
-                path: path.into(),
-                arch,
-            });
+            return Err(Error::UnsupportedArch { path: path.into(), arch });
         }
         let segments: Vec<Segment> = file
             .segments()
             .map(|s| {
                 let (file_offset, file_size) = s.file_range();
-                Segment {
-                    vaddr: s.address(),
-                    file_offset,
-                    file_size,
-                }
+                Segment { vaddr: s.address(), file_offset, file_size }
             })
             .collect();
         let section = file
             .section_by_name(".go.buildinfo")
             .ok_or_else(|| Error::NotGo { path: path.into() })?;
-        let section_data = section
-            .data()
-            .map_err(|_| Error::NotGo { path: path.into() })?;
+        let section_data = section.data().map_err(|_| Error::NotGo { path: path.into() })?;
         let read_at = |addr: u64, len: usize| -> Option<Vec<u8>> {
             let off = vaddr_to_offset(&segments, addr)?;
             data.get(usize::try_from(off).ok()?..usize::try_from(off).ok()? + len)
@@ -219,10 +198,8 @@ impl GoBinary {
 
     /// Every function in `.gopclntab`, whether or not `.symtab` exists.
     pub fn pclntab_functions(&self) -> Result<Vec<PclnFunction>, Error> {
-        let file = object::File::parse(&*self.data).map_err(|e| Error::NotElf {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let file = object::File::parse(&*self.data)
+            .map_err(|e| Error::NotElf { path: self.path.clone(), reason: e.to_string() })?;
         pclntab_of(&file).map_err(|e| e.with_path(&self.path))
     }
 
@@ -245,32 +222,20 @@ impl GoBinary {
 
     /// Every function as (name, address, size).
     pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> {
-        self.functions
-            .iter()
-            .map(|(name, &(addr, size))| (name.as_str(), addr, size))
+        self.functions.iter().map(|(name, &(addr, size))| (name.as_str(), addr, size))
     }
 
     /// Looks up a function by its Go symbol name, e.g. "net/http.serverHandler.ServeHTTP".
     pub fn function(&self, name: &str) -> Result<Function, Error> {
-        let &(address, size) = self
-            .functions
-            .get(name)
-            .ok_or_else(|| Error::MissingFunction {
-                path: self.path.clone(),
-                name: name.into(),
-                table: self.symbol_source,
-            })?;
-        let file_offset =
-            vaddr_to_offset(&self.segments, address).ok_or_else(|| Error::FunctionNotInFile {
-                path: self.path.clone(),
-                name: name.into(),
-            })?;
-        Ok(Function {
+        let &(address, size) = self.functions.get(name).ok_or_else(|| Error::MissingFunction {
+            path: self.path.clone(),
             name: name.into(),
-            address,
-            size,
-            file_offset,
-        })
+            table: self.symbol_source,
+        })?;
+        let file_offset = vaddr_to_offset(&self.segments, address).ok_or_else(|| {
+            Error::FunctionNotInFile { path: self.path.clone(), name: name.into() }
+        })?;
+        Ok(Function { name: name.into(), address, size, file_offset })
     }
 
     /// Address of a data symbol (an itab, say), if the symbol table has it.
@@ -281,9 +246,7 @@ impl GoBinary {
     /// File offsets of every RET instruction of `function`.
     pub fn ret_offsets(&self, function: &Function) -> Vec<u64> {
         let start = function.file_offset as usize;
-        let end = start
-            .saturating_add(function.size as usize)
-            .min(self.data.len());
+        let end = start.saturating_add(function.size as usize).min(self.data.len());
         let code = self.data.get(start..end).unwrap_or(&[]);
         amd64_ret_addresses(code, function.file_offset)
     }
@@ -293,36 +256,22 @@ impl GoBinary {
     /// absent. Non-PIE executables only: in a PIE the descriptors' pointers are relocated at
     /// load time.
     pub fn struct_layouts_from_types(&self, wanted: &[&str]) -> Result<StructLayouts, Error> {
-        let file = object::File::parse(&*self.data).map_err(|e| Error::NotElf {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let file = object::File::parse(&*self.data)
+            .map_err(|e| Error::NotElf { path: self.path.clone(), reason: e.to_string() })?;
         // Go 1.27 moved type data into .go.type; before, it starts .rodata.
         let section = file
             .section_by_name(".go.type")
             .or_else(|| file.section_by_name(".rodata"))
-            .ok_or_else(|| Error::NoTypes {
-                path: self.path.clone(),
-            })?;
-        let region = section.data().map_err(|_| Error::NoTypes {
-            path: self.path.clone(),
-        })?;
+            .ok_or_else(|| Error::NoTypes { path: self.path.clone() })?;
+        let region = section.data().map_err(|_| Error::NoTypes { path: self.path.clone() })?;
         let offset_embed = matches!(self.build_info.go_semver(), Some((1, minor, _)) if minor < 19);
-        Ok(types::struct_layouts(
-            self,
-            section.address(),
-            region,
-            offset_embed,
-            wanted,
-        ))
+        Ok(types::struct_layouts(self, section.address(), region, offset_embed, wanted))
     }
 
     /// Field offsets of the named structs from DWARF. Structs the binary lacks are absent.
     pub fn struct_layouts(&self, wanted: &[&str]) -> Result<StructLayouts, Error> {
-        let file = object::File::parse(&*self.data).map_err(|e| Error::NotElf {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let file = object::File::parse(&*self.data)
+            .map_err(|e| Error::NotElf { path: self.path.clone(), reason: e.to_string() })?;
         dwarf::struct_layouts(&file, wanted).map_err(|e| e.with_path(&self.path))
     }
 }
@@ -335,12 +284,8 @@ impl types::Memory for GoBinary {
 }
 
 fn pclntab_of(file: &object::File<'_>) -> Result<Vec<PclnFunction>, Error> {
-    let section = file
-        .section_by_name(".gopclntab")
-        .ok_or(Error::Malformed("no .gopclntab"))?;
-    let data = section
-        .data()
-        .map_err(|_| Error::Malformed("unreadable .gopclntab"))?;
+    let section = file.section_by_name(".gopclntab").ok_or(Error::Malformed("no .gopclntab"))?;
+    let data = section.data().map_err(|_| Error::Malformed("unreadable .gopclntab"))?;
     let text = file.section_by_name(".text").map_or(0, |s| s.address());
     pclntab::parse(data, text)
 }

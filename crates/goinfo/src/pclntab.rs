@@ -30,9 +30,7 @@ impl Reader<'_> {
             .ok_or(Error::Malformed("pclntab: read past the end"))
     }
     fn u32(&self, at: usize) -> Result<u32, Error> {
-        Ok(u32::from_le_bytes(
-            self.bytes(at, 4)?.try_into().unwrap_or([0; 4]),
-        ))
+        Ok(u32::from_le_bytes(self.bytes(at, 4)?.try_into().unwrap_or([0; 4])))
     }
     fn word(&self, at: usize) -> Result<u64, Error> {
         let b = self.bytes(at, self.ptr_size)?;
@@ -46,10 +44,7 @@ impl Reader<'_> {
         usize::try_from(self.word(at)?).map_err(|_| Error::Malformed("pclntab: offset too large"))
     }
     fn cstr(&self, at: usize) -> Result<String, Error> {
-        let tail = self
-            .data
-            .get(at..)
-            .ok_or(Error::Malformed("pclntab: name past the end"))?;
+        let tail = self.data.get(at..).ok_or(Error::Malformed("pclntab: name past the end"))?;
         let len = tail
             .iter()
             .position(|&b| b == 0)
@@ -74,9 +69,7 @@ pub fn parse(data: &[u8], text_section_start: u64) -> Result<Vec<PclnFunction>, 
     let nfunc = r.offset(8)?;
     // Each function needs at least a functab entry: a count beyond that is corruption.
     if nfunc > data.len() / 8 {
-        return Err(Error::Malformed(
-            "pclntab: function count larger than the table",
-        ));
+        return Err(Error::Malformed("pclntab: function count larger than the table"));
     }
     let mut out = Vec::with_capacity(nfunc);
     match magic {
@@ -160,16 +153,8 @@ mod tests {
         assert_eq!(
             f,
             vec![
-                PclnFunction {
-                    name: "main.a".into(),
-                    entry: 0x401000,
-                    end: 0x401040
-                },
-                PclnFunction {
-                    name: "main.bb".into(),
-                    entry: 0x401040,
-                    end: 0x401090
-                },
+                PclnFunction { name: "main.a".into(), entry: 0x401000, end: 0x401040 },
+                PclnFunction { name: "main.bb".into(), entry: 0x401040, end: 0x401090 },
             ]
         );
     }

@@ -20,10 +20,7 @@ fn fixture(name: &str) -> Option<PathBuf> {
     if p.exists() {
         return Some(p);
     }
-    let msg = format!(
-        "fixture {} missing (run scripts/build-fixtures.sh)",
-        p.display()
-    );
+    let msg = format!("fixture {} missing (run scripts/build-fixtures.sh)", p.display());
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg}");
     }
@@ -33,32 +30,19 @@ fn fixture(name: &str) -> Option<PathBuf> {
 
 /// The Go toolchain that built a fixture ("go1.22" -> /usr/lib/go-1.22/bin/go or the machine's).
 fn go_tool_for(version: &str) -> Option<PathBuf> {
-    let debian = PathBuf::from(format!(
-        "/usr/lib/go-{}/bin/go",
-        version.trim_start_matches("go")
-    ));
+    let debian = PathBuf::from(format!("/usr/lib/go-{}/bin/go", version.trim_start_matches("go")));
     if debian.exists() {
         return Some(debian);
     }
     let local = PathBuf::from("/usr/local/go/bin/go");
-    let v = Command::new(&local)
-        .args(["env", "GOVERSION"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&v.stdout)
-        .starts_with(version)
-        .then_some(local)
+    let v = Command::new(&local).args(["env", "GOVERSION"]).output().ok()?;
+    String::from_utf8_lossy(&v.stdout).starts_with(version).then_some(local)
 }
 
 /// RET addresses of `func` as `go tool objdump` prints them.
 fn objdump_rets(go: &Path, bin: &Path, func: &str) -> Vec<u64> {
     let out = Command::new(go)
-        .args([
-            "tool",
-            "objdump",
-            "-s",
-            &format!("^{}$", regex_escape(func)),
-        ])
+        .args(["tool", "objdump", "-s", &format!("^{}$", regex_escape(func))])
         .arg(bin)
         .output()
         .expect("go tool objdump");
@@ -73,15 +57,7 @@ fn objdump_rets(go: &Path, bin: &Path, func: &str) -> Vec<u64> {
 }
 
 fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if ".()*".contains(c) {
-                vec!['\\', c]
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    s.chars().flat_map(|c| if ".()*".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
 }
 
 fn check_unstripped(version: &str, has_pattern: bool) {
@@ -107,17 +83,11 @@ fn check_unstripped(version: &str, has_pattern: bool) {
         );
     }
 
-    let layouts = bin
-        .struct_layouts(&["net/http.Request", "net/url.URL", "no/such.Type"])
-        .unwrap();
+    let layouts = bin.struct_layouts(&["net/http.Request", "net/url.URL", "no/such.Type"]).unwrap();
     let req = &layouts["net/http.Request"];
     assert_eq!(req["Method"], 0);
     assert_eq!(req["URL"], 16);
-    assert_eq!(
-        req.contains_key("Pattern"),
-        has_pattern,
-        "Request.Pattern exists from Go 1.23"
-    );
+    assert_eq!(req.contains_key("Pattern"), has_pattern, "Request.Pattern exists from Go 1.23");
     assert!(layouts["net/url.URL"].contains_key("RawQuery"));
     assert!(!layouts.contains_key("no/such.Type"));
 
@@ -166,10 +136,7 @@ fn fixtures_exist_for_several_go_versions() {
         return;
     }
     let versions = built_versions();
-    assert!(
-        versions.len() >= 2,
-        "fixtures for at least two Go versions: {versions:?}"
-    );
+    assert!(versions.len() >= 2, "fixtures for at least two Go versions: {versions:?}");
 }
 
 /// pclntab agrees with .symtab and with `go tool nm`, for every toolchain.
@@ -194,10 +161,7 @@ fn pclntab_agrees_with_symtab_and_go_tool_nm() {
         // A name that several local functions share (generic closures) is one map entry.
         for f in pcln.iter().filter(|f| name_count[f.name.as_str()] == 1) {
             let at_entry = by_address.get(&f.entry).unwrap_or_else(|| {
-                panic!(
-                    "{version}: no .symtab function at {:#x} ({})",
-                    f.entry, f.name
-                )
+                panic!("{version}: no .symtab function at {:#x} ({})", f.entry, f.name)
             });
             // Same name, but for the ".abi0" suffix of assembly functions, the "[...]" that
             // pclntab writes for array lengths and the "·" that .symtab writes as ".".
@@ -213,11 +177,7 @@ fn pclntab_agrees_with_symtab_and_go_tool_nm() {
         let Some(go) = go_tool_for(&version) else {
             continue;
         };
-        let nm = Command::new(&go)
-            .args(["tool", "nm"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let nm = Command::new(&go).args(["tool", "nm"]).arg(&path).output().unwrap();
         // name -> addresses: a function and its ABI wrapper share a name once ".abi0" is cut.
         let mut text_symbols: std::collections::HashMap<String, Vec<u64>> = Default::default();
         for line in String::from_utf8_lossy(&nm.stdout).lines() {
@@ -232,23 +192,12 @@ fn pclntab_agrees_with_symtab_and_go_tool_nm() {
         let mut checked = 0;
         for f in &pcln {
             if let Some(addrs) = text_symbols.get(&f.name) {
-                assert!(
-                    addrs.contains(&f.entry),
-                    "{version}: go tool nm disagrees on {}",
-                    f.name
-                );
+                assert!(addrs.contains(&f.entry), "{version}: go tool nm disagrees on {}", f.name);
                 checked += 1;
             }
         }
-        assert!(
-            checked > pcln.len() * 9 / 10,
-            "{version}: compared {checked} of {}",
-            pcln.len()
-        );
-        let serve = pcln
-            .iter()
-            .find(|f| f.name == SERVE_HTTP)
-            .expect("ServeHTTP in pclntab");
+        assert!(checked > pcln.len() * 9 / 10, "{version}: compared {checked} of {}", pcln.len());
+        let serve = pcln.iter().find(|f| f.name == SERVE_HTTP).expect("ServeHTTP in pclntab");
         assert_eq!(text_symbols.get(SERVE_HTTP), Some(&vec![serve.entry]));
     }
 }
@@ -277,42 +226,22 @@ fn type_descriptors_and_pclntab_match_dwarf_and_symtab_when_stripped() {
 
         let stripped = GoBinary::open(&stripped_path).unwrap();
         assert_eq!(stripped.symbol_source(), goinfo::SymbolSource::Pclntab);
-        assert!(matches!(
-            stripped.struct_layouts(STRUCTS),
-            Err(Error::NoDwarf { .. })
-        ));
-        assert_eq!(
-            stripped.struct_layouts_from_types(STRUCTS).unwrap(),
-            dwarf,
-            "{version}"
-        );
-        let (a, b) = (
-            bin.function(SERVE_HTTP).unwrap(),
-            stripped.function(SERVE_HTTP).unwrap(),
-        );
-        assert_eq!(
-            (a.address, a.file_offset),
-            (b.address, b.file_offset),
-            "{version}"
-        );
+        assert!(matches!(stripped.struct_layouts(STRUCTS), Err(Error::NoDwarf { .. })));
+        assert_eq!(stripped.struct_layouts_from_types(STRUCTS).unwrap(), dwarf, "{version}");
+        let (a, b) = (bin.function(SERVE_HTTP).unwrap(), stripped.function(SERVE_HTTP).unwrap());
+        assert_eq!((a.address, a.file_offset), (b.address, b.file_offset), "{version}");
         assert_eq!(bin.ret_offsets(&a), stripped.ret_offsets(&b), "{version}");
     }
 }
 
 #[test]
 fn a_gopath_build_has_no_modules_but_everything_else() {
-    let Some(name) = built_versions()
-        .last()
-        .map(|v| format!("httpserver-{v}-gopath"))
-    else {
+    let Some(name) = built_versions().last().map(|v| format!("httpserver-{v}-gopath")) else {
         return;
     };
     let Some(path) = fixture(&name) else { return };
     let bin = GoBinary::open(&path).unwrap();
-    assert!(
-        bin.build_info().main_module.is_none(),
-        "GOPATH mode records no module"
-    );
+    assert!(bin.build_info().main_module.is_none(), "GOPATH mode records no module");
     assert!(bin.build_info().deps.is_empty());
     assert!(bin.function(SERVE_HTTP).is_ok());
     assert!(bin
@@ -350,10 +279,7 @@ fn bad_input_gets_errors_that_name_the_file() {
         let bytes = std::fs::read(go).unwrap();
         for len in [16, 64, 4096] {
             let truncated = temp_file(&format!("trunc{len}"), &bytes[..len]);
-            assert!(
-                GoBinary::open(&truncated).is_err(),
-                "{len}-byte ELF prefix is rejected"
-            );
+            assert!(GoBinary::open(&truncated).is_err(), "{len}-byte ELF prefix is rejected");
             let _ = std::fs::remove_file(truncated);
         }
     }

@@ -12,8 +12,7 @@ use anyhow::{bail, Context};
 use export::console::Console;
 use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
-use probes::http_server::{self, AttachedHttpServer};
-use probes::{AttachOptions, SharedMaps};
+use probes::{goroutines, http_client, http_server, AttachOptions, Attached, SharedMaps};
 use trace::{AgentIdentity, Assembler, ResourceCache};
 
 use crate::cli::AgentArgs;
@@ -21,11 +20,12 @@ use crate::cli::AgentArgs;
 /// Probes attached to one executable.
 pub struct Instrumented {
     pub go_version: String,
-    _http_server: AttachedHttpServer,
+    _attached: Vec<Attached>,
 }
 
-/// Analyses `exe` and attaches every instrumentation that applies. `attach_path` names the same
-/// file as the kernel should resolve it (the path itself, or /proc/PID/exe).
+/// Analyses `exe` and attaches every instrumentation that applies, saying which do not and
+/// why. `attach_path` names the same file as the kernel should resolve it (the path itself, or
+/// /proc/PID/exe).
 pub fn instrument(
     exe: &Path,
     attach_path: &Path,
@@ -35,27 +35,46 @@ pub fn instrument(
     let bin = GoBinary::open(exe)?;
     let go_version = bin.build_info().go_version.clone();
     let plans = probes::plan_all(&bin);
-    let plan = match plans.http_server {
-        Ok(plan) => plan,
-        Err(skip) => bail!("nothing to instrument in {}: {skip}", exe.display()),
-    };
-    let attached = http_server::attach(&plan, attach_path, shared, options)
-        .with_context(|| format!("attaching to {}", exe.display()))?;
-    tracing::info!(
-        "attached {} to {} ({go_version}): entry + {} RETs{}",
-        http_server::NAME,
-        exe.display(),
-        plan.return_offsets.len(),
-        if attached.multi {
-            " (one uprobe_multi link)"
-        } else {
-            " (one uprobe each)"
+    let mut attached = Vec::new();
+    let mut skipped = Vec::new();
+    let context = || format!("attaching to {}", exe.display());
+    match &plans.http_server {
+        Ok(plan) => attached
+            .push(http_server::attach(plan, attach_path, shared, options).with_context(context)?),
+        Err(skip) => skipped.push(skip.to_string()),
+    }
+    match &plans.http_client {
+        Ok(plan) => {
+            attached.push(
+                http_client::attach(plan, attach_path, shared, options).with_context(context)?,
+            );
+            // Client spans find their parent through goroutine ancestry.
+            match &plans.goroutines {
+                Ok(plan) => attached.push(
+                    goroutines::attach(plan, attach_path, shared, options).with_context(context)?,
+                ),
+                Err(skip) => skipped.push(skip.to_string()),
+            }
         }
-    );
-    Ok(Instrumented {
-        go_version,
-        _http_server: attached,
-    })
+        Err(skip) => skipped.push(skip.to_string()),
+    }
+    for skip in &skipped {
+        tracing::info!("{}: skipped {skip}", exe.display());
+    }
+    if attached.is_empty() {
+        bail!("nothing to instrument in {}: {}", exe.display(), skipped.join("; "));
+    }
+    for a in &attached {
+        let rets: usize = a.functions.iter().map(|(_, n)| n).sum();
+        tracing::info!(
+            "attached {} to {} ({go_version}): {} function(s), {rets} RETs{}",
+            a.instrumentation,
+            exe.display(),
+            a.functions.len(),
+            if a.multi { " (one uprobe_multi link)" } else { " (one uprobe each)" }
+        );
+    }
+    Ok(Instrumented { go_version, _attached: attached })
 }
 
 /// Decoded events -> spans -> exporters.
@@ -78,11 +97,7 @@ impl Pipeline {
         )?;
         let otlp = match otlp_config {
             Some(cfg) => {
-                tracing::info!(
-                    "exporting spans over OTLP {} to {}",
-                    cfg.protocol,
-                    cfg.endpoint
-                );
+                tracing::info!("exporting spans over OTLP {} to {}", cfg.protocol, cfg.endpoint);
                 Some(OtlpExporter::start(cfg).context("starting the OTLP exporter")?)
             }
             None => None,
@@ -164,10 +179,7 @@ impl Pipeline {
             }
         }
         if probe.ringbuf_full > 0 {
-            summary += &format!(
-                ", {} lost in the kernel (ring buffer full)",
-                probe.ringbuf_full
-            );
+            summary += &format!(", {} lost in the kernel (ring buffer full)", probe.ringbuf_full);
         }
         if self.bad_events > 0 {
             summary += &format!(", {} unreadable or implausible events", self.bad_events);

@@ -36,9 +36,7 @@ pub fn resolve_program(program: &str) -> Option<PathBuf> {
         return Some(PathBuf::from(program));
     }
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|p| p.is_file())
+        std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file())
     })
 }
 
@@ -75,10 +73,7 @@ pub fn spawn_held(program: &Path, argv0: &str, args: &[String]) -> std::io::Resu
     }
     let child = cmd.spawn()?;
     drop(read_end);
-    Ok(HeldChild {
-        child,
-        release: std::fs::File::from(write_end),
-    })
+    Ok(HeldChild { child, release: std::fs::File::from(write_end) })
 }
 
 /// The trampoline: wait for gotel's word, then become the program. Never returns on success.
@@ -101,10 +96,6 @@ pub fn trampoline(args: Vec<OsString>) -> ! {
         fail("gotel stopped before the program could start; not running it uninstrumented".into())
     }
     drop(hold);
-    let err = Command::new(program)
-        .arg0(argv0)
-        .args(&args[2..])
-        .env_remove(HOLD_FD_ENV)
-        .exec();
+    let err = Command::new(program).arg0(argv0).args(&args[2..]).env_remove(HOLD_FD_ENV).exec();
     fail(format!("cannot run {}: {err}", program.to_string_lossy()))
 }

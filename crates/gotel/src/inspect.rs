@@ -19,55 +19,59 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
     } else if !info.main_path.is_empty() {
         writeln!(w, "  main package   {}", info.main_path)?;
     }
-    writeln!(
-        w,
-        "  modules        {}",
-        if info.deps.is_empty() { "(none)" } else { "" }
-    )?;
+    writeln!(w, "  modules        {}", if info.deps.is_empty() { "(none)" } else { "" })?;
     for m in &info.deps {
         match &m.replaced_by {
-            Some(r) => writeln!(
-                w,
-                "    {} {} => {} {}",
-                m.path, m.version, r.path, r.version
-            )?,
+            Some(r) => writeln!(w, "    {} {} => {} {}", m.path, m.version, r.path, r.version)?,
             None => writeln!(w, "    {} {}", m.path, m.version)?,
         }
     }
-    let symbols = format!(
-        "{} functions from {}",
-        bin.function_count(),
-        bin.symbol_source()
-    );
+    let symbols = format!("{} functions from {}", bin.function_count(), bin.symbol_source());
     writeln!(w, "  symbols        {symbols}")?;
 
     writeln!(w, "\ninstrumentations")?;
     let plans = plan_all(&bin);
+    let functions = |w: &mut String, f: &probes::FunctionPlan| -> std::fmt::Result {
+        let e = &f.function;
+        writeln!(
+            w,
+            "    entry   {} at {:#x} (file offset {:#x}, {} bytes)",
+            e.name, e.address, e.file_offset, e.size
+        )?;
+        let rets: Vec<String> = f.return_offsets.iter().map(|o| format!("{o:#x}")).collect();
+        writeln!(w, "    RETs    {} at file offsets {}", rets.len(), rets.join(" "))
+    };
+    let fields = |w: &mut String, fields: &[FieldOffset]| -> std::fmt::Result {
+        for f in fields {
+            writeln!(w, "    field   {}", field_line(f))?;
+        }
+        Ok(())
+    };
+    let skipped = |w: &mut String, skip: &probes::Skip| {
+        writeln!(w, "  {:<20} skipped: {}", skip.instrumentation, skip.reason)
+    };
     match &plans.http_server {
         Ok(plan) => {
-            writeln!(w, "  {:<18} applies", probes::http_server::NAME)?;
-            let e = &plan.entry;
-            writeln!(
-                w,
-                "    entry   {} at {:#x} (file offset {:#x}, {} bytes)",
-                e.name, e.address, e.file_offset, e.size
-            )?;
-            let rets: Vec<String> = plan
-                .return_offsets
-                .iter()
-                .map(|o| format!("{o:#x}"))
-                .collect();
-            writeln!(
-                w,
-                "    RETs    {} at file offsets {}",
-                rets.len(),
-                rets.join(" ")
-            )?;
-            for f in &plan.fields {
-                writeln!(w, "    field   {}", field_line(f))?;
-            }
+            writeln!(w, "  {:<20} applies", probes::http_server::NAME)?;
+            functions(w, &plan.serve)?;
+            fields(w, &plan.fields)?;
         }
-        Err(skip) => writeln!(w, "  {:<18} skipped: {}", skip.instrumentation, skip.reason)?,
+        Err(skip) => skipped(w, skip)?,
+    }
+    match &plans.http_client {
+        Ok(plan) => {
+            writeln!(w, "  {:<20} applies", probes::http_client::NAME)?;
+            functions(w, &plan.round_trip)?;
+            fields(w, &plan.fields)?;
+        }
+        Err(skip) => skipped(w, skip)?,
+    }
+    match &plans.goroutines {
+        Ok(plan) => {
+            writeln!(w, "  {:<20} applies (parents for client spans)", probes::goroutines::NAME)?;
+            functions(w, &plan.newproc1)?;
+        }
+        Err(skip) => skipped(w, skip)?,
     }
     Ok(out)
 }

@@ -19,10 +19,7 @@ use crate::cli::{AgentArgs, Cli, Command};
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == held::TRAMPOLINE_ARG)
-    {
+    if std::env::args_os().nth(1).is_some_and(|a| a == held::TRAMPOLINE_ARG) {
         held::trampoline(args.by_ref().skip(2).collect());
     }
     let cli = Cli::parse();
@@ -71,10 +68,7 @@ fn shared_maps() -> anyhow::Result<SharedMaps> {
 }
 
 fn attach_options(agent: &AgentArgs, filter_pids: bool) -> AttachOptions {
-    AttachOptions {
-        filter_pids,
-        uprobe_multi: !agent.no_uprobe_multi,
-    }
+    AttachOptions { filter_pids, uprobe_multi: !agent.no_uprobe_multi }
 }
 
 fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
@@ -83,9 +77,7 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let shared = shared_maps()?;
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&path, &path, &shared, attach_options(agent, true))?;
-    pipeline
-        .resources()
-        .add_executable(&path, &instrumented.go_version);
+    pipeline.resources().add_executable(&path, &instrumented.go_version);
 
     let held = held::spawn_held(&path, name, &program[1..])
         .with_context(|| format!("starting {}", path.display()))?;
@@ -114,10 +106,7 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     };
     tracing::info!("{} exited: {status}", path.display());
     use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(1);
+    let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
@@ -130,9 +119,7 @@ fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(agent)?;
     // /proc/PID/exe reaches the very file the process runs, even if replaced or in a container.
     let instrumented = instrument(&exe_link, &exe_link, &shared, attach_options(agent, true))?;
-    pipeline
-        .resources()
-        .add_executable(&exe, &instrumented.go_version);
+    pipeline.resources().add_executable(&exe, &instrumented.go_version);
     shared.trace_pid(pid)?;
     tracing::info!("tracing pid {pid} ({})", exe.display());
     let signals = stop_on_signals()?;
@@ -151,9 +138,7 @@ fn attach_exe(agent: &AgentArgs, exe: &Path) -> anyhow::Result<ExitCode> {
     let shared = shared_maps()?;
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false))?;
-    pipeline
-        .resources()
-        .add_executable(&exe, &instrumented.go_version);
+    pipeline.resources().add_executable(&exe, &instrumented.go_version);
     tracing::info!("tracing every process of {} until Ctrl-C", exe.display());
     let signals = stop_on_signals()?;
     collect(&shared, pipeline, || stopped(&signals))?;

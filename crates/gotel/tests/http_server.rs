@@ -40,11 +40,7 @@ fn every_request_kind(go: &str, routed: bool, uprobe_multi: bool) {
     );
     wait_for_port(port, WAIT);
     let target_pid = gotel.children()[0];
-    let attach_kind = if uprobe_multi {
-        "one uprobe_multi link"
-    } else {
-        "one uprobe each"
-    };
+    let attach_kind = if uprobe_multi { "one uprobe_multi link" } else { "one uprobe each" };
     gotel.wait_for_log(attach_kind, WAIT);
 
     let t0 = unix_nanos_now();
@@ -61,35 +57,20 @@ fn every_request_kind(go: &str, routed: bool, uprobe_multi: bool) {
     let hello = by_path(&spans, "/hello");
     assert_eq!(hello.name(), if routed { "GET /hello" } else { "GET" });
     assert_eq!(hello.kind(), 2, "SERVER");
-    assert_eq!(
-        hello.attr_str("http.request.method").as_deref(),
-        Some("GET")
-    );
+    assert_eq!(hello.attr_str("http.request.method").as_deref(), Some("GET"));
     assert_eq!(hello.attr_int("http.response.status_code"), Some(200));
     assert_eq!(hello.attr_str("url.scheme").as_deref(), Some("http"));
     assert_eq!(hello.attr("url.query"), None);
-    assert_eq!(
-        hello.attr_str("network.protocol.version").as_deref(),
-        Some("1.1")
-    );
-    assert_eq!(
-        hello.attr_str("server.address").as_deref(),
-        Some("127.0.0.1")
-    );
+    assert_eq!(hello.attr_str("network.protocol.version").as_deref(), Some("1.1"));
+    assert_eq!(hello.attr_str("server.address").as_deref(), Some("127.0.0.1"));
     assert_eq!(hello.attr_int("server.port"), Some(i64::from(port)));
-    assert_eq!(
-        hello.attr_str("client.address").as_deref(),
-        Some("127.0.0.1")
-    );
+    assert_eq!(hello.attr_str("client.address").as_deref(), Some("127.0.0.1"));
     assert!(hello.attr_int("client.port").is_some_and(|p| p > 0));
     assert_eq!(hello.status_code(), 0, "UNSET");
 
     let user = by_path(&spans, "/users/7");
     assert_eq!(user.name(), if routed { "GET /users/{id}" } else { "GET" });
-    assert_eq!(
-        user.attr_str("url.query").as_deref(),
-        Some("fields=name&x=1")
-    );
+    assert_eq!(user.attr_str("url.query").as_deref(), Some("fields=name&x=1"));
     if routed {
         assert_eq!(user.attr_str("http.route").as_deref(), Some("/users/{id}"));
     }
@@ -106,10 +87,7 @@ fn every_request_kind(go: &str, routed: bool, uprobe_multi: bool) {
 
     let slow = by_path(&spans, "/slow");
     let d = slow.duration();
-    assert!(
-        d >= Duration::from_millis(50) && d < Duration::from_millis(70),
-        "slow took {d:?}"
-    );
+    assert!(d >= Duration::from_millis(50) && d < Duration::from_millis(70), "slow took {d:?}");
 
     let mut span_ids = HashSet::new();
     for s in &spans {
@@ -126,45 +104,23 @@ fn every_request_kind(go: &str, routed: bool, uprobe_multi: bool) {
         assert_eq!(span.len(), 16);
         assert!(trace != "0".repeat(32) && span != "0".repeat(16));
         assert!(span_ids.insert(span), "span ids are unique");
-        assert_eq!(
-            s.hex("parentSpanId"),
-            "",
-            "a request without traceparent is a root"
-        );
+        assert_eq!(s.hex("parentSpanId"), "", "a request without traceparent is a root");
 
         assert_eq!(s.resource_str("service.name").as_deref(), Some("shop"));
-        assert_eq!(
-            s.resource_str("deployment.environment").as_deref(),
-            Some("e2e")
-        );
+        assert_eq!(s.resource_str("deployment.environment").as_deref(), Some("e2e"));
         assert_eq!(s.resource_int("process.pid"), Some(i64::from(target_pid)));
-        assert_eq!(
-            s.resource_str("process.runtime.name").as_deref(),
-            Some("go")
-        );
-        assert!(s
-            .resource_str("process.runtime.version")
-            .is_some_and(|v| v.starts_with(go)));
+        assert_eq!(s.resource_str("process.runtime.name").as_deref(), Some("go"));
+        assert!(s.resource_str("process.runtime.version").is_some_and(|v| v.starts_with(go)));
         let exe = s.resource_str("process.executable.path").unwrap();
         assert_eq!(std::path::Path::new(&exe), fx.canonicalize().unwrap());
         assert!(s.resource_str("host.name").is_some_and(|h| !h.is_empty()));
-        assert_eq!(
-            s.resource_str("telemetry.distro.name").as_deref(),
-            Some("gotel")
-        );
+        assert_eq!(s.resource_str("telemetry.distro.name").as_deref(), Some("gotel"));
     }
 
     // SIGTERM: gotel stops the program, flushes and exits.
     let status = gotel.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
     assert!(!status.success(), "the program was terminated: {status}");
-    assert!(
-        gotel
-            .log()
-            .iter()
-            .any(|l| l.contains("5 spans, 5 exported")),
-        "{:?}",
-        gotel.log()
-    );
+    assert!(gotel.log().iter().any(|l| l.contains("5 spans, 5 exported")), "{:?}", gotel.log());
 }
 
 #[test]
@@ -186,13 +142,7 @@ fn a_thousand_requests_in_flight_at_once() {
     let port = free_port();
     let fx = fixture("httpserver-go1.26");
     let _gotel = gotel(
-        &[
-            "run",
-            "--",
-            fx.to_str().unwrap(),
-            "-addr",
-            &format!("127.0.0.1:{port}"),
-        ],
+        &["run", "--", fx.to_str().unwrap(), "-addr", &format!("127.0.0.1:{port}")],
         Some(&collector),
         &[],
     );
@@ -208,31 +158,16 @@ fn a_thousand_requests_in_flight_at_once() {
         .collect();
     for c in clients {
         let (status, body) = c.join().unwrap();
-        assert_eq!(
-            (status, body.trim()),
-            (200, "released"),
-            "all {N} were in flight together"
-        );
+        assert_eq!((status, body.trim()), (200, "released"), "all {N} were in flight together");
     }
     let spans = collector.wait_for_spans(N, Duration::from_secs(30));
     assert_eq!(spans.len(), N);
-    let queries: HashSet<String> = spans
-        .iter()
-        .filter_map(|s| s.attr_str("url.query"))
-        .collect();
+    let queries: HashSet<String> = spans.iter().filter_map(|s| s.attr_str("url.query")).collect();
     let expected: HashSet<String> = (0..N).map(|i| format!("n={N}&i={i}")).collect();
-    assert_eq!(
-        queries, expected,
-        "each span carries its own request's query"
-    );
-    let ports: HashSet<i64> = spans
-        .iter()
-        .filter_map(|s| s.attr_int("client.port"))
-        .collect();
+    assert_eq!(queries, expected, "each span carries its own request's query");
+    let ports: HashSet<i64> = spans.iter().filter_map(|s| s.attr_int("client.port")).collect();
     assert_eq!(ports.len(), N, "each span carries its own connection");
-    assert!(spans
-        .iter()
-        .all(|s| s.attr_int("http.response.status_code") == Some(200)));
+    assert!(spans.iter().all(|s| s.attr_int("http.response.status_code") == Some(200)));
 }
 
 /// Without OTEL_SERVICE_NAME in the program's environment: gotel's flag, else the file's name.
@@ -241,10 +176,9 @@ fn service_name_falls_back_to_the_flag_then_the_executable() {
     let Some(()) = privileged() else { return };
     let collector = Collector::start("names");
     let fx = fixture("httpserver-go1.26");
-    for (extra, expected) in [
-        (vec!["--service-name", "billing"], "billing"),
-        (vec![], "httpserver-go1.26"),
-    ] {
+    for (extra, expected) in
+        [(vec!["--service-name", "billing"], "billing"), (vec![], "httpserver-go1.26")]
+    {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut args = vec!["run"];
@@ -255,14 +189,7 @@ fn service_name_falls_back_to_the_flag_then_the_executable() {
         let before = collector.spans().len();
         assert_eq!(http_get(port, "/hello").0, 200);
         let spans = collector.wait_for_spans(before + 1, WAIT);
-        assert_eq!(
-            spans
-                .last()
-                .unwrap()
-                .resource_str("service.name")
-                .as_deref(),
-            Some(expected)
-        );
+        assert_eq!(spans.last().unwrap().resource_str("service.name").as_deref(), Some(expected));
     }
 }
 
@@ -288,17 +215,9 @@ fn attach_exe_traces_processes_started_later() {
     assert_eq!(http_get(p2, "/users/1").0, 200);
     let spans = collector.wait_for_spans(2, WAIT);
     assert_eq!(spans.len(), 2, "{spans:#?}");
-    let pids: HashSet<i64> = spans
-        .iter()
-        .filter_map(|s| s.resource_int("process.pid"))
-        .collect();
-    assert_eq!(
-        pids,
-        HashSet::from([i64::from(first.pid()), i64::from(second.pid())])
-    );
-    assert!(spans
-        .iter()
-        .all(|s| s.resource_str("service.name").as_deref() == Some("inventory")));
+    let pids: HashSet<i64> = spans.iter().filter_map(|s| s.resource_int("process.pid")).collect();
+    assert_eq!(pids, HashSet::from([i64::from(first.pid()), i64::from(second.pid())]));
+    assert!(spans.iter().all(|s| s.resource_str("service.name").as_deref() == Some("inventory")));
 }
 
 /// attach --pid instruments one running process and exits when it does.
@@ -317,17 +236,11 @@ fn attach_pid_traces_a_running_process_and_follows_its_exit() {
     let spans = collector.wait_for_spans(1, WAIT);
     assert_eq!(spans.len(), 1, "only requests after attach");
     assert_eq!(spans[0].attr_str("url.query").as_deref(), Some("ms=5"));
-    assert_eq!(
-        spans[0].resource_int("process.pid"),
-        Some(i64::from(target.pid()))
-    );
+    assert_eq!(spans[0].resource_int("process.pid"), Some(i64::from(target.pid())));
     target.signal_and_wait(libc::SIGKILL, WAIT);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while gotel.0.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gotel should exit with its target"
-        );
+        assert!(std::time::Instant::now() < deadline, "gotel should exit with its target");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -340,13 +253,7 @@ fn the_target_keeps_serving_when_gotel_is_killed() {
     let port = free_port();
     let fx = fixture("httpserver-go1.26");
     let mut gotel = gotel(
-        &[
-            "run",
-            "--",
-            fx.to_str().unwrap(),
-            "-addr",
-            &format!("127.0.0.1:{port}"),
-        ],
+        &["run", "--", fx.to_str().unwrap(), "-addr", &format!("127.0.0.1:{port}")],
         Some(&collector),
         &[],
     );
@@ -357,10 +264,7 @@ fn the_target_keeps_serving_when_gotel_is_killed() {
     for _ in 0..20 {
         assert_eq!(http_get(port, "/users/2").0, 200);
     }
-    assert!(
-        std::path::Path::new(&format!("/proc/{target}")).exists(),
-        "target alive"
-    );
+    assert!(std::path::Path::new(&format!("/proc/{target}")).exists(), "target alive");
     // SAFETY: the orphaned fixture is ours to stop.
     unsafe { libc::kill(target as i32, libc::SIGKILL) };
 }
@@ -392,18 +296,9 @@ fn without_an_endpoint_spans_are_printed() {
     gotel.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
     let mut out = String::new();
     std::io::Read::read_to_string(gotel.0.stdout.as_mut().unwrap(), &mut out).unwrap();
-    let line = out
-        .lines()
-        .find(|l| l.contains("SERVER"))
-        .unwrap_or_else(|| panic!("{out}"));
-    assert!(
-        line.contains("httpserver-go1.26") && line.contains("GET /users/{id}"),
-        "{line}"
-    );
-    assert!(
-        line.contains(" 200 ") && line.contains("url.path=/users/9"),
-        "{line}"
-    );
+    let line = out.lines().find(|l| l.contains("SERVER")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("httpserver-go1.26") && line.contains("GET /users/{id}"), "{line}");
+    assert!(line.contains(" 200 ") && line.contains("url.path=/users/9"), "{line}");
 }
 
 /// OTLP over gRPC reaches the collector too.

@@ -11,24 +11,12 @@ use serde_json::Value;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
-const REQUESTS: &[&str] = &[
-    "/hello",
-    "/users/7?x=1",
-    "/missing",
-    "/status/503",
-    "/slow?ms=3",
-];
+const REQUESTS: &[&str] = &["/hello", "/users/7?x=1", "/missing", "/status/503", "/slow?ms=3"];
 
 /// What must not differ between two builds of one program.
 fn comparable(
     s: &ReceivedSpan,
-) -> (
-    String,
-    i64,
-    i64,
-    BTreeMap<String, Value>,
-    BTreeMap<String, Value>,
-) {
+) -> (String, i64, i64, BTreeMap<String, Value>, BTreeMap<String, Value>) {
     let attrs = s.span["attributes"]
         .as_array()
         .into_iter()
@@ -36,24 +24,14 @@ fn comparable(
         .filter(|kv| kv["key"] != "client.port")
         .map(|kv| (kv["key"].as_str().unwrap().to_string(), kv["value"].clone()))
         .collect();
-    let varying = [
-        "process.pid",
-        "process.executable.path",
-        "process.executable.name",
-    ];
+    let varying = ["process.pid", "process.executable.path", "process.executable.name"];
     let resource = s
         .resource
         .iter()
         .filter(|(k, _)| !varying.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    (
-        s.name().to_string(),
-        s.kind(),
-        s.status_code(),
-        attrs,
-        resource,
-    )
+    (s.name().to_string(), s.kind(), s.status_code(), attrs, resource)
 }
 
 fn spans_of(binary: &str, collector: &Collector, port: u16) -> Vec<ReceivedSpan> {
@@ -97,10 +75,7 @@ fn versions() -> Vec<String> {
 fn stripped_and_unstripped_builds_give_the_same_spans_for_every_go() {
     let Some(()) = privileged() else { return };
     let versions = versions();
-    assert!(
-        versions.len() >= 2,
-        "fixtures for several Go versions: {versions:?}"
-    );
+    assert!(versions.len() >= 2, "fixtures for several Go versions: {versions:?}");
     let collector = Collector::start("stripped");
     for v in &versions {
         // The same port for both, so server.port compares too.
@@ -110,15 +85,9 @@ fn stripped_and_unstripped_builds_give_the_same_spans_for_every_go() {
         for (a, b) in plain.iter().zip(&stripped) {
             assert_eq!(comparable(a), comparable(b), "{v}: {}", a.name());
         }
-        let statuses: Vec<Option<i64>> = stripped
-            .iter()
-            .map(|s| s.attr_int("http.response.status_code"))
-            .collect();
-        assert_eq!(
-            statuses,
-            [Some(200), Some(404), Some(200), Some(503), Some(200)],
-            "{v}"
-        );
+        let statuses: Vec<Option<i64>> =
+            stripped.iter().map(|s| s.attr_int("http.response.status_code")).collect();
+        assert_eq!(statuses, [Some(200), Some(404), Some(200), Some(503), Some(200)], "{v}");
         eprintln!("{v}: stripped == unstripped for {} spans", plain.len());
     }
 }
@@ -127,15 +96,10 @@ fn stripped_and_unstripped_builds_give_the_same_spans_for_every_go() {
 #[test]
 fn a_gopath_build_without_module_versions_is_traced() {
     let Some(()) = privileged() else { return };
-    let Some(v) = versions().last().cloned() else {
-        panic!("no fixtures")
-    };
+    let Some(v) = versions().last().cloned() else { panic!("no fixtures") };
     let collector = Collector::start("gopath");
     let spans = spans_of(&format!("httpserver-{v}-gopath"), &collector, free_port());
-    let hello = spans
-        .iter()
-        .find(|s| s.attr_str("url.path").as_deref() == Some("/hello"))
-        .unwrap();
+    let hello = spans.iter().find(|s| s.attr_str("url.path").as_deref() == Some("/hello")).unwrap();
     assert_eq!(hello.name(), "GET /hello");
     assert_eq!(hello.attr_int("http.response.status_code"), Some(200));
 }

@@ -43,11 +43,7 @@ pub struct Range {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     /// `version` lies within a range whose ends agree (or is a patch of a probed minor release).
-    Found {
-        offset: Option<u64>,
-        from: String,
-        to: String,
-    },
+    Found { offset: Option<u64>, from: String, to: String },
     /// No safe answer: says why.
     Unknown(String),
 }
@@ -90,11 +86,8 @@ impl Database {
             .iter()
             .filter_map(|r| Some((Version::parse(&r.from)?, Version::parse(&r.to)?, r)))
             .collect();
-        let found = |r: &Range| Lookup::Found {
-            offset: r.offset,
-            from: r.from.clone(),
-            to: r.to.clone(),
-        };
+        let found =
+            |r: &Range| Lookup::Found { offset: r.offset, from: r.from.clone(), to: r.to.clone() };
         if let Some((_, _, r)) = parsed.iter().find(|(from, to, _)| *from <= v && v <= *to) {
             return found(r);
         }
@@ -126,10 +119,7 @@ impl ModuleOffsets {
         }
         versions.sort_by_key(|v| Version::parse(v).map(|p| (p.numbers, p.pre.is_none(), p.pre)));
         for (field, offset) in observed {
-            per_field
-                .entry(field.clone())
-                .or_default()
-                .insert(version.to_string(), *offset);
+            per_field.entry(field.clone()).or_default().insert(version.to_string(), *offset);
         }
         self.versions = versions;
         self.failed.remove(version);
@@ -141,11 +131,7 @@ impl ModuleOffsets {
                     let offset = by_version.get(v).copied().flatten();
                     match ranges.last_mut() {
                         Some(last) if last.offset == offset => last.to = v.clone(),
-                        _ => ranges.push(Range {
-                            from: v.clone(),
-                            to: v.clone(),
-                            offset,
-                        }),
+                        _ => ranges.push(Range { from: v.clone(), to: v.clone(), offset }),
                     }
                 }
                 (field, ranges)
@@ -155,12 +141,8 @@ impl ModuleOffsets {
 
     /// field -> version -> offset, for every probed version.
     fn expand(&self) -> BTreeMap<String, BTreeMap<String, Option<u64>>> {
-        let index: BTreeMap<&str, usize> = self
-            .versions
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v.as_str(), i))
-            .collect();
+        let index: BTreeMap<&str, usize> =
+            self.versions.iter().enumerate().map(|(i, v)| (v.as_str(), i)).collect();
         self.fields
             .iter()
             .map(|(field, ranges)| {
@@ -196,10 +178,7 @@ mod tests {
         m.record("1.19.8", &obs(&[("p.T.a", Some(8)), ("p.T.b", None)]));
         m.record("1.24.4", &obs(&[("p.T.a", Some(16)), ("p.T.b", Some(24))]));
         m.record("1.23.5", &obs(&[("p.T.a", Some(8)), ("p.T.b", Some(24))]));
-        let mut d = Database {
-            schema: SCHEMA,
-            modules: BTreeMap::new(),
-        };
+        let mut d = Database { schema: SCHEMA, modules: BTreeMap::new() };
         d.modules.insert(STD.into(), m);
         d
     }
@@ -212,16 +191,8 @@ mod tests {
         assert_eq!(
             m.fields["p.T.a"],
             vec![
-                Range {
-                    from: "1.19.8".into(),
-                    to: "1.23.5".into(),
-                    offset: Some(8)
-                },
-                Range {
-                    from: "1.24.4".into(),
-                    to: "1.24.4".into(),
-                    offset: Some(16)
-                },
+                Range { from: "1.19.8".into(), to: "1.23.5".into(), offset: Some(8) },
+                Range { from: "1.24.4".into(), to: "1.24.4".into(), offset: Some(16) },
             ]
         );
         assert_eq!(m.fields["p.T.b"][0].offset, None, "absent before 1.23");
@@ -234,33 +205,14 @@ mod tests {
             Lookup::Found { offset, .. } => offset,
             Lookup::Unknown(why) => panic!("{v}: {why}"),
         };
-        assert_eq!(
-            offset("go1.21.3"),
-            Some(8),
-            "between two probed versions that agree"
-        );
+        assert_eq!(offset("go1.21.3"), Some(8), "between two probed versions that agree");
         assert_eq!(offset("go1.24.9"), Some(16), "a patch of a probed minor");
         assert_eq!(offset("go1.19.1"), Some(8));
-        assert!(
-            matches!(d.lookup(STD, "go1.25.0", "p.T.a"), Lookup::Unknown(_)),
-            "unprobed minor"
-        );
-        assert!(matches!(
-            d.lookup(STD, "go1.18.0", "p.T.a"),
-            Lookup::Unknown(_)
-        ));
-        assert!(
-            matches!(d.lookup(STD, "go1.20.0", "p.T.x"), Lookup::Unknown(_)),
-            "unknown field"
-        );
-        assert!(matches!(
-            d.lookup("example.com/m", "v1.0.0", "p.T.a"),
-            Lookup::Unknown(_)
-        ));
-        assert!(matches!(
-            d.lookup(STD, "devel", "p.T.a"),
-            Lookup::Unknown(_)
-        ));
+        assert!(matches!(d.lookup(STD, "go1.25.0", "p.T.a"), Lookup::Unknown(_)), "unprobed minor");
+        assert!(matches!(d.lookup(STD, "go1.18.0", "p.T.a"), Lookup::Unknown(_)));
+        assert!(matches!(d.lookup(STD, "go1.20.0", "p.T.x"), Lookup::Unknown(_)), "unknown field");
+        assert!(matches!(d.lookup("example.com/m", "v1.0.0", "p.T.a"), Lookup::Unknown(_)));
+        assert!(matches!(d.lookup(STD, "devel", "p.T.a"), Lookup::Unknown(_)));
     }
 
     #[test]

@@ -25,12 +25,7 @@ pub struct FieldSpec {
 
 impl FieldSpec {
     pub const fn std(struct_name: &'static str, field: &'static str, required: bool) -> Self {
-        FieldSpec {
-            module: STD,
-            struct_name,
-            field,
-            required,
-        }
+        FieldSpec { module: STD, struct_name, field, required }
     }
 
     /// "net/http.Request.Method": the database's key.
@@ -87,11 +82,7 @@ pub fn resolve(bin: &GoBinary, specs: &[FieldSpec]) -> Result<Vec<FieldOffset>, 
     structs.sort_unstable();
     structs.dedup();
     let dwarf = bin.struct_layouts(&structs).unwrap_or_default();
-    let missing: Vec<&str> = structs
-        .iter()
-        .copied()
-        .filter(|s| !dwarf.contains_key(*s))
-        .collect();
+    let missing: Vec<&str> = structs.iter().copied().filter(|s| !dwarf.contains_key(*s)).collect();
     let types: StructLayouts = if missing.is_empty() {
         StructLayouts::new()
     } else {
@@ -100,21 +91,14 @@ pub fn resolve(bin: &GoBinary, specs: &[FieldSpec]) -> Result<Vec<FieldOffset>, 
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
         // A struct the binary describes is authoritative for its fields, present or absent.
-        let described = [
-            (&dwarf, OffsetSource::Dwarf),
-            (&types, OffsetSource::TypeDescriptor),
-        ]
-        .into_iter()
-        .find_map(|(layouts, source)| {
-            let fields = layouts.get(spec.struct_name)?;
-            Some((fields.get(spec.field).copied(), source))
-        });
+        let described = [(&dwarf, OffsetSource::Dwarf), (&types, OffsetSource::TypeDescriptor)]
+            .into_iter()
+            .find_map(|(layouts, source)| {
+                let fields = layouts.get(spec.struct_name)?;
+                Some((fields.get(spec.field).copied(), source))
+            });
         let resolved = match described {
-            Some((offset, source)) => FieldOffset {
-                spec: *spec,
-                offset,
-                source: Some(source),
-            },
+            Some((offset, source)) => FieldOffset { spec: *spec, offset, source: Some(source) },
             None => from_database(bin, spec)?,
         };
         if spec.required && resolved.offset.is_none() {
@@ -142,11 +126,7 @@ fn from_database(bin: &GoBinary, spec: &FieldSpec) -> Result<FieldOffset, String
                 spec.key()
             ))
         } else {
-            Ok(FieldOffset {
-                spec: *spec,
-                offset: None,
-                source: None,
-            })
+            Ok(FieldOffset { spec: *spec, offset: None, source: None })
         }
     };
     let Some(version) = version else {
@@ -160,9 +140,7 @@ fn from_database(bin: &GoBinary, spec: &FieldSpec) -> Result<FieldOffset, String
         Lookup::Found { offset, from, to } => Ok(FieldOffset {
             spec: *spec,
             offset,
-            source: Some(OffsetSource::Database {
-                versions: format!("{from} .. {to}"),
-            }),
+            source: Some(OffsetSource::Database { versions: format!("{from} .. {to}") }),
         }),
         Lookup::Unknown(why) => unknown(why),
     }

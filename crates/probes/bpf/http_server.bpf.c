@@ -78,6 +78,11 @@ int http_server_enter(struct pt_regs *ctx)
 	random_id(call.trace_id, sizeof(call.trace_id));
 	random_id(call.span_id, sizeof(call.span_id));
 	bpf_map_update_elem(&server_calls, &key, &call, BPF_ANY);
+	/* What the handler does on this goroutine, and the goroutines it starts, is a child. */
+	struct span_ctx span;
+	__builtin_memcpy(span.trace_id, call.trace_id, sizeof(span.trace_id));
+	__builtin_memcpy(span.span_id, call.span_id, sizeof(span.span_id));
+	bpf_map_update_elem(&goroutine_ctx, &key, &span, BPF_ANY);
 	return 0;
 }
 
@@ -135,6 +140,7 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	e->query_len = url ? read_go_string(e->query, QUERY_CAP, url + off_url_raw_query) : 0;
 
 	bpf_map_delete_elem(&server_calls, &key);
+	bpf_map_delete_elem(&goroutine_ctx, &key);
 	count(STAT_EVENTS);
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
 	return 0;

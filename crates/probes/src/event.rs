@@ -31,35 +31,56 @@ pub struct HttpServerEvent {
     pub pattern: String,
 }
 
+/// One call made by net/http's Transport (`struct http_client_event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpClientEvent {
+    pub header: SpanHeader,
+    /// 0 when there was no response.
+    pub status: u16,
+    /// Of the response; 0 without one.
+    pub proto_major: u8,
+    pub proto_minor: u8,
+    /// The round trip returned an error.
+    pub failed: bool,
+    pub method: String,
+    pub scheme: String,
+    /// URL host, with the port if the URL has one.
+    pub host: String,
+    pub path: String,
+    pub query: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     HttpServer(HttpServerEvent),
+    HttpClient(HttpClientEvent),
 }
 
 impl Event {
     pub fn header(&self) -> &SpanHeader {
         match self {
             Event::HttpServer(e) => &e.header,
+            Event::HttpClient(e) => &e.header,
         }
     }
 
     /// Why the values read do not look like what the fields hold, if they do not: the sign of
     /// wrong offsets (an unknown version guessed from the database, say).
     pub fn implausible(&self) -> Option<String> {
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        let bad_method = |m: &str| m.is_empty() || !m.bytes().all(token);
         match self {
-            Event::HttpServer(e) => {
-                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-                if e.method.is_empty() || !e.method.bytes().all(token) {
-                    Some(format!("HTTP method {:?} is not a method", e.method))
-                } else if !(1..=3).contains(&e.proto_major) {
-                    Some(format!(
-                        "HTTP major version {} is not 1, 2 or 3",
-                        e.proto_major
-                    ))
-                } else {
-                    None
-                }
+            Event::HttpServer(e) if bad_method(&e.method) => {
+                Some(format!("HTTP method {:?} is not a method", e.method))
             }
+            Event::HttpServer(e) if !(1..=3).contains(&e.proto_major) => {
+                Some(format!("HTTP major version {} is not 1, 2 or 3", e.proto_major))
+            }
+            // net/http sends "" as GET.
+            Event::HttpClient(e) if !e.method.is_empty() && bad_method(&e.method) => {
+                Some(format!("HTTP method {:?} is not a method", e.method))
+            }
+            _ => None,
         }
     }
 }
@@ -73,9 +94,12 @@ pub enum DecodeError {
 }
 
 const KIND_HTTP_SERVER: u32 = 1;
+const KIND_HTTP_CLIENT: u32 = 2;
 const HEADER_SIZE: usize = 56;
 /// sizeof(struct http_server_event), padded to 8.
 pub const HTTP_SERVER_EVENT_SIZE: usize = 928;
+/// sizeof(struct http_client_event), padded to 8.
+pub const HTTP_CLIENT_EVENT_SIZE: usize = 752;
 
 /// Little-endian field reader over one event; lengths were checked before any read.
 struct Fields<'a>(&'a [u8]);
@@ -108,24 +132,17 @@ impl Fields<'_> {
 /// Decodes one ring-buffer sample.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() < 4 {
-        return Err(DecodeError::TooShort {
-            kind: 0,
-            len: bytes.len(),
-            need: HEADER_SIZE,
-        });
+        return Err(DecodeError::TooShort { kind: 0, len: bytes.len(), need: HEADER_SIZE });
     }
     let f = Fields(bytes);
     let kind = f.u32(0);
     let need = match kind {
         KIND_HTTP_SERVER => HTTP_SERVER_EVENT_SIZE,
+        KIND_HTTP_CLIENT => HTTP_CLIENT_EVENT_SIZE,
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if bytes.len() < need {
-        return Err(DecodeError::TooShort {
-            kind,
-            len: bytes.len(),
-            need,
-        });
+        return Err(DecodeError::TooShort { kind, len: bytes.len(), need });
     }
     let header = SpanHeader {
         pid: f.u32(4),
@@ -135,6 +152,20 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         span_id: f.array(40),
         parent_span_id: f.array(48),
     };
+    if kind == KIND_HTTP_CLIENT {
+        return Ok(Event::HttpClient(HttpClientEvent {
+            header,
+            status: f.u16(56),
+            proto_major: f.u8(58),
+            proto_minor: f.u8(59),
+            failed: f.u8(60) != 0,
+            method: f.string(64, 76, 16),
+            scheme: f.string(66, 92, 16),
+            host: f.string(68, 108, 128),
+            path: f.string(70, 236, 256),
+            query: f.string(72, 492, 256),
+        }));
+    }
     Ok(Event::HttpServer(HttpServerEvent {
         header,
         status: f.u16(56),
@@ -154,13 +185,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 /// benchmarks of the stages after decoding.
 pub fn encode_http_server(e: &HttpServerEvent) -> Vec<u8> {
     let mut b = vec![0u8; HTTP_SERVER_EVENT_SIZE];
-    b[0..4].copy_from_slice(&KIND_HTTP_SERVER.to_le_bytes());
-    b[4..8].copy_from_slice(&e.header.pid.to_le_bytes());
-    b[8..16].copy_from_slice(&e.header.start_ns.to_le_bytes());
-    b[16..24].copy_from_slice(&e.header.end_ns.to_le_bytes());
-    b[24..40].copy_from_slice(&e.header.trace_id);
-    b[40..48].copy_from_slice(&e.header.span_id);
-    b[48..56].copy_from_slice(&e.header.parent_span_id);
+    encode_header(&mut b, KIND_HTTP_SERVER, &e.header);
     b[56..58].copy_from_slice(&e.status.to_le_bytes());
     b[58] = e.proto_major;
     b[59] = e.proto_minor;
@@ -173,12 +198,46 @@ pub fn encode_http_server(e: &HttpServerEvent) -> Vec<u8> {
         (72, 732, 64, &e.remote_addr),
         (74, 796, 128, &e.pattern),
     ];
-    for (len_at, at, cap, s) in strings {
+    encode_strings(&mut b, &strings);
+    b
+}
+
+/// Builds the bytes of an HTTP client event as the BPF program lays them out.
+pub fn encode_http_client(e: &HttpClientEvent) -> Vec<u8> {
+    let mut b = vec![0u8; HTTP_CLIENT_EVENT_SIZE];
+    encode_header(&mut b, KIND_HTTP_CLIENT, &e.header);
+    b[56..58].copy_from_slice(&e.status.to_le_bytes());
+    b[58] = e.proto_major;
+    b[59] = e.proto_minor;
+    b[60] = u8::from(e.failed);
+    let strings = [
+        (64, 76, 16, &e.method),
+        (66, 92, 16, &e.scheme),
+        (68, 108, 128, &e.host),
+        (70, 236, 256, &e.path),
+        (72, 492, 256, &e.query),
+    ];
+    encode_strings(&mut b, &strings);
+    b
+}
+
+fn encode_header(b: &mut [u8], kind: u32, h: &SpanHeader) {
+    b[0..4].copy_from_slice(&kind.to_le_bytes());
+    b[4..8].copy_from_slice(&h.pid.to_le_bytes());
+    b[8..16].copy_from_slice(&h.start_ns.to_le_bytes());
+    b[16..24].copy_from_slice(&h.end_ns.to_le_bytes());
+    b[24..40].copy_from_slice(&h.trace_id);
+    b[40..48].copy_from_slice(&h.span_id);
+    b[48..56].copy_from_slice(&h.parent_span_id);
+}
+
+/// (length offset, bytes offset, capacity, value) per captured string.
+fn encode_strings(b: &mut [u8], strings: &[(usize, usize, usize, &String)]) {
+    for &(len_at, at, cap, s) in strings {
         let n = s.len().min(cap);
         b[len_at..len_at + 2].copy_from_slice(&(n as u16).to_le_bytes());
         b[at..at + n].copy_from_slice(&s.as_bytes()[..n]);
     }
-    b
 }
 
 #[cfg(test)]
@@ -219,22 +278,33 @@ mod tests {
         assert_eq!(Event::HttpServer(sample()).implausible(), None);
         let mut garbage = sample();
         garbage.method = "\u{1}\u{7f}x".into();
-        assert!(Event::HttpServer(garbage)
-            .implausible()
-            .unwrap()
-            .contains("not a method"));
+        assert!(Event::HttpServer(garbage).implausible().unwrap().contains("not a method"));
         let mut bad_proto = sample();
         bad_proto.proto_major = 77;
         assert!(Event::HttpServer(bad_proto).implausible().is_some());
     }
 
     #[test]
+    fn round_trips_an_http_client_event() {
+        let e = HttpClientEvent {
+            header: sample().header,
+            status: 503,
+            proto_major: 1,
+            proto_minor: 1,
+            failed: false,
+            method: "POST".into(),
+            scheme: "http".into(),
+            host: "b.internal:8080".into(),
+            path: "/orders".into(),
+            query: "id=1".into(),
+        };
+        assert_eq!(decode(&encode_http_client(&e)), Ok(Event::HttpClient(e)));
+    }
+
+    #[test]
     fn rejects_short_and_unknown_events() {
         let bytes = encode_http_server(&sample());
-        assert!(matches!(
-            decode(&bytes[..100]),
-            Err(DecodeError::TooShort { kind: 1, .. })
-        ));
+        assert!(matches!(decode(&bytes[..100]), Err(DecodeError::TooShort { kind: 1, .. })));
         let mut unknown = bytes.clone();
         unknown[0] = 99;
         assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(99)));
@@ -245,9 +315,7 @@ mod tests {
     fn a_captured_length_past_its_buffer_is_clamped() {
         let mut bytes = encode_http_server(&sample());
         bytes[64..66].copy_from_slice(&500u16.to_le_bytes()); // method_len beyond 16
-        let Ok(Event::HttpServer(e)) = decode(&bytes) else {
-            panic!("decodes")
-        };
+        let Ok(Event::HttpServer(e)) = decode(&bytes) else { panic!("decodes") };
         assert_eq!(e.method.len(), 16);
     }
 }

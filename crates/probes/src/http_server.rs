@@ -2,16 +2,15 @@
 //! attachment of `bpf/http_server.bpf.c` to one executable.
 
 use std::mem::MaybeUninit;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use goinfo::{Function, GoBinary};
+use goinfo::GoBinary;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, OpenObject, UprobeMultiOpts};
-
-use crate::skel::HttpServerSkelBuilder;
+use libbpf_rs::OpenObject;
 use offsets::{FieldOffset, FieldSpec};
 
-use crate::{AttachOptions, Error, SharedMaps, Skip};
+use crate::skel::http_server::HttpServerSkelBuilder;
+use crate::{AttachOptions, Attached, Error, FunctionPlan, SharedMaps, Skip};
 
 pub const NAME: &str = "net/http server";
 const ENTRY: &str = "net/http.serverHandler.ServeHTTP";
@@ -37,171 +36,78 @@ pub const FIELDS: &[FieldSpec] = &[
 /// Everything needed to attach to one executable, resolved without privileges.
 #[derive(Debug, Clone)]
 pub struct HttpServerPlan {
-    pub executable: PathBuf,
-    pub entry: Function,
-    pub return_offsets: Vec<u64>,
+    pub serve: FunctionPlan,
     pub fields: Vec<FieldOffset>,
-}
-
-impl HttpServerPlan {
-    fn offset(&self, struct_name: &str, field: &str) -> Option<u64> {
-        self.fields
-            .iter()
-            .find(|f| f.spec.struct_name == struct_name && f.spec.field == field)
-            .and_then(|f| f.offset)
-    }
 }
 
 /// Decides whether and how the net/http server instrumentation applies to `bin`.
 pub fn plan(bin: &GoBinary) -> Result<HttpServerPlan, Skip> {
-    let skip = |reason: String| Skip {
-        instrumentation: NAME,
-        reason,
-    };
+    let skip = |reason: String| Skip { instrumentation: NAME, reason };
     crate::require_register_abi(bin).map_err(skip)?;
-    let entry = bin.function(ENTRY).map_err(|_| {
-        skip(format!(
-            "{ENTRY} is not in the binary (net/http server not linked)"
-        ))
-    })?;
-    let return_offsets = bin.ret_offsets(&entry);
-    if return_offsets.is_empty() {
-        return Err(skip(format!("no RET instruction found in {ENTRY}")));
-    }
+    let serve = FunctionPlan::new(bin, ENTRY).map_err(skip)?;
     let fields = offsets::resolve(bin, FIELDS).map_err(skip)?;
-    Ok(HttpServerPlan {
-        executable: bin.path().to_path_buf(),
-        entry,
-        return_offsets,
-        fields,
-    })
+    Ok(HttpServerPlan { serve, fields })
 }
 
-/// The live probes of one executable. Dropping it detaches them.
-pub struct AttachedHttpServer {
-    pub plan: HttpServerPlan,
-    /// True when all RETs share one uprobe_multi link.
-    pub multi: bool,
-    _links: Vec<Link>,
-}
-
-/// Loads the program with the plan's offsets and attaches it to `attach_path` (the executable,
-/// or /proc/PID/exe for a process's).
+/// Loads the program with the plan's offsets and attaches it to `path` (the executable, or
+/// /proc/PID/exe for a process's).
 pub fn attach(
     plan: &HttpServerPlan,
-    attach_path: &Path,
+    path: &Path,
     shared: &SharedMaps,
     options: AttachOptions,
-) -> Result<AttachedHttpServer, Error> {
-    let AttachOptions {
-        filter_pids,
-        uprobe_multi,
-    } = options;
+) -> Result<Attached, Error> {
     let bpf = |what: &str| {
-        let what = format!("{what} ({NAME}, {})", plan.executable.display());
+        let what = format!("{what} ({NAME}, {})", path.display());
         move |source| Error::Bpf { what, source }
     };
+    let offset = |s, f| crate::offset_of(&plan.fields, s, f);
     let mut storage = MaybeUninit::<OpenObject>::uninit();
-    let mut open = HttpServerSkelBuilder::default()
-        .open(&mut storage)
-        .map_err(bpf("open"))?;
-    {
-        let ro = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .ok_or_else(|| Error::Internal {
-                what: "http_server object has no .rodata".into(),
-            })?;
-        let req = |f| plan.offset("net/http.Request", f).unwrap_or(0);
-        ro.filter_pids = filter_pids;
-        ro.off_req_method = req("Method");
-        ro.off_req_url = req("URL");
-        ro.off_req_proto_major = req("ProtoMajor");
-        ro.off_req_proto_minor = req("ProtoMinor");
-        ro.off_req_host = req("Host");
-        ro.off_req_remote_addr = req("RemoteAddr");
-        ro.off_req_tls = req("TLS");
-        if let Some(p) = plan.offset("net/http.Request", "Pattern") {
-            ro.has_pattern = true;
-            ro.off_req_pattern = p;
-        }
-        ro.off_url_path = plan.offset("net/url.URL", "Path").unwrap_or(0);
-        ro.off_url_raw_query = plan.offset("net/url.URL", "RawQuery").unwrap_or(0);
-        ro.off_response_status = plan.offset("net/http.response", "status").unwrap_or(0);
-        let h2 = (
-            plan.offset("net/http.http2responseWriter", "rws"),
-            plan.offset("net/http.http2responseWriterState", "status"),
-        );
-        if let (Some(rws), Some(status)) = h2 {
-            ro.has_h2 = true;
-            ro.off_h2rw_rws = rws;
-            ro.off_h2rws_status = status;
-        }
+    let mut open = HttpServerSkelBuilder::default().open(&mut storage).map_err(bpf("open"))?;
+    let ro = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| Error::Internal { what: "http_server object has no .rodata".into() })?;
+    let req = |f| offset("net/http.Request", f).unwrap_or(0);
+    ro.filter_pids = options.filter_pids;
+    ro.off_req_method = req("Method");
+    ro.off_req_url = req("URL");
+    ro.off_req_proto_major = req("ProtoMajor");
+    ro.off_req_proto_minor = req("ProtoMinor");
+    ro.off_req_host = req("Host");
+    ro.off_req_remote_addr = req("RemoteAddr");
+    ro.off_req_tls = req("TLS");
+    if let Some(p) = offset("net/http.Request", "Pattern") {
+        ro.has_pattern = true;
+        ro.off_req_pattern = p;
     }
-    let maps = &mut open.maps;
-    shared.reuse_in(&mut maps.events, &mut maps.traced_pids, &mut maps.stats)?;
-    let skel = open.load().map_err(bpf("load"))?;
-
-    let mut links = Vec::with_capacity(plan.return_offsets.len() + 1);
-    let entry = usize::try_from(plan.entry.file_offset).unwrap_or(usize::MAX);
-    links.push(
-        skel.progs
-            .http_server_enter
-            .attach_uprobe(false, -1, attach_path, entry)
-            .map_err(bpf(&format!("attach uprobe at {ENTRY} entry")))?,
+    ro.off_url_path = offset("net/url.URL", "Path").unwrap_or(0);
+    ro.off_url_raw_query = offset("net/url.URL", "RawQuery").unwrap_or(0);
+    ro.off_response_status = offset("net/http.response", "status").unwrap_or(0);
+    let h2 = (
+        offset("net/http.http2responseWriter", "rws"),
+        offset("net/http.http2responseWriterState", "status"),
     );
-    let offsets: Vec<usize> = plan
-        .return_offsets
-        .iter()
-        .map(|&o| usize::try_from(o).unwrap_or(usize::MAX))
-        .collect();
-    let opts = UprobeMultiOpts {
-        offsets: offsets.clone(),
-        ..Default::default()
-    };
-    let multi_link = if uprobe_multi {
-        let progs = &skel.progs;
-        progs
-            .http_server_return_multi
-            .attach_uprobe_multi_with_opts(-1, attach_path, "", opts)
-    } else {
-        Err(libbpf_rs::Error::from(std::io::Error::other(
-            "turned off by --no-uprobe-multi",
-        )))
-    };
-    let multi = match multi_link {
-        Ok(link) => {
-            links.push(link);
-            true
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "no uprobe_multi link: one uprobe per RET");
-            for &off in &offsets {
-                links.push(
-                    skel.progs
-                        .http_server_return_single
-                        .attach_uprobe(false, -1, attach_path, off)
-                        .map_err(bpf(&format!("attach uprobe at {ENTRY}+RET {off:#x}")))?,
-                );
-            }
-            false
-        }
-    };
-    // The links hold the programs, and the programs their maps: the object itself can go.
-    Ok(AttachedHttpServer {
-        plan: plan.clone(),
-        multi,
-        _links: links,
-    })
-}
-
-impl std::fmt::Debug for AttachedHttpServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AttachedHttpServer")
-            .field("executable", &self.plan.executable)
-            .field("multi", &self.multi)
-            .field("links", &self._links.len())
-            .finish()
+    if let (Some(rws), Some(status)) = h2 {
+        ro.has_h2 = true;
+        ro.off_h2rw_rws = rws;
+        ro.off_h2rws_status = status;
     }
+    let m = &mut open.maps;
+    shared.reuse_in([&mut m.events, &mut m.traced_pids, &mut m.stats, &mut m.goroutine_ctx])?;
+    let skel = open.load().map_err(bpf("load"))?;
+    let p = &skel.progs;
+    let mut attached = Attached::new(NAME, path);
+    attached.function(
+        path,
+        &plan.serve.function,
+        &plan.serve.return_offsets,
+        &p.http_server_enter,
+        &p.http_server_return_multi,
+        &p.http_server_return_single,
+        options.uprobe_multi,
+    )?;
+    // The links hold the programs, and the programs their maps: the object itself can go.
+    Ok(attached)
 }

@@ -2,23 +2,24 @@
 //! and loading and attaching them. Planning needs no privileges; attaching needs root (or
 //! CAP_BPF + CAP_PERFMON).
 
+mod attach;
 pub mod event;
+pub mod goroutines;
+pub mod http_client;
 pub mod http_server;
 mod shared;
 mod skel;
 
-use goinfo::GoBinary;
-use offsets::FieldSpec;
+use goinfo::{Function, GoBinary};
+use offsets::{FieldOffset, FieldSpec};
 
+pub use attach::Attached;
 pub use shared::{ProbeStats, SharedMaps};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{what}: {source}")]
-    Bpf {
-        what: String,
-        source: libbpf_rs::Error,
-    },
+    Bpf { what: String, source: libbpf_rs::Error },
     #[error("{what}")]
     Internal { what: String },
 }
@@ -57,19 +58,55 @@ pub(crate) fn require_register_abi(bin: &GoBinary) -> Result<(), String> {
     }
 }
 
+/// A function to probe: its entry and every RET.
+#[derive(Debug, Clone)]
+pub struct FunctionPlan {
+    pub function: Function,
+    pub return_offsets: Vec<u64>,
+}
+
+impl FunctionPlan {
+    fn new(bin: &GoBinary, name: &str) -> Result<Self, String> {
+        let function = bin.function(name).map_err(|_| format!("{name} is not in the binary"))?;
+        let return_offsets = bin.ret_offsets(&function);
+        if return_offsets.is_empty() {
+            return Err(format!("no RET instruction found in {name}"));
+        }
+        Ok(FunctionPlan { function, return_offsets })
+    }
+}
+
+fn offset_of(fields: &[FieldOffset], struct_name: &str, field: &str) -> Option<u64> {
+    fields
+        .iter()
+        .find(|f| f.spec.struct_name == struct_name && f.spec.field == field)
+        .and_then(|f| f.offset)
+}
+
 /// Every instrumentation's plan for `bin`, in one table (for `gotel inspect` and attach).
 #[derive(Debug)]
 pub struct Plans {
     pub http_server: Result<http_server::HttpServerPlan, Skip>,
+    pub http_client: Result<http_client::HttpClientPlan, Skip>,
+    /// Needed only where something can be a child of a span started on another goroutine.
+    pub goroutines: Result<goroutines::GoroutinesPlan, Skip>,
 }
 
 pub fn plan_all(bin: &GoBinary) -> Plans {
     Plans {
         http_server: http_server::plan(bin),
+        http_client: http_client::plan(bin),
+        goroutines: goroutines::plan(bin),
     }
 }
 
 /// Every struct field any instrumentation reads: what the offsets database must cover.
 pub fn declared_fields() -> Vec<FieldSpec> {
-    http_server::FIELDS.to_vec()
+    let mut all: Vec<FieldSpec> = Vec::new();
+    for spec in http_server::FIELDS.iter().chain(http_client::FIELDS) {
+        if !all.contains(spec) {
+            all.push(*spec);
+        }
+    }
+    all
 }

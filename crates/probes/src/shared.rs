@@ -10,6 +10,7 @@ use crate::Error;
 const RINGBUF_BYTES: u32 = 1 << 23;
 const MAX_TRACED_PIDS: u32 = 16384;
 const STAT_COUNT: u32 = 3;
+const GOROUTINE_CTX_MAX: u32 = 65536;
 
 /// The agent's view of what the BPF side counted (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,21 +27,21 @@ pub struct SharedMaps {
     events: MapHandle,
     traced_pids: MapHandle,
     stats: MapHandle,
+    goroutine_ctx: MapHandle,
 }
 
 impl SharedMaps {
     pub fn create() -> Result<Self, Error> {
         let opts = libbpf_sys_opts();
         let create = |ty, name: &str, key, value, max| {
-            MapHandle::create(ty, Some(name), key, value, max, &opts).map_err(|source| Error::Bpf {
-                what: format!("create map {name}"),
-                source,
-            })
+            MapHandle::create(ty, Some(name), key, value, max, &opts)
+                .map_err(|source| Error::Bpf { what: format!("create map {name}"), source })
         };
         Ok(SharedMaps {
             events: create(MapType::RingBuf, "events", 0, 0, RINGBUF_BYTES)?,
             traced_pids: create(MapType::Hash, "traced_pids", 4, 1, MAX_TRACED_PIDS)?,
             stats: create(MapType::PercpuArray, "stats", 4, 8, STAT_COUNT)?,
+            goroutine_ctx: create(MapType::LruHash, "goroutine_ctx", 16, 24, GOROUTINE_CTX_MAX)?,
         })
     }
 
@@ -53,10 +54,7 @@ impl SharedMaps {
     pub fn trace_pid(&self, pid: u32) -> Result<(), Error> {
         self.traced_pids
             .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
-            .map_err(|source| Error::Bpf {
-                what: format!("trace pid {pid}"),
-                source,
-            })
+            .map_err(|source| Error::Bpf { what: format!("trace pid {pid}"), source })
     }
 
     pub fn untrace_pid(&self, pid: u32) {
@@ -66,43 +64,27 @@ impl SharedMaps {
 
     pub fn stats(&self) -> ProbeStats {
         let sum = |index: u32| -> u64 {
-            match self
-                .stats
-                .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
-            {
+            match self.stats.lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY) {
                 Ok(Some(per_cpu)) => per_cpu
                     .iter()
                     .filter_map(|v| {
-                        v.get(..8)
-                            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                        v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
                     })
                     .sum(),
                 _ => 0,
             }
         };
-        ProbeStats {
-            events: sum(0),
-            ringbuf_full: sum(1),
-            returns_without_entry: sum(2),
-        }
+        ProbeStats { events: sum(0), ringbuf_full: sum(1), returns_without_entry: sum(2) }
     }
 
-    /// Points an object's declarations of the shared maps at these maps before it loads.
-    pub(crate) fn reuse_in<'obj>(
-        &self,
-        events: &mut OpenMapMut<'obj>,
-        traced_pids: &mut OpenMapMut<'obj>,
-        stats: &mut OpenMapMut<'obj>,
-    ) -> Result<(), Error> {
-        for (open, shared, name) in [
-            (events, &self.events, "events"),
-            (traced_pids, &self.traced_pids, "traced_pids"),
-            (stats, &self.stats, "stats"),
-        ] {
-            open.reuse_fd(shared.as_fd()).map_err(|source| Error::Bpf {
-                what: format!("reuse map {name}"),
-                source,
-            })?;
+    /// Points an object's declarations of the shared maps (events, traced_pids, stats,
+    /// goroutine_ctx, as gotel.h orders them) at these maps before it loads.
+    pub(crate) fn reuse_in(&self, maps: [&mut OpenMapMut<'_>; 4]) -> Result<(), Error> {
+        let shared = [&self.events, &self.traced_pids, &self.stats, &self.goroutine_ctx];
+        for (open, shared) in maps.into_iter().zip(shared) {
+            let name = open.name().to_string_lossy().into_owned();
+            open.reuse_fd(shared.as_fd())
+                .map_err(|source| Error::Bpf { what: format!("reuse map {name}"), source })?;
         }
         Ok(())
     }

@@ -16,37 +16,23 @@ fn fixtures_dir() -> PathBuf {
 fn every_declared_field_is_in_the_database() {
     let db = offsets::embedded().expect("embedded database parses");
     for spec in probes::declared_fields() {
-        let module = db
-            .modules
-            .get(spec.module)
-            .unwrap_or_else(|| panic!("{} missing", spec.module));
-        let ranges = module
-            .fields
-            .get(&spec.key())
-            .unwrap_or_else(|| panic!("{} missing", spec.key()));
+        let module =
+            db.modules.get(spec.module).unwrap_or_else(|| panic!("{} missing", spec.module));
+        let ranges =
+            module.fields.get(&spec.key()).unwrap_or_else(|| panic!("{} missing", spec.key()));
         assert!(!ranges.is_empty());
         if spec.required {
             let newest = module.versions.last().unwrap();
             let found = db.lookup(spec.module, newest, &spec.key());
             assert!(
-                matches!(
-                    found,
-                    Lookup::Found {
-                        offset: Some(_),
-                        ..
-                    }
-                ),
+                matches!(found, Lookup::Found { offset: Some(_), .. }),
                 "{} at {newest}: {found:?}",
                 spec.key()
             );
         }
     }
     let std = &db.modules[STD];
-    assert!(
-        std.versions.len() >= 2,
-        "several Go versions: {:?}",
-        std.versions
-    );
+    assert!(std.versions.len() >= 2, "several Go versions: {:?}", std.versions);
 }
 
 #[test]
@@ -75,19 +61,10 @@ fn the_database_agrees_with_dwarf_on_every_fixture() {
         let go = &bin.build_info().go_version;
         let dwarf = bin.struct_layouts(&structs).unwrap();
         for spec in &fields {
-            let from_dwarf = dwarf
-                .get(spec.struct_name)
-                .and_then(|s| s.get(spec.field))
-                .copied();
+            let from_dwarf = dwarf.get(spec.struct_name).and_then(|s| s.get(spec.field)).copied();
             match db.lookup(STD, go, &spec.key()) {
                 Lookup::Found { offset, .. } => {
-                    assert_eq!(
-                        offset,
-                        from_dwarf,
-                        "{}: {} at {go}",
-                        path.display(),
-                        spec.key()
-                    )
+                    assert_eq!(offset, from_dwarf, "{}: {} at {go}", path.display(), spec.key())
                 }
                 Lookup::Unknown(why) => panic!("{}: {} at {go}: {why}", path.display(), spec.key()),
             }

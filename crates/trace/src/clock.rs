@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 fn now_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes only into the timespec we pass, which lives for the call.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -30,10 +27,7 @@ impl Default for MonotonicClock {
 
 impl MonotonicClock {
     pub fn new() -> Self {
-        MonotonicClock {
-            realtime_minus_monotonic: measure_offset(),
-            measured_at: Instant::now(),
-        }
+        MonotonicClock { realtime_minus_monotonic: measure_offset(), measured_at: Instant::now() }
     }
 
     pub fn refresh_if_stale(&mut self) {
@@ -75,11 +69,7 @@ mod tests {
         let mono = u64::try_from(now_ns(libc::CLOCK_MONOTONIC)).unwrap();
         let wall = now_ns(libc::CLOCK_REALTIME);
         let converted = i128::from(clock.to_unix_nanos(mono));
-        assert!(
-            (converted - wall).abs() < 1_000_000,
-            "off by {} ns",
-            converted - wall
-        );
+        assert!((converted - wall).abs() < 1_000_000, "off by {} ns", converted - wall);
     }
 
     #[test]

@@ -1,13 +1,12 @@
 //! net/http server events as spans, per the OpenTelemetry HTTP semantic conventions
 //! (stable since semconv 1.23).
 
-use probes::event::HttpServerEvent;
+use probes::event::{HttpClientEvent, HttpServerEvent};
 
 use crate::{KeyValue, MonotonicClock, Span, SpanKind, Status};
 
-const KNOWN_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
-];
+const KNOWN_METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"];
 
 /// The route of a ServeMux pattern "[METHOD ][HOST]/[PATH]": its path part.
 fn route_of(pattern: &str) -> Option<&str> {
@@ -46,28 +45,19 @@ pub fn http_server_span(e: &HttpServerEvent, clock: &MonotonicClock) -> Span {
         attrs.push(KeyValue::new("http.request.method", e.method.as_str()));
     } else {
         attrs.push(KeyValue::new("http.request.method", "_OTHER"));
-        attrs.push(KeyValue::new(
-            "http.request.method_original",
-            e.method.as_str(),
-        ));
+        attrs.push(KeyValue::new("http.request.method_original", e.method.as_str()));
     }
     attrs.push(KeyValue::new("url.path", e.path.as_str()));
     if !e.query.is_empty() {
         attrs.push(KeyValue::new("url.query", e.query.as_str()));
     }
-    attrs.push(KeyValue::new(
-        "url.scheme",
-        if e.tls { "https" } else { "http" },
-    ));
+    attrs.push(KeyValue::new("url.scheme", if e.tls { "https" } else { "http" }));
     if let Some(route) = route {
         attrs.push(KeyValue::new("http.route", route));
     }
     // 0: the probe could not read it (HTTP/2 on a Go without known offsets).
     if e.status != 0 {
-        attrs.push(KeyValue::new(
-            "http.response.status_code",
-            i64::from(e.status),
-        ));
+        attrs.push(KeyValue::new("http.response.status_code", i64::from(e.status)));
     }
     let version = match (e.proto_major, e.proto_minor) {
         (2, _) => "2".to_string(),
@@ -92,9 +82,7 @@ pub fn http_server_span(e: &HttpServerEvent, clock: &MonotonicClock) -> Span {
     // Server spans are errors for 5xx only: a 4xx is the client's mistake.
     let status = if e.status >= 500 {
         attrs.push(KeyValue::new("error.type", e.status.to_string()));
-        Status::Error {
-            message: String::new(),
-        }
+        Status::Error { message: String::new() }
     } else {
         Status::Unset
     };
@@ -106,6 +94,66 @@ pub fn http_server_span(e: &HttpServerEvent, clock: &MonotonicClock) -> Span {
         parent_span_id: (parent != [0; 8]).then_some(parent),
         name,
         kind: SpanKind::Server,
+        start_unix_nanos: clock.to_unix_nanos(e.header.start_ns),
+        end_unix_nanos: clock.to_unix_nanos(e.header.end_ns),
+        attributes: attrs,
+        status,
+    }
+}
+
+/// A CLIENT span per the HTTP client conventions: named by method, errors for 4xx/5xx and
+/// transport failures. url.full never carries user:password (gotel does not read URL.User).
+pub fn http_client_span(e: &HttpClientEvent, clock: &MonotonicClock) -> Span {
+    let method = if e.method.is_empty() { "GET" } else { e.method.as_str() };
+    let known = KNOWN_METHODS.contains(&method);
+    let mut attrs = Vec::with_capacity(10);
+    if known {
+        attrs.push(KeyValue::new("http.request.method", method));
+    } else {
+        attrs.push(KeyValue::new("http.request.method", "_OTHER"));
+        attrs.push(KeyValue::new("http.request.method_original", method));
+    }
+    let scheme = if e.scheme.is_empty() { "http" } else { e.scheme.as_str() };
+    let query = if e.query.is_empty() { String::new() } else { format!("?{}", e.query) };
+    attrs.push(KeyValue::new("url.full", format!("{scheme}://{}{}{query}", e.host, e.path)));
+    let (host, port) = split_host_port(&e.host);
+    if !host.is_empty() {
+        attrs.push(KeyValue::new("server.address", host));
+    }
+    let default_port = match scheme {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    };
+    if let Some(port) = port.or(default_port) {
+        attrs.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    if e.status != 0 {
+        attrs.push(KeyValue::new("http.response.status_code", i64::from(e.status)));
+    }
+    if e.proto_major != 0 {
+        let version = match e.proto_major {
+            1 => format!("1.{}", e.proto_minor),
+            major => major.to_string(),
+        };
+        attrs.push(KeyValue::new("network.protocol.version", version));
+    }
+    let status = if e.failed {
+        attrs.push(KeyValue::new("error.type", "_OTHER"));
+        Status::Error { message: "transport error".into() }
+    } else if e.status >= 400 {
+        attrs.push(KeyValue::new("error.type", e.status.to_string()));
+        Status::Error { message: String::new() }
+    } else {
+        Status::Unset
+    };
+    let parent = e.header.parent_span_id;
+    Span {
+        trace_id: e.header.trace_id,
+        span_id: e.header.span_id,
+        parent_span_id: (parent != [0; 8]).then_some(parent),
+        name: if known { method.to_string() } else { "HTTP".to_string() },
+        kind: SpanKind::Client,
         start_unix_nanos: clock.to_unix_nanos(e.header.start_ns),
         end_unix_nanos: clock.to_unix_nanos(e.header.end_ns),
         attributes: attrs,
@@ -177,11 +225,52 @@ mod tests {
         let s = http_server_span(&event("BREW", "/pot", "", "", 404), &MonotonicClock::new());
         assert_eq!(s.name, "HTTP");
         assert_eq!(attr(&s, "http.request.method"), Some(&"_OTHER".into()));
-        assert_eq!(
-            attr(&s, "http.request.method_original"),
-            Some(&"BREW".into())
-        );
+        assert_eq!(attr(&s, "http.request.method_original"), Some(&"BREW".into()));
         assert_eq!(s.status, Status::Unset, "4xx is not a server error");
+    }
+
+    fn client(status: u16, failed: bool, host: &str) -> HttpClientEvent {
+        HttpClientEvent {
+            header: SpanHeader {
+                pid: 1,
+                start_ns: 0,
+                end_ns: 10,
+                trace_id: [1; 16],
+                span_id: [3; 8],
+                parent_span_id: [2; 8],
+            },
+            status,
+            proto_major: if failed { 0 } else { 1 },
+            proto_minor: 1,
+            failed,
+            method: String::new(),
+            scheme: "http".into(),
+            host: host.into(),
+            path: "/orders".into(),
+            query: "id=7".into(),
+        }
+    }
+
+    #[test]
+    fn client_spans_follow_the_client_conventions() {
+        let s = http_client_span(&client(200, false, "b.internal"), &MonotonicClock::new());
+        assert_eq!((s.name.as_str(), s.kind), ("GET", SpanKind::Client));
+        assert_eq!(s.parent_span_id, Some([2; 8]));
+        assert_eq!(attr(&s, "url.full"), Some(&"http://b.internal/orders?id=7".into()));
+        assert_eq!(attr(&s, "server.address"), Some(&"b.internal".into()));
+        assert_eq!(attr(&s, "server.port"), Some(&80.into()), "the scheme's default port");
+        assert_eq!(attr(&s, "network.protocol.version"), Some(&"1.1".into()));
+        assert_eq!(s.status, Status::Unset);
+
+        let s = http_client_span(&client(404, false, "b:8080"), &MonotonicClock::new());
+        assert_eq!(attr(&s, "server.port"), Some(&8080.into()));
+        assert!(matches!(s.status, Status::Error { .. }), "4xx is a client error");
+        assert_eq!(attr(&s, "error.type"), Some(&"404".into()));
+
+        let s = http_client_span(&client(0, true, "down:1"), &MonotonicClock::new());
+        assert!(attr(&s, "http.response.status_code").is_none());
+        assert_eq!(attr(&s, "error.type"), Some(&"_OTHER".into()));
+        assert!(matches!(s.status, Status::Error { .. }));
     }
 
     #[test]

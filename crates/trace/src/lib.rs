@@ -7,7 +7,7 @@ mod resource;
 mod span;
 
 pub use clock::MonotonicClock;
-pub use http::http_server_span;
+pub use http::{http_client_span, http_server_span};
 pub use resource::{parse_resource_attributes, AgentIdentity, ProcessResource, ResourceCache};
 pub use span::{AttributeValue, KeyValue, Span, SpanKind, Status};
 
@@ -23,10 +23,7 @@ pub struct Assembler {
 
 impl Assembler {
     pub fn new(resources: ResourceCache) -> Self {
-        Assembler {
-            clock: MonotonicClock::new(),
-            resources,
-        }
+        Assembler { clock: MonotonicClock::new(), resources }
     }
 
     pub fn assemble(&mut self, event: &Event) -> (Arc<ProcessResource>, Span) {
@@ -34,6 +31,7 @@ impl Assembler {
         let resource = self.resources.get(event.header().pid);
         let span = match event {
             Event::HttpServer(e) => http_server_span(e, &self.clock),
+            Event::HttpClient(e) => http_client_span(e, &self.clock),
         };
         (resource, span)
     }

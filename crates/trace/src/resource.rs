@@ -25,11 +25,7 @@ impl AgentIdentity {
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
-        AgentIdentity {
-            service_name,
-            attributes,
-            host_name,
-        }
+        AgentIdentity { service_name, attributes, host_name }
     }
 }
 
@@ -115,9 +111,7 @@ impl ResourceCache {
 
     /// Records an executable gotel attached to, so its processes' resources name its Go version.
     pub fn add_executable(&mut self, path: &Path, go_version: &str) {
-        let exe = Executable {
-            go_version: go_version.to_string(),
-        };
+        let exe = Executable { go_version: go_version.to_string() };
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         self.executables.insert(canonical, exe);
     }
@@ -147,10 +141,7 @@ impl ResourceCache {
         let env_var = |name: &str| -> Option<String> {
             env.split(|&b| b == 0).find_map(|entry| {
                 let entry = String::from_utf8_lossy(entry);
-                entry
-                    .strip_prefix(name)?
-                    .strip_prefix('=')
-                    .map(str::to_string)
+                entry.strip_prefix(name)?.strip_prefix('=').map(str::to_string)
             })
         };
 
@@ -176,19 +167,9 @@ impl ResourceCache {
                     _ => None,
                 }
             });
-        if !self
-            .agent
-            .attributes
-            .iter()
-            .any(|(k, _)| k == "service.name")
-        {
+        if !self.agent.attributes.iter().any(|(k, _)| k == "service.name") {
             let fallback = self.agent.service_name.clone().or_else(|| exe_name.clone());
-            set(
-                "service.name",
-                fallback
-                    .unwrap_or_else(|| "unknown_service:go".into())
-                    .into(),
-            );
+            set("service.name", fallback.unwrap_or_else(|| "unknown_service:go".into()).into());
         } else if let Some(name) = &self.agent.service_name {
             set("service.name", name.clone().into());
         }
@@ -202,10 +183,7 @@ impl ResourceCache {
         }
         set("process.pid", AttributeValue::Int(i64::from(pid)));
         if let Some(exe) = &exe {
-            set(
-                "process.executable.path",
-                exe.to_string_lossy().into_owned().into(),
-            );
+            set("process.executable.path", exe.to_string_lossy().into_owned().into());
         }
         if let Some(name) = &exe_name {
             set("process.executable.name", name.clone().into());
@@ -224,10 +202,7 @@ impl ResourceCache {
         set("telemetry.sdk.language", "go".into());
         set("telemetry.distro.name", "gotel".into());
         set("telemetry.distro.version", env!("CARGO_PKG_VERSION").into());
-        ProcessResource {
-            pid,
-            attributes: attrs,
-        }
+        ProcessResource { pid, attributes: attrs }
     }
 }
 
@@ -269,10 +244,7 @@ mod tests {
     }
 
     fn get<'a>(r: &'a ProcessResource, k: &str) -> Option<&'a AttributeValue> {
-        r.attributes
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v)
+        r.attributes.iter().find(|(key, _)| key == k).map(|(_, v)| v)
     }
 
     #[test]
@@ -296,17 +268,10 @@ mod tests {
         cache.add_executable(exe, "go1.26.8");
         let r = cache.get(7);
         assert_eq!(r.service_name(), "shop");
-        assert_eq!(
-            get(&r, "team"),
-            Some(&"a,b".into()),
-            "process attributes beat the agent's"
-        );
+        assert_eq!(get(&r, "team"), Some(&"a,b".into()), "process attributes beat the agent's");
         assert_eq!(get(&r, "deployment.environment"), Some(&"prod".into()));
         assert_eq!(get(&r, "process.pid"), Some(&AttributeValue::Int(7)));
-        assert_eq!(
-            get(&r, "process.executable.path"),
-            Some(&"/usr/bin/shop-api".into())
-        );
+        assert_eq!(get(&r, "process.executable.path"), Some(&"/usr/bin/shop-api".into()));
         assert_eq!(get(&r, "process.runtime.version"), Some(&"go1.26.8".into()));
         assert_eq!(get(&r, "host.name"), Some(&"node1".into()));
         assert_eq!(get(&r, "telemetry.distro.name"), Some(&"gotel".into()));
@@ -317,10 +282,7 @@ mod tests {
         let exe = Path::new("/opt/app/billing");
         let root = fake_proc(8, &["HOME=/"], exe);
         let mut with_flag = ResourceCache::with_proc_root(
-            AgentIdentity {
-                service_name: Some("flagged".into()),
-                ..Default::default()
-            },
+            AgentIdentity { service_name: Some("flagged".into()), ..Default::default() },
             root.path(),
         );
         assert_eq!(with_flag.get(8).service_name(), "flagged");
@@ -332,11 +294,7 @@ mod tests {
     fn resource_attribute_parsing() {
         assert_eq!(
             parse_resource_attributes("a=1, b = x%20y ,bad,=v,c="),
-            vec![
-                ("a".into(), "1".into()),
-                ("b".into(), "x y".into()),
-                ("c".into(), "".into())
-            ]
+            vec![("a".into(), "1".into()), ("b".into(), "x y".into()), ("c".into(), "".into())]
         );
     }
 }

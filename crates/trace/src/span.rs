@@ -41,10 +41,7 @@ pub struct KeyValue {
 
 impl KeyValue {
     pub fn new(key: &'static str, value: impl Into<AttributeValue>) -> Self {
-        KeyValue {
-            key,
-            value: value.into(),
-        }
+        KeyValue { key, value: value.into() }
     }
 }
 
@@ -78,10 +75,7 @@ pub struct Span {
 
 impl Span {
     pub fn attribute(&self, key: &str) -> Option<&AttributeValue> {
-        self.attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .map(|kv| &kv.value)
+        self.attributes.iter().find(|kv| kv.key == key).map(|kv| &kv.value)
     }
 
     pub fn duration_nanos(&self) -> u64 {

@@ -13,10 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 /// None (after saying why, loudly) when this machine cannot run privileged tests.
@@ -39,38 +36,24 @@ pub fn fixture(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/fixtures"));
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "fixture {} missing: run scripts/build-fixtures.sh",
-        p.display()
-    );
+    assert!(p.exists(), "fixture {} missing: run scripts/build-fixtures.sh", p.display());
     p
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn wait_for_port(port: u16, within: Duration) {
     let deadline = Instant::now() + within;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on port {port} after {within:?}"
-        );
+        assert!(Instant::now() < deadline, "nothing listens on port {port} after {within:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 pub fn unix_nanos_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 /// A child process killed when dropped, so a failing test leaves nothing running.
@@ -101,10 +84,7 @@ impl Proc {
     }
 
     pub fn log(&self) -> Vec<String> {
-        self.1
-            .as_ref()
-            .map(|l| l.lock().unwrap().clone())
-            .unwrap_or_default()
+        self.1.as_ref().map(|l| l.lock().unwrap().clone()).unwrap_or_default()
     }
 
     pub fn wait_for_log(&self, needle: &str, within: Duration) {
@@ -215,13 +195,7 @@ impl Collector {
         );
         wait_for_port(http_port, Duration::from_secs(20));
         wait_for_port(grpc_port, Duration::from_secs(20));
-        Collector {
-            http_port,
-            grpc_port,
-            out,
-            _dir: dir,
-            _proc: proc,
-        }
+        Collector { http_port, grpc_port, out, _dir: dir, _proc: proc }
     }
 
     pub fn http_endpoint(&self) -> String {
@@ -244,10 +218,7 @@ impl Collector {
                 let resource = attrs(&rs["resource"]["attributes"]);
                 for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                     for s in ss["spans"].as_array().into_iter().flatten() {
-                        spans.push(ReceivedSpan {
-                            span: s.clone(),
-                            resource: resource.clone(),
-                        });
+                        spans.push(ReceivedSpan { span: s.clone(), resource: resource.clone() });
                     }
                 }
             }
@@ -303,10 +274,7 @@ impl ReceivedSpan {
         self.span["kind"].as_i64().unwrap_or(0)
     }
     pub fn attr(&self, key: &str) -> Option<Value> {
-        attrs(&self.span["attributes"])
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
+        attrs(&self.span["attributes"]).into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
     pub fn attr_str(&self, key: &str) -> Option<String> {
         self.attr(key).and_then(|v| v.as_str().map(str::to_string))
@@ -321,25 +289,18 @@ impl ReceivedSpan {
             .and_then(|(_, v)| v.as_str().map(str::to_string))
     }
     pub fn resource_int(&self, key: &str) -> Option<i64> {
-        self.resource
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.as_i64())
+        self.resource.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_i64())
     }
     /// 2 = ERROR, 0 = UNSET.
     pub fn status_code(&self) -> i64 {
         self.span["status"]["code"].as_i64().unwrap_or(0)
     }
     pub fn nanos(&self, field: &str) -> u64 {
-        self.span[field]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
+        self.span[field].as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
     }
     pub fn duration(&self) -> Duration {
         Duration::from_nanos(
-            self.nanos("endTimeUnixNano")
-                .saturating_sub(self.nanos("startTimeUnixNano")),
+            self.nanos("endTimeUnixNano").saturating_sub(self.nanos("startTimeUnixNano")),
         )
     }
     pub fn hex(&self, field: &str) -> String {
@@ -383,10 +344,7 @@ pub fn start_fixture(path: &Path, port: u16) -> Proc {
 
 /// Lets this test process hold many sockets at once.
 pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
@@ -406,14 +364,7 @@ pub fn http_get(port: u16, path_and_query: &str) -> (u16, String) {
     .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read response");
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }

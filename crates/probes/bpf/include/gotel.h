@@ -31,6 +31,7 @@ struct pt_regs {
 /* Span events written to the ring buffer start with this header. */
 enum event_kind {
 	EVENT_HTTP_SERVER = 1,
+	EVENT_HTTP_CLIENT = 2,
 };
 
 struct span_header {
@@ -48,6 +49,12 @@ struct goroutine_key {
 	u32 pid;
 	u32 _pad;
 	u64 g;
+};
+
+/* The span a goroutine works for: what a client call it makes is a child of. */
+struct span_ctx {
+	u8 trace_id[16];
+	u8 span_id[8];
 };
 
 /* Indices of the counters in `stats`. */
@@ -77,6 +84,15 @@ struct {
 	__type(key, u32);
 	__type(value, u64);
 } stats SEC(".maps");
+
+/* Goroutine -> the span it works for. Set by server spans, inherited by goroutines they start
+ * (goroutines.bpf.c). LRU: goroutines that die without a probe seeing it age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct goroutine_key);
+	__type(value, struct span_ctx);
+} goroutine_ctx SEC(".maps");
 
 /* When set, only processes in traced_pids are traced; otherwise every process running the
  * executable is (attach --exe). */

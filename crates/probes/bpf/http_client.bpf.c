@@ -1,0 +1,127 @@
+/* net/http client spans: uprobes at the entry and RETs of net/http.(*Transport).roundTrip.
+ * The span is a child of whatever span the calling goroutine works for (goroutine_ctx). */
+#include "gotel.h"
+
+const volatile u64 off_req_method = 0;
+const volatile u64 off_req_url = 0;
+const volatile u64 off_url_scheme = 0;
+const volatile u64 off_url_host = 0;
+const volatile u64 off_url_path = 0;
+const volatile u64 off_url_raw_query = 0;
+const volatile u64 off_resp_status_code = 0;
+const volatile u64 off_resp_proto_major = 0;
+const volatile u64 off_resp_proto_minor = 0;
+
+#define METHOD_CAP 16
+#define SCHEME_CAP 16
+#define HOST_CAP 128
+#define PATH_CAP 256
+#define QUERY_CAP 256
+
+struct http_client_event {
+	struct span_header hdr;
+	u16 status; /* 0: no response */
+	u8 proto_major;
+	u8 proto_minor;
+	u8 failed; /* roundTrip returned an error */
+	u8 _pad[3];
+	u16 method_len, scheme_len, host_len, path_len, query_len, _pad2;
+	char method[METHOD_CAP];
+	char scheme[SCHEME_CAP];
+	char host[HOST_CAP];
+	char path[PATH_CAP];
+	char query[QUERY_CAP];
+};
+
+struct client_call {
+	u64 start_ns;
+	u64 req;
+	struct span_ctx ctx;
+	u8 parent_span_id[8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct goroutine_key);
+	__type(value, struct client_call);
+} client_calls SEC(".maps");
+
+SEC("uprobe")
+int http_client_enter(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!pid_traced(pid))
+		return 0;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	/* func (t *Transport) roundTrip(req *Request) (*Response, error) */
+	struct client_call call = { .start_ns = bpf_ktime_get_ns(), .req = GO_ARG2(ctx) };
+	struct span_ctx *parent = bpf_map_lookup_elem(&goroutine_ctx, &key);
+	if (parent) {
+		__builtin_memcpy(call.ctx.trace_id, parent->trace_id, sizeof(call.ctx.trace_id));
+		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
+	} else {
+		random_id(call.ctx.trace_id, sizeof(call.ctx.trace_id));
+	}
+	random_id(call.ctx.span_id, sizeof(call.ctx.span_id));
+	bpf_map_update_elem(&client_calls, &key, &call, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int http_client_return(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct client_call *call = bpf_map_lookup_elem(&client_calls, &key);
+	if (!call) {
+		if (pid_traced(pid))
+			count(STAT_NO_ENTRY);
+		return 0;
+	}
+	struct http_client_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RINGBUF_FULL);
+		bpf_map_delete_elem(&client_calls, &key);
+		return 0;
+	}
+	e->hdr.kind = EVENT_HTTP_CLIENT;
+	e->hdr.pid = pid;
+	e->hdr.start_ns = call->start_ns;
+	e->hdr.end_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(e->hdr.trace_id, call->ctx.trace_id, sizeof(e->hdr.trace_id));
+	__builtin_memcpy(e->hdr.span_id, call->ctx.span_id, sizeof(e->hdr.span_id));
+	__builtin_memcpy(e->hdr.parent_span_id, call->parent_span_id, sizeof(e->hdr.parent_span_id));
+
+	/* Results: *Response in ARG1, error (itab, data) in ARG2-3. */
+	u64 resp = GO_ARG1(ctx);
+	e->failed = GO_ARG2(ctx) != 0;
+	e->status = resp ? (u16)read_u64(resp + off_resp_status_code) : 0;
+	e->proto_major = resp ? (u8)read_u64(resp + off_resp_proto_major) : 0;
+	e->proto_minor = resp ? (u8)read_u64(resp + off_resp_proto_minor) : 0;
+	u64 req = call->req;
+	e->method_len = read_go_string(e->method, METHOD_CAP, req + off_req_method);
+	u64 url = read_u64(req + off_req_url);
+	e->scheme_len = url ? read_go_string(e->scheme, SCHEME_CAP, url + off_url_scheme) : 0;
+	e->host_len = url ? read_go_string(e->host, HOST_CAP, url + off_url_host) : 0;
+	e->path_len = url ? read_go_string(e->path, PATH_CAP, url + off_url_path) : 0;
+	e->query_len = url ? read_go_string(e->query, QUERY_CAP, url + off_url_raw_query) : 0;
+
+	bpf_map_delete_elem(&client_calls, &key);
+	count(STAT_EVENTS);
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
+	return 0;
+}
+
+SEC("uprobe.multi")
+int http_client_return_multi(struct pt_regs *ctx)
+{
+	return http_client_return(ctx);
+}
+
+SEC("uprobe")
+int http_client_return_single(struct pt_regs *ctx)
+{
+	return http_client_return(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
