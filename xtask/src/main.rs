@@ -145,7 +145,15 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
         );
     }
 
-    let known: Vec<String> = db.modules.get(STD).map(|m| m.versions.clone()).unwrap_or_default();
+    // A field declared since the last run needs every version probed again.
+    let known: Vec<String> = match db.modules.get(STD) {
+        Some(m) if std_fields.iter().all(|f| m.fields.contains_key(&f.key())) => m.versions.clone(),
+        Some(_) => {
+            println!("[offsets] new fields declared: probing every toolchain again");
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
     let mut work = Vec::new();
     for root in toolchains(goroots) {
         let version = go_version(&root)?;

@@ -1,6 +1,6 @@
 //! The terminal view: finished spans grouped by trace, one line per span, a tree when a trace
-//! has more than one. A trace is printed once its local root (a SERVER span, or a span with no
-//! parent) has ended, since children end first; stragglers are printed after a short wait.
+//! has more than one. A trace is printed once its root has ended, since children end first;
+//! a trace whose root is not seen here is printed after a short wait.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -33,13 +33,15 @@ impl<W: Write> Console<W> {
 
     pub fn push(&mut self, resource: Arc<ProcessResource>, span: Span) {
         let trace_id = span.trace_id;
-        let is_local_root = span.parent_span_id.is_none() || span.kind == SpanKind::Server;
+        // Children end before their parents, so the root ending means the trace is whole (as
+        // far as this host sees it); a trace whose root is elsewhere waits out WAIT_FOR_ROOT.
+        let is_root = span.parent_span_id.is_none();
         let entry = self
             .pending
             .entry(trace_id)
             .or_insert_with(|| Pending { spans: Vec::new(), since: Instant::now() });
         entry.spans.push((resource, span));
-        if is_local_root {
+        if is_root {
             if let Some(p) = self.pending.remove(&trace_id) {
                 self.print(trace_id, p.spans);
             }

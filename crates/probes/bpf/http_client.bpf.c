@@ -1,6 +1,6 @@
 /* net/http client spans: uprobes at the entry and RETs of net/http.(*Transport).roundTrip.
  * The span is a child of whatever span the calling goroutine works for (goroutine_ctx). */
-#include "gotel.h"
+#include "conn.h"
 
 const volatile u64 off_req_method = 0;
 const volatile u64 off_req_url = 0;
@@ -11,6 +11,8 @@ const volatile u64 off_url_raw_query = 0;
 const volatile u64 off_resp_status_code = 0;
 const volatile u64 off_resp_proto_major = 0;
 const volatile u64 off_resp_proto_minor = 0;
+/* persistConn.conn's data word: the *net.TCPConn of a plain connection. */
+const volatile u64 off_pconn_conn_data = 0;
 
 #define METHOD_CAP 16
 #define SCHEME_CAP 16
@@ -65,6 +67,23 @@ int http_client_enter(struct pt_regs *ctx)
 	}
 	random_id(call.ctx.span_id, sizeof(call.ctx.span_id));
 	bpf_map_update_elem(&client_calls, &key, &call, BPF_ANY);
+	return 0;
+}
+
+/* net/http.(*persistConn).roundTrip: the connection the request goes out on is known here,
+ * before the request is written. Publishes the client span for the server at the other end. */
+SEC("uprobe")
+int http_client_conn(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct client_call *call = bpf_map_lookup_elem(&client_calls, &key);
+	if (!call)
+		return 0;
+	u64 tcpconn = read_u64(GO_ARG1(ctx) /* pc */ + off_pconn_conn_data);
+	struct conn_key conn;
+	if (go_conn_key(tcpconn, true, &conn))
+		bpf_map_update_elem(&conn_ctx, &conn, &call->ctx, BPF_ANY);
 	return 0;
 }
 

@@ -2,7 +2,7 @@
  * request's goroutine and start time; one at each of its RETs emits the span. Everything is
  * read at the return: the handler has run, so the response status and the mux's route pattern
  * are known, and the Request itself is still alive. */
-#include "gotel.h"
+#include "conn.h"
 
 /* Field offsets, filled in per executable at load time. */
 const volatile u64 off_req_method = 0;
@@ -21,6 +21,9 @@ const volatile u64 off_response_status = 0;
 const volatile bool has_h2 = false;
 const volatile u64 off_h2rw_rws = 0;
 const volatile u64 off_h2rws_status = 0;
+/* response.conn (*http.conn), and conn.rwc's data word (*net.TCPConn when plain). */
+const volatile u64 off_response_conn = 0;
+const volatile u64 off_conn_rwc_data = 0;
 
 #define METHOD_CAP 16
 #define PATH_CAP 256
@@ -51,6 +54,7 @@ struct server_call {
 	u64 rw_data;
 	u8 trace_id[16];
 	u8 span_id[8];
+	u8 parent_span_id[8];
 };
 
 /* LRU: a goroutine that panics out of the handler never reaches a RET; its entry ages out. */
@@ -75,7 +79,22 @@ int http_server_enter(struct pt_regs *ctx)
 		.rw_data = GO_ARG3(ctx), /* rw's itab is in ARG2 */
 		.req = GO_ARG4(ctx),
 	};
-	random_id(call.trace_id, sizeof(call.trace_id));
+	/* A client span on this host whose request arrived on this connection is the parent. */
+	struct span_ctx *parent = 0;
+	struct conn_key conn;
+	if (read_u64(call.req + off_req_proto_major) == 1) {
+		u64 hc = read_u64(call.rw_data + off_response_conn);
+		u64 tcpconn = hc ? read_u64(hc + off_conn_rwc_data) : 0;
+		if (go_conn_key(tcpconn, false, &conn))
+			parent = bpf_map_lookup_elem(&conn_ctx, &conn);
+	}
+	if (parent) {
+		__builtin_memcpy(call.trace_id, parent->trace_id, sizeof(call.trace_id));
+		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
+		bpf_map_delete_elem(&conn_ctx, &conn);
+	} else {
+		random_id(call.trace_id, sizeof(call.trace_id));
+	}
 	random_id(call.span_id, sizeof(call.span_id));
 	bpf_map_update_elem(&server_calls, &key, &call, BPF_ANY);
 	/* What the handler does on this goroutine, and the goroutines it starts, is a child. */
@@ -124,7 +143,7 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	e->hdr.end_ns = bpf_ktime_get_ns();
 	__builtin_memcpy(e->hdr.trace_id, call->trace_id, sizeof(e->hdr.trace_id));
 	__builtin_memcpy(e->hdr.span_id, call->span_id, sizeof(e->hdr.span_id));
-	__builtin_memset(e->hdr.parent_span_id, 0, sizeof(e->hdr.parent_span_id));
+	__builtin_memcpy(e->hdr.parent_span_id, call->parent_span_id, sizeof(e->hdr.parent_span_id));
 
 	u64 req = call->req;
 	e->proto_major = (u8)read_u64(req + off_req_proto_major);

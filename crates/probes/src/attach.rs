@@ -41,6 +41,28 @@ impl Attached {
         }
     }
 
+    /// Attaches `enter` at the entry of `function` only.
+    pub(crate) fn entry(
+        &mut self,
+        path: &Path,
+        function: &Function,
+        enter: &ProgramMut<'_>,
+    ) -> Result<(), Error> {
+        let offset = usize::try_from(function.file_offset).unwrap_or(usize::MAX);
+        let link = enter.attach_uprobe(false, -1, path, offset).map_err(|source| Error::Bpf {
+            what: format!(
+                "attach uprobe at {} entry ({}, {})",
+                function.name,
+                self.instrumentation,
+                self.executable.display()
+            ),
+            source,
+        })?;
+        self.links.push(link);
+        self.functions.push((function.name.clone(), 0));
+        Ok(())
+    }
+
     /// Attaches `enter` at the entry of `function` and `ret_multi` (or `ret_single` per RET)
     /// at each of `return_offsets`, in the file at `path`, for every process (pid filtering is
     /// the programs' own).

@@ -43,8 +43,7 @@ pub fn attach(
         .as_deref_mut()
         .ok_or_else(|| Error::Internal { what: "goroutines object has no .rodata".into() })?;
     ro.filter_pids = options.filter_pids;
-    let m = &mut open.maps;
-    shared.reuse_in([&mut m.events, &mut m.traced_pids, &mut m.stats, &mut m.goroutine_ctx])?;
+    shared.reuse_in(&mut open.open_object_mut().maps_mut())?;
     let skel = open.load().map_err(bpf("load"))?;
     let p = &skel.progs;
     let mut attached = Attached::new(NAME, path);

@@ -13,6 +13,7 @@ use crate::{AttachOptions, Attached, Error, FunctionPlan, SharedMaps, Skip};
 
 pub const NAME: &str = "net/http client";
 const ROUND_TRIP: &str = "net/http.(*Transport).roundTrip";
+const PCONN_ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 
 pub const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("net/http.Request", "Method", true),
@@ -24,11 +25,19 @@ pub const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("net/http.Response", "StatusCode", true),
     FieldSpec::std("net/http.Response", "ProtoMajor", true),
     FieldSpec::std("net/http.Response", "ProtoMinor", true),
+    // The connection, for same-host children: persistConn.conn -> *net.TCPConn -> fd.
+    FieldSpec::std("net/http.persistConn", "conn", false),
+    FieldSpec::std("net.TCPConn", "conn", false),
+    FieldSpec::std("net.conn", "fd", false),
+    FieldSpec::std("net.netFD", "pfd", false),
+    FieldSpec::std("internal/poll.FD", "Sysfd", false),
 ];
 
 #[derive(Debug, Clone)]
 pub struct HttpClientPlan {
     pub round_trip: FunctionPlan,
+    /// Where the connection is known, for same-host parents; None: not linked.
+    pub pconn_round_trip: Option<goinfo::Function>,
     pub fields: Vec<FieldOffset>,
 }
 
@@ -37,7 +46,8 @@ pub fn plan(bin: &GoBinary) -> Result<HttpClientPlan, Skip> {
     crate::require_register_abi(bin).map_err(skip)?;
     let round_trip = FunctionPlan::new(bin, ROUND_TRIP).map_err(skip)?;
     let fields = offsets::resolve(bin, FIELDS).map_err(skip)?;
-    Ok(HttpClientPlan { round_trip, fields })
+    let pconn_round_trip = bin.function(PCONN_ROUND_TRIP).ok();
+    Ok(HttpClientPlan { round_trip, pconn_round_trip, fields })
 }
 
 pub fn attach(
@@ -50,7 +60,8 @@ pub fn attach(
         let what = format!("{what} ({NAME}, {})", path.display());
         move |source| Error::Bpf { what, source }
     };
-    let offset = |s, f| crate::offset_of(&plan.fields, s, f).unwrap_or(0);
+    let optional = |s, f| crate::offset_of(&plan.fields, s, f);
+    let offset = |s, f| optional(s, f).unwrap_or(0);
     let mut storage = MaybeUninit::<OpenObject>::uninit();
     let mut open = HttpClientSkelBuilder::default().open(&mut storage).map_err(bpf("open"))?;
     let ro = open
@@ -68,8 +79,14 @@ pub fn attach(
     ro.off_resp_status_code = offset("net/http.Response", "StatusCode");
     ro.off_resp_proto_major = offset("net/http.Response", "ProtoMajor");
     ro.off_resp_proto_minor = offset("net/http.Response", "ProtoMinor");
-    let m = &mut open.maps;
-    shared.reuse_in([&mut m.events, &mut m.traced_pids, &mut m.stats, &mut m.goroutine_ctx])?;
+    let linkable = (plan.pconn_round_trip.as_ref(), optional("net/http.persistConn", "conn"));
+    let conn_offsets = crate::conn_offsets(&plan.fields);
+    if let ((Some(_), Some(conn)), Some(conn_offsets)) = (linkable, conn_offsets) {
+        ro.off_pconn_conn_data = conn + 8; // an interface's data word follows its itab
+        (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
+        ro.has_conn_offsets = true;
+    }
+    shared.reuse_in(&mut open.open_object_mut().maps_mut())?;
     let skel = open.load().map_err(bpf("load"))?;
     let p = &skel.progs;
     let mut attached = Attached::new(NAME, path);
@@ -82,5 +99,8 @@ pub fn attach(
         &p.http_client_return_single,
         options.uprobe_multi,
     )?;
+    if let (Some(pconn), true) = (&plan.pconn_round_trip, conn_offsets.is_some()) {
+        attached.entry(path, pconn, &p.http_client_conn)?;
+    }
     Ok(attached)
 }

@@ -31,6 +31,13 @@ pub const FIELDS: &[FieldSpec] = &[
     // HTTP/2 (Go before 1.27; 1.27 renamed the writer): without them HTTP/2 spans lack a status.
     FieldSpec::std("net/http.http2responseWriter", "rws", false),
     FieldSpec::std("net/http.http2responseWriterState", "status", false),
+    // The connection, for same-host parents: response.conn.rwc -> *net.TCPConn -> fd.
+    FieldSpec::std("net/http.response", "conn", false),
+    FieldSpec::std("net/http.conn", "rwc", false),
+    FieldSpec::std("net.TCPConn", "conn", false),
+    FieldSpec::std("net.conn", "fd", false),
+    FieldSpec::std("net.netFD", "pfd", false),
+    FieldSpec::std("internal/poll.FD", "Sysfd", false),
 ];
 
 /// Everything needed to attach to one executable, resolved without privileges.
@@ -94,8 +101,17 @@ pub fn attach(
         ro.off_h2rw_rws = rws;
         ro.off_h2rws_status = status;
     }
-    let m = &mut open.maps;
-    shared.reuse_in([&mut m.events, &mut m.traced_pids, &mut m.stats, &mut m.goroutine_ctx])?;
+    if let (Some(conn), Some(rwc), Some(conn_offsets)) = (
+        offset("net/http.response", "conn"),
+        offset("net/http.conn", "rwc"),
+        crate::conn_offsets(&plan.fields),
+    ) {
+        ro.off_response_conn = conn;
+        ro.off_conn_rwc_data = rwc + 8; // an interface's data word follows its itab
+        (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
+        ro.has_conn_offsets = true;
+    }
+    shared.reuse_in(&mut open.open_object_mut().maps_mut())?;
     let skel = open.load().map_err(bpf("load"))?;
     let p = &skel.progs;
     let mut attached = Attached::new(NAME, path);

@@ -76,6 +76,15 @@ impl FunctionPlan {
     }
 }
 
+/// (offset of the *netFD in a net.TCPConn, offset of the fd number in a netFD), when known.
+fn conn_offsets(fields: &[FieldOffset]) -> Option<(u64, u64)> {
+    let f = |s, f| offset_of(fields, s, f);
+    Some((
+        f("net.TCPConn", "conn")? + f("net.conn", "fd")?,
+        f("net.netFD", "pfd")? + f("internal/poll.FD", "Sysfd")?,
+    ))
+}
+
 fn offset_of(fields: &[FieldOffset], struct_name: &str, field: &str) -> Option<u64> {
     fields
         .iter()

@@ -10,7 +10,7 @@ use crate::Error;
 const RINGBUF_BYTES: u32 = 1 << 23;
 const MAX_TRACED_PIDS: u32 = 16384;
 const STAT_COUNT: u32 = 3;
-const GOROUTINE_CTX_MAX: u32 = 65536;
+const CTX_MAX: u32 = 65536;
 
 /// The agent's view of what the BPF side counted (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +28,7 @@ pub struct SharedMaps {
     traced_pids: MapHandle,
     stats: MapHandle,
     goroutine_ctx: MapHandle,
+    conn_ctx: MapHandle,
 }
 
 impl SharedMaps {
@@ -41,7 +42,8 @@ impl SharedMaps {
             events: create(MapType::RingBuf, "events", 0, 0, RINGBUF_BYTES)?,
             traced_pids: create(MapType::Hash, "traced_pids", 4, 1, MAX_TRACED_PIDS)?,
             stats: create(MapType::PercpuArray, "stats", 4, 8, STAT_COUNT)?,
-            goroutine_ctx: create(MapType::LruHash, "goroutine_ctx", 16, 24, GOROUTINE_CTX_MAX)?,
+            goroutine_ctx: create(MapType::LruHash, "goroutine_ctx", 16, 24, CTX_MAX)?,
+            conn_ctx: create(MapType::LruHash, "conn_ctx", 40, 24, CTX_MAX)?,
         })
     }
 
@@ -77,12 +79,22 @@ impl SharedMaps {
         ProbeStats { events: sum(0), ringbuf_full: sum(1), returns_without_entry: sum(2) }
     }
 
-    /// Points an object's declarations of the shared maps (events, traced_pids, stats,
-    /// goroutine_ctx, as gotel.h orders them) at these maps before it loads.
-    pub(crate) fn reuse_in(&self, maps: [&mut OpenMapMut<'_>; 4]) -> Result<(), Error> {
-        let shared = [&self.events, &self.traced_pids, &self.stats, &self.goroutine_ctx];
-        for (open, shared) in maps.into_iter().zip(shared) {
+    /// Points an object's declarations of the shared maps (those of bpf/include) at these
+    /// maps before it loads; its own maps are left alone.
+    pub(crate) fn reuse_in(
+        &self,
+        maps: &mut dyn Iterator<Item = OpenMapMut<'_>>,
+    ) -> Result<(), Error> {
+        for mut open in maps {
             let name = open.name().to_string_lossy().into_owned();
+            let shared = match name.as_str() {
+                "events" => &self.events,
+                "traced_pids" => &self.traced_pids,
+                "stats" => &self.stats,
+                "goroutine_ctx" => &self.goroutine_ctx,
+                "conn_ctx" => &self.conn_ctx,
+                _ => continue,
+            };
             open.reuse_fd(shared.as_fd())
                 .map_err(|source| Error::Bpf { what: format!("reuse map {name}"), source })?;
         }

@@ -1,0 +1,125 @@
+//! One trace across services: A -> B -> C (C called from a goroutine of B's handler and from a
+//! goroutine that one started), all traced by one gotel, spans checked at a real collector.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Services {
+    _procs: Vec<Proc>,
+    a_port: u16,
+    pids: [u32; 3],
+}
+
+/// Starts C, B and A from one private copy of the chain fixture (one inode, one attachment).
+fn start_chain(exe: &std::path::Path) -> Services {
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let start = |port: u16, next: Option<u16>| {
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("-addr").arg(format!("127.0.0.1:{port}"));
+        if let Some(n) = next {
+            cmd.arg("-next").arg(format!("http://127.0.0.1:{n}"));
+        }
+        let p = Proc::new(cmd.stderr(std::process::Stdio::null()).spawn().unwrap());
+        wait_for_port(port, WAIT);
+        p
+    };
+    let pc = start(c, None);
+    let pb = start(b, Some(c));
+    let pa = start(a, Some(b));
+    let pids = [pa.pid(), pb.pid(), pc.pid()];
+    Services { _procs: vec![pc, pb, pa], a_port: a, pids }
+}
+
+/// Every request to A must come back as exactly one trace of seven spans, linked right.
+fn check_traces(spans: &[ReceivedSpan], requests: usize, pids: [u32; 3]) {
+    let mut traces: HashMap<String, Vec<&ReceivedSpan>> = HashMap::new();
+    for s in spans {
+        traces.entry(s.hex("traceId")).or_default().push(s);
+    }
+    let complete = traces.values().filter(|t| t.len() == 7).count();
+    assert_eq!(traces.len(), requests, "one trace per request ({complete} complete)");
+    for (id, t) in &traces {
+        assert_eq!(t.len(), 7, "trace {id}: {:#?}", t.iter().map(|s| s.name()).collect::<Vec<_>>());
+        let pid = |s: &&ReceivedSpan| s.resource_int("process.pid").unwrap() as u32;
+        let find = |kind: i64, service: u32, what: &str| -> Vec<&&ReceivedSpan> {
+            t.iter()
+                .filter(|s| s.kind() == kind && pid(s) == service)
+                .filter(|s| {
+                    let text = format!(
+                        "{} {}",
+                        s.attr_str("url.path").unwrap_or_default(),
+                        s.attr_str("url.full").unwrap_or_default()
+                    );
+                    text.contains(what)
+                })
+                .collect()
+        };
+        let [a, b, c] = pids;
+        let (server, client) = (2, 3);
+        let server_a = find(server, a, "/a");
+        assert_eq!(server_a.len(), 1, "trace {id}");
+        assert_eq!(server_a[0].hex("parentSpanId"), "", "A is the root");
+        let a_to_b = find(client, a, "/b");
+        assert_eq!(a_to_b.len(), 1);
+        assert_eq!(a_to_b[0].hex("parentSpanId"), server_a[0].hex("spanId"));
+        let server_b = find(server, b, "/b");
+        assert_eq!(server_b.len(), 1);
+        assert_eq!(server_b[0].hex("parentSpanId"), a_to_b[0].hex("spanId"), "across processes");
+        for from in ["from=goroutine", "from=nested"] {
+            let b_to_c = find(client, b, from);
+            assert_eq!(b_to_c.len(), 1, "{from}");
+            assert_eq!(b_to_c[0].hex("parentSpanId"), server_b[0].hex("spanId"), "{from}");
+            let server_c: Vec<_> = find(server, c, "/c")
+                .into_iter()
+                .filter(|s| s.attr_str("url.query").as_deref() == Some(from))
+                .collect();
+            assert_eq!(server_c.len(), 1, "{from}");
+            assert_eq!(server_c[0].hex("parentSpanId"), b_to_c[0].hex("spanId"), "{from}");
+        }
+    }
+}
+
+fn chain_under_load(fixture_name: &str, requests: usize) {
+    let Some(()) = privileged() else { return };
+    raise_fd_limit();
+    let collector = Collector::start(fixture_name);
+    let dir = TempDir::new(&format!("chain-{fixture_name}"));
+    let exe = dir.0.join("chain");
+    std::fs::copy(fixture(fixture_name), &exe).unwrap();
+    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
+    gotel.wait_for_log("tracing every process", WAIT);
+    let services = start_chain(&exe);
+
+    let port = services.a_port;
+    let clients: Vec<_> =
+        (0..requests).map(|_| std::thread::spawn(move || http_get(port, "/a"))).collect();
+    for c in clients {
+        let (status, body) = c.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body.trim(), "a: 200 OK", "the chain answered");
+    }
+    let spans = collector.wait_for_spans(requests * 7, WAIT);
+    check_traces(&spans, requests, services.pids);
+    eprintln!("{fixture_name}: {requests} requests, {requests} complete traces of 7 spans");
+}
+
+#[test]
+fn one_trace_per_request_across_three_services_go1_22() {
+    chain_under_load("chain-go1.22", 50);
+}
+
+#[test]
+fn one_trace_per_request_across_three_services_go1_26_under_200_concurrent() {
+    chain_under_load("chain-go1.26", 200);
+}
+
+#[test]
+fn one_trace_per_request_across_three_services_stripped() {
+    chain_under_load("chain-go1.26-stripped", 50);
+}

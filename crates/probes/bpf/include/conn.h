@@ -1,0 +1,116 @@
+/* Same-host linking of a client span to the server span it causes, with no write into either
+ * process: both ends find their TCP connection's addresses from the Go socket's file
+ * descriptor through the kernel's own structures (CO-RE, so any kernel layout), and meet in
+ * conn_ctx, keyed by (client address, server address). */
+#pragma once
+
+#include "gotel.h"
+#include <bpf/bpf_core_read.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Only the fields read, relocated against the running kernel's BTF. */
+struct in6_addr {
+	u8 s6_addr[16];
+} __attribute__((preserve_access_index));
+struct sock_common {
+	u32 skc_daddr;
+	u32 skc_rcv_saddr;
+	u16 skc_dport; /* network order */
+	u16 skc_num; /* host order */
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+struct sock {
+	struct sock_common __sk_common;
+} __attribute__((preserve_access_index));
+struct file;
+struct socket {
+	struct sock *sk;
+	struct file *file;
+} __attribute__((preserve_access_index));
+struct file {
+	void *private_data;
+} __attribute__((preserve_access_index));
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+struct task_struct {
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+/* One TCP connection, the same from both ends. IPv4 addresses fill the first 4 bytes. */
+struct conn_key {
+	u8 client_addr[16];
+	u8 server_addr[16];
+	u16 client_port;
+	u16 server_port;
+	u32 family;
+};
+
+/* Connection -> the client span whose request is on it (HTTP/1.1: one at a time). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, struct span_ctx);
+} conn_ctx SEC(".maps");
+
+/* Go struct offsets from the socket's owner down to its file descriptor, per executable:
+ * net.Conn data (*net.TCPConn) -> TCPConn.conn.fd (*netFD) -> netFD.pfd.Sysfd. */
+const volatile u64 off_tcpconn_fd = 0; /* TCPConn.conn + conn.fd */
+const volatile u64 off_netfd_sysfd = 0; /* netFD.pfd + poll.FD.Sysfd */
+const volatile bool has_conn_offsets = false;
+
+/* The connection behind a Go *net.TCPConn; false if it cannot be read. `client_side`: the
+ * socket is the client's (local = client), else the server's. */
+static __always_inline bool go_conn_key(u64 tcpconn, bool client_side, struct conn_key *key)
+{
+	if (!has_conn_offsets || !tcpconn)
+		return false;
+	u64 netfd = read_u64(tcpconn + off_tcpconn_fd);
+	if (!netfd)
+		return false;
+	s64 fd = (s64)read_u64(netfd + off_netfd_sysfd);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return false;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = 0;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return false;
+	struct socket *sock = BPF_CORE_READ(file, private_data);
+	/* A socket's file points back at it: anything else is not a socket. */
+	if (!sock || BPF_CORE_READ(sock, file) != file)
+		return false;
+	struct sock_common *sk = (struct sock_common *)BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return false;
+	u16 family = BPF_CORE_READ(sk, skc_family);
+	u16 local_port = BPF_CORE_READ(sk, skc_num);
+	u16 remote_port = __builtin_bswap16(BPF_CORE_READ(sk, skc_dport));
+	u8 *local = client_side ? key->client_addr : key->server_addr;
+	u8 *remote = client_side ? key->server_addr : key->client_addr;
+	__builtin_memset(key, 0, sizeof(*key));
+	key->family = family;
+	if (family == AF_INET) {
+		u32 l = BPF_CORE_READ(sk, skc_rcv_saddr), r = BPF_CORE_READ(sk, skc_daddr);
+		__builtin_memcpy(local, &l, 4);
+		__builtin_memcpy(remote, &r, 4);
+	} else if (family == AF_INET6) {
+		bpf_core_read(local, 16, &sk->skc_v6_rcv_saddr);
+		bpf_core_read(remote, 16, &sk->skc_v6_daddr);
+	} else {
+		return false;
+	}
+	key->client_port = client_side ? local_port : remote_port;
+	key->server_port = client_side ? remote_port : local_port;
+	return true;
+}
