@@ -123,3 +123,43 @@ fn one_trace_per_request_across_three_services_go1_26_under_200_concurrent() {
 fn one_trace_per_request_across_three_services_stripped() {
     chain_under_load("chain-go1.26-stripped", 50);
 }
+
+/// A W3C traceparent on the incoming request: the whole chain joins that trace, under that
+/// parent, with any number of other headers (bucket maps before Go 1.24, swiss tables after).
+fn joins_incoming_trace(fixture_name: &str) {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start(&format!("tp-{fixture_name}"));
+    let dir = TempDir::new(&format!("tp-{fixture_name}"));
+    let exe = dir.0.join("chain");
+    std::fs::copy(fixture(fixture_name), &exe).unwrap();
+    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
+    gotel.wait_for_log("tracing every process", WAIT);
+    let services = start_chain(&exe);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for extra_headers in [0, 12] {
+        let parent = format!("00f067aa0ba902{extra_headers:02x}");
+        let traceparent = format!("00-{trace}-{parent}-01");
+        let names: Vec<String> = (0..extra_headers).map(|i| format!("X-Extra-{i}")).collect();
+        let mut headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        headers.push(("traceparent", &traceparent));
+        let before = collector.spans().len();
+        assert_eq!(http_get_with(services.a_port, "/a", &headers).0, 200);
+        let spans = collector.wait_for_spans(before + 7, WAIT);
+        let mine = &spans[before..];
+        assert_eq!(mine.len(), 7);
+        assert!(mine.iter().all(|s| s.hex("traceId") == trace), "all in the given trace");
+        let root: Vec<_> = mine.iter().filter(|s| s.hex("parentSpanId") == parent).collect();
+        assert_eq!(root.len(), 1, "one span is the remote parent's child");
+        assert_eq!(root[0].attr_str("url.path").as_deref(), Some("/a"));
+    }
+}
+
+#[test]
+fn an_incoming_traceparent_is_joined_go1_22() {
+    joins_incoming_trace("chain-go1.22");
+}
+
+#[test]
+fn an_incoming_traceparent_is_joined_go1_26() {
+    joins_incoming_trace("chain-go1.26");
+}

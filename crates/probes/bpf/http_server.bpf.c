@@ -3,6 +3,7 @@
  * read at the return: the handler has run, so the response status and the mux's route pattern
  * are known, and the Request itself is still alive. */
 #include "conn.h"
+#include "traceparent.h"
 
 /* Field offsets, filled in per executable at load time. */
 const volatile u64 off_req_method = 0;
@@ -88,12 +89,21 @@ int http_server_enter(struct pt_regs *ctx)
 		if (go_conn_key(tcpconn, false, &conn))
 			parent = bpf_map_lookup_elem(&conn_ctx, &conn);
 	}
+	struct incoming remote = {};
 	if (parent) {
 		__builtin_memcpy(call.trace_id, parent->trace_id, sizeof(call.trace_id));
 		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
 		bpf_map_delete_elem(&conn_ctx, &conn);
 	} else {
-		random_id(call.trace_id, sizeof(call.trace_id));
+		/* Else a W3C traceparent the request carries (from another host, or any client). */
+		incoming_traceparent(call.req, &remote);
+		if (remote.found) {
+			__builtin_memcpy(call.trace_id, remote.ctx.trace_id, sizeof(call.trace_id));
+			__builtin_memcpy(call.parent_span_id, remote.ctx.span_id,
+					 sizeof(call.parent_span_id));
+		} else {
+			random_id(call.trace_id, sizeof(call.trace_id));
+		}
 	}
 	random_id(call.span_id, sizeof(call.span_id));
 	bpf_map_update_elem(&server_calls, &key, &call, BPF_ANY);

@@ -38,13 +38,34 @@ pub const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("net.conn", "fd", false),
     FieldSpec::std("net.netFD", "pfd", false),
     FieldSpec::std("internal/poll.FD", "Sysfd", false),
+    // Request headers, for an incoming traceparent: a bucket map before Go 1.24, swiss after.
+    FieldSpec::std("net/http.Request", "Header", false),
+    FieldSpec::std("runtime.hmap", "B", false),
+    FieldSpec::std("runtime.hmap", "buckets", false),
+    FieldSpec::std("internal/runtime/maps.Map", "dirPtr", false),
+    FieldSpec::std("internal/runtime/maps.Map", "dirLen", false),
+    FieldSpec::std("internal/runtime/maps.table", "groups", false),
+    FieldSpec::std("internal/runtime/maps.groupsReference", "data", false),
+    FieldSpec::std("internal/runtime/maps.groupsReference", "lengthMask", false),
 ];
+
+/// How Request.Header is laid out in memory, as the BPF side reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderMap {
+    /// runtime.hmap: B and buckets.
+    Buckets { b: u64, buckets: u64 },
+    /// internal/runtime/maps: Map.dirPtr, Map.dirLen, table.groups, groupsReference.data and
+    /// .lengthMask.
+    Swiss { dir_ptr: u64, dir_len: u64, groups: u64, data: u64, length_mask: u64 },
+}
 
 /// Everything needed to attach to one executable, resolved without privileges.
 #[derive(Debug, Clone)]
 pub struct HttpServerPlan {
     pub serve: FunctionPlan,
     pub fields: Vec<FieldOffset>,
+    /// None: incoming traceparent headers are not read.
+    pub header_map: Option<HeaderMap>,
 }
 
 /// Decides whether and how the net/http server instrumentation applies to `bin`.
@@ -53,7 +74,38 @@ pub fn plan(bin: &GoBinary) -> Result<HttpServerPlan, Skip> {
     crate::require_register_abi(bin).map_err(skip)?;
     let serve = FunctionPlan::new(bin, ENTRY).map_err(skip)?;
     let fields = offsets::resolve(bin, FIELDS).map_err(skip)?;
-    Ok(HttpServerPlan { serve, fields })
+    let header_map = header_map(bin, &fields);
+    Ok(HttpServerPlan { serve, fields, header_map })
+}
+
+fn header_map(bin: &GoBinary, fields: &[FieldOffset]) -> Option<HeaderMap> {
+    let f = |s, f| crate::offset_of(fields, s, f);
+    f("net/http.Request", "Header")?;
+    let no_swiss = bin
+        .build_info()
+        .settings
+        .iter()
+        .any(|(k, v)| k == "GOEXPERIMENT" && v.split(',').any(|e| e == "noswissmap"));
+    let swiss = || {
+        Some(HeaderMap::Swiss {
+            dir_ptr: f("internal/runtime/maps.Map", "dirPtr")?,
+            dir_len: f("internal/runtime/maps.Map", "dirLen")?,
+            groups: f("internal/runtime/maps.table", "groups")?,
+            data: f("internal/runtime/maps.groupsReference", "data")?,
+            length_mask: f("internal/runtime/maps.groupsReference", "lengthMask")?,
+        })
+    };
+    let buckets = || {
+        Some(HeaderMap::Buckets {
+            b: f("runtime.hmap", "B")?,
+            buckets: f("runtime.hmap", "buckets")?,
+        })
+    };
+    if no_swiss {
+        buckets()
+    } else {
+        swiss().or_else(buckets)
+    }
 }
 
 /// Loads the program with the plan's offsets and attaches it to `path` (the executable, or
@@ -110,6 +162,22 @@ pub fn attach(
         ro.off_conn_rwc_data = rwc + 8; // an interface's data word follows its itab
         (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
         ro.has_conn_offsets = true;
+    }
+    if let Some(header) = offset("net/http.Request", "Header") {
+        ro.off_req_header = header;
+        match plan.header_map {
+            Some(HeaderMap::Buckets { b, buckets }) => {
+                ro.map_layout = 1;
+                (ro.off_hmap_b, ro.off_hmap_buckets) = (b, buckets);
+            }
+            Some(HeaderMap::Swiss { dir_ptr, dir_len, groups, data, length_mask }) => {
+                ro.map_layout = 2;
+                (ro.off_swiss_dir_ptr, ro.off_swiss_dir_len) = (dir_ptr, dir_len);
+                ro.off_table_groups = groups;
+                (ro.off_groups_data, ro.off_groups_length_mask) = (data, length_mask);
+            }
+            None => {}
+        }
     }
     shared.reuse_in(&mut open.open_object_mut().maps_mut())?;
     let skel = open.load().map_err(bpf("load"))?;

@@ -129,7 +129,16 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first, so a `gotel run` stops its program too; SIGKILL if that does not do.
     fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill only sends a signal to our own child.
+            unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -355,11 +364,17 @@ pub fn raise_fd_limit() {
 
 /// Sends one HTTP/1.1 request on a new connection; returns (status, body).
 pub fn http_get(port: u16, path_and_query: &str) -> (u16, String) {
+    http_get_with(port, path_and_query, &[])
+}
+
+/// As `http_get`, with extra request headers.
+pub fn http_get_with(port: u16, path_and_query: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         s,
-        "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = String::new();

@@ -1,0 +1,165 @@
+/* The W3C traceparent of an incoming request, read from its Header map in user memory. Two
+ * map layouts exist: buckets (runtime.hmap, Go before 1.24) and swiss tables
+ * (internal/runtime/maps.Map, Go 1.24 on). Both are walked with bounded loops; a header map
+ * too large for the bounds is searched in part (requests rarely carry more than 64 headers). */
+#pragma once
+
+#include "gotel.h"
+
+#define MAP_LAYOUT_NONE 0
+#define MAP_LAYOUT_BUCKETS 1
+#define MAP_LAYOUT_SWISS 2
+
+const volatile u8 map_layout = MAP_LAYOUT_NONE;
+const volatile u64 off_req_header = 0;
+/* runtime.hmap */
+const volatile u64 off_hmap_b = 0;
+const volatile u64 off_hmap_buckets = 0;
+/* internal/runtime/maps.Map, table, groupsReference */
+const volatile u64 off_swiss_dir_ptr = 0;
+const volatile u64 off_swiss_dir_len = 0;
+const volatile u64 off_table_groups = 0;
+const volatile u64 off_groups_data = 0;
+const volatile u64 off_groups_length_mask = 0;
+
+/* map[string][]string: a string is 16 bytes, a slice 24. */
+#define BUCKET_KEYS 8
+#define BUCKET_ELEMS (8 + 8 * 16)
+#define BUCKET_OVERFLOW (BUCKET_ELEMS + 8 * 24)
+#define BUCKET_SIZE (BUCKET_OVERFLOW + 8)
+#define MIN_TOPHASH 5
+#define SWISS_SLOT 40
+#define SWISS_GROUP (8 + 8 * SWISS_SLOT)
+#define MAX_BUCKETS 8
+#define MAX_TABLES 4
+#define MAX_GROUPS 4
+
+#define TRACEPARENT_LEN 55
+
+struct incoming {
+	struct span_ctx ctx;
+	u8 sampled;
+	u8 found;
+};
+
+static __always_inline int hex_value(u8 c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Parses "vv-<32 hex trace id>-<16 hex parent id>-<2 hex flags>". */
+static __always_inline bool parse_traceparent(const u8 *t, struct incoming *out)
+{
+	if (t[2] != '-' || t[35] != '-' || t[52] != '-' || (t[0] == 'f' && t[1] == 'f'))
+		return false;
+	u8 any_trace = 0, any_span = 0;
+	for (int i = 0; i < 16; i++) {
+		int hi = hex_value(t[3 + 2 * i]), lo = hex_value(t[4 + 2 * i]);
+		if (hi < 0 || lo < 0)
+			return false;
+		out->ctx.trace_id[i] = (u8)(hi << 4 | lo);
+		any_trace |= out->ctx.trace_id[i];
+	}
+	for (int i = 0; i < 8; i++) {
+		int hi = hex_value(t[36 + 2 * i]), lo = hex_value(t[37 + 2 * i]);
+		if (hi < 0 || lo < 0)
+			return false;
+		out->ctx.span_id[i] = (u8)(hi << 4 | lo);
+		any_span |= out->ctx.span_id[i];
+	}
+	int f_hi = hex_value(t[53]), f_lo = hex_value(t[54]);
+	if (f_hi < 0 || f_lo < 0 || !any_trace || !any_span)
+		return false;
+	out->sampled = (u8)(f_hi << 4 | f_lo) & 1;
+	return true;
+}
+
+/* If the key string at `key` is "Traceparent", parses the first value of the []string at
+ * `elem` into `out`. */
+static __always_inline void check_header(u64 key, u64 elem, struct incoming *out)
+{
+	struct {
+		u64 ptr;
+		s64 len;
+	} s = {};
+	if (bpf_probe_read_user(&s, sizeof(s), (void *)key) || s.len != 11)
+		return;
+	char name[11];
+	if (bpf_probe_read_user(name, sizeof(name), (void *)s.ptr))
+		return;
+	if (__builtin_memcmp(name, "Traceparent", 11) != 0)
+		return;
+	u64 values = read_u64(elem); /* slice data: first string header */
+	if (!values || bpf_probe_read_user(&s, sizeof(s), (void *)values) || s.len < TRACEPARENT_LEN)
+		return;
+	u8 text[TRACEPARENT_LEN];
+	if (bpf_probe_read_user(text, sizeof(text), (void *)s.ptr))
+		return;
+	out->found = parse_traceparent(text, out);
+}
+
+static __always_inline void search_swiss_group(u64 group, struct incoming *out)
+{
+	u64 ctrl = read_u64(group);
+	for (int i = 0; i < 8 && !out->found; i++) {
+		if ((ctrl >> (8 * i)) & 0x80) /* empty or deleted */
+			continue;
+		u64 slot = group + 8 + i * SWISS_SLOT;
+		check_header(slot, slot + 16, out);
+	}
+}
+
+static __always_inline void search_buckets(u64 hmap, struct incoming *out)
+{
+	u8 b = 0;
+	bpf_probe_read_user(&b, 1, (void *)(hmap + off_hmap_b));
+	u64 buckets = read_u64(hmap + off_hmap_buckets);
+	u32 n = b < 3 ? 1u << b : MAX_BUCKETS;
+	for (u32 i = 0; i < MAX_BUCKETS && i < n && !out->found; i++) {
+		u64 bucket = buckets + i * BUCKET_SIZE;
+		u8 tophash[8];
+		if (bpf_probe_read_user(tophash, sizeof(tophash), (void *)bucket))
+			return;
+		for (int j = 0; j < 8 && !out->found; j++) {
+			if (tophash[j] < MIN_TOPHASH)
+				continue;
+			check_header(bucket + BUCKET_KEYS + j * 16, bucket + BUCKET_ELEMS + j * 24, out);
+		}
+	}
+}
+
+static __always_inline void search_swiss(u64 m, struct incoming *out)
+{
+	u64 dir = read_u64(m + off_swiss_dir_ptr);
+	s64 dir_len = (s64)read_u64(m + off_swiss_dir_len);
+	if (!dir)
+		return;
+	if (dir_len == 0) { /* a small map: one group, no table */
+		search_swiss_group(dir, out);
+		return;
+	}
+	for (int t = 0; t < MAX_TABLES && t < dir_len && !out->found; t++) {
+		u64 table = read_u64(dir + t * 8);
+		u64 groups = read_u64(table + off_table_groups + off_groups_data);
+		u64 mask = read_u64(table + off_table_groups + off_groups_length_mask);
+		for (u64 g = 0; g < MAX_GROUPS && g <= mask && !out->found; g++)
+			search_swiss_group(groups + g * SWISS_GROUP, out);
+	}
+}
+
+/* Looks for a traceparent header on the *http.Request at `req`. */
+static __always_inline void incoming_traceparent(u64 req, struct incoming *out)
+{
+	out->found = 0;
+	u64 header = read_u64(req + off_req_header);
+	if (!header)
+		return;
+	if (map_layout == MAP_LAYOUT_SWISS)
+		search_swiss(header, out);
+	else if (map_layout == MAP_LAYOUT_BUCKETS)
+		search_buckets(header, out);
+}
