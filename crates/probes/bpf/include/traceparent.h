@@ -40,6 +40,7 @@ struct incoming {
 	struct span_ctx ctx;
 	u8 sampled;
 	u8 found;
+	u64 value; /* address of the header's text, once the search found it */
 };
 
 static __always_inline int hex_value(u8 c)
@@ -78,8 +79,8 @@ static __always_inline bool parse_traceparent(const u8 *t, struct incoming *out)
 	return true;
 }
 
-/* If the key string at `key` is "Traceparent", parses the first value of the []string at
- * `elem` into `out`. */
+/* If the key string at `key` is "Traceparent", remembers where the first value of the
+ * []string at `elem` is; it is parsed once, after the search. */
 static __always_inline void check_header(u64 key, u64 elem, struct incoming *out)
 {
 	struct {
@@ -96,16 +97,13 @@ static __always_inline void check_header(u64 key, u64 elem, struct incoming *out
 	u64 values = read_u64(elem); /* slice data: first string header */
 	if (!values || bpf_probe_read_user(&s, sizeof(s), (void *)values) || s.len < TRACEPARENT_LEN)
 		return;
-	u8 text[TRACEPARENT_LEN];
-	if (bpf_probe_read_user(text, sizeof(text), (void *)s.ptr))
-		return;
-	out->found = parse_traceparent(text, out);
+	out->value = s.ptr;
 }
 
 static __always_inline void search_swiss_group(u64 group, struct incoming *out)
 {
 	u64 ctrl = read_u64(group);
-	for (int i = 0; i < 8 && !out->found; i++) {
+	for (int i = 0; i < 8 && !out->value; i++) {
 		if ((ctrl >> (8 * i)) & 0x80) /* empty or deleted */
 			continue;
 		u64 slot = group + 8 + i * SWISS_SLOT;
@@ -119,12 +117,12 @@ static __always_inline void search_buckets(u64 hmap, struct incoming *out)
 	bpf_probe_read_user(&b, 1, (void *)(hmap + off_hmap_b));
 	u64 buckets = read_u64(hmap + off_hmap_buckets);
 	u32 n = b < 3 ? 1u << b : MAX_BUCKETS;
-	for (u32 i = 0; i < MAX_BUCKETS && i < n && !out->found; i++) {
+	for (u32 i = 0; i < MAX_BUCKETS && i < n && !out->value; i++) {
 		u64 bucket = buckets + i * BUCKET_SIZE;
 		u8 tophash[8];
 		if (bpf_probe_read_user(tophash, sizeof(tophash), (void *)bucket))
 			return;
-		for (int j = 0; j < 8 && !out->found; j++) {
+		for (int j = 0; j < 8 && !out->value; j++) {
 			if (tophash[j] < MIN_TOPHASH)
 				continue;
 			check_header(bucket + BUCKET_KEYS + j * 16, bucket + BUCKET_ELEMS + j * 24, out);
@@ -142,11 +140,11 @@ static __always_inline void search_swiss(u64 m, struct incoming *out)
 		search_swiss_group(dir, out);
 		return;
 	}
-	for (int t = 0; t < MAX_TABLES && t < dir_len && !out->found; t++) {
+	for (int t = 0; t < MAX_TABLES && t < dir_len && !out->value; t++) {
 		u64 table = read_u64(dir + t * 8);
 		u64 groups = read_u64(table + off_table_groups + off_groups_data);
 		u64 mask = read_u64(table + off_table_groups + off_groups_length_mask);
-		for (u64 g = 0; g < MAX_GROUPS && g <= mask && !out->found; g++)
+		for (u64 g = 0; g < MAX_GROUPS && g <= mask && !out->value; g++)
 			search_swiss_group(groups + g * SWISS_GROUP, out);
 	}
 }
@@ -155,6 +153,7 @@ static __always_inline void search_swiss(u64 m, struct incoming *out)
 static __always_inline void incoming_traceparent(u64 req, struct incoming *out)
 {
 	out->found = 0;
+	out->value = 0;
 	u64 header = read_u64(req + off_req_header);
 	if (!header)
 		return;
@@ -162,4 +161,7 @@ static __always_inline void incoming_traceparent(u64 req, struct incoming *out)
 		search_swiss(header, out);
 	else if (map_layout == MAP_LAYOUT_BUCKETS)
 		search_buckets(header, out);
+	u8 text[TRACEPARENT_LEN];
+	if (out->value && !bpf_probe_read_user(text, sizeof(text), (void *)out->value))
+		out->found = parse_traceparent(text, out);
 }
