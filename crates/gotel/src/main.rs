@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
-use probes::{AttachOptions, SharedMaps};
+use probes::{AttachOptions, Sampler, SharedMaps};
 
 use crate::agent::{collect, instrument, stop_on_signals, stopped, Pipeline};
 use crate::cli::{AgentArgs, Cli, Command};
@@ -67,8 +67,16 @@ fn shared_maps() -> anyhow::Result<SharedMaps> {
     })
 }
 
-fn attach_options(agent: &AgentArgs, filter_pids: bool) -> AttachOptions {
-    AttachOptions { filter_pids, uprobe_multi: !agent.no_uprobe_multi }
+fn attach_options(agent: &AgentArgs, filter_pids: bool) -> anyhow::Result<AttachOptions> {
+    let env = |k| std::env::var(k).ok();
+    let sampler = Sampler::from_env(
+        env("OTEL_TRACES_SAMPLER").as_deref(),
+        env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+    )?;
+    if sampler != Sampler::default() {
+        tracing::info!("sampling: {sampler}");
+    }
+    Ok(AttachOptions { filter_pids, uprobe_multi: !agent.no_uprobe_multi, sampler })
 }
 
 fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
@@ -76,7 +84,7 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let path = held::resolve_program(name).ok_or_else(|| anyhow!("{name}: not found in PATH"))?;
     let shared = shared_maps()?;
     let mut pipeline = Pipeline::new(agent)?;
-    let instrumented = instrument(&path, &path, &shared, attach_options(agent, true))?;
+    let instrumented = instrument(&path, &path, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&path, &instrumented.go_version);
 
     let held = held::spawn_held(&path, name, &program[1..])
@@ -118,7 +126,7 @@ fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
     let shared = shared_maps()?;
     let mut pipeline = Pipeline::new(agent)?;
     // /proc/PID/exe reaches the very file the process runs, even if replaced or in a container.
-    let instrumented = instrument(&exe_link, &exe_link, &shared, attach_options(agent, true))?;
+    let instrumented = instrument(&exe_link, &exe_link, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
     shared.trace_pid(pid)?;
     tracing::info!("tracing pid {pid} ({})", exe.display());
@@ -137,7 +145,7 @@ fn attach_exe(agent: &AgentArgs, exe: &Path) -> anyhow::Result<ExitCode> {
     let exe = std::fs::canonicalize(exe).with_context(|| format!("{}", exe.display()))?;
     let shared = shared_maps()?;
     let mut pipeline = Pipeline::new(agent)?;
-    let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false))?;
+    let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
     tracing::info!("tracing every process of {} until Ctrl-C", exe.display());
     let signals = stop_on_signals()?;

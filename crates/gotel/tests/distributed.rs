@@ -163,3 +163,42 @@ fn an_incoming_traceparent_is_joined_go1_22() {
 fn an_incoming_traceparent_is_joined_go1_26() {
     joins_incoming_trace("chain-go1.26");
 }
+
+/// traceidratio keeps whole traces or nothing, across services; parent-based sampling honours
+/// the sampled flag of an incoming traceparent.
+#[test]
+fn sampling_keeps_whole_traces_and_follows_the_callers_flag() {
+    let Some(()) = privileged() else { return };
+    raise_fd_limit();
+    let collector = Collector::start("sampling");
+    let dir = TempDir::new("sampling");
+    let exe = dir.0.join("chain");
+    std::fs::copy(fixture("chain-go1.26"), &exe).unwrap();
+    let env =
+        [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.5")];
+    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &env);
+    gotel.wait_for_log("tracing every process", WAIT);
+    let services = start_chain(&exe);
+
+    const N: usize = 100;
+    for _ in 0..N {
+        assert_eq!(http_get(services.a_port, "/a").0, 200);
+    }
+    // The caller's flag wins over the ratio: 00 drops, 01 keeps.
+    let unsampled = "00-11111111111111111111111111111111-2222222222222222-00";
+    let sampled = "00-33333333333333333333333333333333-4444444444444444-01";
+    assert_eq!(http_get_with(services.a_port, "/a", &[("traceparent", unsampled)]).0, 200);
+    assert_eq!(http_get_with(services.a_port, "/a", &[("traceparent", sampled)]).0, 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let spans = collector.spans();
+    let mut traces: HashMap<String, usize> = HashMap::new();
+    for s in &spans {
+        *traces.entry(s.hex("traceId")).or_default() += 1;
+    }
+    assert!(traces.values().all(|&n| n == 7), "whole traces only: {traces:?}");
+    assert!(!traces.contains_key("11111111111111111111111111111111"), "flag 00 is not sampled");
+    assert_eq!(traces.get("33333333333333333333333333333333"), Some(&7), "flag 01 is sampled");
+    let kept = traces.len() - 1;
+    assert!((25..=75).contains(&kept), "about half of {N} kept: {kept}");
+    eprintln!("traceidratio 0.5: kept {kept} of {N} traces, each whole");
+}

@@ -66,6 +66,7 @@ int http_client_enter(struct pt_regs *ctx)
 		random_id(call.ctx.trace_id, sizeof(call.ctx.trace_id));
 	}
 	random_id(call.ctx.span_id, sizeof(call.ctx.span_id));
+	call.ctx.sampled = sample(call.ctx.trace_id, parent != 0, parent && parent->sampled);
 	bpf_map_update_elem(&client_calls, &key, &call, BPF_ANY);
 	return 0;
 }
@@ -95,6 +96,10 @@ static __always_inline int http_client_return(struct pt_regs *ctx)
 	if (!call) {
 		if (pid_traced(pid))
 			count(STAT_NO_ENTRY);
+		return 0;
+	}
+	if (!call->ctx.sampled) {
+		bpf_map_delete_elem(&client_calls, &key);
 		return 0;
 	}
 	struct http_client_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);

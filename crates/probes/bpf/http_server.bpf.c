@@ -56,6 +56,7 @@ struct server_call {
 	u8 trace_id[16];
 	u8 span_id[8];
 	u8 parent_span_id[8];
+	u8 sampled;
 };
 
 /* LRU: a goroutine that panics out of the handler never reaches a RET; its entry ages out. */
@@ -90,9 +91,11 @@ int http_server_enter(struct pt_regs *ctx)
 			parent = bpf_map_lookup_elem(&conn_ctx, &conn);
 	}
 	struct incoming remote = {};
+	bool has_parent = true, parent_sampled = true;
 	if (parent) {
 		__builtin_memcpy(call.trace_id, parent->trace_id, sizeof(call.trace_id));
 		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
+		parent_sampled = parent->sampled;
 		bpf_map_delete_elem(&conn_ctx, &conn);
 	} else {
 		/* Else a W3C traceparent the request carries (from another host, or any client). */
@@ -101,14 +104,17 @@ int http_server_enter(struct pt_regs *ctx)
 			__builtin_memcpy(call.trace_id, remote.ctx.trace_id, sizeof(call.trace_id));
 			__builtin_memcpy(call.parent_span_id, remote.ctx.span_id,
 					 sizeof(call.parent_span_id));
+			parent_sampled = remote.sampled;
 		} else {
 			random_id(call.trace_id, sizeof(call.trace_id));
+			has_parent = false;
 		}
 	}
 	random_id(call.span_id, sizeof(call.span_id));
+	call.sampled = sample(call.trace_id, has_parent, parent_sampled);
 	bpf_map_update_elem(&server_calls, &key, &call, BPF_ANY);
 	/* What the handler does on this goroutine, and the goroutines it starts, is a child. */
-	struct span_ctx span;
+	struct span_ctx span = { .sampled = call.sampled };
 	__builtin_memcpy(span.trace_id, call.trace_id, sizeof(span.trace_id));
 	__builtin_memcpy(span.span_id, call.span_id, sizeof(span.span_id));
 	bpf_map_update_elem(&goroutine_ctx, &key, &span, BPF_ANY);
@@ -139,6 +145,11 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	if (!call) {
 		if (pid_traced(pid))
 			count(STAT_NO_ENTRY);
+		return 0;
+	}
+	if (!call->sampled) {
+		bpf_map_delete_elem(&server_calls, &key);
+		bpf_map_delete_elem(&goroutine_ctx, &key);
 		return 0;
 	}
 	struct http_server_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);

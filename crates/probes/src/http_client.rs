@@ -70,6 +70,8 @@ pub fn attach(
         .as_deref_mut()
         .ok_or_else(|| Error::Internal { what: "http_client object has no .rodata".into() })?;
     ro.filter_pids = options.filter_pids;
+    (ro.sampler, ro.sampler_threshold) = options.sampler.rodata();
+    ro.sampler_parent_based = options.sampler.parent_based;
     ro.off_req_method = offset("net/http.Request", "Method");
     ro.off_req_url = offset("net/http.Request", "URL");
     ro.off_url_scheme = offset("net/url.URL", "Scheme");

@@ -130,6 +130,8 @@ pub fn attach(
         .ok_or_else(|| Error::Internal { what: "http_server object has no .rodata".into() })?;
     let req = |f| offset("net/http.Request", f).unwrap_or(0);
     ro.filter_pids = options.filter_pids;
+    (ro.sampler, ro.sampler_threshold) = options.sampler.rodata();
+    ro.sampler_parent_based = options.sampler.parent_based;
     ro.off_req_method = req("Method");
     ro.off_req_url = req("URL");
     ro.off_req_proto_major = req("ProtoMajor");

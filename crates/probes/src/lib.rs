@@ -7,6 +7,7 @@ pub mod event;
 pub mod goroutines;
 pub mod http_client;
 pub mod http_server;
+mod sampler;
 mod shared;
 mod skel;
 
@@ -14,6 +15,7 @@ use goinfo::{Function, GoBinary};
 use offsets::{FieldOffset, FieldSpec};
 
 pub use attach::Attached;
+pub use sampler::{RootSampler, Sampler, SamplerError};
 pub use shared::{ProbeStats, SharedMaps};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,7 @@ pub struct AttachOptions {
     /// One uprobe_multi link for all RETs of a function (Linux 6.6+); false forces one uprobe
     /// per RET, the fallback for older kernels.
     pub uprobe_multi: bool,
+    pub sampler: Sampler,
 }
 
 /// Why an instrumentation does not apply to an executable.

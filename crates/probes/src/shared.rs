@@ -42,8 +42,8 @@ impl SharedMaps {
             events: create(MapType::RingBuf, "events", 0, 0, RINGBUF_BYTES)?,
             traced_pids: create(MapType::Hash, "traced_pids", 4, 1, MAX_TRACED_PIDS)?,
             stats: create(MapType::PercpuArray, "stats", 4, 8, STAT_COUNT)?,
-            goroutine_ctx: create(MapType::LruHash, "goroutine_ctx", 16, 24, CTX_MAX)?,
-            conn_ctx: create(MapType::LruHash, "conn_ctx", 40, 24, CTX_MAX)?,
+            goroutine_ctx: create(MapType::LruHash, "goroutine_ctx", 16, 32, CTX_MAX)?,
+            conn_ctx: create(MapType::LruHash, "conn_ctx", 40, 32, CTX_MAX)?,
         })
     }
 

@@ -55,6 +55,8 @@ struct goroutine_key {
 struct span_ctx {
 	u8 trace_id[16];
 	u8 span_id[8];
+	u8 sampled;
+	u8 _pad[7];
 };
 
 /* Indices of the counters in `stats`. */
@@ -97,6 +99,31 @@ struct {
 /* When set, only processes in traced_pids are traced; otherwise every process running the
  * executable is (attach --exe). */
 const volatile bool filter_pids = false;
+
+/* Sampling (OTEL_TRACES_SAMPLER), decided where a span starts, so unsampled spans cost no
+ * event and their children follow them. */
+#define SAMPLER_ALWAYS_ON 0
+#define SAMPLER_ALWAYS_OFF 1
+#define SAMPLER_RATIO 2
+const volatile u8 sampler = SAMPLER_ALWAYS_ON;
+const volatile bool sampler_parent_based = true;
+/* traceidratio: sampled when the trace id's low 56 bits are below this. */
+const volatile u64 sampler_threshold = 0;
+
+static __always_inline bool sample(const u8 *trace_id, bool has_parent, bool parent_sampled)
+{
+	if (has_parent && sampler_parent_based)
+		return parent_sampled;
+	if (sampler == SAMPLER_ALWAYS_OFF)
+		return false;
+	if (sampler == SAMPLER_RATIO) {
+		u64 r = 0;
+		for (int i = 9; i < 16; i++)
+			r = r << 8 | trace_id[i];
+		return r < sampler_threshold;
+	}
+	return true;
+}
 
 /* Wake the agent only once this much is waiting: one wakeup per event costs more than the event. */
 #define WAKEUP_BYTES (64 * 1024)
