@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use export::console::Console;
 use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
+use probes::inject::{InjectMode, Injection};
 use probes::{goroutines, http_client, http_server, AttachOptions, Attached, SharedMaps};
 use trace::{AgentIdentity, Assembler, ResourceCache};
 
@@ -161,7 +162,7 @@ impl Pipeline {
     }
 
     /// Flushes every exporter and reports what happened.
-    fn finish(mut self, shared: &SharedMaps) {
+    fn finish(mut self, shared: &SharedMaps, injection: Option<&Injection>) {
         if let Some(console) = &mut self.console {
             console.flush();
         }
@@ -181,6 +182,12 @@ impl Pipeline {
         if probe.ringbuf_full > 0 {
             summary += &format!(", {} lost in the kernel (ring buffer full)", probe.ringbuf_full);
         }
+        if let Some(i) = injection.map(Injection::stats) {
+            summary += &format!(
+                ", traceparent injected into {} requests ({} not HTTP/1.x, {} no room, {} dropped)",
+                i.injected, i.skipped_not_http1, i.skipped_no_room, i.dropped
+            );
+        }
         if self.bad_events > 0 {
             summary += &format!(", {} unreadable or implausible events", self.bad_events);
         }
@@ -191,6 +198,7 @@ impl Pipeline {
 /// Reads events until `stop` says so, then drains and flushes.
 pub fn collect(
     shared: &SharedMaps,
+    injection: Option<&Injection>,
     pipeline: Pipeline,
     mut stop: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
@@ -218,7 +226,7 @@ pub fn collect(
     let pipeline = Rc::try_unwrap(pipeline)
         .map_err(|_| anyhow::anyhow!("internal: pipeline still borrowed"))?
         .into_inner();
-    pipeline.finish(shared);
+    pipeline.finish(shared, injection);
     Ok(())
 }
 
@@ -233,4 +241,34 @@ pub fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::Ato
 
 pub fn stopped(flag: &std::sync::atomic::AtomicBool) -> bool {
     flag.load(Ordering::Relaxed)
+}
+
+/// Starts outgoing traceparent injection as asked, and says which propagation paths are on.
+pub fn start_propagation(shared: &SharedMaps, mode: InjectMode) -> Option<Injection> {
+    let always = "in-process across goroutines, same host through the TCP connection map, \
+                  incoming traceparent headers";
+    let injection = match mode {
+        InjectMode::Off => {
+            tracing::info!(
+                "propagation: {always}; outgoing injection off (--inject-traceparent=off)"
+            );
+            return None;
+        }
+        _ => Injection::start(shared, mode),
+    };
+    match injection {
+        Ok(i) => {
+            let peers = if mode == InjectMode::All { "every peer" } else { "peers on other hosts" };
+            tracing::info!(
+                "propagation: {always}; traceparent injected into plaintext HTTP/1.1 requests to \
+                 {peers} (sockops on {})",
+                i.cgroup.display()
+            );
+            Some(i)
+        }
+        Err(e) => {
+            tracing::warn!("propagation: {always}; outgoing injection off: {e}");
+            None
+        }
+    }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use probes::inject::InjectMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,4 +79,17 @@ pub struct AgentArgs {
     /// 6.6, or to compare).
     #[arg(long)]
     pub no_uprobe_multi: bool,
+    /// Add a W3C traceparent line to outgoing plaintext HTTP/1.1 requests at the socket layer:
+    /// off, remote (peers on other hosts) or all (loopback peers too).
+    #[arg(long, env = "GOTEL_INJECT_TRACEPARENT", default_value = "remote", value_parser = parse_inject)]
+    pub inject_traceparent: InjectMode,
+}
+
+fn parse_inject(s: &str) -> Result<InjectMode, String> {
+    match s {
+        "off" => Ok(InjectMode::Off),
+        "remote" => Ok(InjectMode::Remote),
+        "all" => Ok(InjectMode::All),
+        other => Err(format!("{other:?}: use off, remote or all")),
+    }
 }

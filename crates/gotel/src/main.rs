@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
+use probes::inject::InjectMode;
 use probes::{AttachOptions, Sampler, SharedMaps};
 
-use crate::agent::{collect, instrument, stop_on_signals, stopped, Pipeline};
+use crate::agent::{collect, instrument, start_propagation, stop_on_signals, stopped, Pipeline};
 use crate::cli::{AgentArgs, Cli, Command};
 
 fn main() -> ExitCode {
@@ -76,7 +77,8 @@ fn attach_options(agent: &AgentArgs, filter_pids: bool) -> anyhow::Result<Attach
     if sampler != Sampler::default() {
         tracing::info!("sampling: {sampler}");
     }
-    Ok(AttachOptions { filter_pids, uprobe_multi: !agent.no_uprobe_multi, sampler })
+    let inject = agent.inject_traceparent != InjectMode::Off;
+    Ok(AttachOptions { filter_pids, uprobe_multi: !agent.no_uprobe_multi, sampler, inject })
 }
 
 fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
@@ -86,6 +88,7 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&path, &path, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&path, &instrumented.go_version);
+    let injection = start_propagation(&shared, agent.inject_traceparent);
 
     let held = held::spawn_held(&path, name, &program[1..])
         .with_context(|| format!("starting {}", path.display()))?;
@@ -97,7 +100,7 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let signals = stop_on_signals()?;
     let mut status = None;
     let mut give_up_at: Option<Instant> = None;
-    collect(&shared, pipeline, || {
+    collect(&shared, injection.as_ref(), pipeline, || {
         if status.is_none() {
             status = child.try_wait().ok().flatten();
         }
@@ -128,10 +131,11 @@ fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
     // /proc/PID/exe reaches the very file the process runs, even if replaced or in a container.
     let instrumented = instrument(&exe_link, &exe_link, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
+    let injection = start_propagation(&shared, agent.inject_traceparent);
     shared.trace_pid(pid)?;
     tracing::info!("tracing pid {pid} ({})", exe.display());
     let signals = stop_on_signals()?;
-    collect(&shared, pipeline, || {
+    collect(&shared, injection.as_ref(), pipeline, || {
         let gone = !proc_dir.exists();
         if gone {
             tracing::info!("pid {pid} exited");
@@ -147,8 +151,9 @@ fn attach_exe(agent: &AgentArgs, exe: &Path) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
+    let injection = start_propagation(&shared, agent.inject_traceparent);
     tracing::info!("tracing every process of {} until Ctrl-C", exe.display());
     let signals = stop_on_signals()?;
-    collect(&shared, pipeline, || stopped(&signals))?;
+    collect(&shared, injection.as_ref(), pipeline, || stopped(&signals))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,8 @@ const volatile u64 off_url_raw_query = 0;
 const volatile u64 off_resp_status_code = 0;
 const volatile u64 off_resp_proto_major = 0;
 const volatile u64 off_resp_proto_minor = 0;
+/* Mark this process in client_pids, for traceparent injection on its connections. */
+const volatile bool mark_client_pids = false;
 /* persistConn.conn's data word: the *net.TCPConn of a plain connection. */
 const volatile u64 off_pconn_conn_data = 0;
 
@@ -58,6 +60,10 @@ int http_client_enter(struct pt_regs *ctx)
 	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
 	/* func (t *Transport) roundTrip(req *Request) (*Response, error) */
 	struct client_call call = { .start_ns = bpf_ktime_get_ns(), .req = GO_ARG2(ctx) };
+	if (mark_client_pids && !bpf_map_lookup_elem(&client_pids, &pid)) {
+		u8 one = 1;
+		bpf_map_update_elem(&client_pids, &pid, &one, BPF_ANY);
+	}
 	struct span_ctx *parent = bpf_map_lookup_elem(&goroutine_ctx, &key);
 	if (parent) {
 		__builtin_memcpy(call.ctx.trace_id, parent->trace_id, sizeof(call.ctx.trace_id));

@@ -72,6 +72,7 @@ pub fn attach(
     ro.filter_pids = options.filter_pids;
     (ro.sampler, ro.sampler_threshold) = options.sampler.rodata();
     ro.sampler_parent_based = options.sampler.parent_based;
+    ro.mark_client_pids = options.inject;
     ro.off_req_method = offset("net/http.Request", "Method");
     ro.off_req_url = offset("net/http.Request", "URL");
     ro.off_url_scheme = offset("net/url.URL", "Scheme");

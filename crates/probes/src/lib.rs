@@ -7,6 +7,7 @@ pub mod event;
 pub mod goroutines;
 pub mod http_client;
 pub mod http_server;
+pub mod inject;
 mod sampler;
 mod shared;
 mod skel;
@@ -35,6 +36,8 @@ pub struct AttachOptions {
     /// per RET, the fallback for older kernels.
     pub uprobe_multi: bool,
     pub sampler: Sampler,
+    /// Outgoing traceparent injection is on: clients mark their processes for it.
+    pub inject: bool,
 }
 
 /// Why an instrumentation does not apply to an executable.

@@ -10,3 +10,6 @@ pub mod http_client {
 pub mod goroutines {
     include!(concat!(env!("OUT_DIR"), "/goroutines.skel.rs"));
 }
+pub mod inject {
+    include!(concat!(env!("OUT_DIR"), "/inject.skel.rs"));
+}

@@ -62,6 +62,15 @@ struct {
 	__type(value, struct span_ctx);
 } conn_ctx SEC(".maps");
 
+/* Processes whose HTTP client gotel traces (marked by http_client.bpf.c when injection is
+ * on): their connections are candidates for a traceparent line (inject.bpf.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, u32);
+	__type(value, u8);
+} client_pids SEC(".maps");
+
 /* Go struct offsets from the socket's owner down to its file descriptor, per executable:
  * net.Conn data (*net.TCPConn) -> TCPConn.conn.fd (*netFD) -> netFD.pfd.Sysfd. */
 const volatile u64 off_tcpconn_fd = 0; /* TCPConn.conn + conn.fd */

@@ -1,0 +1,119 @@
+//! Outgoing `traceparent` at the socket layer (`bpf/inject.bpf.c`), so a server on another
+//! host, instrumented or not, continues the trace. Nothing is written into any process: the
+//! line is inserted into the plaintext HTTP/1.1 request as the kernel sends it.
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, MapType, OpenObject};
+
+use crate::skel::inject::InjectSkelBuilder;
+use crate::{Error, SharedMaps};
+
+/// Which connections get a traceparent line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InjectMode {
+    Off,
+    /// Peers on other hosts; same-host peers are linked through the connection map for free.
+    #[default]
+    Remote,
+    /// Loopback peers too (a local server gotel does not instrument, say).
+    All,
+}
+
+/// What the sk_msg program did, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InjectStats {
+    pub injected: u64,
+    /// The request was not plaintext HTTP/1.x: left alone.
+    pub skipped_not_http1: u64,
+    /// The kernel would not make room for the line: left alone.
+    pub skipped_no_room: u64,
+    /// Room was made but could not be filled: the message was dropped rather than corrupted.
+    pub dropped: u64,
+}
+
+/// The running injection: dropping it detaches the programs and releases every socket.
+pub struct Injection {
+    pub cgroup: PathBuf,
+    stats: MapHandle,
+    /// Our own handle on the sockhash: the kernel drops a sockhash's sk_msg program when the
+    /// last user reference goes, so it lives as long as the injection.
+    _sockets: MapHandle,
+    _sockops: Link,
+}
+
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on hybrid hosts).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+impl Injection {
+    /// Loads and attaches the programs, host-wide, for `mode` (not Off).
+    pub fn start(shared: &SharedMaps, mode: InjectMode) -> Result<Injection, Error> {
+        let cgroup = cgroup2_root()
+            .ok_or_else(|| Error::Internal { what: "no cgroup v2 hierarchy is mounted".into() })?;
+        let bpf = |what: &str| {
+            let what = format!("{what} (traceparent injection)");
+            move |source| Error::Bpf { what, source }
+        };
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let stats = MapHandle::create(MapType::PercpuArray, Some("inject_stats"), 4, 8, 4, &opts)
+            .map_err(bpf("create map inject_stats"))?;
+        let sockets =
+            MapHandle::create(MapType::Sockhash, Some("inject_socks"), 40, 4, 65536, &opts)
+                .map_err(bpf("create map inject_socks"))?;
+        let mut storage = MaybeUninit::<OpenObject>::uninit();
+        let mut open = InjectSkelBuilder::default().open(&mut storage).map_err(bpf("open"))?;
+        let ro = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| Error::Internal { what: "inject object has no .rodata".into() })?;
+        ro.inject_loopback = mode == InjectMode::All;
+        open.maps.inject_stats.reuse_fd(stats.as_fd()).map_err(bpf("reuse map inject_stats"))?;
+        open.maps.inject_socks.reuse_fd(sockets.as_fd()).map_err(bpf("reuse map inject_socks"))?;
+        shared.reuse_in(&mut open.open_object_mut().maps_mut())?;
+        let skel = open.load().map_err(bpf("load"))?;
+        let dir = std::fs::File::open(&cgroup)
+            .map_err(|e| Error::Internal { what: format!("open {}: {e}", cgroup.display()) })?;
+        skel.progs
+            .inject_sk_msg
+            .attach_sockmap(sockets.as_fd().as_raw_fd())
+            .map_err(bpf("attach sk_msg to the sockhash"))?;
+        let sockops = skel
+            .progs
+            .inject_sockops
+            .attach_cgroup(dir.as_raw_fd())
+            .map_err(bpf(&format!("attach sockops to {}", cgroup.display())))?;
+        Ok(Injection { cgroup, stats, _sockets: sockets, _sockops: sockops })
+    }
+
+    pub fn stats(&self) -> InjectStats {
+        let sum = |index: u32| -> u64 {
+            match self.stats.lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY) {
+                Ok(Some(per_cpu)) => per_cpu
+                    .iter()
+                    .filter_map(|v| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?)))
+                    .sum(),
+                _ => 0,
+            }
+        };
+        InjectStats {
+            injected: sum(0),
+            skipped_not_http1: sum(1),
+            skipped_no_room: sum(2),
+            dropped: sum(3),
+        }
+    }
+}
