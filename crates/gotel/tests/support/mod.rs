@@ -383,3 +383,92 @@ pub fn http_get_with(port: u16, path_and_query: &str, headers: &[(&str, &str)]) 
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
+
+/// One request as a plain HTTP/1.1 server received it: the exact bytes, and the decoded body.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// Request line and headers, up to and including the blank line.
+    pub head: String,
+    /// Everything as it arrived (head and the body as framed, chunked or not).
+    pub raw: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Which accepted connection it came on (0, 1, ...).
+    pub connection: usize,
+}
+
+/// A small HTTP/1.1 server gotel does not instrument: records every request (keep-alive,
+/// Content-Length or chunked bodies) and answers 200 "ok".
+pub struct Recorder {
+    pub port: u16,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+}
+
+impl Recorder {
+    pub fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().map_while(Result::ok).enumerate() {
+                let sink = Arc::clone(&sink);
+                std::thread::spawn(move || serve_recorded(conn, n, &sink));
+            }
+        });
+        Recorder { port, requests }
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve_recorded(conn: TcpStream, connection: usize, sink: &Mutex<Vec<RecordedRequest>>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut out = conn;
+    loop {
+        let mut raw = Vec::new();
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        raw.extend_from_slice(head.as_bytes());
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+        };
+        let mut body = Vec::new();
+        if let Some(len) = header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(len, 0);
+            reader.read_exact(&mut body).unwrap();
+            raw.extend_from_slice(&body);
+        } else if header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let mut size_line = String::new();
+                reader.read_line(&mut size_line).unwrap();
+                raw.extend_from_slice(size_line.as_bytes());
+                let size = usize::from_str_radix(size_line.trim(), 16).unwrap();
+                let mut chunk = vec![0u8; size + 2];
+                reader.read_exact(&mut chunk).unwrap();
+                raw.extend_from_slice(&chunk);
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        }
+        sink.lock().unwrap().push(RecordedRequest { head, raw, body, connection });
+        if out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+            return;
+        }
+    }
+}

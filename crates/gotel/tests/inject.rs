@@ -1,0 +1,99 @@
+//! Outgoing traceparent at the socket layer: a server gotel does not instrument receives a
+//! traceparent that names the client span gotel exported, and every other byte of each
+//! request (large, chunked, several on one kept-alive connection) arrives unchanged.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The chain fixture sends, to `recorder`: one GET, three 1 MiB POSTs on one connection, and
+/// two chunked 300 kB POSTs. Returns what arrived, the spans exported and gotel's log.
+fn send_through_gotel(
+    inject: &str,
+    recorder: &Recorder,
+) -> (Vec<RecordedRequest>, Vec<ReceivedSpan>) {
+    let collector = Collector::start(&format!("inject-{inject}"));
+    let port = free_port();
+    let fx = fixture("chain-go1.26");
+    let addr = format!("127.0.0.1:{port}");
+    let mut gotel = gotel(
+        &["run", "--inject-traceparent", inject, "--", fx.to_str().unwrap(), "-addr", &addr],
+        Some(&collector),
+        &[],
+    );
+    wait_for_port(port, WAIT);
+    let before = recorder.requests().len();
+    let sink = format!("http://127.0.0.1:{}/sink", recorder.port);
+    let calls = [
+        format!("/fetch?url={sink}"),
+        format!("/post?url={sink}&size=1048576&count=3"),
+        format!("/post?url={sink}&size=300000&chunked=1&count=2"),
+    ];
+    for c in &calls {
+        assert_eq!(http_get(port, c).0, 200, "{c}");
+    }
+    let spans = collector.wait_for_spans(9, WAIT);
+    assert_eq!(spans.len(), 9, "3 server spans and 6 client spans");
+    gotel.signal_and_wait(libc::SIGTERM, WAIT);
+    if inject != "off" {
+        let log = gotel.log().join("\n");
+        assert!(
+            log.contains(
+                "traceparent injected into 6 requests (0 not HTTP/1.x, 0 no room, 0 dropped)"
+            ),
+            "{log}"
+        );
+    }
+    (recorder.requests()[before..].to_vec(), spans)
+}
+
+fn without_traceparent(raw: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(raw);
+    let Some(start) = text.find("\r\ntraceparent: ") else { return raw.to_vec() };
+    let end = start + 2 + text[start + 2..].find("\r\n").unwrap();
+    let mut out = raw[..start].to_vec();
+    out.extend_from_slice(&raw[end..]);
+    out
+}
+
+#[test]
+fn traceparent_reaches_an_uninstrumented_server_and_nothing_else_changes() {
+    let Some(()) = privileged() else { return };
+    let recorder = Recorder::start();
+    let (with, spans) = send_through_gotel("all", &recorder);
+    let (without, spans_off) = send_through_gotel("off", &recorder);
+    assert_eq!(spans_off.len(), 9, "with injection off, spans still come");
+    assert_eq!(with.len(), 6);
+    assert_eq!(without.len(), 6);
+
+    for (w, o) in with.iter().zip(&without) {
+        assert!(!o.head.contains("traceparent"), "off means off: {}", o.head);
+        // The second line is the inserted one; it names an exported client span.
+        let line = w.head.lines().nth(1).unwrap();
+        let value = line.strip_prefix("traceparent: ").unwrap_or_else(|| panic!("{}", w.head));
+        let parts: Vec<&str> = value.split('-').collect();
+        assert_eq!((parts.len(), parts[0], parts[3]), (4, "00", "01"), "{value}");
+        let client = spans
+            .iter()
+            .find(|s| s.kind() == 3 && s.hex("spanId") == parts[2])
+            .unwrap_or_else(|| panic!("no client span {value}"));
+        assert_eq!(client.hex("traceId"), parts[1]);
+        assert_eq!(w.head.matches("traceparent").count(), 1);
+        // Byte for byte the same request, but for that line.
+        assert_eq!(without_traceparent(&w.raw), o.raw, "request bytes changed");
+        assert_eq!(w.body, o.body);
+    }
+    let sizes: Vec<usize> = with.iter().map(|r| r.body.len()).collect();
+    assert_eq!(sizes, [0, 1048576, 1048576, 1048576, 300000, 300000]);
+    let pattern: Vec<u8> = (0..1048576).map(|i| (i % 251) as u8).collect();
+    assert_eq!(with[1].body, pattern, "a 1 MiB body arrives intact");
+    assert_eq!(with[4].body, pattern[..300000], "a chunked body arrives intact");
+    assert!(
+        with[5].raw.windows(9).any(|w| w == b"\r\n\r\n0\r\n\r\n"[..9].as_ref())
+            || with[5].head.contains("chunked")
+    );
+}
