@@ -195,6 +195,7 @@ mod tests {
                 KeyValue::new("url.path", "/a"),
             ],
             status: Status::Unset,
+            trace_state: String::new(),
         }
     }
 

@@ -46,6 +46,7 @@ fn span(s: &trace::Span) -> Span {
         end_time_unix_nano: s.end_unix_nanos,
         attributes: s.attributes.iter().map(|kv| key_value(kv.key, &kv.value)).collect(),
         status,
+        trace_state: s.trace_state.clone(),
         ..Default::default()
     }
 }
@@ -101,6 +102,7 @@ mod tests {
             end_unix_nanos: 20,
             attributes: vec![Kv::new("http.response.status_code", 500)],
             status,
+            trace_state: String::new(),
         }
     }
 

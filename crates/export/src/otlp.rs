@@ -467,6 +467,7 @@ mod tests {
             end_unix_nanos: 2,
             attributes: vec![],
             status: trace::Status::Unset,
+            trace_state: String::new(),
         };
         for _ in 0..100 {
             exporter.offer(resource.clone(), span.clone());

@@ -142,6 +142,7 @@ fn joins_incoming_trace(fixture_name: &str) {
         let names: Vec<String> = (0..extra_headers).map(|i| format!("X-Extra-{i}")).collect();
         let mut headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
         headers.push(("traceparent", &traceparent));
+        headers.push(("tracestate", "vendor=abc,other=1"));
         let before = collector.spans().len();
         assert_eq!(http_get_with(services.a_port, "/a", &headers).0, 200);
         let spans = collector.wait_for_spans(before + 7, WAIT);
@@ -151,6 +152,7 @@ fn joins_incoming_trace(fixture_name: &str) {
         let root: Vec<_> = mine.iter().filter(|s| s.hex("parentSpanId") == parent).collect();
         assert_eq!(root.len(), 1, "one span is the remote parent's child");
         assert_eq!(root[0].attr_str("url.path").as_deref(), Some("/a"));
+        assert_eq!(root[0].span["traceState"], "vendor=abc,other=1", "tracestate kept");
     }
 }
 

@@ -32,6 +32,7 @@ const volatile u64 off_conn_rwc_data = 0;
 #define HOST_CAP 128
 #define REMOTE_CAP 64
 #define PATTERN_CAP 128
+#define TRACESTATE_CAP 256
 
 struct http_server_event {
 	struct span_header hdr;
@@ -47,6 +48,8 @@ struct http_server_event {
 	char host[HOST_CAP];
 	char remote[REMOTE_CAP];
 	char pattern[PATTERN_CAP];
+	u16 tracestate_len;
+	char tracestate[TRACESTATE_CAP];
 };
 
 struct server_call {
@@ -57,6 +60,8 @@ struct server_call {
 	u8 span_id[8];
 	u8 parent_span_id[8];
 	u8 sampled;
+	u64 tracestate; /* the incoming tracestate header's text, if any */
+	u64 tracestate_len;
 };
 
 /* LRU: a goroutine that panics out of the handler never reaches a RET; its entry ages out. */
@@ -105,6 +110,8 @@ int http_server_enter(struct pt_regs *ctx)
 			__builtin_memcpy(call.parent_span_id, remote.ctx.span_id,
 					 sizeof(call.parent_span_id));
 			parent_sampled = remote.sampled;
+			call.tracestate = remote.state;
+			call.tracestate_len = remote.state_len;
 		} else {
 			random_id(call.trace_id, sizeof(call.trace_id));
 			has_parent = false;
@@ -178,6 +185,11 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	u64 url = read_u64(req + off_req_url);
 	e->path_len = url ? read_go_string(e->path, PATH_CAP, url + off_url_path) : 0;
 	e->query_len = url ? read_go_string(e->query, QUERY_CAP, url + off_url_raw_query) : 0;
+
+	u32 n = call->tracestate_len > TRACESTATE_CAP ? TRACESTATE_CAP : (u32)call->tracestate_len;
+	if (!call->tracestate || bpf_probe_read_user(e->tracestate, n & (TRACESTATE_CAP * 2 - 1), (void *)call->tracestate))
+		n = 0;
+	e->tracestate_len = (u16)n;
 
 	bpf_map_delete_elem(&server_calls, &key);
 	bpf_map_delete_elem(&goroutine_ctx, &key);

@@ -29,6 +29,8 @@ pub struct HttpServerEvent {
     pub remote_addr: String,
     /// The ServeMux pattern that matched ("GET /users/{id}"); empty when unknown.
     pub pattern: String,
+    /// The W3C tracestate that came with an incoming traceparent.
+    pub tracestate: String,
 }
 
 /// One call made by net/http's Transport (`struct http_client_event`).
@@ -97,7 +99,7 @@ const KIND_HTTP_SERVER: u32 = 1;
 const KIND_HTTP_CLIENT: u32 = 2;
 const HEADER_SIZE: usize = 56;
 /// sizeof(struct http_server_event), padded to 8.
-pub const HTTP_SERVER_EVENT_SIZE: usize = 928;
+pub const HTTP_SERVER_EVENT_SIZE: usize = 1184;
 /// sizeof(struct http_client_event), padded to 8.
 pub const HTTP_CLIENT_EVENT_SIZE: usize = 752;
 
@@ -178,6 +180,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         host: f.string(70, 604, 128),
         remote_addr: f.string(72, 732, 64),
         pattern: f.string(74, 796, 128),
+        tracestate: f.string(924, 926, 256),
     }))
 }
 
@@ -197,6 +200,7 @@ pub fn encode_http_server(e: &HttpServerEvent) -> Vec<u8> {
         (70, 604, 128, &e.host),
         (72, 732, 64, &e.remote_addr),
         (74, 796, 128, &e.pattern),
+        (924, 926, 256, &e.tracestate),
     ];
     encode_strings(&mut b, &strings);
     b
@@ -264,6 +268,7 @@ mod tests {
             host: "localhost:8080".into(),
             remote_addr: "127.0.0.1:5555".into(),
             pattern: "GET /users/{id}".into(),
+            tracestate: "vendor=x".into(),
         }
     }
 

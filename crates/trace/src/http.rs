@@ -98,6 +98,7 @@ pub fn http_server_span(e: &HttpServerEvent, clock: &MonotonicClock) -> Span {
         end_unix_nanos: clock.to_unix_nanos(e.header.end_ns),
         attributes: attrs,
         status,
+        trace_state: e.tracestate.clone(),
     }
 }
 
@@ -158,6 +159,7 @@ pub fn http_client_span(e: &HttpClientEvent, clock: &MonotonicClock) -> Span {
         end_unix_nanos: clock.to_unix_nanos(e.header.end_ns),
         attributes: attrs,
         status,
+        trace_state: String::new(),
     }
 }
 
@@ -187,6 +189,7 @@ mod tests {
             host: "localhost:8080".into(),
             remote_addr: "[::1]:40000".into(),
             pattern: pattern.into(),
+            tracestate: String::new(),
         }
     }
 

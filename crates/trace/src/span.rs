@@ -71,6 +71,8 @@ pub struct Span {
     pub end_unix_nanos: u64,
     pub attributes: Vec<KeyValue>,
     pub status: Status,
+    /// W3C tracestate from the caller, kept as received.
+    pub trace_state: String,
 }
 
 impl Span {

@@ -41,6 +41,8 @@ struct incoming {
 	u8 sampled;
 	u8 found;
 	u64 value; /* address of the header's text, once the search found it */
+	u64 state; /* the tracestate header's text, if any */
+	u64 state_len;
 };
 
 static __always_inline int hex_value(u8 c)
@@ -87,23 +89,30 @@ static __always_inline void check_header(u64 key, u64 elem, struct incoming *out
 		u64 ptr;
 		s64 len;
 	} s = {};
-	if (bpf_probe_read_user(&s, sizeof(s), (void *)key) || s.len != 11)
+	if (bpf_probe_read_user(&s, sizeof(s), (void *)key) || (s.len != 11 && s.len != 10))
 		return;
-	char name[11];
-	if (bpf_probe_read_user(name, sizeof(name), (void *)s.ptr))
+	char name[11] = {};
+	bool parent = s.len == 11;
+	if (bpf_probe_read_user(name, parent ? 11 : 10, (void *)s.ptr))
 		return;
-	if (__builtin_memcmp(name, "Traceparent", 11) != 0)
+	if (parent ? __builtin_memcmp(name, "Traceparent", 11) != 0
+		   : __builtin_memcmp(name, "Tracestate", 10) != 0)
 		return;
 	u64 values = read_u64(elem); /* slice data: first string header */
-	if (!values || bpf_probe_read_user(&s, sizeof(s), (void *)values) || s.len < TRACEPARENT_LEN)
+	if (!values || bpf_probe_read_user(&s, sizeof(s), (void *)values) || s.len <= 0)
 		return;
-	out->value = s.ptr;
+	if (!parent) {
+		out->state = s.ptr;
+		out->state_len = s.len;
+	} else if (s.len >= TRACEPARENT_LEN) {
+		out->value = s.ptr;
+	}
 }
 
 static __always_inline void search_swiss_group(u64 group, struct incoming *out)
 {
 	u64 ctrl = read_u64(group);
-	for (int i = 0; i < 8 && !out->value; i++) {
+	for (int i = 0; i < 8 && !(out->value && out->state); i++) {
 		if ((ctrl >> (8 * i)) & 0x80) /* empty or deleted */
 			continue;
 		u64 slot = group + 8 + i * SWISS_SLOT;
@@ -117,12 +126,12 @@ static __always_inline void search_buckets(u64 hmap, struct incoming *out)
 	bpf_probe_read_user(&b, 1, (void *)(hmap + off_hmap_b));
 	u64 buckets = read_u64(hmap + off_hmap_buckets);
 	u32 n = b < 3 ? 1u << b : MAX_BUCKETS;
-	for (u32 i = 0; i < MAX_BUCKETS && i < n && !out->value; i++) {
+	for (u32 i = 0; i < MAX_BUCKETS && i < n && !(out->value && out->state); i++) {
 		u64 bucket = buckets + i * BUCKET_SIZE;
 		u8 tophash[8];
 		if (bpf_probe_read_user(tophash, sizeof(tophash), (void *)bucket))
 			return;
-		for (int j = 0; j < 8 && !out->value; j++) {
+		for (int j = 0; j < 8 && !(out->value && out->state); j++) {
 			if (tophash[j] < MIN_TOPHASH)
 				continue;
 			check_header(bucket + BUCKET_KEYS + j * 16, bucket + BUCKET_ELEMS + j * 24, out);
@@ -140,11 +149,11 @@ static __always_inline void search_swiss(u64 m, struct incoming *out)
 		search_swiss_group(dir, out);
 		return;
 	}
-	for (int t = 0; t < MAX_TABLES && t < dir_len && !out->value; t++) {
+	for (int t = 0; t < MAX_TABLES && t < dir_len && !(out->value && out->state); t++) {
 		u64 table = read_u64(dir + t * 8);
 		u64 groups = read_u64(table + off_table_groups + off_groups_data);
 		u64 mask = read_u64(table + off_table_groups + off_groups_length_mask);
-		for (u64 g = 0; g < MAX_GROUPS && g <= mask && !out->value; g++)
+		for (u64 g = 0; g < MAX_GROUPS && g <= mask && !(out->value && out->state); g++)
 			search_swiss_group(groups + g * SWISS_GROUP, out);
 	}
 }
@@ -154,6 +163,7 @@ static __always_inline void incoming_traceparent(u64 req, struct incoming *out)
 {
 	out->found = 0;
 	out->value = 0;
+	out->state = 0;
 	u64 header = read_u64(req + off_req_header);
 	if (!header)
 		return;
