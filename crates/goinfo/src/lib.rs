@@ -18,7 +18,7 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 pub use buildinfo::{parse_go_version, BuildInfo, Module};
 pub use dwarf::StructLayouts;
 pub use pclntab::PclnFunction;
-pub use rets::amd64_ret_addresses;
+pub use rets::{amd64_ret_addresses, amd64_stack_check_branch};
 
 /// Why a file could not be analysed; each names the file and what is missing.
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +249,14 @@ impl GoBinary {
         let end = start.saturating_add(function.size as usize).min(self.data.len());
         let code = self.data.get(start..end).unwrap_or(&[]);
         amd64_ret_addresses(code, function.file_offset)
+    }
+
+    /// File offset of the prologue's stack-check jump of `function`, where a uprobe sees the
+    /// same registers as at the entry for a fraction of the cost; None without one.
+    pub fn stack_check_offset(&self, function: &Function) -> Option<u64> {
+        let start = function.file_offset as usize;
+        let end = start.saturating_add(32).min(self.data.len());
+        amd64_stack_check_branch(self.data.get(start..end)?, function.file_offset)
     }
 
     /// Field offsets of the named structs from the runtime type descriptors, which stripped

@@ -1,9 +1,13 @@
-//! Machine-code analysis of one function: where its RET instructions are.
+//! Machine-code analysis of one function: where its RET instructions are, and where its
+//! stack-check branch is.
 //!
 //! Go must never get a uretprobe (the return trampoline breaks moving goroutine stacks), so the
-//! exit of a function is observed by a uprobe on each of its RET instructions.
+//! exit of a function is observed by a uprobe on each of its RET instructions. A uprobe costs
+//! far less on an instruction the kernel emulates (a jump) than on one it single-steps, and
+//! Go's prologue `CMP RSP, [R14+16]; JBE morestack` has such a jump that runs on every call
+//! with the arguments still in their registers.
 
-use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
 
 /// Addresses (same space as `base`) of every RET in `code`, which starts at `base`.
 /// Decodes linearly: Go's compiler puts no data inside function bodies on amd64.
@@ -21,9 +25,54 @@ pub fn amd64_ret_addresses(code: &[u8], base: u64) -> Vec<u64> {
     rets
 }
 
+/// Address of the conditional jump to morestack in the prologue of the function whose code
+/// starts at `base`: `CMP RSP|R12, [R14+0x10]` (R12 after `LEA R12, [RSP-n]` for big frames)
+/// then `JBE`. None for functions without a stack check (NOSPLIT, leaves).
+pub fn amd64_stack_check_branch(code: &[u8], base: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, code, base, DecoderOptions::NONE);
+    let mut saw_check = false;
+    for insn in decoder.iter().take(3) {
+        if saw_check {
+            return (insn.mnemonic() == Mnemonic::Jbe && insn.op0_kind() == OpKind::NearBranch64)
+                .then(|| insn.ip());
+        }
+        let compares_stack_guard = insn.mnemonic() == Mnemonic::Cmp
+            && matches!(insn.op0_register(), Register::RSP | Register::R12)
+            && insn.op1_kind() == OpKind::Memory
+            && insn.memory_base() == Register::R14
+            && insn.memory_displacement64() == 0x10;
+        if compares_stack_guard {
+            saw_check = true;
+        } else if !(insn.mnemonic() == Mnemonic::Lea && insn.op0_register() == Register::R12) {
+            return None;
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_prologue_stack_check_jump() {
+        // cmp rsp,[r14+0x10]; jbe +0x8a; push rbp
+        let small = [0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x8a, 0, 0, 0, 0x55];
+        assert_eq!(amd64_stack_check_branch(&small, 0x1000), Some(0x1004));
+        // lea r12,[rsp-0x18]; cmp r12,[r14+0x10]; jbe +0x337
+        let big =
+            [0x4c, 0x8d, 0x64, 0x24, 0xe8, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x37, 0x03, 0, 0];
+        assert_eq!(amd64_stack_check_branch(&big, 0x2000), Some(0x2009));
+    }
+
+    #[test]
+    fn functions_without_a_stack_check_have_none() {
+        // mov rax,[rbx]; ret
+        assert_eq!(amd64_stack_check_branch(&[0x48, 0x8b, 0x03, 0xc3], 0), None);
+        // cmp rsp,[r14+0x10] followed by something other than jbe
+        assert_eq!(amd64_stack_check_branch(&[0x49, 0x3b, 0x66, 0x10, 0xc3], 0), None);
+        assert_eq!(amd64_stack_check_branch(&[], 0), None);
+    }
 
     #[test]
     fn finds_each_ret_and_ignores_c3_inside_other_instructions() {

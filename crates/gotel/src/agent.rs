@@ -66,13 +66,12 @@ pub fn instrument(
         bail!("nothing to instrument in {}: {}", exe.display(), skipped.join("; "));
     }
     for a in &attached {
-        let rets: usize = a.functions.iter().map(|(_, n)| n).sum();
+        let links = if a.multi { "" } else { " (one uprobe per RET)" };
         tracing::info!(
-            "attached {} to {} ({go_version}): {} function(s), {rets} RETs{}",
+            "attached {} to {} ({go_version}){links}: {}",
             a.instrumentation,
             exe.display(),
-            a.functions.len(),
-            if a.multi { " (one uprobe_multi link)" } else { " (one uprobe each)" }
+            a.probes.join("; ")
         );
     }
     Ok(Instrumented { go_version, _attached: attached })

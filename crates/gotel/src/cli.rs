@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use probes::inject::InjectMode;
+use probes::Placement;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,6 +84,18 @@ pub struct AgentArgs {
     /// off, remote (peers on other hosts) or all (loopback peers too).
     #[arg(long, env = "GOTEL_INJECT_TRACEPARENT", default_value = "remote", value_parser = parse_inject)]
     pub inject_traceparent: InjectMode,
+    /// Where uprobes go: emulated (on instructions the kernel does not single-step, where the
+    /// code allows; far cheaper on VMs) or entry-ret (function entry and every RET).
+    #[arg(long, default_value = "emulated", value_parser = parse_placement)]
+    pub probe_placement: Placement,
+}
+
+fn parse_placement(s: &str) -> Result<Placement, String> {
+    match s {
+        "emulated" => Ok(Placement::Emulated),
+        "entry-ret" => Ok(Placement::EntryRet),
+        other => Err(format!("{other:?}: use emulated or entry-ret")),
+    }
 }
 
 fn parse_inject(s: &str) -> Result<InjectMode, String> {

@@ -38,6 +38,12 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
             "    entry   {} at {:#x} (file offset {:#x}, {} bytes)",
             e.name, e.address, e.file_offset, e.size
         )?;
+        if let Some(jump) = f.stack_check {
+            writeln!(
+                w,
+                "    check   stack-check jump at file offset {jump:#x} (cheap entry probe)"
+            )?;
+        }
         let rets: Vec<String> = f.return_offsets.iter().map(|o| format!("{o:#x}")).collect();
         writeln!(w, "    RETs    {} at file offsets {}", rets.len(), rets.join(" "))
     };

@@ -78,7 +78,13 @@ fn attach_options(agent: &AgentArgs, filter_pids: bool) -> anyhow::Result<Attach
         tracing::info!("sampling: {sampler}");
     }
     let inject = agent.inject_traceparent != InjectMode::Off;
-    Ok(AttachOptions { filter_pids, uprobe_multi: !agent.no_uprobe_multi, sampler, inject })
+    Ok(AttachOptions {
+        filter_pids,
+        uprobe_multi: !agent.no_uprobe_multi,
+        sampler,
+        inject,
+        placement: agent.probe_placement,
+    })
 }
 
 fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {

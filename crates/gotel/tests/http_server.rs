@@ -18,16 +18,17 @@ fn by_path<'a>(spans: &'a [ReceivedSpan], path: &str) -> &'a ReceivedSpan {
 }
 
 /// Every kind of request, on a fixture built with `go`: exact names, attributes, statuses,
-/// durations, times and resource. `uprobe_multi` false forces one uprobe per RET.
-fn every_request_kind(go: &str, routed: bool, uprobe_multi: bool) {
+/// durations, times and resource. `fallback` forces the reference tools' placement (entry and
+/// one uprobe per RET, as on kernels before 6.6) instead of probes on emulated instructions.
+fn every_request_kind(go: &str, routed: bool, fallback: bool) {
     let Some(()) = privileged() else { return };
     let collector = Collector::start(go);
     let port = free_port();
     let fx = fixture(&format!("httpserver-{go}"));
     let addr = format!("127.0.0.1:{port}");
     let mut args = vec!["run"];
-    if !uprobe_multi {
-        args.push("--no-uprobe-multi");
+    if fallback {
+        args.extend(["--probe-placement", "entry-ret", "--no-uprobe-multi"]);
     }
     args.extend(["--", fx.to_str().unwrap(), "-addr", &addr]);
     let mut gotel = gotel(
@@ -40,8 +41,12 @@ fn every_request_kind(go: &str, routed: bool, uprobe_multi: bool) {
     );
     wait_for_port(port, WAIT);
     let target_pid = gotel.children()[0];
-    let attach_kind = if uprobe_multi { "one uprobe_multi link" } else { "one uprobe each" };
-    gotel.wait_for_log(attach_kind, WAIT);
+    let placed = if fallback {
+        "ServeHTTP: entry on the first instruction, exit at"
+    } else {
+        "ServeHTTP: entry on the stack-check jump; exit at net/http.(*response).finishRequest (on the stack-check jump)"
+    };
+    gotel.wait_for_log(placed, WAIT);
 
     let t0 = unix_nanos_now();
     assert_eq!(http_get(port, "/hello").0, 200);
@@ -124,13 +129,13 @@ fn every_request_kind(go: &str, routed: bool, uprobe_multi: bool) {
 }
 
 #[test]
-fn every_request_kind_go1_22_one_uprobe_per_ret() {
-    every_request_kind("go1.22", false, false);
+fn every_request_kind_go1_22_entry_and_one_uprobe_per_ret() {
+    every_request_kind("go1.22", false, true);
 }
 
 #[test]
 fn every_request_kind_go1_26() {
-    every_request_kind("go1.26", true, true);
+    every_request_kind("go1.26", true, false);
 }
 
 /// 1,000 requests in their handlers at the same moment: one span each, none lost or mixed.

@@ -1,19 +1,21 @@
-//! Attaching one function's probes: a uprobe at its entry and one at each RET, as a single
-//! uprobe_multi link where the kernel has it (6.6+), else one uprobe per RET.
+//! Attaching probes to one function: at its entry, or on its prologue's stack-check jump (an
+//! instruction the kernel emulates, an order of magnitude cheaper than one it single-steps),
+//! and at each RET, as one uprobe_multi link where the kernel has it (6.6+), else one uprobe
+//! per RET.
 
 use std::path::{Path, PathBuf};
 
-use goinfo::Function;
 use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts};
 
-use crate::Error;
+use crate::{Error, FunctionPlan, Placement};
 
 /// The live probes of one instrumentation on one executable. Dropping it detaches them.
 pub struct Attached {
     pub instrumentation: &'static str,
     pub executable: PathBuf,
-    /// The probed functions, with their RET counts.
-    pub functions: Vec<(String, usize)>,
+    /// Where each probe sits, for the start-up report ("ServeHTTP: entry on the stack-check
+    /// jump, exit at 1 RET").
+    pub probes: Vec<String>,
     /// True when each function's RETs share one uprobe_multi link.
     pub multi: bool,
     links: Vec<Link>,
@@ -24,7 +26,7 @@ impl std::fmt::Debug for Attached {
         f.debug_struct("Attached")
             .field("instrumentation", &self.instrumentation)
             .field("executable", &self.executable)
-            .field("multi", &self.multi)
+            .field("probes", &self.probes)
             .field("links", &self.links.len())
             .finish()
     }
@@ -35,60 +37,53 @@ impl Attached {
         Attached {
             instrumentation,
             executable: executable.to_path_buf(),
-            functions: Vec::new(),
+            probes: Vec::new(),
             multi: true,
             links: Vec::new(),
         }
     }
 
-    /// Attaches `enter` at the entry of `function` only.
+    fn error(&self, what: String) -> impl FnOnce(libbpf_rs::Error) -> Error {
+        let what = format!("{what} ({}, {})", self.instrumentation, self.executable.display());
+        move |source| Error::Bpf { what, source }
+    }
+
+    /// A uprobe where `function` starts: on its stack-check jump when `placement` allows and
+    /// the function has one, else on its first instruction. Returns how it was placed.
     pub(crate) fn entry(
         &mut self,
         path: &Path,
-        function: &Function,
-        enter: &ProgramMut<'_>,
-    ) -> Result<(), Error> {
-        let offset = usize::try_from(function.file_offset).unwrap_or(usize::MAX);
-        let link = enter.attach_uprobe(false, -1, path, offset).map_err(|source| Error::Bpf {
-            what: format!(
-                "attach uprobe at {} entry ({}, {})",
-                function.name,
-                self.instrumentation,
-                self.executable.display()
-            ),
-            source,
-        })?;
+        function: &FunctionPlan,
+        prog: &ProgramMut<'_>,
+        placement: Placement,
+    ) -> Result<&'static str, Error> {
+        let (offset, how) = match (placement, function.stack_check) {
+            (Placement::Emulated, Some(jump)) => (jump, "the stack-check jump"),
+            _ => (function.function.file_offset, "the first instruction"),
+        };
+        let name = &function.function.name;
+        let link = prog
+            .attach_uprobe(false, -1, path, usize::try_from(offset).unwrap_or(usize::MAX))
+            .map_err(self.error(format!("attach uprobe at {name} ({how})")))?;
         self.links.push(link);
-        self.functions.push((function.name.clone(), 0));
-        Ok(())
+        Ok(how)
     }
 
-    /// Attaches `enter` at the entry of `function` and `ret_multi` (or `ret_single` per RET)
-    /// at each of `return_offsets`, in the file at `path`, for every process (pid filtering is
-    /// the programs' own).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn function(
+    /// Uprobes on every RET of `function`.
+    pub(crate) fn returns(
         &mut self,
         path: &Path,
-        function: &Function,
-        return_offsets: &[u64],
-        enter: &ProgramMut<'_>,
+        function: &FunctionPlan,
         ret_multi: &ProgramMut<'_>,
         ret_single: &ProgramMut<'_>,
         uprobe_multi: bool,
     ) -> Result<(), Error> {
-        let name = &function.name;
-        let bpf = |what: String| {
-            let what = format!("{what} ({}, {})", self.instrumentation, self.executable.display());
-            move |source| Error::Bpf { what, source }
-        };
-        let entry = usize::try_from(function.file_offset).unwrap_or(usize::MAX);
-        let link = enter
-            .attach_uprobe(false, -1, path, entry)
-            .map_err(bpf(format!("attach uprobe at {name} entry")))?;
-        self.links.push(link);
-        let offsets: Vec<usize> =
-            return_offsets.iter().map(|&o| usize::try_from(o).unwrap_or(usize::MAX)).collect();
+        let name = &function.function.name;
+        let offsets: Vec<usize> = function
+            .return_offsets
+            .iter()
+            .map(|&o| usize::try_from(o).unwrap_or(usize::MAX))
+            .collect();
         let multi_link = if uprobe_multi {
             let opts = UprobeMultiOpts { offsets: offsets.clone(), ..Default::default() };
             ret_multi.attach_uprobe_multi_with_opts(-1, path, "", opts)
@@ -103,12 +98,32 @@ impl Attached {
                 for &off in &offsets {
                     let link = ret_single
                         .attach_uprobe(false, -1, path, off)
-                        .map_err(bpf(format!("attach uprobe at {name} RET {off:#x}")))?;
+                        .map_err(self.error(format!("attach uprobe at {name} RET {off:#x}")))?;
                     self.links.push(link);
                 }
             }
         }
-        self.functions.push((name.clone(), return_offsets.len()));
+        Ok(())
+    }
+
+    /// Entry and every RET of `function`, reported as one line.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn function(
+        &mut self,
+        path: &Path,
+        function: &FunctionPlan,
+        enter: &ProgramMut<'_>,
+        ret_multi: &ProgramMut<'_>,
+        ret_single: &ProgramMut<'_>,
+        options: &crate::AttachOptions,
+    ) -> Result<(), Error> {
+        let how = self.entry(path, function, enter, options.placement)?;
+        self.returns(path, function, ret_multi, ret_single, options.uprobe_multi)?;
+        self.probes.push(format!(
+            "{}: entry on {how}, exit at {} RET(s)",
+            function.function.name,
+            function.return_offsets.len()
+        ));
         Ok(())
     }
 }

@@ -49,12 +49,11 @@ pub fn attach(
     let mut attached = Attached::new(NAME, path);
     attached.function(
         path,
-        &plan.newproc1.function,
-        &plan.newproc1.return_offsets,
+        &plan.newproc1,
         &p.goroutine_spawn_enter,
         &p.goroutine_spawn_return_multi,
         &p.goroutine_spawn_return_single,
-        options.uprobe_multi,
+        &options,
     )?;
     Ok(attached)
 }

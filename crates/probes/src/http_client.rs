@@ -37,7 +37,7 @@ pub const FIELDS: &[FieldSpec] = &[
 pub struct HttpClientPlan {
     pub round_trip: FunctionPlan,
     /// Where the connection is known, for same-host parents; None: not linked.
-    pub pconn_round_trip: Option<goinfo::Function>,
+    pub pconn_round_trip: Option<FunctionPlan>,
     pub fields: Vec<FieldOffset>,
 }
 
@@ -46,7 +46,7 @@ pub fn plan(bin: &GoBinary) -> Result<HttpClientPlan, Skip> {
     crate::require_register_abi(bin).map_err(skip)?;
     let round_trip = FunctionPlan::new(bin, ROUND_TRIP).map_err(skip)?;
     let fields = offsets::resolve(bin, FIELDS).map_err(skip)?;
-    let pconn_round_trip = bin.function(PCONN_ROUND_TRIP).ok();
+    let pconn_round_trip = FunctionPlan::first_of(bin, &[PCONN_ROUND_TRIP]);
     Ok(HttpClientPlan { round_trip, pconn_round_trip, fields })
 }
 
@@ -95,15 +95,15 @@ pub fn attach(
     let mut attached = Attached::new(NAME, path);
     attached.function(
         path,
-        &plan.round_trip.function,
-        &plan.round_trip.return_offsets,
+        &plan.round_trip,
         &p.http_client_enter,
         &p.http_client_return_multi,
         &p.http_client_return_single,
-        options.uprobe_multi,
+        &options,
     )?;
     if let (Some(pconn), true) = (&plan.pconn_round_trip, conn_offsets.is_some()) {
-        attached.entry(path, pconn, &p.http_client_conn)?;
+        let how = attached.entry(path, pconn, &p.http_client_conn, options.placement)?;
+        attached.probes.push(format!("{}: entry on {how}", pconn.function.name));
     }
     Ok(attached)
 }

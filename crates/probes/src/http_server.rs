@@ -10,10 +10,17 @@ use libbpf_rs::OpenObject;
 use offsets::{FieldOffset, FieldSpec};
 
 use crate::skel::http_server::HttpServerSkelBuilder;
-use crate::{AttachOptions, Attached, Error, FunctionPlan, SharedMaps, Skip};
+use crate::{AttachOptions, Attached, Error, FunctionPlan, Placement, SharedMaps, Skip};
 
 pub const NAME: &str = "net/http server";
 const ENTRY: &str = "net/http.serverHandler.ServeHTTP";
+/// Every HTTP/1 request served ends here, on the serving goroutine, right after ServeHTTP.
+const HTTP1_END: &str = "net/http.(*response).finishRequest";
+/// Every HTTP/2 request ends here (the package moved in Go 1.27).
+const HTTP2_END: &[&str] = &[
+    "net/http.(*http2responseWriter).handlerDone",
+    "net/http/internal/http2.(*responseWriter).handlerDone",
+];
 
 /// The fields the program reads. Optional ones only enrich the span.
 pub const FIELDS: &[FieldSpec] = &[
@@ -63,6 +70,8 @@ pub enum HeaderMap {
 #[derive(Debug, Clone)]
 pub struct HttpServerPlan {
     pub serve: FunctionPlan,
+    /// Where HTTP/1 and HTTP/2 requests end, for exit probes cheaper than ServeHTTP's RETs.
+    pub request_ends: Option<(FunctionPlan, FunctionPlan)>,
     pub fields: Vec<FieldOffset>,
     /// None: incoming traceparent headers are not read.
     pub header_map: Option<HeaderMap>,
@@ -75,7 +84,9 @@ pub fn plan(bin: &GoBinary) -> Result<HttpServerPlan, Skip> {
     let serve = FunctionPlan::new(bin, ENTRY).map_err(skip)?;
     let fields = offsets::resolve(bin, FIELDS).map_err(skip)?;
     let header_map = header_map(bin, &fields);
-    Ok(HttpServerPlan { serve, fields, header_map })
+    let request_ends =
+        FunctionPlan::first_of(bin, &[HTTP1_END]).zip(FunctionPlan::first_of(bin, HTTP2_END));
+    Ok(HttpServerPlan { serve, request_ends, fields, header_map })
 }
 
 fn header_map(bin: &GoBinary, fields: &[FieldOffset]) -> Option<HeaderMap> {
@@ -185,15 +196,28 @@ pub fn attach(
     let skel = open.load().map_err(bpf("load"))?;
     let p = &skel.progs;
     let mut attached = Attached::new(NAME, path);
-    attached.function(
-        path,
-        &plan.serve.function,
-        &plan.serve.return_offsets,
-        &p.http_server_enter,
-        &p.http_server_return_multi,
-        &p.http_server_return_single,
-        options.uprobe_multi,
-    )?;
+    match (&plan.request_ends, options.placement) {
+        (Some((h1, h2)), Placement::Emulated) => {
+            // The span ends where the request does: the exit program at two function
+            // entries, instead of a single-stepped RET.
+            let how = attached.entry(path, &plan.serve, &p.http_server_enter, options.placement)?;
+            let end = &p.http_server_return_single;
+            let h1_how = attached.entry(path, h1, end, options.placement)?;
+            let h2_how = attached.entry(path, h2, end, options.placement)?;
+            attached.probes.push(format!(
+                "{}: entry on {how}; exit at {} (on {h1_how}) and {} (on {h2_how})",
+                plan.serve.function.name, h1.function.name, h2.function.name
+            ));
+        }
+        _ => attached.function(
+            path,
+            &plan.serve,
+            &p.http_server_enter,
+            &p.http_server_return_multi,
+            &p.http_server_return_single,
+            &options,
+        )?,
+    }
     // The links hold the programs, and the programs their maps: the object itself can go.
     Ok(attached)
 }

@@ -38,6 +38,7 @@ pub struct AttachOptions {
     pub sampler: Sampler,
     /// Outgoing traceparent injection is on: clients mark their processes for it.
     pub inject: bool,
+    pub placement: Placement,
 }
 
 /// Why an instrumentation does not apply to an executable.
@@ -64,22 +65,47 @@ pub(crate) fn require_register_abi(bin: &GoBinary) -> Result<(), String> {
     }
 }
 
-/// A function to probe: its entry and every RET.
+/// A function to probe: its entry, its stack-check jump if it has one, and every RET.
 #[derive(Debug, Clone)]
 pub struct FunctionPlan {
     pub function: Function,
+    /// File offset of the prologue's stack-check jump: a cheaper entry probe.
+    pub stack_check: Option<u64>,
     pub return_offsets: Vec<u64>,
 }
 
 impl FunctionPlan {
     fn new(bin: &GoBinary, name: &str) -> Result<Self, String> {
-        let function = bin.function(name).map_err(|_| format!("{name} is not in the binary"))?;
-        let return_offsets = bin.ret_offsets(&function);
-        if return_offsets.is_empty() {
+        let plan = Self::entry_only(bin, name)?;
+        if plan.return_offsets.is_empty() {
             return Err(format!("no RET instruction found in {name}"));
         }
-        Ok(FunctionPlan { function, return_offsets })
+        Ok(plan)
     }
+
+    /// A function probed only where it starts (its RETs are not required).
+    fn entry_only(bin: &GoBinary, name: &str) -> Result<Self, String> {
+        let function = bin.function(name).map_err(|_| format!("{name} is not in the binary"))?;
+        let stack_check = bin.stack_check_offset(&function);
+        let return_offsets = bin.ret_offsets(&function);
+        Ok(FunctionPlan { function, stack_check, return_offsets })
+    }
+
+    /// The first of `names` the binary has (functions renamed across Go versions).
+    fn first_of(bin: &GoBinary, names: &[&str]) -> Option<Self> {
+        names.iter().find_map(|n| Self::entry_only(bin, n).ok())
+    }
+}
+
+/// Where probes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// On instructions the kernel emulates where the machine code allows (a function's
+    /// stack-check jump; the entry of a function every request ends in), else entry and RETs.
+    #[default]
+    Emulated,
+    /// Always the first instruction and every RET: the reference tools' way, for comparison.
+    EntryRet,
 }
 
 /// (offset of the *netFD in a net.TCPConn, offset of the fd number in a netFD), when known.
