@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Side-by-side throughput of the net/http fixture with and without gotel attached.
+"""Side-by-side cost of gotel on the net/http fixture: no instrumentation, gotel with probes on
+emulated instructions (the default), and gotel with entry + RET probes (the reference tools'
+placement, --probe-placement entry-ret).
 
-Interleaves the configurations round by round (A B A B ...) so drift hits both alike, drives
+Interleaves the configurations round by round (A B C A B C ...) so drift hits all alike, drives
 the server with wrk at saturation, and reports per configuration: requests/s, the server's CPU
-per request (user+sys from /proc), the agent's CPU per request and peak RSS, and spans handled.
-gotel exports over OTLP/HTTP to a real collector on loopback. Needs root, wrk, and the release
-build, fixtures and collector (scripts/build-*.sh). Usage: scripts/bench-http.py [--rounds N]
+per request (user+sys from /proc), the agent's CPU per request and peak RSS, added CPU per
+request over the baseline, and spans handled. gotel exports over OTLP/HTTP to a real collector
+on loopback. Needs root, wrk, and the release build, fixtures and collector (scripts/build-*.sh).
+Usage: scripts/bench-http.py [--rounds N]
 """
 import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -80,14 +83,15 @@ def main():
     wait_port(port)
     wrk(port, 2, args.connections)  # warm up
 
-    results = {"baseline": [], "gotel": []}
+    configs = {"baseline": None, "gotel": [], "gotel-entry-ret": ["--probe-placement", "entry-ret"]}
+    results = {name: [] for name in configs}
     try:
         for r in range(args.rounds):
             for name in results:
                 agent = None
-                if name == "gotel":
+                if configs[name] is not None:
                     env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{cport}")
-                    agent = subprocess.Popen([gotel, "attach", "--pid", str(server.pid)], env=env,
+                    agent = subprocess.Popen([gotel, "attach", "--pid", str(server.pid)] + configs[name], env=env,
                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                     while "tracing pid" not in agent.stderr.readline():
                         pass
@@ -107,7 +111,7 @@ def main():
                     row["exported"] = int(m.group(2)) if m else 0
                     row["spans_per_s"] = row["spans"] / args.seconds
                 results[name].append(row)
-                print(f"round {r + 1} {name:8} " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+                print(f"round {r + 1} {name:15} " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     finally:
         server.kill(); col.kill()
 
@@ -115,17 +119,21 @@ def main():
         vals = [row[key] for row in results[name] if key in row]
         return (statistics.median(vals), max(vals) - min(vals)) if vals else (None, None)
 
-    print("\nconfiguration   req/s (spread)      server CPU us/req   agent CPU us/req  agent RSS MiB  spans/s")
+    base_cpu = med("baseline", "server_us_per_req")[0]
+    print("\nconfiguration     req/s (spread)   server us/req  agent us/req  added us/req  agent RSS MiB  spans/s")
     for name in results:
         rps, sp = med(name, "rps")
         srv, _ = med(name, "server_us_per_req")
         ag, _ = med(name, "agent_us_per_req")
         rss, _ = med(name, "agent_peak_rss_mib")
         sps, _ = med(name, "spans_per_s")
-        fmt = lambda v, f: "-" if v is None else f.format(v)
-        print(f"{name:15} {rps:9.0f} ({sp:6.0f})   {srv:14.1f}     {fmt(ag, '{:14.1f}')}  {fmt(rss, '{:12.1f}')}  {fmt(sps, '{:7.0f}')}")
-    base, with_gotel = med("baseline", "rps")[0], med("gotel", "rps")[0]
-    print(f"\nthroughput with gotel: {with_gotel / base * 100:.1f}% of baseline")
+        added = None if ag is None else srv + ag - base_cpu
+        fmt = lambda v, f: "-".rjust(len(f.format(0))) if v is None else f.format(v)
+        print(f"{name:17} {rps:6.0f} ({sp:5.0f})   {srv:13.1f}  {fmt(ag, '{:12.1f}')}  {fmt(added, '{:12.1f}')}  {fmt(rss, '{:13.1f}')}  {fmt(sps, '{:7.0f}')}")
+    base = med("baseline", "rps")[0]
+    for name in results:
+        if name != "baseline":
+            print(f"throughput with {name}: {med(name, 'rps')[0] / base * 100:.1f}% of baseline")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     json.dump(results, open(args.json, "w"), indent=2)
     print(f"raw rounds: {args.json}")

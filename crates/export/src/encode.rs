@@ -11,20 +11,21 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use trace::{AttributeValue, ProcessResource, SpanKind};
 
-fn value(v: &AttributeValue) -> AnyValue {
+fn value(v: AttributeValue) -> AnyValue {
     let value = match v {
-        AttributeValue::String(s) => any_value::Value::StringValue(s.clone()),
-        AttributeValue::Int(i) => any_value::Value::IntValue(*i),
-        AttributeValue::Bool(b) => any_value::Value::BoolValue(*b),
+        AttributeValue::String(s) => any_value::Value::StringValue(s),
+        AttributeValue::Int(i) => any_value::Value::IntValue(i),
+        AttributeValue::Bool(b) => any_value::Value::BoolValue(b),
     };
     AnyValue { value: Some(value) }
 }
 
-fn key_value(key: &str, v: &AttributeValue) -> KeyValue {
+fn key_value(key: &str, v: AttributeValue) -> KeyValue {
     KeyValue { key: key.to_string(), value: Some(value(v)) }
 }
 
-fn span(s: &trace::Span) -> Span {
+/// Moves the span into its protobuf form: no string is copied but the attribute keys.
+fn span(s: trace::Span) -> Span {
     let kind = match s.kind {
         SpanKind::Server => span::SpanKind::Server,
         SpanKind::Client => span::SpanKind::Client,
@@ -40,22 +41,24 @@ fn span(s: &trace::Span) -> Span {
         trace_id: s.trace_id.to_vec(),
         span_id: s.span_id.to_vec(),
         parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        name: s.name.clone(),
+        name: s.name,
         kind: kind as i32,
         start_time_unix_nano: s.start_unix_nanos,
         end_time_unix_nano: s.end_unix_nanos,
-        attributes: s.attributes.iter().map(|kv| key_value(kv.key, &kv.value)).collect(),
+        attributes: s.attributes.into_iter().map(|kv| key_value(kv.key, kv.value)).collect(),
         status,
-        trace_state: s.trace_state.clone(),
+        trace_state: s.trace_state,
         ..Default::default()
     }
 }
 
 /// Builds one request from spans in arrival order, grouped by their process resource.
-pub fn export_request(spans: &[(Arc<ProcessResource>, trace::Span)]) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(&Arc<ProcessResource>, Vec<Span>)> = Vec::new();
+pub fn export_request(
+    spans: Vec<(Arc<ProcessResource>, trace::Span)>,
+) -> ExportTraceServiceRequest {
+    let mut groups: Vec<(Arc<ProcessResource>, Vec<Span>)> = Vec::new();
     for (resource, s) in spans {
-        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, resource) || r.pid == resource.pid) {
+        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &resource) || r.pid == resource.pid) {
             Some((_, list)) => list.push(span(s)),
             None => groups.push((resource, vec![span(s)])),
         }
@@ -64,7 +67,11 @@ pub fn export_request(spans: &[(Arc<ProcessResource>, trace::Span)]) -> ExportTr
         .into_iter()
         .map(|(resource, spans)| ResourceSpans {
             resource: Some(Resource {
-                attributes: resource.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
+                attributes: resource
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| key_value(k, v.clone()))
+                    .collect(),
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
@@ -110,7 +117,7 @@ mod tests {
     fn groups_by_process_and_maps_every_field() {
         let (a, b) = (resource(1, "a"), resource(2, "b"));
         let err = St::Error { message: String::new() };
-        let req = export_request(&[
+        let req = export_request(vec![
             (a.clone(), a_span(1, St::Unset)),
             (b.clone(), a_span(2, err)),
             (a.clone(), a_span(3, St::Unset)),

@@ -2,7 +2,7 @@
 //! OTEL_BSP_*), batched on a thread of its own so the probes' consumer never waits: when the
 //! queue is full, spans are dropped and counted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,8 +136,15 @@ pub struct ExportStats {
 
 type Item = (Arc<ProcessResource>, Span);
 
+/// Chunks the channel holds at most; the span count is bounded separately (max_queue_size).
+const CHUNKS_IN_FLIGHT: usize = 4096;
+
 pub struct OtlpExporter {
-    tx: Option<mpsc::Sender<Item>>,
+    /// Spans travel in chunks (one per ring-buffer drain): one wakeup of the export thread per
+    /// chunk, not per span.
+    tx: Option<mpsc::Sender<Vec<Item>>>,
+    /// Spans queued and not yet taken by the export thread: bounded by max_queue_size.
+    queued: Arc<AtomicUsize>,
     closing: tokio::sync::watch::Sender<bool>,
     stats: Arc<ExportStats>,
     done: std::sync::mpsc::Receiver<()>,
@@ -146,29 +153,41 @@ pub struct OtlpExporter {
 
 impl OtlpExporter {
     pub fn start(config: OtlpConfig) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel(config.max_queue_size);
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let queued = Arc::new(AtomicUsize::new(0));
         let (done_tx, done) = std::sync::mpsc::channel();
         let stats = Arc::new(ExportStats::default());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
-        let (cfg, st) = (config.clone(), Arc::clone(&stats));
+        let (cfg, st, q) = (config.clone(), Arc::clone(&stats), Arc::clone(&queued));
         std::thread::Builder::new().name("gotel-otlp".into()).spawn(move || {
-            runtime.block_on(run(cfg, rx, closing_rx, st));
+            runtime.block_on(run(cfg, rx, q, closing_rx, st));
             let _ = done_tx.send(());
         })?;
-        Ok(OtlpExporter { tx: Some(tx), closing, stats, done, config })
+        Ok(OtlpExporter { tx: Some(tx), queued, closing, stats, done, config })
     }
 
     pub fn config(&self) -> &OtlpConfig {
         &self.config
     }
 
-    /// Queues a span; never blocks. A full queue drops the span and counts it.
-    pub fn offer(&self, resource: Arc<ProcessResource>, span: Span) {
-        if let Some(tx) = &self.tx {
-            if tx.try_send((resource, span)).is_err() {
-                self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Queues spans; never blocks. What the queue has no room for is dropped and counted.
+    pub fn offer(&self, mut chunk: Vec<Item>) {
+        let Some(tx) = &self.tx else { return };
+        let room = self.config.max_queue_size.saturating_sub(self.queued.load(Ordering::Relaxed));
+        if chunk.len() > room {
+            let dropped = chunk.len() - room;
+            self.stats.dropped_queue_full.fetch_add(dropped as u64, Ordering::Relaxed);
+            chunk.truncate(room);
+        }
+        let n = chunk.len();
+        if n == 0 {
+            return;
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        if tx.try_send(chunk).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -200,7 +219,8 @@ enum Client {
 
 async fn run(
     config: OtlpConfig,
-    mut rx: mpsc::Receiver<Item>,
+    mut rx: mpsc::Receiver<Vec<Item>>,
+    queued: Arc<AtomicUsize>,
     mut closing: tokio::sync::watch::Receiver<bool>,
     stats: Arc<ExportStats>,
 ) {
@@ -224,31 +244,39 @@ async fn run(
             }
         },
     };
-    let mut batch: Vec<Item> = Vec::with_capacity(config.max_batch_size);
+    let mut pending: Vec<Item> = Vec::with_capacity(config.max_batch_size);
     let mut open = true;
-    while open {
+    while open || !pending.is_empty() {
         let deadline = tokio::time::Instant::now() + config.schedule_delay;
-        while batch.len() < config.max_batch_size {
+        while open && pending.len() < config.max_batch_size {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(item)) => batch.push(item),
-                Ok(None) => {
-                    open = false;
-                    break;
+                Ok(Some(chunk)) => {
+                    queued.fetch_sub(chunk.len(), Ordering::Relaxed);
+                    pending.extend(chunk);
                 }
+                Ok(None) => open = false,
                 Err(_) => break,
             }
         }
-        if batch.is_empty() {
-            continue;
+        // Full batches while there are; what is left goes when the delay is up or at the end.
+        while !pending.is_empty() {
+            let take = pending.len().min(config.max_batch_size);
+            if take < config.max_batch_size && open && !deadline_passed(deadline) {
+                break;
+            }
+            let batch: Vec<Item> = pending.drain(..take).collect();
+            let n = batch.len() as u64;
+            if send_with_retry(&mut client, &config, batch, &mut closing).await {
+                stats.exported.fetch_add(n, Ordering::Relaxed);
+            } else {
+                stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
+            }
         }
-        let n = batch.len() as u64;
-        if send_with_retry(&mut client, &config, &batch, &mut closing).await {
-            stats.exported.fetch_add(n, Ordering::Relaxed);
-        } else {
-            stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
-        }
-        batch.clear();
     }
+}
+
+fn deadline_passed(deadline: tokio::time::Instant) -> bool {
+    tokio::time::Instant::now() >= deadline
 }
 
 /// Retries transient failures with exponential backoff, as the OTLP spec asks; gives up after
@@ -256,9 +284,10 @@ async fn run(
 async fn send_with_retry(
     client: &mut Client,
     config: &OtlpConfig,
-    batch: &[Item],
+    batch: Vec<Item>,
     closing: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
+    let spans = batch.len();
     let request = export_request(batch);
     let budget = Duration::from_secs(30);
     let started = Instant::now();
@@ -275,7 +304,7 @@ async fn send_with_retry(
                 if !retryable || shutting_down || started.elapsed() + backoff > budget {
                     tracing::warn!(
                         endpoint = %config.endpoint,
-                        spans = batch.len(),
+                        spans,
                         error = %message,
                         "OTLP export failed; spans dropped"
                     );
@@ -469,9 +498,7 @@ mod tests {
             status: trace::Status::Unset,
             trace_state: String::new(),
         };
-        for _ in 0..100 {
-            exporter.offer(resource.clone(), span.clone());
-        }
+        exporter.offer(vec![(resource.clone(), span.clone()); 100]);
         let queue_full = exporter.stats().dropped_queue_full.load(Ordering::Relaxed);
         assert!(queue_full > 0, "a queue of 4 cannot take 100 spans at once");
         let started = Instant::now();

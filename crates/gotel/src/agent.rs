@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -14,7 +15,7 @@ use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
 use probes::inject::{InjectMode, Injection};
 use probes::{goroutines, http_client, http_server, AttachOptions, Attached, SharedMaps};
-use trace::{AgentIdentity, Assembler, ResourceCache};
+use trace::{AgentIdentity, Assembler, ProcessResource, ResourceCache, Span};
 
 use crate::cli::AgentArgs;
 
@@ -86,6 +87,8 @@ pub struct Pipeline {
     bad_events: u64,
     /// Processes already warned about implausible events (one warning each).
     warned_pids: std::collections::HashSet<u32>,
+    /// Spans read since the last drain, for the exporter.
+    to_export: Vec<(Arc<ProcessResource>, Span)>,
 }
 
 impl Pipeline {
@@ -117,6 +120,7 @@ impl Pipeline {
             spans: 0,
             bad_events: 0,
             warned_pids: Default::default(),
+            to_export: Vec::new(),
         })
     }
 
@@ -146,15 +150,24 @@ impl Pipeline {
         }
         let (resource, span) = self.assembler.assemble(&event);
         self.spans += 1;
-        if let Some(otlp) = &self.otlp {
-            otlp.offer(resource.clone(), span.clone());
-        }
-        if let Some(console) = &mut self.console {
-            console.push(resource, span);
+        match (&self.otlp, &mut self.console) {
+            (Some(_), Some(console)) => {
+                console.push(resource.clone(), span.clone());
+                self.to_export.push((resource, span));
+            }
+            (Some(_), None) => self.to_export.push((resource, span)),
+            (None, Some(console)) => console.push(resource, span),
+            (None, None) => {}
         }
     }
 
+    /// After each drain of the ring buffer: hand what was read to the exporter in one piece.
     fn tick(&mut self) {
+        if let Some(otlp) = &self.otlp {
+            if !self.to_export.is_empty() {
+                otlp.offer(std::mem::take(&mut self.to_export));
+            }
+        }
         if let Some(console) = &mut self.console {
             console.tick(Instant::now());
         }
@@ -162,6 +175,7 @@ impl Pipeline {
 
     /// Flushes every exporter and reports what happened.
     fn finish(mut self, shared: &SharedMaps, injection: Option<&Injection>) {
+        self.tick();
         if let Some(console) = &mut self.console {
             console.flush();
         }

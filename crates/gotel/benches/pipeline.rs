@@ -1,0 +1,63 @@
+//! The agent's pipeline on one core, without the kernel: raw ring-buffer events -> decoded ->
+//! spans with resources -> OTLP-encoded batches of 512. Reports events per second.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use probes::event::{decode, encode_http_server, HttpServerEvent, SpanHeader};
+use prost::Message;
+use trace::{AgentIdentity, Assembler, ResourceCache};
+
+fn raw_events(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            encode_http_server(&HttpServerEvent {
+                header: SpanHeader {
+                    pid: std::process::id(),
+                    start_ns: 1_000_000 + i as u64,
+                    end_ns: 2_000_000 + i as u64,
+                    trace_id: [(i % 251) as u8 + 1; 16],
+                    span_id: [(i % 241) as u8 + 1; 8],
+                    parent_span_id: [0; 8],
+                },
+                status: 200,
+                proto_major: 1,
+                proto_minor: 1,
+                tls: false,
+                method: "GET".into(),
+                path: format!("/users/{i}"),
+                query: "fields=name".into(),
+                host: "shop.internal:8080".into(),
+                remote_addr: "10.1.2.3:45678".into(),
+                pattern: "GET /users/{id}".into(),
+                tracestate: String::new(),
+            })
+        })
+        .collect()
+}
+
+fn pipeline(c: &mut Criterion) {
+    const BATCH: usize = 512;
+    let events = raw_events(BATCH);
+    let mut assembler = Assembler::new(ResourceCache::new(AgentIdentity::from_env(None)));
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("decode", |b| {
+        b.iter(|| events.iter().map(|e| decode(e).unwrap()).count());
+    });
+    group.bench_function("decode+assemble", |b| {
+        b.iter(|| events.iter().map(|e| assembler.assemble(&decode(e).unwrap())).count());
+    });
+    group.bench_function("decode+assemble+otlp-encode", |b| {
+        b.iter(|| {
+            let spans: Vec<_> =
+                events.iter().map(|e| assembler.assemble(&decode(e).unwrap())).collect();
+            export::export_request(spans).encode_to_vec().len()
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
