@@ -97,3 +97,98 @@ fn traceparent_reaches_an_uninstrumented_server_and_nothing_else_changes() {
             || with[5].head.contains("chunked")
     );
 }
+
+/// A network namespace with a veth pair: another host, as far as the client can tell.
+struct OtherHost {
+    name: String,
+    host_veth: String,
+}
+
+impl OtherHost {
+    const OURS: &'static str = "10.203.7.1";
+    const THEIRS: &'static str = "10.203.7.2";
+
+    fn create() -> OtherHost {
+        let id = std::process::id() % 100_000;
+        let (name, host_veth, peer) =
+            (format!("gotel-t{id}"), format!("gth{id}"), format!("gtp{id}"));
+        let ip = |args: &str| {
+            let ok = std::process::Command::new("ip")
+                .args(args.split_whitespace())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip {args}");
+        };
+        ip(&format!("netns add {name}"));
+        ip(&format!("link add {host_veth} type veth peer name {peer}"));
+        ip(&format!("link set {peer} netns {name}"));
+        ip(&format!("addr add {}/30 dev {host_veth}", Self::OURS));
+        ip(&format!("link set {host_veth} up"));
+        ip(&format!("netns exec {name} ip addr add {}/30 dev {peer}", Self::THEIRS));
+        ip(&format!("netns exec {name} ip link set {peer} up"));
+        ip(&format!("netns exec {name} ip link set lo up"));
+        OtherHost { name, host_veth }
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_veth]).status();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The default mode injects where the peer is on another host: a server in another network
+/// namespace, not instrumented, receives the traceparent; loopback peers do not.
+#[test]
+fn by_default_only_requests_to_other_hosts_get_a_traceparent() {
+    let Some(()) = privileged() else { return };
+    let host = OtherHost::create();
+    let fx = fixture("chain-go1.26");
+    // The remote server: the same fixture, not traced (gotel run traces only its own child).
+    let remote_port = free_port();
+    let _remote = Proc::new(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &host.name])
+            .arg(&fx)
+            .args(["-addr", &format!("{}:{remote_port}", OtherHost::THEIRS)])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let local = Recorder::start();
+    let collector = Collector::start("inject-remote");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    let remote_url = format!("http://{}:{remote_port}/headers", OtherHost::THEIRS);
+    let deadline = std::time::Instant::now() + WAIT;
+    let (status, echoed) = loop {
+        let r = http_get(port, &format!("/fetch?url={remote_url}"));
+        if r.0 == 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the remote server is starting
+    };
+    assert_eq!(status, 200, "{echoed}");
+    let line = echoed
+        .lines()
+        .find_map(|l| l.strip_prefix("Traceparent: "))
+        .unwrap_or_else(|| panic!("no traceparent reached the other host: {echoed}"));
+    let parts: Vec<&str> = line.split('-').collect();
+    assert_eq!(parts.len(), 4, "{line}");
+    assert_eq!(http_get(port, &format!("/fetch?url=http://127.0.0.1:{}/x", local.port)).0, 200);
+    let spans = collector.wait_for_spans(4, WAIT);
+    let client = spans
+        .iter()
+        .find(|s| s.kind() == 3 && s.hex("spanId") == parts[2])
+        .expect("the traceparent names the exported client span");
+    assert_eq!(client.hex("traceId"), parts[1]);
+    let to_loopback = local.requests();
+    assert_eq!(to_loopback.len(), 1);
+    assert!(
+        !to_loopback[0].head.contains("traceparent"),
+        "loopback peers are linked, not injected"
+    );
+}
