@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""Side-by-side cost of gotel on the net/http fixture: no instrumentation, gotel with probes on
-emulated instructions (the default), and gotel with entry + RET probes (the reference tools'
-placement, --probe-placement entry-ret).
+"""Side-by-side cost of tracing a Go HTTP service: a request to service A makes one call to
+service B (three spans: A server, A client, B server). Configurations, interleaved round by
+round (A B C D A B C D ...) so drift hits all alike:
 
-Interleaves the configurations round by round (A B C A B C ...) so drift hits all alike, drives
-the server with wrk at saturation, and reports per configuration: requests/s, the server's CPU
-per request (user+sys from /proc), the agent's CPU per request and peak RSS, added CPU per
-request over the baseline, and spans handled. gotel exports over OTLP/HTTP to a real collector
-on loopback. Needs root, wrk, and the release build, fixtures and collector (scripts/build-*.sh).
-Usage: scripts/bench-http.py [--rounds N]
+  baseline         no instrumentation
+  gotel            gotel attach --exe, probes on emulated instructions (the default)
+  gotel-entry-ret  the same with --probe-placement entry-ret (the reference tools' placement)
+  otel-sdk         the same service instrumented by hand with the OpenTelemetry Go SDK
+                   (otelhttp, batch OTLP/HTTP export; bench/sdkchain)
+
+Every configuration exports to one real OpenTelemetry Collector on loopback. wrk drives A at
+saturation; per configuration: requests/s, CPU per request of the services (user+sys from
+/proc) and of the agent, CPU added per request over the baseline, agent peak RSS, spans/s.
+Needs root, wrk, the release build, fixtures, collector and bench/sdkchain built (README).
+Usage: scripts/bench-http.py [--rounds N] [--seconds S]
 """
 import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -45,7 +50,7 @@ def peak_rss_kib(pid):
 
 def wrk(port, seconds, connections):
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/hello"],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/one"],
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -61,11 +66,12 @@ def main():
     args = ap.parse_args()
 
     gotel = os.path.join(REPO, "target/release/gotel")
-    fixture = os.path.join(REPO, "target/fixtures/httpserver-go1.26")
+    chain = os.path.join(REPO, "target/fixtures/chain-go1.26")
+    sdk = os.path.join(REPO, "target/bench/sdkchain")
     collector = os.path.join(REPO, "target/tools/otelcol-gotel")
-    for f in (gotel, fixture, collector):
+    for f in (gotel, chain, sdk, collector):
         if not os.path.exists(f):
-            sys.exit(f"missing {f}: cargo build --release, scripts/build-fixtures.sh, scripts/build-collector.sh")
+            sys.exit(f"missing {f}: see the README's benchmark section")
 
     tmp = tempfile.mkdtemp(prefix="gotel-bench-")
     cport = free_port()
@@ -77,59 +83,70 @@ def main():
         "  pipelines:\n    traces: { receivers: [otlp], exporters: [file] }\n" % (cport, tmp))
     col = subprocess.Popen([collector, "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(cport)
+    otlp_env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{cport}")
 
-    port = free_port()
-    server = subprocess.Popen([fixture, "-addr", f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL)
-    wait_port(port)
-    wrk(port, 2, args.connections)  # warm up
-
-    configs = {"baseline": None, "gotel": [], "gotel-entry-ret": ["--probe-placement", "entry-ret"]}
+    # name -> (service binary, gotel arguments or None)
+    configs = {
+        "baseline": (chain, None),
+        "gotel": (chain, []),
+        "gotel-entry-ret": (chain, ["--probe-placement", "entry-ret"]),
+        "otel-sdk": (sdk, None),
+    }
     results = {name: [] for name in configs}
     try:
         for r in range(args.rounds):
-            for name in results:
+            for name, (binary, gotel_args) in configs.items():
                 agent = None
-                if configs[name] is not None:
-                    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{cport}")
-                    agent = subprocess.Popen([gotel, "attach", "--pid", str(server.pid)] + configs[name], env=env,
+                if gotel_args is not None:
+                    agent = subprocess.Popen([gotel, "attach", "--exe", binary] + gotel_args, env=otlp_env,
                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                    while "tracing pid" not in agent.stderr.readline():
+                    while "tracing every process" not in agent.stderr.readline():
                         pass
-                s0 = cpu_seconds(server.pid)
+                b_port, a_port = free_port(), free_port()
+                env = otlp_env if name == "otel-sdk" else os.environ
+                b = subprocess.Popen([binary, "-addr", f"127.0.0.1:{b_port}"], env=env, stderr=subprocess.DEVNULL)
+                a = subprocess.Popen([binary, "-addr", f"127.0.0.1:{a_port}", "-next", f"http://127.0.0.1:{b_port}"],
+                                     env=env, stderr=subprocess.DEVNULL)
+                wait_port(b_port)
+                wait_port(a_port)
+                wrk(a_port, 2, args.connections)  # warm up
+                s0 = cpu_seconds(a.pid) + cpu_seconds(b.pid)
                 a0 = cpu_seconds(agent.pid) if agent else 0
-                rps, total = wrk(port, args.seconds, args.connections)
-                s1 = cpu_seconds(server.pid)
-                row = {"rps": rps, "requests": total, "server_us_per_req": (s1 - s0) / total * 1e6}
+                rps, total = wrk(a_port, args.seconds, args.connections)
+                s1 = cpu_seconds(a.pid) + cpu_seconds(b.pid)
+                row = {"rps": rps, "requests": total, "services_us_per_req": (s1 - s0) / total * 1e6}
                 if agent:
                     row["agent_us_per_req"] = (cpu_seconds(agent.pid) - a0) / total * 1e6
                     row["agent_peak_rss_mib"] = peak_rss_kib(agent.pid) / 1024
+                for p in (a, b):
+                    p.send_signal(signal.SIGTERM)
+                    p.wait()
+                if agent:
                     agent.send_signal(signal.SIGTERM)
                     log = agent.stderr.read()
                     agent.wait()
                     m = re.search(r"(\d+) spans, (\d+) exported", log)
-                    row["spans"] = int(m.group(1)) if m else 0
-                    row["exported"] = int(m.group(2)) if m else 0
-                    row["spans_per_s"] = row["spans"] / args.seconds
+                    row["spans_per_s"] = (int(m.group(1)) if m else 0) / (args.seconds + 2)
                 results[name].append(row)
                 print(f"round {r + 1} {name:15} " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     finally:
-        server.kill(); col.kill()
+        col.kill()
 
     def med(name, key):
         vals = [row[key] for row in results[name] if key in row]
         return (statistics.median(vals), max(vals) - min(vals)) if vals else (None, None)
 
-    base_cpu = med("baseline", "server_us_per_req")[0]
-    print("\nconfiguration     req/s (spread)   server us/req  agent us/req  added us/req  agent RSS MiB  spans/s")
+    base_cpu = med("baseline", "services_us_per_req")[0]
+    print("\nconfiguration     req/s (spread)   services us/req  agent us/req  added us/req  agent RSS MiB  spans/s")
     for name in results:
         rps, sp = med(name, "rps")
-        srv, _ = med(name, "server_us_per_req")
+        srv, _ = med(name, "services_us_per_req")
         ag, _ = med(name, "agent_us_per_req")
         rss, _ = med(name, "agent_peak_rss_mib")
         sps, _ = med(name, "spans_per_s")
-        added = None if ag is None else srv + ag - base_cpu
+        added = srv + (ag or 0) - base_cpu
         fmt = lambda v, f: "-".rjust(len(f.format(0))) if v is None else f.format(v)
-        print(f"{name:17} {rps:6.0f} ({sp:5.0f})   {srv:13.1f}  {fmt(ag, '{:12.1f}')}  {fmt(added, '{:12.1f}')}  {fmt(rss, '{:13.1f}')}  {fmt(sps, '{:7.0f}')}")
+        print(f"{name:17} {rps:6.0f} ({sp:5.0f})   {srv:15.1f}  {fmt(ag, '{:12.1f}')}  {added:12.1f}  {fmt(rss, '{:13.1f}')}  {fmt(sps, '{:7.0f}')}")
     base = med("baseline", "rps")[0]
     for name in results:
         if name != "baseline":
