@@ -18,7 +18,7 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 pub use buildinfo::{parse_go_version, BuildInfo, Module};
 pub use dwarf::StructLayouts;
 pub use pclntab::PclnFunction;
-pub use rets::{amd64_ret_addresses, amd64_stack_check_branch};
+pub use rets::{amd64_calls_to, amd64_ret_addresses, amd64_stack_check_branch};
 
 /// Why a file could not be analysed; each names the file and what is missing.
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +249,18 @@ impl GoBinary {
         let end = start.saturating_add(function.size as usize).min(self.data.len());
         let code = self.data.get(start..end).unwrap_or(&[]);
         amd64_ret_addresses(code, function.file_offset)
+    }
+
+    /// File offsets of the direct calls from `caller` to `callee`.
+    pub fn calls_to(&self, caller: &Function, callee: &Function) -> Vec<u64> {
+        let start = caller.file_offset as usize;
+        let end = start.saturating_add(caller.size as usize).min(self.data.len());
+        let code = self.data.get(start..end).unwrap_or(&[]);
+        // Decode at virtual addresses so branch targets compare with the callee's address.
+        amd64_calls_to(code, caller.address, callee.address)
+            .into_iter()
+            .map(|addr| addr - caller.address + caller.file_offset)
+            .collect()
     }
 
     /// File offset of the prologue's stack-check jump of `function`, where a uprobe sees the

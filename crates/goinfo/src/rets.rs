@@ -25,6 +25,21 @@ pub fn amd64_ret_addresses(code: &[u8], base: u64) -> Vec<u64> {
     rets
 }
 
+/// Addresses of the direct calls to `target` in `code` (which starts at `base`). A CALL is an
+/// instruction the kernel emulates, and at it the callee's arguments are in their registers.
+pub fn amd64_calls_to(code: &[u8], base: u64, target: u64) -> Vec<u64> {
+    let decoder = Decoder::with_ip(64, code, base, DecoderOptions::NONE);
+    decoder
+        .into_iter()
+        .filter(|insn| {
+            insn.mnemonic() == Mnemonic::Call
+                && insn.op0_kind() == OpKind::NearBranch64
+                && insn.near_branch64() == target
+        })
+        .map(|insn| insn.ip())
+        .collect()
+}
+
 /// Address of the conditional jump to morestack in the prologue of the function whose code
 /// starts at `base`: `CMP RSP|R12, [R14+0x10]` (R12 after `LEA R12, [RSP-n]` for big frames)
 /// then `JBE`. None for functions without a stack check (NOSPLIT, leaves).
@@ -63,6 +78,15 @@ mod tests {
         let big =
             [0x4c, 0x8d, 0x64, 0x24, 0xe8, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x37, 0x03, 0, 0];
         assert_eq!(amd64_stack_check_branch(&big, 0x2000), Some(0x2009));
+    }
+
+    #[test]
+    fn finds_direct_calls_to_a_target_only() {
+        // call +0x10 (-> 0x1015); call rax; call +0x0 (-> 0x100c)
+        let code = [0xe8, 0x10, 0, 0, 0, 0xff, 0xd0, 0xe8, 0, 0, 0, 0];
+        assert_eq!(amd64_calls_to(&code, 0x1000, 0x1015), vec![0x1000]);
+        assert_eq!(amd64_calls_to(&code, 0x1000, 0x100c), vec![0x1007]);
+        assert!(amd64_calls_to(&code, 0x1000, 0x2000).is_empty());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 /* Goroutine ancestry: a goroutine started while its parent works for a span works for that
  * span too, at any depth. runtime.newproc1(fn, callergp, callerpc, ...) returns the new g; it
- * runs on the system stack, so its entry and return are matched by thread, not goroutine. */
+ * runs on the system stack, so its entry and return are matched by thread, not goroutine.
+ * The cheap placement probes runtime.newproc.func1's two direct calls instead (calls are
+ * emulated, a RET is single-stepped): `CALL newproc1` (same arguments as its entry) and the
+ * `CALL runqput(pp, newg, true)` that follows it. */
 #include "gotel.h"
 
 struct {
@@ -21,7 +24,7 @@ int goroutine_spawn_enter(struct pt_regs *ctx)
 	return 0;
 }
 
-static __always_inline int goroutine_spawn_return(struct pt_regs *ctx)
+static __always_inline int goroutine_spawned(u64 newg)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u64 *callergp = bpf_map_lookup_elem(&spawning, &id);
@@ -29,7 +32,7 @@ static __always_inline int goroutine_spawn_return(struct pt_regs *ctx)
 		return 0;
 	u32 pid = id >> 32;
 	struct goroutine_key parent = { .pid = pid, .g = *callergp };
-	struct goroutine_key child = { .pid = pid, .g = GO_ARG1(ctx) /* the new g */ };
+	struct goroutine_key child = { .pid = pid, .g = newg };
 	bpf_map_delete_elem(&spawning, &id);
 	struct span_ctx *inherited = bpf_map_lookup_elem(&goroutine_ctx, &parent);
 	/* g structs are recycled: always overwrite what a dead goroutine left behind. */
@@ -40,6 +43,18 @@ static __always_inline int goroutine_spawn_return(struct pt_regs *ctx)
 		bpf_map_delete_elem(&goroutine_ctx, &child);
 	}
 	return 0;
+}
+
+static __always_inline int goroutine_spawn_return(struct pt_regs *ctx)
+{
+	return goroutine_spawned(GO_ARG1(ctx) /* newproc1's result */);
+}
+
+/* At `CALL runqput(pp, newg, next)` right after newproc1 returned. */
+SEC("uprobe")
+int goroutine_spawn_queued(struct pt_regs *ctx)
+{
+	return goroutine_spawned(GO_ARG2(ctx));
 }
 
 SEC("uprobe.multi")

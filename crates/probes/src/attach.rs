@@ -18,7 +18,7 @@ pub struct Attached {
     pub probes: Vec<String>,
     /// True when each function's RETs share one uprobe_multi link.
     pub multi: bool,
-    links: Vec<Link>,
+    pub(crate) links: Vec<Link>,
 }
 
 impl std::fmt::Debug for Attached {

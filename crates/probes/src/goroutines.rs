@@ -9,20 +9,38 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::OpenObject;
 
 use crate::skel::goroutines::GoroutinesSkelBuilder;
-use crate::{AttachOptions, Attached, Error, FunctionPlan, SharedMaps, Skip};
+use crate::{AttachOptions, Attached, Error, FunctionPlan, Placement, SharedMaps, Skip};
 
 pub const NAME: &str = "goroutine ancestry";
 const NEWPROC1: &str = "runtime.newproc1";
+/// The closure `go` statements run on the system stack: newproc1, then runqput the new g.
+const NEWPROC_CLOSURE: &str = "runtime.newproc.func1";
+const RUNQPUT: &str = "runtime.runqput";
 
 #[derive(Debug, Clone)]
 pub struct GoroutinesPlan {
     pub newproc1: FunctionPlan,
+    /// File offsets of the closure's `CALL newproc1` and `CALL runqput`, when the code has
+    /// exactly one of each: probes there replace newproc1's entry and single-stepped RET.
+    pub calls: Option<(u64, u64)>,
 }
 
 pub fn plan(bin: &GoBinary) -> Result<GoroutinesPlan, Skip> {
     let skip = |reason: String| Skip { instrumentation: NAME, reason };
     crate::require_register_abi(bin).map_err(skip)?;
-    Ok(GoroutinesPlan { newproc1: FunctionPlan::new(bin, NEWPROC1).map_err(skip)? })
+    let newproc1 = FunctionPlan::new(bin, NEWPROC1).map_err(skip)?;
+    let calls = (|| {
+        let closure = bin.function(NEWPROC_CLOSURE).ok()?;
+        let runqput = bin.function(RUNQPUT).ok()?;
+        match (
+            bin.calls_to(&closure, &newproc1.function).as_slice(),
+            bin.calls_to(&closure, &runqput).as_slice(),
+        ) {
+            ([create], [queue]) if create < queue => Some((*create, *queue)),
+            _ => None,
+        }
+    })();
+    Ok(GoroutinesPlan { newproc1, calls })
 }
 
 pub fn attach(
@@ -47,13 +65,28 @@ pub fn attach(
     let skel = open.load().map_err(bpf("load"))?;
     let p = &skel.progs;
     let mut attached = Attached::new(NAME, path);
-    attached.function(
-        path,
-        &plan.newproc1,
-        &p.goroutine_spawn_enter,
-        &p.goroutine_spawn_return_multi,
-        &p.goroutine_spawn_return_single,
-        &options,
-    )?;
+    match (plan.calls, options.placement) {
+        (Some((create, queue)), Placement::Emulated) => {
+            for (offset, prog) in
+                [(create, &p.goroutine_spawn_enter), (queue, &p.goroutine_spawn_queued)]
+            {
+                let link = prog
+                    .attach_uprobe(false, -1, path, usize::try_from(offset).unwrap_or(usize::MAX))
+                    .map_err(bpf(&format!("attach uprobe in {NEWPROC_CLOSURE} at {offset:#x}")))?;
+                attached.links.push(link);
+            }
+            attached
+                .probes
+                .push(format!("{NEWPROC_CLOSURE}: on its calls to {NEWPROC1} and {RUNQPUT}"));
+        }
+        _ => attached.function(
+            path,
+            &plan.newproc1,
+            &p.goroutine_spawn_enter,
+            &p.goroutine_spawn_return_multi,
+            &p.goroutine_spawn_return_single,
+            &options,
+        )?,
+    }
     Ok(attached)
 }
