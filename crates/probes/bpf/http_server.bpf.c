@@ -64,6 +64,22 @@ struct server_call {
 	u64 tracestate_len;
 };
 
+/* How much of the Request and of its URL to copy: just past the last field read. */
+const volatile u32 req_copy_bytes = 0;
+const volatile u32 url_copy_bytes = 0;
+
+/* Copies of the Request and its URL, per CPU (too big for the BPF stack). */
+struct request_copy {
+	struct window req;
+	struct window url;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct request_copy);
+} scratch SEC(".maps");
+
 /* LRU: a goroutine that panics out of the handler never reaches a RET; its entry ages out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -173,18 +189,31 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	__builtin_memcpy(e->hdr.span_id, call->span_id, sizeof(e->hdr.span_id));
 	__builtin_memcpy(e->hdr.parent_span_id, call->parent_span_id, sizeof(e->hdr.parent_span_id));
 
-	u64 req = call->req;
-	e->proto_major = (u8)read_u64(req + off_req_proto_major);
+	u32 zero = 0;
+	struct request_copy *copy = bpf_map_lookup_elem(&scratch, &zero);
+	if (!copy) {
+		bpf_ringbuf_discard(e, 0);
+		bpf_map_delete_elem(&server_calls, &key);
+		return 0;
+	}
+	struct window *req = &copy->req, *url = &copy->url;
+	u32 req_bytes = req_copy_bytes <= sizeof(*req) ? req_copy_bytes : sizeof(*req);
+	u32 url_bytes = url_copy_bytes <= sizeof(*url) ? url_copy_bytes : sizeof(*url);
+	bpf_probe_read_user(req, req_bytes, (void *)call->req); /* zero-filled if it fails */
+	e->proto_major = (u8)window_u64(req, off_req_proto_major);
 	e->status = response_status(call, e->proto_major);
-	e->proto_minor = (u8)read_u64(req + off_req_proto_minor);
-	e->tls = read_u64(req + off_req_tls) != 0;
-	e->method_len = read_go_string(e->method, METHOD_CAP, req + off_req_method);
-	e->host_len = read_go_string(e->host, HOST_CAP, req + off_req_host);
-	e->remote_len = read_go_string(e->remote, REMOTE_CAP, req + off_req_remote_addr);
-	e->pattern_len = has_pattern ? read_go_string(e->pattern, PATTERN_CAP, req + off_req_pattern) : 0;
-	u64 url = read_u64(req + off_req_url);
-	e->path_len = url ? read_go_string(e->path, PATH_CAP, url + off_url_path) : 0;
-	e->query_len = url ? read_go_string(e->query, QUERY_CAP, url + off_url_raw_query) : 0;
+	e->proto_minor = (u8)window_u64(req, off_req_proto_minor);
+	e->tls = window_u64(req, off_req_tls) != 0;
+	e->method_len = window_go_string(e->method, METHOD_CAP, req, off_req_method);
+	e->host_len = window_go_string(e->host, HOST_CAP, req, off_req_host);
+	e->remote_len = window_go_string(e->remote, REMOTE_CAP, req, off_req_remote_addr);
+	e->pattern_len = has_pattern ? window_go_string(e->pattern, PATTERN_CAP, req, off_req_pattern) : 0;
+	u64 url_addr = window_u64(req, off_req_url);
+	e->path_len = e->query_len = 0;
+	if (url_addr && !bpf_probe_read_user(url, url_bytes, (void *)url_addr)) {
+		e->path_len = window_go_string(e->path, PATH_CAP, url, off_url_path);
+		e->query_len = window_go_string(e->query, QUERY_CAP, url, off_url_raw_query);
+	}
 
 	u32 n = call->tracestate_len > TRACESTATE_CAP ? TRACESTATE_CAP : (u32)call->tracestate_len;
 	if (!call->tracestate || bpf_probe_read_user(e->tracestate, n & (TRACESTATE_CAP * 2 - 1), (void *)call->tracestate))

@@ -83,10 +83,32 @@ pub fn plan(bin: &GoBinary) -> Result<HttpServerPlan, Skip> {
     crate::require_register_abi(bin).map_err(skip)?;
     let serve = FunctionPlan::new(bin, ENTRY).map_err(skip)?;
     let fields = offsets::resolve(bin, FIELDS).map_err(skip)?;
+    for s in ["net/http.Request", "net/url.URL"] {
+        if copy_bytes(&fields, s) > WINDOW_BYTES {
+            return Err(skip(format!(
+                "{s} fields lie past the {WINDOW_BYTES} bytes the probe copies"
+            )));
+        }
+    }
     let header_map = header_map(bin, &fields);
     let request_ends =
         FunctionPlan::first_of(bin, &[HTTP1_END]).zip(FunctionPlan::first_of(bin, HTTP2_END));
     Ok(HttpServerPlan { serve, request_ends, fields, header_map })
+}
+
+/// The probe copies the head of a struct in one read (`struct window` in gotel.h).
+const WINDOW_BYTES: u64 = 320;
+
+/// Bytes of `struct_name` to copy so every field read from it is inside: the last one's
+/// offset plus a string's 16 bytes.
+fn copy_bytes(fields: &[FieldOffset], struct_name: &str) -> u64 {
+    fields
+        .iter()
+        .filter(|f| f.spec.struct_name == struct_name)
+        .filter_map(|f| f.offset)
+        .map(|o| o + 16)
+        .max()
+        .unwrap_or(0)
 }
 
 fn header_map(bin: &GoBinary, fields: &[FieldOffset]) -> Option<HeaderMap> {
@@ -143,6 +165,8 @@ pub fn attach(
     ro.filter_pids = options.filter_pids;
     (ro.sampler, ro.sampler_threshold) = options.sampler.rodata();
     ro.sampler_parent_based = options.sampler.parent_based;
+    ro.req_copy_bytes = copy_bytes(&plan.fields, "net/http.Request") as u32;
+    ro.url_copy_bytes = copy_bytes(&plan.fields, "net/url.URL") as u32;
     ro.off_req_method = req("Method");
     ro.off_req_url = req("URL");
     ro.off_req_proto_major = req("ProtoMajor");

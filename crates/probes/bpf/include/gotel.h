@@ -165,6 +165,36 @@ static __always_inline u64 read_u64(u64 addr)
 	return v;
 }
 
+/* The head of a Go struct, copied from user memory in one read: each read costs far more than
+ * picking fields out of a copy. Go fields the programs read are 8-byte aligned. */
+#define WINDOW_WORDS 40 /* 320 bytes; userspace checks every offset used fits */
+struct window {
+	u64 w[WINDOW_WORDS];
+};
+
+static __always_inline u64 window_u64(const struct window *win, u64 off)
+{
+	u64 i = off >> 3;
+	return i < WINDOW_WORDS ? win->w[i] : 0;
+}
+
+/* Copies at most `cap` (a power of two) bytes of the Go string whose header is at `off` in
+ * `win` into `dst`; returns the number copied. */
+static __always_inline u16 window_go_string(char *dst, u32 cap, const struct window *win, u64 off)
+{
+	u64 ptr = window_u64(win, off);
+	s64 len = (s64)window_u64(win, off + 8);
+	if (!ptr || len <= 0)
+		return 0;
+	u32 n = len > cap ? cap : (u32)len;
+	n &= (cap << 1) - 1;
+	if (n > cap)
+		return 0;
+	if (bpf_probe_read_user(dst, n, (void *)ptr))
+		return 0;
+	return n;
+}
+
 /* Copies at most `cap` (a power of two) bytes of the Go string at `addr` into `dst`; returns the
  * number copied. */
 static __always_inline u16 read_go_string(char *dst, u32 cap, u64 addr)
