@@ -148,7 +148,7 @@ impl Pipeline {
             }
             return;
         }
-        let (resource, span) = self.assembler.assemble(&event);
+        let (resource, span) = self.assembler.assemble(event);
         self.spans += 1;
         match (&self.otlp, &mut self.console) {
             (Some(_), Some(console)) => {

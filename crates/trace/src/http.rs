@@ -30,7 +30,8 @@ pub(crate) fn split_host_port(s: &str) -> (&str, Option<u16>) {
     }
 }
 
-pub fn http_server_span(e: &HttpServerEvent, clock: &MonotonicClock) -> Span {
+/// Takes the event by value: its strings move into the span rather than being copied.
+pub fn http_server_span(e: HttpServerEvent, clock: &MonotonicClock) -> Span {
     let known = KNOWN_METHODS.contains(&e.method.as_str());
     let route = route_of(&e.pattern);
     let name = match (known, route) {
@@ -47,9 +48,9 @@ pub fn http_server_span(e: &HttpServerEvent, clock: &MonotonicClock) -> Span {
         attrs.push(KeyValue::new("http.request.method", "_OTHER"));
         attrs.push(KeyValue::new("http.request.method_original", e.method.as_str()));
     }
-    attrs.push(KeyValue::new("url.path", e.path.as_str()));
+    attrs.push(KeyValue::new("url.path", e.path));
     if !e.query.is_empty() {
-        attrs.push(KeyValue::new("url.query", e.query.as_str()));
+        attrs.push(KeyValue::new("url.query", e.query));
     }
     attrs.push(KeyValue::new("url.scheme", if e.tls { "https" } else { "http" }));
     if let Some(route) = route {
@@ -98,13 +99,13 @@ pub fn http_server_span(e: &HttpServerEvent, clock: &MonotonicClock) -> Span {
         end_unix_nanos: clock.to_unix_nanos(e.header.end_ns),
         attributes: attrs,
         status,
-        trace_state: e.tracestate.clone(),
+        trace_state: e.tracestate,
     }
 }
 
 /// A CLIENT span per the HTTP client conventions: named by method, errors for 4xx/5xx and
 /// transport failures. url.full never carries user:password (gotel does not read URL.User).
-pub fn http_client_span(e: &HttpClientEvent, clock: &MonotonicClock) -> Span {
+pub fn http_client_span(e: HttpClientEvent, clock: &MonotonicClock) -> Span {
     let method = if e.method.is_empty() { "GET" } else { e.method.as_str() };
     let known = KNOWN_METHODS.contains(&method);
     let mut attrs = Vec::with_capacity(10);
@@ -200,7 +201,7 @@ mod tests {
     #[test]
     fn a_routed_request_is_named_by_method_and_route() {
         let s = http_server_span(
-            &event("GET", "/users/7", "x=1", "GET /users/{id}", 200),
+            event("GET", "/users/7", "x=1", "GET /users/{id}", 200),
             &MonotonicClock::new(),
         );
         assert_eq!(s.name, "GET /users/{id}");
@@ -219,13 +220,13 @@ mod tests {
 
     #[test]
     fn unrouted_5xx_and_unknown_methods() {
-        let s = http_server_span(&event("GET", "/x", "", "", 503), &MonotonicClock::new());
+        let s = http_server_span(event("GET", "/x", "", "", 503), &MonotonicClock::new());
         assert_eq!(s.name, "GET");
         assert!(attr(&s, "url.query").is_none());
         assert!(matches!(s.status, Status::Error { .. }));
         assert_eq!(attr(&s, "error.type"), Some(&"503".into()));
 
-        let s = http_server_span(&event("BREW", "/pot", "", "", 404), &MonotonicClock::new());
+        let s = http_server_span(event("BREW", "/pot", "", "", 404), &MonotonicClock::new());
         assert_eq!(s.name, "HTTP");
         assert_eq!(attr(&s, "http.request.method"), Some(&"_OTHER".into()));
         assert_eq!(attr(&s, "http.request.method_original"), Some(&"BREW".into()));
@@ -256,7 +257,7 @@ mod tests {
 
     #[test]
     fn client_spans_follow_the_client_conventions() {
-        let s = http_client_span(&client(200, false, "b.internal"), &MonotonicClock::new());
+        let s = http_client_span(client(200, false, "b.internal"), &MonotonicClock::new());
         assert_eq!((s.name.as_str(), s.kind), ("GET", SpanKind::Client));
         assert_eq!(s.parent_span_id, Some([2; 8]));
         assert_eq!(attr(&s, "url.full"), Some(&"http://b.internal/orders?id=7".into()));
@@ -265,12 +266,12 @@ mod tests {
         assert_eq!(attr(&s, "network.protocol.version"), Some(&"1.1".into()));
         assert_eq!(s.status, Status::Unset);
 
-        let s = http_client_span(&client(404, false, "b:8080"), &MonotonicClock::new());
+        let s = http_client_span(client(404, false, "b:8080"), &MonotonicClock::new());
         assert_eq!(attr(&s, "server.port"), Some(&8080.into()));
         assert!(matches!(s.status, Status::Error { .. }), "4xx is a client error");
         assert_eq!(attr(&s, "error.type"), Some(&"404".into()));
 
-        let s = http_client_span(&client(0, true, "down:1"), &MonotonicClock::new());
+        let s = http_client_span(client(0, true, "down:1"), &MonotonicClock::new());
         assert!(attr(&s, "http.response.status_code").is_none());
         assert_eq!(attr(&s, "error.type"), Some(&"_OTHER".into()));
         assert!(matches!(s.status, Status::Error { .. }));

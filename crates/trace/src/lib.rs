@@ -26,7 +26,7 @@ impl Assembler {
         Assembler { clock: MonotonicClock::new(), resources }
     }
 
-    pub fn assemble(&mut self, event: &Event) -> (Arc<ProcessResource>, Span) {
+    pub fn assemble(&mut self, event: Event) -> (Arc<ProcessResource>, Span) {
         self.clock.refresh_if_stale();
         let resource = self.resources.get(event.header().pid);
         let span = match event {
