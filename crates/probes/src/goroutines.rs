@@ -49,10 +49,7 @@ pub fn attach(
     shared: &SharedMaps,
     options: AttachOptions,
 ) -> Result<Attached, Error> {
-    let bpf = |what: &str| {
-        let what = format!("{what} ({NAME}, {})", path.display());
-        move |source| Error::Bpf { what, source }
-    };
+    let bpf = |what: &str| crate::bpf_error(NAME, path, what);
     let mut storage = MaybeUninit::<OpenObject>::uninit();
     let mut open = GoroutinesSkelBuilder::default().open(&mut storage).map_err(bpf("open"))?;
     let ro = open

@@ -56,10 +56,7 @@ pub fn attach(
     shared: &SharedMaps,
     options: AttachOptions,
 ) -> Result<Attached, Error> {
-    let bpf = |what: &str| {
-        let what = format!("{what} ({NAME}, {})", path.display());
-        move |source| Error::Bpf { what, source }
-    };
+    let bpf = |what: &str| crate::bpf_error(NAME, path, what);
     let optional = |s, f| crate::offset_of(&plan.fields, s, f);
     let offset = |s, f| optional(s, f).unwrap_or(0);
     let mut storage = MaybeUninit::<OpenObject>::uninit();

@@ -149,10 +149,7 @@ pub fn attach(
     shared: &SharedMaps,
     options: AttachOptions,
 ) -> Result<Attached, Error> {
-    let bpf = |what: &str| {
-        let what = format!("{what} ({NAME}, {})", path.display());
-        move |source| Error::Bpf { what, source }
-    };
+    let bpf = |what: &str| crate::bpf_error(NAME, path, what);
     let offset = |s, f| crate::offset_of(&plan.fields, s, f);
     let mut storage = MaybeUninit::<OpenObject>::uninit();
     let mut open = HttpServerSkelBuilder::default().open(&mut storage).map_err(bpf("open"))?;

@@ -60,10 +60,7 @@ impl Injection {
     pub fn start(shared: &SharedMaps, mode: InjectMode) -> Result<Injection, Error> {
         let cgroup = cgroup2_root()
             .ok_or_else(|| Error::Internal { what: "no cgroup v2 hierarchy is mounted".into() })?;
-        let bpf = |what: &str| {
-            let what = format!("{what} (traceparent injection)");
-            move |source| Error::Bpf { what, source }
-        };
+        let bpf = |what: &str| crate::bpf_error("traceparent injection", &cgroup, what);
         let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
             sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
             ..Default::default()

@@ -41,6 +41,16 @@ pub struct AttachOptions {
     pub placement: Placement,
 }
 
+/// Wraps a libbpf error with what failed, in which instrumentation, on which file.
+fn bpf_error(
+    instrumentation: &str,
+    path: &std::path::Path,
+    what: &str,
+) -> impl FnOnce(libbpf_rs::Error) -> Error {
+    let what = format!("{what} ({instrumentation}, {})", path.display());
+    move |source| Error::Bpf { what, source }
+}
+
 /// Why an instrumentation does not apply to an executable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skip {

@@ -1,7 +1,7 @@
 //! net/http server events as spans, per the OpenTelemetry HTTP semantic conventions
 //! (stable since semconv 1.23).
 
-use probes::event::{HttpClientEvent, HttpServerEvent};
+use probes::event::{HttpClientEvent, HttpServerEvent, SpanHeader};
 
 use crate::{KeyValue, MonotonicClock, Span, SpanKind, Status};
 
@@ -42,12 +42,7 @@ pub fn http_server_span(e: HttpServerEvent, clock: &MonotonicClock) -> Span {
     };
 
     let mut attrs = Vec::with_capacity(14);
-    if known {
-        attrs.push(KeyValue::new("http.request.method", e.method.as_str()));
-    } else {
-        attrs.push(KeyValue::new("http.request.method", "_OTHER"));
-        attrs.push(KeyValue::new("http.request.method_original", e.method.as_str()));
-    }
+    push_method(&mut attrs, &e.method, known);
     attrs.push(KeyValue::new("url.path", e.path));
     if !e.query.is_empty() {
         attrs.push(KeyValue::new("url.query", e.query));
@@ -88,19 +83,9 @@ pub fn http_server_span(e: HttpServerEvent, clock: &MonotonicClock) -> Span {
         Status::Unset
     };
 
-    let parent = e.header.parent_span_id;
-    Span {
-        trace_id: e.header.trace_id,
-        span_id: e.header.span_id,
-        parent_span_id: (parent != [0; 8]).then_some(parent),
-        name,
-        kind: SpanKind::Server,
-        start_unix_nanos: clock.to_unix_nanos(e.header.start_ns),
-        end_unix_nanos: clock.to_unix_nanos(e.header.end_ns),
-        attributes: attrs,
-        status,
-        trace_state: e.tracestate,
-    }
+    let mut span = span(&e.header, clock, name, SpanKind::Server, attrs, status);
+    span.trace_state = e.tracestate;
+    span
 }
 
 /// A CLIENT span per the HTTP client conventions: named by method, errors for 4xx/5xx and
@@ -109,12 +94,7 @@ pub fn http_client_span(e: HttpClientEvent, clock: &MonotonicClock) -> Span {
     let method = if e.method.is_empty() { "GET" } else { e.method.as_str() };
     let known = KNOWN_METHODS.contains(&method);
     let mut attrs = Vec::with_capacity(10);
-    if known {
-        attrs.push(KeyValue::new("http.request.method", method));
-    } else {
-        attrs.push(KeyValue::new("http.request.method", "_OTHER"));
-        attrs.push(KeyValue::new("http.request.method_original", method));
-    }
+    push_method(&mut attrs, method, known);
     let scheme = if e.scheme.is_empty() { "http" } else { e.scheme.as_str() };
     let query = if e.query.is_empty() { String::new() } else { format!("?{}", e.query) };
     attrs.push(KeyValue::new("url.full", format!("{scheme}://{}{}{query}", e.host, e.path)));
@@ -149,16 +129,39 @@ pub fn http_client_span(e: HttpClientEvent, clock: &MonotonicClock) -> Span {
     } else {
         Status::Unset
     };
-    let parent = e.header.parent_span_id;
+    let name = if known { method.to_string() } else { "HTTP".to_string() };
+    span(&e.header, clock, name, SpanKind::Client, attrs, status)
+}
+
+/// http.request.method, as _OTHER plus the original for a method the conventions do not know.
+fn push_method(attrs: &mut Vec<KeyValue>, method: &str, known: bool) {
+    if known {
+        attrs.push(KeyValue::new("http.request.method", method));
+    } else {
+        attrs.push(KeyValue::new("http.request.method", "_OTHER"));
+        attrs.push(KeyValue::new("http.request.method_original", method));
+    }
+}
+
+/// The span of an event: its ids, parent (none when all zero) and epoch times.
+fn span(
+    header: &SpanHeader,
+    clock: &MonotonicClock,
+    name: String,
+    kind: SpanKind,
+    attributes: Vec<KeyValue>,
+    status: Status,
+) -> Span {
+    let parent = header.parent_span_id;
     Span {
-        trace_id: e.header.trace_id,
-        span_id: e.header.span_id,
+        trace_id: header.trace_id,
+        span_id: header.span_id,
         parent_span_id: (parent != [0; 8]).then_some(parent),
-        name: if known { method.to_string() } else { "HTTP".to_string() },
-        kind: SpanKind::Client,
-        start_unix_nanos: clock.to_unix_nanos(e.header.start_ns),
-        end_unix_nanos: clock.to_unix_nanos(e.header.end_ns),
-        attributes: attrs,
+        name,
+        kind,
+        start_unix_nanos: clock.to_unix_nanos(header.start_ns),
+        end_unix_nanos: clock.to_unix_nanos(header.end_ns),
+        attributes,
         status,
         trace_state: String::new(),
     }
@@ -168,7 +171,6 @@ pub fn http_client_span(e: HttpClientEvent, clock: &MonotonicClock) -> Span {
 mod tests {
     use super::*;
     use crate::AttributeValue;
-    use probes::event::SpanHeader;
 
     fn event(method: &str, path: &str, query: &str, pattern: &str, status: u16) -> HttpServerEvent {
         HttpServerEvent {
