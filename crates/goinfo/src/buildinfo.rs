@@ -63,21 +63,22 @@ pub fn parse_go_version(v: &str) -> Option<(u32, u32, u32)> {
     Some((major, minor, patch))
 }
 
-/// Reads a varint-length-prefixed string, returning it and the rest.
-fn read_varint_string(data: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (mut len, mut shift, mut i) = (0u64, 0u32, 0usize);
-    loop {
-        let b = *data.get(i)?;
-        len |= u64::from(b & 0x7f) << shift;
-        i += 1;
+/// Reads an unsigned LEB128 varint (Go's encoding/binary.Uvarint): its value and byte count.
+pub(crate) fn read_uvarint(data: &[u8]) -> Option<(u64, usize)> {
+    let (mut value, mut shift) = (0u64, 0u32);
+    for (i, &b) in data.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
-            break;
+            return Some((value, i + 1));
         }
         shift += 7;
-        if shift > 63 {
-            return None;
-        }
     }
+    None
+}
+
+/// Reads a varint-length-prefixed string, returning it and the rest.
+fn read_varint_string(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, i) = read_uvarint(data)?;
     let end = i.checked_add(usize::try_from(len).ok()?)?;
     Some((data.get(i..end)?, data.get(end..)?))
 }

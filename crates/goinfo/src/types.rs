@@ -36,20 +36,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Reads an abi.Name: flags byte, varint length, bytes (the Go 1.17+ encoding).
 fn read_name(mem: &dyn Memory, vaddr: u64) -> Option<String> {
     let head = mem.read(vaddr, 11).or_else(|| mem.read(vaddr, 2))?;
-    let (mut len, mut shift, mut i) = (0usize, 0u32, 1usize);
-    loop {
-        let b = *head.get(i)?;
-        len |= usize::from(b & 0x7f) << shift;
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 28 {
-            return None;
-        }
-    }
-    let bytes = mem.read(vaddr + i as u64, len)?;
+    let (len, n) = crate::buildinfo::read_uvarint(head.get(1..)?)?;
+    let bytes = mem.read(vaddr + 1 + n as u64, usize::try_from(len).ok()?)?;
     std::str::from_utf8(bytes).ok().map(str::to_string)
 }
 
