@@ -167,10 +167,6 @@ impl OtlpExporter {
         Ok(OtlpExporter { tx: Some(tx), queued, closing, stats, done, config })
     }
 
-    pub fn config(&self) -> &OtlpConfig {
-        &self.config
-    }
-
     /// Queues spans; never blocks. What the queue has no room for is dropped and counted.
     pub fn offer(&self, mut chunk: Vec<Item>) {
         let Some(tx) = &self.tx else { return };
@@ -189,10 +185,6 @@ impl OtlpExporter {
             self.queued.fetch_sub(n, Ordering::Relaxed);
             self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
         }
-    }
-
-    pub fn stats(&self) -> &ExportStats {
-        &self.stats
     }
 
     /// (exported, dropped because the queue was full, dropped because export failed)
@@ -499,7 +491,7 @@ mod tests {
             trace_state: String::new(),
         };
         exporter.offer(vec![(resource.clone(), span.clone()); 100]);
-        let queue_full = exporter.stats().dropped_queue_full.load(Ordering::Relaxed);
+        let (_, queue_full, _) = exporter.stats_snapshot();
         assert!(queue_full > 0, "a queue of 4 cannot take 100 spans at once");
         let started = Instant::now();
         assert!(exporter.shutdown(Duration::from_secs(10)), "shutdown finishes within its budget");

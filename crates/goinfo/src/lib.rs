@@ -108,7 +108,6 @@ pub struct GoBinary {
     build_info: BuildInfo,
     functions: HashMap<String, (u64, u64)>,
     symbol_source: SymbolSource,
-    data_symbols: HashMap<String, u64>,
     segments: Vec<Segment>,
 }
 
@@ -163,17 +162,9 @@ impl GoBinary {
         let build_info = buildinfo::parse(section_data, read_at).map_err(|e| e.with_path(path))?;
 
         let mut functions = HashMap::new();
-        let mut data_symbols = HashMap::new();
-        for sym in file.symbols() {
-            let Ok(name) = sym.name() else { continue };
-            match sym.kind() {
-                SymbolKind::Text => {
-                    functions.insert(name.to_string(), (sym.address(), sym.size()));
-                }
-                SymbolKind::Data => {
-                    data_symbols.insert(name.to_string(), sym.address());
-                }
-                _ => {}
+        for sym in file.symbols().filter(|s| s.kind() == SymbolKind::Text) {
+            if let Ok(name) = sym.name() {
+                functions.insert(name.to_string(), (sym.address(), sym.size()));
             }
         }
         let mut symbol_source = SymbolSource::Symtab;
@@ -185,15 +176,7 @@ impl GoBinary {
                 .map(|f| (f.name, (f.entry, f.end.saturating_sub(f.entry))))
                 .collect();
         }
-        Ok(GoBinary {
-            path: path.into(),
-            data,
-            build_info,
-            functions,
-            symbol_source,
-            data_symbols,
-            segments,
-        })
+        Ok(GoBinary { path: path.into(), data, build_info, functions, symbol_source, segments })
     }
 
     /// Every function in `.gopclntab`, whether or not `.symtab` exists.
@@ -236,11 +219,6 @@ impl GoBinary {
             Error::FunctionNotInFile { path: self.path.clone(), name: name.into() }
         })?;
         Ok(Function { name: name.into(), address, size, file_offset })
-    }
-
-    /// Address of a data symbol (an itab, say), if the symbol table has it.
-    pub fn data_symbol(&self, name: &str) -> Option<u64> {
-        self.data_symbols.get(name).copied()
     }
 
     /// File offsets of every RET instruction of `function`.

@@ -195,6 +195,12 @@ impl Pipeline {
         if probe.ringbuf_full > 0 {
             summary += &format!(", {} lost in the kernel (ring buffer full)", probe.ringbuf_full);
         }
+        if probe.returns_without_entry > 0 {
+            summary += &format!(
+                ", {} calls ended without a recorded start (in flight at attach)",
+                probe.returns_without_entry
+            );
+        }
         if let Some(i) = injection.map(Injection::stats) {
             summary += &format!(
                 ", traceparent injected into {} requests ({} not HTTP/1.x, {} no room, {} dropped)",

@@ -114,13 +114,8 @@ static __always_inline int http_client_return(struct pt_regs *ctx)
 		bpf_map_delete_elem(&client_calls, &key);
 		return 0;
 	}
-	e->hdr.kind = EVENT_HTTP_CLIENT;
-	e->hdr.pid = pid;
-	e->hdr.start_ns = call->start_ns;
-	e->hdr.end_ns = bpf_ktime_get_ns();
-	__builtin_memcpy(e->hdr.trace_id, call->ctx.trace_id, sizeof(e->hdr.trace_id));
-	__builtin_memcpy(e->hdr.span_id, call->ctx.span_id, sizeof(e->hdr.span_id));
-	__builtin_memcpy(e->hdr.parent_span_id, call->parent_span_id, sizeof(e->hdr.parent_span_id));
+	fill_span_header(&e->hdr, EVENT_HTTP_CLIENT, pid, call->start_ns, call->ctx.trace_id,
+			 call->ctx.span_id, call->parent_span_id);
 
 	/* Results: *Response in ARG1, error (itab, data) in ARG2-3. */
 	u64 resp = GO_ARG1(ctx);
@@ -137,7 +132,6 @@ static __always_inline int http_client_return(struct pt_regs *ctx)
 	e->query_len = url ? read_go_string(e->query, QUERY_CAP, url + off_url_raw_query) : 0;
 
 	bpf_map_delete_elem(&client_calls, &key);
-	count(STAT_EVENTS);
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
 	return 0;
 }

@@ -181,13 +181,8 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 		bpf_map_delete_elem(&server_calls, &key);
 		return 0;
 	}
-	e->hdr.kind = EVENT_HTTP_SERVER;
-	e->hdr.pid = pid;
-	e->hdr.start_ns = call->start_ns;
-	e->hdr.end_ns = bpf_ktime_get_ns();
-	__builtin_memcpy(e->hdr.trace_id, call->trace_id, sizeof(e->hdr.trace_id));
-	__builtin_memcpy(e->hdr.span_id, call->span_id, sizeof(e->hdr.span_id));
-	__builtin_memcpy(e->hdr.parent_span_id, call->parent_span_id, sizeof(e->hdr.parent_span_id));
+	fill_span_header(&e->hdr, EVENT_HTTP_SERVER, pid, call->start_ns, call->trace_id,
+			 call->span_id, call->parent_span_id);
 
 	u32 zero = 0;
 	struct request_copy *copy = bpf_map_lookup_elem(&scratch, &zero);
@@ -215,20 +210,18 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 		e->query_len = window_go_string(e->query, QUERY_CAP, url, off_url_raw_query);
 	}
 
-	u32 n = call->tracestate_len > TRACESTATE_CAP ? TRACESTATE_CAP : (u32)call->tracestate_len;
-	if (!call->tracestate || bpf_probe_read_user(e->tracestate, n & (TRACESTATE_CAP * 2 - 1), (void *)call->tracestate))
-		n = 0;
-	e->tracestate_len = (u16)n;
+	e->tracestate_len = copy_user_bytes(e->tracestate, TRACESTATE_CAP, call->tracestate,
+					    (s64)call->tracestate_len);
 
 	bpf_map_delete_elem(&server_calls, &key);
 	bpf_map_delete_elem(&goroutine_ctx, &key);
-	count(STAT_EVENTS);
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
 	return 0;
 }
 
 /* Two entry points for the same return logic: one link for all RETs where the kernel has
- * uprobe_multi (6.6+), one uprobe per RET otherwise. Userspace loads only the one it uses. */
+ * uprobe_multi (6.6+), one uprobe per RET otherwise (or at the functions where requests end,
+ * see http_server.rs). Both are loaded; userspace attaches the one it uses. */
 SEC("uprobe.multi")
 int http_server_return_multi(struct pt_regs *ctx)
 {

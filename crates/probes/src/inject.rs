@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, MapType, OpenObject};
+use libbpf_rs::{Link, MapHandle, MapType, OpenObject};
 
 use crate::skel::inject::InjectSkelBuilder;
 use crate::{Error, SharedMaps};
@@ -61,10 +61,7 @@ impl Injection {
         let cgroup = cgroup2_root()
             .ok_or_else(|| Error::Internal { what: "no cgroup v2 hierarchy is mounted".into() })?;
         let bpf = |what: &str| crate::bpf_error("traceparent injection", &cgroup, what);
-        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
-            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
-            ..Default::default()
-        };
+        let opts = crate::shared::libbpf_sys_opts();
         let stats = MapHandle::create(MapType::PercpuArray, Some("inject_stats"), 4, 8, 4, &opts)
             .map_err(bpf("create map inject_stats"))?;
         let sockets =
@@ -97,15 +94,7 @@ impl Injection {
     }
 
     pub fn stats(&self) -> InjectStats {
-        let sum = |index: u32| -> u64 {
-            match self.stats.lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY) {
-                Ok(Some(per_cpu)) => per_cpu
-                    .iter()
-                    .filter_map(|v| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?)))
-                    .sum(),
-                _ => 0,
-            }
-        };
+        let sum = |index| crate::shared::sum_per_cpu(&self.stats, index);
         InjectStats {
             injected: sum(0),
             skipped_not_http1: sum(1),

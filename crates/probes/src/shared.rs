@@ -9,14 +9,12 @@ use crate::Error;
 
 const RINGBUF_BYTES: u32 = 1 << 23;
 const MAX_TRACED_PIDS: u32 = 16384;
-const STAT_COUNT: u32 = 3;
+const STAT_COUNT: u32 = 2;
 const CTX_MAX: u32 = 65536;
 
 /// The agent's view of what the BPF side counted (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProbeStats {
-    /// Span events written to the ring buffer.
-    pub events: u64,
     /// Spans lost because the ring buffer was full (the agent fell behind).
     pub ringbuf_full: u64,
     /// Returns seen without their entry (attached while a call was in flight).
@@ -61,24 +59,11 @@ impl SharedMaps {
             .map_err(|source| Error::Bpf { what: format!("trace pid {pid}"), source })
     }
 
-    pub fn untrace_pid(&self, pid: u32) {
-        // A pid that was never added is not an error worth reporting.
-        let _ = self.traced_pids.delete(&pid.to_ne_bytes());
-    }
-
     pub fn stats(&self) -> ProbeStats {
-        let sum = |index: u32| -> u64 {
-            match self.stats.lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY) {
-                Ok(Some(per_cpu)) => per_cpu
-                    .iter()
-                    .filter_map(|v| {
-                        v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-                    })
-                    .sum(),
-                _ => 0,
-            }
-        };
-        ProbeStats { events: sum(0), ringbuf_full: sum(1), returns_without_entry: sum(2) }
+        ProbeStats {
+            ringbuf_full: sum_per_cpu(&self.stats, 0),
+            returns_without_entry: sum_per_cpu(&self.stats, 1),
+        }
     }
 
     /// Points an object's declarations of the shared maps (those of bpf/include) at these
@@ -105,7 +90,18 @@ impl SharedMaps {
     }
 }
 
-fn libbpf_sys_opts() -> libbpf_rs::libbpf_sys::bpf_map_create_opts {
+/// Counter `index` of a per-CPU array of u64, summed over CPUs (0 if unreadable).
+pub(crate) fn sum_per_cpu(map: &MapHandle, index: u32) -> u64 {
+    match map.lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY) {
+        Ok(Some(per_cpu)) => per_cpu
+            .iter()
+            .filter_map(|v| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?)))
+            .sum(),
+        _ => 0,
+    }
+}
+
+pub(crate) fn libbpf_sys_opts() -> libbpf_rs::libbpf_sys::bpf_map_create_opts {
     libbpf_rs::libbpf_sys::bpf_map_create_opts {
         sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
         ..Default::default()

@@ -116,11 +116,6 @@ impl ResourceCache {
         self.executables.insert(canonical, exe);
     }
 
-    /// Forgets a process that exited (its pid may be reused).
-    pub fn forget(&mut self, pid: u32) {
-        self.by_pid.remove(&pid);
-    }
-
     pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
         if let Some(r) = self.by_pid.get(&pid) {
             return Arc::clone(r);

@@ -61,8 +61,7 @@ struct span_ctx {
 
 /* Indices of the counters in `stats`. */
 enum stat {
-	STAT_EVENTS = 0,
-	STAT_RINGBUF_FULL,
+	STAT_RINGBUF_FULL = 0,
 	STAT_NO_ENTRY, /* a return without a recorded entry (attached mid-call) */
 	STAT_MAX,
 };
@@ -178,16 +177,14 @@ static __always_inline u64 window_u64(const struct window *win, u64 off)
 	return i < WINDOW_WORDS ? win->w[i] : 0;
 }
 
-/* Copies at most `cap` (a power of two) bytes of the Go string whose header is at `off` in
- * `win` into `dst`; returns the number copied. */
-static __always_inline u16 window_go_string(char *dst, u32 cap, const struct window *win, u64 off)
+/* Copies at most `cap` (a power of two) bytes of the `len` bytes at user address `ptr` into
+ * `dst`; returns the number copied (0 on failure). */
+static __always_inline u16 copy_user_bytes(char *dst, u32 cap, u64 ptr, s64 len)
 {
-	u64 ptr = window_u64(win, off);
-	s64 len = (s64)window_u64(win, off + 8);
 	if (!ptr || len <= 0)
 		return 0;
 	u32 n = len > cap ? cap : (u32)len;
-	n &= (cap << 1) - 1;
+	n &= (cap << 1) - 1; /* keeps the verifier's bound at cap */
 	if (n > cap)
 		return 0;
 	if (bpf_probe_read_user(dst, n, (void *)ptr))
@@ -195,21 +192,34 @@ static __always_inline u16 window_go_string(char *dst, u32 cap, const struct win
 	return n;
 }
 
-/* Copies at most `cap` (a power of two) bytes of the Go string at `addr` into `dst`; returns the
- * number copied. */
+/* The Go string whose header is at `off` in `win`. */
+static __always_inline u16 window_go_string(char *dst, u32 cap, const struct window *win, u64 off)
+{
+	return copy_user_bytes(dst, cap, window_u64(win, off), (s64)window_u64(win, off + 8));
+}
+
+/* The Go string whose header is at user address `addr`. */
 static __always_inline u16 read_go_string(char *dst, u32 cap, u64 addr)
 {
 	struct {
 		u64 ptr;
 		s64 len;
 	} s = {};
-	if (bpf_probe_read_user(&s, sizeof(s), (void *)addr) || !s.ptr || s.len <= 0)
+	if (bpf_probe_read_user(&s, sizeof(s), (void *)addr))
 		return 0;
-	u32 n = s.len > cap ? cap : (u32)s.len;
-	n &= (cap << 1) - 1; /* keeps the verifier's bound at cap */
-	if (n > cap)
-		return 0;
-	if (bpf_probe_read_user(dst, n, (void *)s.ptr))
-		return 0;
-	return n;
+	return copy_user_bytes(dst, cap, s.ptr, s.len);
+}
+
+/* Fills the header every span event starts with; the span ends now. */
+static __always_inline void fill_span_header(struct span_header *h, u32 kind, u32 pid,
+					     u64 start_ns, const u8 *trace_id, const u8 *span_id,
+					     const u8 *parent_span_id)
+{
+	h->kind = kind;
+	h->pid = pid;
+	h->start_ns = start_ns;
+	h->end_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(h->trace_id, trace_id, sizeof(h->trace_id));
+	__builtin_memcpy(h->span_id, span_id, sizeof(h->span_id));
+	__builtin_memcpy(h->parent_span_id, parent_span_id, sizeof(h->parent_span_id));
 }
