@@ -76,22 +76,44 @@ pub fn embedded() -> Result<&'static Database, &'static str> {
         .map_err(String::as_str)
 }
 
-/// Resolves every field; fails naming the first required field no source knows.
-pub fn resolve(bin: &GoBinary, specs: &[FieldSpec]) -> Result<Vec<FieldOffset>, String> {
-    let mut structs: Vec<&str> = specs.iter().map(|s| s.struct_name).collect();
-    structs.sort_unstable();
-    structs.dedup();
-    let dwarf = bin.struct_layouts(&structs).unwrap_or_default();
-    let missing: Vec<&str> = structs.iter().copied().filter(|s| !dwarf.contains_key(*s)).collect();
-    let types: StructLayouts = if missing.is_empty() {
-        StructLayouts::new()
-    } else {
-        bin.struct_layouts_from_types(&missing).unwrap_or_default()
-    };
+/// What an executable itself says about the layout of a set of structs: DWARF, and type
+/// descriptors for the structs DWARF does not describe. Read once per executable, for every
+/// struct any instrumentation uses; each instrumentation then resolves its own fields.
+#[derive(Debug, Default)]
+pub struct Layouts {
+    dwarf: StructLayouts,
+    types: StructLayouts,
+}
+
+impl Layouts {
+    pub fn load(bin: &GoBinary, specs: &[FieldSpec]) -> Self {
+        let mut structs: Vec<&str> = specs.iter().map(|s| s.struct_name).collect();
+        structs.sort_unstable();
+        structs.dedup();
+        let dwarf = bin.struct_layouts(&structs).unwrap_or_default();
+        let missing: Vec<&str> =
+            structs.iter().copied().filter(|s| !dwarf.contains_key(*s)).collect();
+        let types = if missing.is_empty() {
+            StructLayouts::new()
+        } else {
+            bin.struct_layouts_from_types(&missing).unwrap_or_default()
+        };
+        Layouts { dwarf, types }
+    }
+}
+
+/// Resolves every field, from `layouts` (loaded for at least these fields) or the database;
+/// fails naming the first required field no source knows.
+pub fn resolve(
+    bin: &GoBinary,
+    layouts: &Layouts,
+    specs: &[FieldSpec],
+) -> Result<Vec<FieldOffset>, String> {
+    let Layouts { dwarf, types } = layouts;
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
         // A struct the binary describes is authoritative for its fields, present or absent.
-        let described = [(&dwarf, OffsetSource::Dwarf), (&types, OffsetSource::TypeDescriptor)]
+        let described = [(dwarf, OffsetSource::Dwarf), (types, OffsetSource::TypeDescriptor)]
             .into_iter()
             .find_map(|(layouts, source)| {
                 let fields = layouts.get(spec.struct_name)?;

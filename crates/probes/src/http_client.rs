@@ -41,11 +41,12 @@ pub struct HttpClientPlan {
     pub fields: Vec<FieldOffset>,
 }
 
-pub fn plan(bin: &GoBinary) -> Result<HttpClientPlan, Skip> {
+/// `layouts` must have been loaded for at least FIELDS.
+pub fn plan(bin: &GoBinary, layouts: &offsets::Layouts) -> Result<HttpClientPlan, Skip> {
     let skip = |reason: String| Skip { instrumentation: NAME, reason };
     crate::require_register_abi(bin).map_err(skip)?;
     let round_trip = FunctionPlan::new(bin, ROUND_TRIP).map_err(skip)?;
-    let fields = offsets::resolve(bin, FIELDS).map_err(skip)?;
+    let fields = offsets::resolve(bin, layouts, FIELDS).map_err(skip)?;
     let pconn_round_trip = FunctionPlan::first_of(bin, &[PCONN_ROUND_TRIP]);
     Ok(HttpClientPlan { round_trip, pconn_round_trip, fields })
 }

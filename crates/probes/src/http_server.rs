@@ -78,11 +78,12 @@ pub struct HttpServerPlan {
 }
 
 /// Decides whether and how the net/http server instrumentation applies to `bin`.
-pub fn plan(bin: &GoBinary) -> Result<HttpServerPlan, Skip> {
+/// `layouts` must have been loaded for at least FIELDS.
+pub fn plan(bin: &GoBinary, layouts: &offsets::Layouts) -> Result<HttpServerPlan, Skip> {
     let skip = |reason: String| Skip { instrumentation: NAME, reason };
     crate::require_register_abi(bin).map_err(skip)?;
     let serve = FunctionPlan::new(bin, ENTRY).map_err(skip)?;
-    let fields = offsets::resolve(bin, FIELDS).map_err(skip)?;
+    let fields = offsets::resolve(bin, layouts, FIELDS).map_err(skip)?;
     for s in ["net/http.Request", "net/url.URL"] {
         if copy_bytes(&fields, s) > WINDOW_BYTES {
             return Err(skip(format!(

@@ -144,9 +144,11 @@ pub struct Plans {
 }
 
 pub fn plan_all(bin: &GoBinary) -> Plans {
+    // DWARF and the type descriptors are read once, for every instrumentation's fields.
+    let layouts = offsets::Layouts::load(bin, &declared_fields());
     Plans {
-        http_server: http_server::plan(bin),
-        http_client: http_client::plan(bin),
+        http_server: http_server::plan(bin, &layouts),
+        http_client: http_client::plan(bin, &layouts),
         goroutines: goroutines::plan(bin),
     }
 }
