@@ -22,7 +22,14 @@ use crate::cli::AgentArgs;
 /// Probes attached to one executable.
 pub struct Instrumented {
     pub go_version: String,
-    _attached: Vec<Attached>,
+    attached: Vec<Attached>,
+}
+
+impl Instrumented {
+    /// Whether HTTP client calls are traced: only then is there a request to inject into.
+    pub fn traces_clients(&self) -> bool {
+        self.attached.iter().any(|a| a.instrumentation == http_client::NAME)
+    }
 }
 
 /// Analyses `exe` and attaches every instrumentation that applies, saying which do not and
@@ -75,7 +82,7 @@ pub fn instrument(
             a.probes.join("; ")
         );
     }
-    Ok(Instrumented { go_version, _attached: attached })
+    Ok(Instrumented { go_version, attached })
 }
 
 /// Decoded events -> spans -> exporters.
@@ -263,10 +270,18 @@ pub fn stopped(flag: &std::sync::atomic::AtomicBool) -> bool {
 }
 
 /// Starts outgoing traceparent injection as asked, and says which propagation paths are on.
-pub fn start_propagation(shared: &SharedMaps, mode: InjectMode) -> Option<Injection> {
+pub fn start_propagation(
+    shared: &SharedMaps,
+    mode: InjectMode,
+    instrumented: &Instrumented,
+) -> Option<Injection> {
     let always = "in-process across goroutines, same host through the TCP connection map, \
                   incoming traceparent headers";
     let injection = match mode {
+        _ if !instrumented.traces_clients() => {
+            tracing::info!("propagation: {always}; no HTTP client traced, nothing to inject into");
+            return None;
+        }
         InjectMode::Off => {
             tracing::info!(
                 "propagation: {always}; outgoing injection off (--inject-traceparent=off)"

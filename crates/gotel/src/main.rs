@@ -94,7 +94,7 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&path, &path, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&path, &instrumented.go_version);
-    let injection = start_propagation(&shared, agent.inject_traceparent);
+    let injection = start_propagation(&shared, agent.inject_traceparent, &instrumented);
 
     let held = held::spawn_held(&path, name, &program[1..])
         .with_context(|| format!("starting {}", path.display()))?;
@@ -137,7 +137,7 @@ fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
     // /proc/PID/exe reaches the very file the process runs, even if replaced or in a container.
     let instrumented = instrument(&exe_link, &exe_link, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
-    let injection = start_propagation(&shared, agent.inject_traceparent);
+    let injection = start_propagation(&shared, agent.inject_traceparent, &instrumented);
     shared.trace_pid(pid)?;
     tracing::info!("tracing pid {pid} ({})", exe.display());
     let signals = stop_on_signals()?;
@@ -157,7 +157,7 @@ fn attach_exe(agent: &AgentArgs, exe: &Path) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
-    let injection = start_propagation(&shared, agent.inject_traceparent);
+    let injection = start_propagation(&shared, agent.inject_traceparent, &instrumented);
     tracing::info!("tracing every process of {} until Ctrl-C", exe.display());
     let signals = stop_on_signals()?;
     collect(&shared, injection.as_ref(), pipeline, || stopped(&signals))?;
