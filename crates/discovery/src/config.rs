@@ -69,7 +69,6 @@ pub struct Overrides {
     pub poll_interval: Option<String>,
     pub kubernetes: Option<KubernetesMode>,
     pub node_name: Option<String>,
-    pub inject_traceparent: Option<String>,
 }
 
 /// Everything the daemon runs with.
@@ -81,6 +80,7 @@ pub struct DaemonConfig {
     pub poll_interval: Duration,
     pub kubernetes: KubernetesMode,
     pub node_name: Option<String>,
+    /// The file's value; the agent's own flag and environment variable win over it.
     pub inject_traceparent: Option<String>,
 }
 
@@ -108,7 +108,7 @@ impl DaemonConfig {
             poll_interval,
             kubernetes: over.kubernetes.or(file.kubernetes).unwrap_or_default(),
             node_name: over.node_name.or(file.node_name),
-            inject_traceparent: over.inject_traceparent.or(file.inject_traceparent),
+            inject_traceparent: file.inject_traceparent,
         })
     }
 }

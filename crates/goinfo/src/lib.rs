@@ -123,6 +123,17 @@ impl std::fmt::Debug for GoBinary {
 
 impl GoBinary {
     /// Reads and parses `path`. Fails with a clear error for a non-ELF, non-Go or non-amd64 file.
+    /// Whether `path` is a Go executable, reading only its ELF headers (a host has many large
+    /// files that are not Go; this does not load them).
+    pub fn is_go(path: impl AsRef<Path>) -> Result<bool, Error> {
+        let path = path.as_ref();
+        let io = |source| Error::Io { path: path.into(), source };
+        let cache = object::ReadCache::new(std::fs::File::open(path).map_err(io)?);
+        let Ok(file) = object::File::parse(&cache) else { return Ok(false) };
+        Ok(file.format() == object::BinaryFormat::Elf
+            && file.section_by_name(".go.buildinfo").is_some())
+    }
+
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         let data = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;

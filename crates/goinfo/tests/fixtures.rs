@@ -274,8 +274,14 @@ fn bad_input_gets_errors_that_name_the_file() {
     let e = GoBinary::open(&c_program).unwrap_err();
     assert!(matches!(e, Error::NotGo { .. }), "{e}");
     assert!(e.to_string().contains("not a Go program"));
+    assert!(!GoBinary::is_go(&c_program).unwrap() && !GoBinary::is_go(&text).unwrap());
+    assert!(GoBinary::is_go("/no/such/file").is_err());
 
     if let Some(go) = fixture("httpserver-go1.26") {
+        assert!(GoBinary::is_go(&go).unwrap());
+        if let Some(stripped) = fixture("httpserver-go1.26-stripped") {
+            assert!(GoBinary::is_go(stripped).unwrap());
+        }
         let bytes = std::fs::read(go).unwrap();
         for len in [16, 64, 4096] {
             let truncated = temp_file(&format!("trunc{len}"), &bytes[..len]);

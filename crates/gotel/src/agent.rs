@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use export::console::Console;
 use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
@@ -30,7 +30,23 @@ impl Instrumented {
     pub fn traces_clients(&self) -> bool {
         self.attached.iter().any(|a| a.instrumentation == http_client::NAME)
     }
+
+    pub fn instrumentations(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.attached.iter().map(|a| a.instrumentation)
+    }
 }
+
+/// An executable where no instrumentation applies (a Go program with no HTTP in it).
+#[derive(Debug)]
+pub struct NothingToInstrument(String);
+
+impl std::fmt::Display for NothingToInstrument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "nothing to instrument in {}", self.0)
+    }
+}
+
+impl std::error::Error for NothingToInstrument {}
 
 /// Analyses `exe` and attaches every instrumentation that applies, saying which do not and
 /// why. `attach_path` names the same file as the kernel should resolve it (the path itself, or
@@ -71,7 +87,9 @@ pub fn instrument(
         tracing::info!("{}: skipped {skip}", exe.display());
     }
     if attached.is_empty() {
-        bail!("nothing to instrument in {}: {}", exe.display(), skipped.join("; "));
+        return Err(
+            NothingToInstrument(format!("{}: {}", exe.display(), skipped.join("; "))).into()
+        );
     }
     for a in &attached {
         let links = if a.multi { "" } else { " (one uprobe per RET)" };
@@ -180,8 +198,21 @@ impl Pipeline {
         }
     }
 
+    /// What the pipeline has counted so far.
+    pub fn counters(&self) -> PipelineCounters {
+        let (exported, dropped_queue_full, dropped_export_failed) =
+            self.otlp.as_ref().map(OtlpExporter::stats_snapshot).unwrap_or_default();
+        PipelineCounters {
+            spans: self.spans,
+            bad_events: self.bad_events,
+            exported,
+            dropped_queue_full,
+            dropped_export_failed,
+        }
+    }
+
     /// Flushes every exporter and reports what happened.
-    fn finish(mut self, shared: &SharedMaps, injection: Option<&Injection>) {
+    pub fn finish(mut self, shared: &SharedMaps, injection: Option<&Injection>) {
         self.tick();
         if let Some(console) = &mut self.console {
             console.flush();
@@ -221,13 +252,22 @@ impl Pipeline {
     }
 }
 
-/// Reads events until `stop` says so, then drains and flushes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PipelineCounters {
+    pub spans: u64,
+    pub bad_events: u64,
+    pub exported: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_export_failed: u64,
+}
+
+/// Reads events until `stop` says so (it is asked after every drain, and may look after the
+/// pipeline), then drains and hands the pipeline back for `finish`.
 pub fn collect(
     shared: &SharedMaps,
-    injection: Option<&Injection>,
     pipeline: Pipeline,
-    mut stop: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
+    mut stop: impl FnMut(&mut Pipeline) -> bool,
+) -> anyhow::Result<Pipeline> {
     let pipeline = Rc::new(RefCell::new(pipeline));
     let mut builder = libbpf_rs::RingBufferBuilder::new();
     let sink = Rc::clone(&pipeline);
@@ -243,17 +283,15 @@ pub fn collect(
         let _ = ring.poll(Duration::from_millis(50));
         let _ = ring.consume();
         pipeline.borrow_mut().tick();
-        if stop() {
+        if stop(&mut pipeline.borrow_mut()) {
             let _ = ring.consume();
             break;
         }
     }
     drop(ring);
-    let pipeline = Rc::try_unwrap(pipeline)
-        .map_err(|_| anyhow::anyhow!("internal: pipeline still borrowed"))?
-        .into_inner();
-    pipeline.finish(shared, injection);
-    Ok(())
+    Rc::try_unwrap(pipeline)
+        .map(RefCell::into_inner)
+        .map_err(|_| anyhow::anyhow!("internal: pipeline still borrowed"))
 }
 
 /// A stop flag raised by SIGINT or SIGTERM.

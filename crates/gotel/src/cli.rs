@@ -41,11 +41,55 @@ pub enum Command {
         #[command(flatten)]
         target: AttachTarget,
     },
+    /// Instrument every selected Go process on this host, as they come and go (fleet mode).
+    Daemon(DaemonArgs),
+    /// Ask a running daemon what it instruments and what it has counted.
+    Status {
+        /// The daemon's metrics address.
+        #[arg(long, env = "GOTEL_METRICS_ADDR", default_value = discovery::config::DEFAULT_METRICS_ADDR)]
+        addr: String,
+    },
     /// Show what gotel sees in a Go executable, and which instrumentations would apply.
     Inspect {
         /// Path to the executable.
         executable: PathBuf,
     },
+}
+
+/// Every key of the config file can be given here or in the environment instead (flags win).
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// YAML config file (default: /etc/gotel/gotel.yaml when it exists).
+    #[arg(long, env = "GOTEL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print which processes would be instrumented and why, then exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// A rule selecting processes, replacing the file's `instrument` list (repeatable; in the
+    /// environment separate rules with ';'): exe=GLOB,name=GLOB,ports=8000-8999,
+    /// container=true,k8s.namespace=GLOB,k8s.pod=GLOB,k8s.label.KEY=GLOB,k8s.annotation.KEY=GLOB
+    #[arg(long, env = "GOTEL_INSTRUMENT", value_delimiter = ';', value_name = "RULE")]
+    pub instrument: Vec<String>,
+    /// A rule excluding processes, replacing the file's `exclude` list (same form).
+    #[arg(long, env = "GOTEL_EXCLUDE", value_delimiter = ';', value_name = "RULE")]
+    pub exclude: Vec<String>,
+    /// Keep the default exclusions (gotel, telemetry collectors, kube-system...)? true/false.
+    #[arg(long, env = "GOTEL_DEFAULT_EXCLUDES")]
+    pub default_excludes: Option<bool>,
+    /// Where /metrics, /status and /healthz are served ("off" to disable).
+    #[arg(long, env = "GOTEL_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+    /// How often /proc is scanned for new processes (e.g. 250ms).
+    #[arg(long, env = "GOTEL_POLL_INTERVAL")]
+    pub poll_interval: Option<String>,
+    /// Read pod metadata from the Kubernetes API: auto (when in a cluster), on or off.
+    #[arg(long, env = "GOTEL_KUBERNETES")]
+    pub kubernetes: Option<discovery::config::KubernetesMode>,
+    /// This node's name, to watch only its pods (the DaemonSet sets it from spec.nodeName).
+    #[arg(long, env = "GOTEL_NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -81,13 +125,19 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_uprobe_multi: bool,
     /// Add a W3C traceparent line to outgoing plaintext HTTP/1.1 requests at the socket layer:
-    /// off, remote (peers on other hosts) or all (loopback peers too).
-    #[arg(long, env = "GOTEL_INJECT_TRACEPARENT", default_value = "remote", value_parser = parse_inject)]
-    pub inject_traceparent: InjectMode,
+    /// off, remote (peers on other hosts; the default) or all (loopback peers too).
+    #[arg(long, env = "GOTEL_INJECT_TRACEPARENT", value_parser = parse_inject)]
+    pub inject_traceparent: Option<InjectMode>,
     /// Where uprobes go: emulated (on instructions the kernel does not single-step, where the
     /// code allows; far cheaper on VMs) or entry-ret (function entry and every RET).
     #[arg(long, default_value = "emulated", value_parser = parse_placement)]
     pub probe_placement: Placement,
+}
+
+impl AgentArgs {
+    pub fn inject_mode(&self) -> InjectMode {
+        self.inject_traceparent.unwrap_or(InjectMode::Remote)
+    }
 }
 
 fn parse_placement(s: &str) -> Result<Placement, String> {
@@ -98,7 +148,7 @@ fn parse_placement(s: &str) -> Result<Placement, String> {
     }
 }
 
-fn parse_inject(s: &str) -> Result<InjectMode, String> {
+pub fn parse_inject(s: &str) -> Result<InjectMode, String> {
     match s {
         "off" => Ok(InjectMode::Off),
         "remote" => Ok(InjectMode::Remote),

@@ -3,6 +3,7 @@
 
 mod agent;
 mod cli;
+mod daemon;
 mod held;
 mod inspect;
 
@@ -31,6 +32,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Run { agent, program } => run(&agent, &program),
+        Command::Daemon(args) => daemon::run(&args),
+        Command::Status { addr } => daemon::health::print_status(&addr).map(|()| ExitCode::SUCCESS),
         Command::Attach { agent, target } => match (target.pid, target.exe) {
             (Some(pid), _) => attach_pid(&agent, pid),
             (None, Some(exe)) => attach_exe(&agent, &exe),
@@ -77,7 +80,7 @@ fn attach_options(agent: &AgentArgs, filter_pids: bool) -> anyhow::Result<Attach
     if sampler != Sampler::default() {
         tracing::info!("sampling: {sampler}");
     }
-    let inject = agent.inject_traceparent != InjectMode::Off;
+    let inject = agent.inject_mode() != InjectMode::Off;
     Ok(AttachOptions {
         filter_pids,
         uprobe_multi: !agent.no_uprobe_multi,
@@ -94,7 +97,7 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&path, &path, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&path, &instrumented.go_version);
-    let injection = start_propagation(&shared, agent.inject_traceparent, &instrumented);
+    let injection = start_propagation(&shared, agent.inject_mode(), &instrumented);
 
     let held = held::spawn_held(&path, name, &program[1..])
         .with_context(|| format!("starting {}", path.display()))?;
@@ -106,7 +109,7 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let signals = stop_on_signals()?;
     let mut status = None;
     let mut give_up_at: Option<Instant> = None;
-    collect(&shared, injection.as_ref(), pipeline, || {
+    let pipeline = collect(&shared, pipeline, |_| {
         if status.is_none() {
             status = child.try_wait().ok().flatten();
         }
@@ -117,6 +120,7 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
         }
         status.is_some() || give_up_at.is_some_and(|t| Instant::now() >= t)
     })?;
+    pipeline.finish(&shared, injection.as_ref());
     let status = match status {
         Some(s) => s,
         None => child.wait()?,
@@ -137,17 +141,18 @@ fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
     // /proc/PID/exe reaches the very file the process runs, even if replaced or in a container.
     let instrumented = instrument(&exe_link, &exe_link, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
-    let injection = start_propagation(&shared, agent.inject_traceparent, &instrumented);
+    let injection = start_propagation(&shared, agent.inject_mode(), &instrumented);
     shared.trace_pid(pid)?;
     tracing::info!("tracing pid {pid} ({})", exe.display());
     let signals = stop_on_signals()?;
-    collect(&shared, injection.as_ref(), pipeline, || {
+    let pipeline = collect(&shared, pipeline, |_| {
         let gone = !proc_dir.exists();
         if gone {
             tracing::info!("pid {pid} exited");
         }
         gone || stopped(&signals)
     })?;
+    pipeline.finish(&shared, injection.as_ref());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -157,9 +162,10 @@ fn attach_exe(agent: &AgentArgs, exe: &Path) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
-    let injection = start_propagation(&shared, agent.inject_traceparent, &instrumented);
+    let injection = start_propagation(&shared, agent.inject_mode(), &instrumented);
     tracing::info!("tracing every process of {} until Ctrl-C", exe.display());
     let signals = stop_on_signals()?;
-    collect(&shared, injection.as_ref(), pipeline, || stopped(&signals))?;
+    let pipeline = collect(&shared, pipeline, |_| stopped(&signals))?;
+    pipeline.finish(&shared, injection.as_ref());
     Ok(ExitCode::SUCCESS)
 }

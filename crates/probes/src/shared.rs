@@ -59,6 +59,12 @@ impl SharedMaps {
             .map_err(|source| Error::Bpf { what: format!("trace pid {pid}"), source })
     }
 
+    /// Stops tracing `pid` (it exited, or was never meant to be traced); its pid may be reused.
+    pub fn untrace_pid(&self, pid: u32) {
+        // Absent already is as good as removed.
+        let _ = self.traced_pids.delete(&pid.to_ne_bytes());
+    }
+
     pub fn stats(&self) -> ProbeStats {
         ProbeStats {
             ringbuf_full: sum_per_cpu(&self.stats, 0),

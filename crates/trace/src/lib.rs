@@ -8,7 +8,9 @@ mod span;
 
 pub use clock::MonotonicClock;
 pub use http::{http_client_span, http_server_span};
-pub use resource::{parse_resource_attributes, AgentIdentity, ProcessResource, ResourceCache};
+pub use resource::{
+    parse_resource_attributes, AgentIdentity, ProcessHints, ProcessResource, ResourceCache,
+};
 pub use span::{AttributeValue, KeyValue, Span, SpanKind, Status};
 
 use std::sync::Arc;

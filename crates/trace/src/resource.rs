@@ -85,11 +85,21 @@ struct Executable {
     go_version: String,
 }
 
+/// What discovery learned about a process beyond /proc (its pod, its container), ranked below
+/// the process's own OTEL_* variables and above the executable's name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessHints {
+    pub service_name: Option<String>,
+    pub attributes: Vec<(String, String)>,
+    pub go_version: Option<String>,
+}
+
 /// Resources per pid, built on first sight from /proc/PID/{exe,environ}.
 #[derive(Debug)]
 pub struct ResourceCache {
     agent: AgentIdentity,
     executables: HashMap<PathBuf, Executable>,
+    hints: HashMap<u32, ProcessHints>,
     by_pid: HashMap<u32, Arc<ProcessResource>>,
     proc_root: PathBuf,
 }
@@ -104,6 +114,7 @@ impl ResourceCache {
         ResourceCache {
             agent,
             executables: HashMap::new(),
+            hints: HashMap::new(),
             by_pid: HashMap::new(),
             proc_root: proc_root.into(),
         }
@@ -114,6 +125,18 @@ impl ResourceCache {
         let exe = Executable { go_version: go_version.to_string() };
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         self.executables.insert(canonical, exe);
+    }
+
+    /// Records what discovery knows of `pid`, before its first span.
+    pub fn describe(&mut self, pid: u32, hints: ProcessHints) {
+        self.by_pid.remove(&pid);
+        self.hints.insert(pid, hints);
+    }
+
+    /// Drops what is kept of an exited process (its pid may come back as another).
+    pub fn forget(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+        self.hints.remove(&pid);
     }
 
     pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
@@ -168,6 +191,15 @@ impl ResourceCache {
         } else if let Some(name) = &self.agent.service_name {
             set("service.name", name.clone().into());
         }
+        let hints = self.hints.get(&pid);
+        if let Some(hints) = hints {
+            for (k, v) in &hints.attributes {
+                set(k, v.clone().into());
+            }
+            if let Some(name) = &hints.service_name {
+                set("service.name", name.clone().into());
+            }
+        }
         if let Some(own) = env_var("OTEL_RESOURCE_ATTRIBUTES") {
             for (k, v) in parse_resource_attributes(&own) {
                 set(&k, v.into());
@@ -188,8 +220,11 @@ impl ResourceCache {
             .as_ref()
             .and_then(|p| self.executables.get(p))
             .or_else(|| (self.executables.len() == 1).then(|| self.executables.values().next())?);
-        if let Some(exe) = go_version {
-            set("process.runtime.version", exe.go_version.clone().into());
+        let go_version = hints
+            .and_then(|h| h.go_version.clone())
+            .or_else(|| go_version.map(|exe| exe.go_version.clone()));
+        if let Some(version) = go_version {
+            set("process.runtime.version", version.into());
         }
         if !self.agent.host_name.is_empty() {
             set("host.name", self.agent.host_name.clone().into());
@@ -218,11 +253,9 @@ mod tests {
         pub struct Dir(std::path::PathBuf);
         impl Dir {
             pub fn new() -> Self {
-                let p = std::env::temp_dir().join(format!(
-                    "gotel-test-{}-{:?}",
-                    std::process::id(),
-                    std::thread::current().id()
-                ));
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir().join(format!("gotel-test-{}-{n}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&p);
                 std::fs::create_dir_all(&p).unwrap();
                 Dir(p)
@@ -283,6 +316,30 @@ mod tests {
         assert_eq!(with_flag.get(8).service_name(), "flagged");
         let mut plain = ResourceCache::with_proc_root(AgentIdentity::default(), root.path());
         assert_eq!(plain.get(8).service_name(), "billing");
+    }
+
+    #[test]
+    fn discovery_hints_rank_between_the_process_and_the_executable() {
+        let exe = Path::new("/app/server");
+        let root = fake_proc(9, &["HOME=/"], exe);
+        let mut cache = ResourceCache::with_proc_root(AgentIdentity::default(), root.path());
+        let hints = ProcessHints {
+            service_name: Some("checkout".into()),
+            attributes: vec![("k8s.pod.name".into(), "checkout-1".into())],
+            go_version: Some("go1.24.4".into()),
+        };
+        cache.describe(9, hints.clone());
+        let r = cache.get(9);
+        assert_eq!(r.service_name(), "checkout");
+        assert_eq!(get(&r, "k8s.pod.name"), Some(&"checkout-1".into()));
+        assert_eq!(get(&r, "process.runtime.version"), Some(&"go1.24.4".into()));
+        cache.forget(9);
+        assert_eq!(cache.get(9).service_name(), "server", "forgotten hints are gone");
+
+        let named = fake_proc(10, &["OTEL_SERVICE_NAME=own"], exe);
+        let mut cache = ResourceCache::with_proc_root(AgentIdentity::default(), named.path());
+        cache.describe(10, hints);
+        assert_eq!(cache.get(10).service_name(), "own", "the process's own name wins");
     }
 
     #[test]
