@@ -136,7 +136,7 @@ fn joins_incoming_trace(fixture_name: &str) {
     gotel.wait_for_log("tracing every process", WAIT);
     let services = start_chain(&exe);
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    for extra_headers in [0, 12] {
+    for extra_headers in [0, 12, 60] {
         let parent = format!("00f067aa0ba902{extra_headers:02x}");
         let traceparent = format!("00-{trace}-{parent}-01");
         let names: Vec<String> = (0..extra_headers).map(|i| format!("X-Extra-{i}")).collect();

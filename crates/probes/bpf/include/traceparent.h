@@ -1,7 +1,7 @@
 /* The W3C traceparent of an incoming request, read from its Header map in user memory. Two
  * map layouts exist: buckets (runtime.hmap, Go before 1.24) and swiss tables
  * (internal/runtime/maps.Map, Go 1.24 on). Both are walked with bounded loops; a header map
- * too large for the bounds is searched in part (requests rarely carry more than 64 headers). */
+ * too large for the bounds is searched in part (past 128 headers in buckets, 224 in a swiss table). */
 #pragma once
 
 #include "gotel.h"
@@ -30,9 +30,9 @@ const volatile u64 off_groups_length_mask = 0;
 #define MIN_TOPHASH 5
 #define SWISS_SLOT 40
 #define SWISS_GROUP (8 + 8 * SWISS_SLOT)
-#define MAX_BUCKETS 8
+#define MAX_BUCKETS 16
 #define MAX_TABLES 4
-#define MAX_GROUPS 4
+#define MAX_GROUPS 32
 
 #define TRACEPARENT_LEN 55
 
@@ -81,9 +81,25 @@ static __always_inline bool parse_traceparent(const u8 *t, struct incoming *out)
 	return true;
 }
 
-/* If the key string at `key` is "Traceparent", remembers where the first value of the
- * []string at `elem` is; it is parsed once, after the search. */
-static __always_inline void check_header(u64 key, u64 elem, struct incoming *out)
+/* One search of a Header map: where to look, and what was found. bpf_loop runs each bucket or
+ * group through a callback the verifier checks once, instead of once per unrolled copy: the
+ * unrolled walk took half a second to load, which every new executable waited for. */
+struct header_search {
+	u64 base;  /* the buckets array, or the swiss directory */
+	s64 count; /* buckets to visit, or tables in the directory */
+	u64 value; /* traceparent's text, once found */
+	u64 state; /* tracestate's text, if any */
+	u64 state_len;
+};
+
+static __always_inline bool search_done(struct header_search *s)
+{
+	return s->value && s->state;
+}
+
+/* If the key string at `key` is "Traceparent" (or "Tracestate"), remembers where the first
+ * value of the []string at `elem` is; it is parsed once, after the search. */
+static __always_inline void check_header(u64 key, u64 elem, struct header_search *out)
 {
 	struct {
 		u64 ptr;
@@ -109,10 +125,10 @@ static __always_inline void check_header(u64 key, u64 elem, struct incoming *out
 	}
 }
 
-static __always_inline void search_swiss_group(u64 group, struct incoming *out)
+static __always_inline void search_swiss_group(u64 group, struct header_search *out)
 {
 	u64 ctrl = read_u64(group);
-	for (int i = 0; i < 8 && !(out->value && out->state); i++) {
+	for (int i = 0; i < 8 && !search_done(out); i++) {
 		if ((ctrl >> (8 * i)) & 0x80) /* empty or deleted */
 			continue;
 		u64 slot = group + 8 + i * SWISS_SLOT;
@@ -120,42 +136,59 @@ static __always_inline void search_swiss_group(u64 group, struct incoming *out)
 	}
 }
 
-static __always_inline void search_buckets(u64 hmap, struct incoming *out)
+static long search_bucket(u32 i, void *ctx)
+{
+	struct header_search *s = ctx;
+	if (i >= s->count || search_done(s))
+		return 1;
+	u64 bucket = s->base + i * BUCKET_SIZE;
+	u8 tophash[8];
+	if (bpf_probe_read_user(tophash, sizeof(tophash), (void *)bucket))
+		return 1;
+	for (int j = 0; j < 8 && !search_done(s); j++) {
+		if (tophash[j] < MIN_TOPHASH)
+			continue;
+		check_header(bucket + BUCKET_KEYS + j * 16, bucket + BUCKET_ELEMS + j * 24, s);
+	}
+	return 0;
+}
+
+static __always_inline void search_buckets(u64 hmap, struct header_search *s)
 {
 	u8 b = 0;
 	bpf_probe_read_user(&b, 1, (void *)(hmap + off_hmap_b));
-	u64 buckets = read_u64(hmap + off_hmap_buckets);
-	u32 n = b < 3 ? 1u << b : MAX_BUCKETS;
-	for (u32 i = 0; i < MAX_BUCKETS && i < n && !(out->value && out->state); i++) {
-		u64 bucket = buckets + i * BUCKET_SIZE;
-		u8 tophash[8];
-		if (bpf_probe_read_user(tophash, sizeof(tophash), (void *)bucket))
-			return;
-		for (int j = 0; j < 8 && !(out->value && out->state); j++) {
-			if (tophash[j] < MIN_TOPHASH)
-				continue;
-			check_header(bucket + BUCKET_KEYS + j * 16, bucket + BUCKET_ELEMS + j * 24, out);
-		}
-	}
+	s->base = read_u64(hmap + off_hmap_buckets);
+	s->count = b < 4 ? 1 << b : MAX_BUCKETS;
+	bpf_loop(MAX_BUCKETS, search_bucket, s, 0);
 }
 
-static __always_inline void search_swiss(u64 m, struct incoming *out)
+/* Group `i % MAX_GROUPS` of table `i / MAX_GROUPS`. */
+static long search_swiss_table_group(u32 i, void *ctx)
 {
-	u64 dir = read_u64(m + off_swiss_dir_ptr);
-	s64 dir_len = (s64)read_u64(m + off_swiss_dir_len);
-	if (!dir)
+	struct header_search *s = ctx;
+	u32 t = i / MAX_GROUPS, g = i % MAX_GROUPS;
+	if (t >= s->count || search_done(s))
+		return 1;
+	u64 table = read_u64(s->base + t * 8);
+	u64 mask = read_u64(table + off_table_groups + off_groups_length_mask);
+	if (g > mask)
+		return 0;
+	u64 groups = read_u64(table + off_table_groups + off_groups_data);
+	search_swiss_group(groups + g * SWISS_GROUP, s);
+	return 0;
+}
+
+static __always_inline void search_swiss(u64 m, struct header_search *s)
+{
+	s->base = read_u64(m + off_swiss_dir_ptr);
+	s->count = (s64)read_u64(m + off_swiss_dir_len);
+	if (!s->base)
 		return;
-	if (dir_len == 0) { /* a small map: one group, no table */
-		search_swiss_group(dir, out);
+	if (s->count == 0) { /* a small map: one group, no table */
+		search_swiss_group(s->base, s);
 		return;
 	}
-	for (int t = 0; t < MAX_TABLES && t < dir_len && !(out->value && out->state); t++) {
-		u64 table = read_u64(dir + t * 8);
-		u64 groups = read_u64(table + off_table_groups + off_groups_data);
-		u64 mask = read_u64(table + off_table_groups + off_groups_length_mask);
-		for (u64 g = 0; g < MAX_GROUPS && g <= mask && !(out->value && out->state); g++)
-			search_swiss_group(groups + g * SWISS_GROUP, out);
-	}
+	bpf_loop(MAX_TABLES * MAX_GROUPS, search_swiss_table_group, s, 0);
 }
 
 /* Looks for a traceparent header on the *http.Request at `req`. */
@@ -167,10 +200,14 @@ static __always_inline void incoming_traceparent(u64 req, struct incoming *out)
 	u64 header = read_u64(req + off_req_header);
 	if (!header)
 		return;
+	struct header_search s = {};
 	if (map_layout == MAP_LAYOUT_SWISS)
-		search_swiss(header, out);
+		search_swiss(header, &s);
 	else if (map_layout == MAP_LAYOUT_BUCKETS)
-		search_buckets(header, out);
+		search_buckets(header, &s);
+	out->value = s.value;
+	out->state = s.state;
+	out->state_len = s.state_len;
 	u8 text[TRACEPARENT_LEN];
 	if (out->value && !bpf_probe_read_user(text, sizeof(text), (void *)out->value))
 		out->found = parse_traceparent(text, out);
