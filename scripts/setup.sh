@@ -6,7 +6,7 @@ set -euo pipefail
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
-need_pkgs=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make wrk iproute2
+need_pkgs=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make wrk iproute2 python3-venv
   golang-1.19-go golang-1.21-go golang-1.22-go golang-1.23-go golang-1.24-go golang-1.26-go golang-1.27-go)
 
 missing=()

@@ -15,6 +15,8 @@ step "Go fixtures (every installed toolchain, plain and stripped)"
 bash scripts/build-fixtures.sh
 step "OpenTelemetry Collector (pinned, from the Go module proxy)"
 bash scripts/build-collector.sh
+step "deployment files (Kubernetes manifest, Helm chart, systemd unit)"
+bash scripts/validate-deploy.sh
 step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -185,6 +185,27 @@ inject_traceparent: remote
         assert_eq!(empty.poll_interval, Duration::from_millis(250));
     }
 
+    /// The configs shipped in deploy/ are read by this very parser.
+    #[test]
+    fn the_shipped_configs_parse() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let host = FileConfig::load(&deploy.join("systemd/gotel.yaml")).unwrap();
+        let host = DaemonConfig::resolve(host, Overrides::default()).unwrap();
+        assert_eq!(host.kubernetes, KubernetesMode::Off);
+        assert!(host.selector.needs_ports());
+
+        let manifest = std::fs::read_to_string(deploy.join("kubernetes/gotel.yaml")).unwrap();
+        let embedded = serde_yaml_ng::Deserializer::from_str(&manifest)
+            .filter_map(|doc| serde_yaml_ng::Value::deserialize(doc).ok())
+            .find(|doc| doc["kind"] == "ConfigMap")
+            .and_then(|cm| cm["data"]["gotel.yaml"].as_str().map(str::to_string))
+            .expect("the manifest's ConfigMap holds gotel.yaml");
+        let cluster = FileConfig::parse(&embedded).unwrap();
+        let cluster = DaemonConfig::resolve(cluster, Overrides::default()).unwrap();
+        assert_eq!(cluster.kubernetes, KubernetesMode::On);
+        assert!(cluster.selector.needs_pod(), "opt-in by annotation");
+    }
+
     #[test]
     fn mistakes_are_named() {
         let typo = FileConfig::parse("instrumnet: []").unwrap_err();

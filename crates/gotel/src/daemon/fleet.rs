@@ -314,6 +314,7 @@ impl<'a> Fleet<'a> {
         if !self.files.contains_key(&entry.file) {
             // /proc/PID/exe reaches the file whatever mount namespace the process is in.
             let link = self.proc.exe_link(pid);
+            let started = Instant::now();
             let instrumented = match instrument(&link, &link, self.shared, self.options) {
                 Ok(i) => i,
                 Err(e) => {
@@ -321,7 +322,13 @@ impl<'a> Fleet<'a> {
                     return Err(e);
                 }
             };
-            if self.injection.is_none() && self.inject != InjectMode::Off {
+            tracing::debug!(
+                "{}: attached in {} ms",
+                entry.exe.display(),
+                started.elapsed().as_millis()
+            );
+            let wants_injection = self.inject != InjectMode::Off && instrumented.traces_clients();
+            if self.injection.is_none() && wants_injection {
                 self.injection = start_propagation(self.shared, self.inject, &instrumented);
             }
             let path = entry.exe.clone();
