@@ -66,7 +66,7 @@ fn shared_maps() -> anyhow::Result<SharedMaps> {
     SharedMaps::create().map_err(|e| {
         anyhow!(
             "{e}\ngotel needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE + \
-             CAP_DAC_READ_SEARCH, on Linux 5.8 or later (6.6+ for one link per function's RETs)"
+             CAP_DAC_READ_SEARCH, on Linux 5.17 or later (6.6+ for one link per function's RETs)"
         )
     })
 }
