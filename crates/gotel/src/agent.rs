@@ -14,7 +14,9 @@ use export::console::Console;
 use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
 use probes::inject::{InjectMode, Injection};
-use probes::{goroutines, http_client, http_server, AttachOptions, Attached, SharedMaps};
+use probes::{
+    goroutines, grpc_server, http_client, http_server, AttachOptions, Attached, SharedMaps,
+};
 use trace::{AgentIdentity, Assembler, ProcessResource, ResourceCache, Span};
 
 use crate::cli::AgentArgs;
@@ -66,6 +68,11 @@ pub fn instrument(
     match &plans.http_server {
         Ok(plan) => attached
             .push(http_server::attach(plan, attach_path, shared, options).with_context(context)?),
+        Err(skip) => skipped.push(skip.to_string()),
+    }
+    match &plans.grpc_server {
+        Ok(plan) => attached
+            .push(grpc_server::attach(plan, attach_path, shared, options).with_context(context)?),
         Err(skip) => skipped.push(skip.to_string()),
     }
     match &plans.http_client {

@@ -72,6 +72,20 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
         }
         Err(skip) => skipped(w, skip)?,
     }
+    match &plans.grpc_server {
+        Ok(plan) => {
+            writeln!(
+                w,
+                "  {:<20} applies (grpc {})",
+                probes::grpc_server::NAME,
+                plan.grpc_version
+            )?;
+            functions(w, &plan.handle_stream)?;
+            functions(w, &plan.write_status)?;
+            fields(w, &plan.fields)?;
+        }
+        Err(skip) => skipped(w, skip)?,
+    }
     match &plans.goroutines {
         Ok(plan) => {
             writeln!(w, "  {:<20} applies (parents for client spans)", probes::goroutines::NAME)?;

@@ -52,10 +52,25 @@ pub struct HttpClientEvent {
     pub query: String,
 }
 
+/// One RPC served by grpc-go (`struct grpc_server_event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcServerEvent {
+    pub header: SpanHeader,
+    /// The gRPC status code sent; None when no status was seen.
+    pub status_code: Option<i32>,
+    pub status_message: String,
+    /// "/package.Service/Method".
+    pub method: String,
+    pub stream_id: u32,
+    /// (client address, client port, server port) of the connection, when it could be read.
+    pub peer: Option<(std::net::IpAddr, u16, u16)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     HttpServer(HttpServerEvent),
     HttpClient(HttpClientEvent),
+    GrpcServer(GrpcServerEvent),
 }
 
 impl Event {
@@ -63,6 +78,7 @@ impl Event {
         match self {
             Event::HttpServer(e) => &e.header,
             Event::HttpClient(e) => &e.header,
+            Event::GrpcServer(e) => &e.header,
         }
     }
 
@@ -82,6 +98,12 @@ impl Event {
             Event::HttpClient(e) if !e.method.is_empty() && bad_method(&e.method) => {
                 Some(format!("HTTP method {:?} is not a method", e.method))
             }
+            Event::GrpcServer(e) if !e.method.starts_with('/') => {
+                Some(format!("gRPC method {:?} does not start with /", e.method))
+            }
+            Event::GrpcServer(e) if e.status_code.is_some_and(|c| !(0..=16).contains(&c)) => {
+                Some(format!("gRPC status {:?} is not a status code", e.status_code))
+            }
             _ => None,
         }
     }
@@ -97,11 +119,14 @@ pub enum DecodeError {
 
 const KIND_HTTP_SERVER: u32 = 1;
 const KIND_HTTP_CLIENT: u32 = 2;
+const KIND_GRPC_SERVER: u32 = 3;
 const HEADER_SIZE: usize = 56;
 /// sizeof(struct http_server_event), padded to 8.
 pub const HTTP_SERVER_EVENT_SIZE: usize = 1184;
 /// sizeof(struct http_client_event), padded to 8.
 pub const HTTP_CLIENT_EVENT_SIZE: usize = 752;
+/// sizeof(struct grpc_server_event).
+pub const GRPC_SERVER_EVENT_SIZE: usize = 368;
 
 /// Little-endian field reader over one event; lengths were checked before any read.
 struct Fields<'a>(&'a [u8]);
@@ -115,6 +140,21 @@ impl Fields<'_> {
     }
     fn u32(&self, at: usize) -> u32 {
         u32::from_le_bytes(self.array(at))
+    }
+    fn i32(&self, at: usize) -> i32 {
+        i32::from_le_bytes(self.array(at))
+    }
+    /// A `struct conn_key` at `at`: (client address, client port, server port).
+    fn conn(&self, at: usize) -> Option<(std::net::IpAddr, u16, u16)> {
+        const AF_INET: u32 = 2;
+        const AF_INET6: u32 = 10;
+        let client: [u8; 16] = self.array(at);
+        let address = match self.u32(at + 36) {
+            AF_INET => std::net::IpAddr::from([client[0], client[1], client[2], client[3]]),
+            AF_INET6 => std::net::IpAddr::from(client),
+            _ => return None,
+        };
+        Some((address, self.u16(at + 32), self.u16(at + 34)))
     }
     fn u64(&self, at: usize) -> u64 {
         u64::from_le_bytes(self.array(at))
@@ -141,6 +181,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let need = match kind {
         KIND_HTTP_SERVER => HTTP_SERVER_EVENT_SIZE,
         KIND_HTTP_CLIENT => HTTP_CLIENT_EVENT_SIZE,
+        KIND_GRPC_SERVER => GRPC_SERVER_EVENT_SIZE,
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if bytes.len() < need {
@@ -154,6 +195,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         span_id: f.array(40),
         parent_span_id: f.array(48),
     };
+    if kind == KIND_GRPC_SERVER {
+        let code = f.i32(56);
+        return Ok(Event::GrpcServer(GrpcServerEvent {
+            header,
+            status_code: (code >= 0).then_some(code),
+            stream_id: f.u32(60),
+            peer: if f.u8(64) != 0 { f.conn(72) } else { None },
+            method: f.string(66, 112, 128),
+            status_message: f.string(68, 240, 128),
+        }));
+    }
     if kind == KIND_HTTP_CLIENT {
         return Ok(Event::HttpClient(HttpClientEvent {
             header,
@@ -225,6 +277,32 @@ pub fn encode_http_client(e: &HttpClientEvent) -> Vec<u8> {
     b
 }
 
+/// Builds the bytes of a gRPC server event as the BPF program lays them out.
+pub fn encode_grpc_server(e: &GrpcServerEvent) -> Vec<u8> {
+    let mut b = vec![0u8; GRPC_SERVER_EVENT_SIZE];
+    encode_header(&mut b, KIND_GRPC_SERVER, &e.header);
+    b[56..60].copy_from_slice(&e.status_code.unwrap_or(-1).to_le_bytes());
+    b[60..64].copy_from_slice(&e.stream_id.to_le_bytes());
+    if let Some((address, client_port, server_port)) = e.peer {
+        b[64] = 1;
+        let family: u32 = match address {
+            std::net::IpAddr::V4(v4) => {
+                b[72..76].copy_from_slice(&v4.octets());
+                2
+            }
+            std::net::IpAddr::V6(v6) => {
+                b[72..88].copy_from_slice(&v6.octets());
+                10
+            }
+        };
+        b[104..106].copy_from_slice(&client_port.to_le_bytes());
+        b[106..108].copy_from_slice(&server_port.to_le_bytes());
+        b[108..112].copy_from_slice(&family.to_le_bytes());
+    }
+    encode_strings(&mut b, &[(66, 112, 128, &e.method), (68, 240, 128, &e.status_message)]);
+    b
+}
+
 fn encode_header(b: &mut [u8], kind: u32, h: &SpanHeader) {
     b[0..4].copy_from_slice(&kind.to_le_bytes());
     b[4..8].copy_from_slice(&h.pid.to_le_bytes());
@@ -270,6 +348,21 @@ mod tests {
             pattern: "GET /users/{id}".into(),
             tracestate: "vendor=x".into(),
         }
+    }
+
+    #[test]
+    fn round_trips_a_grpc_server_event() {
+        let e = GrpcServerEvent {
+            header: sample().header,
+            status_code: Some(5),
+            status_message: "no such user".into(),
+            method: "/demo.Greeter/SayHello".into(),
+            stream_id: 7,
+            peer: Some(("127.0.0.1".parse().unwrap(), 40000, 50051)),
+        };
+        assert_eq!(decode(&encode_grpc_server(&e)), Ok(Event::GrpcServer(e.clone())));
+        let unknown = GrpcServerEvent { status_code: None, peer: None, ..e };
+        assert_eq!(decode(&encode_grpc_server(&unknown)), Ok(Event::GrpcServer(unknown)));
     }
 
     #[test]

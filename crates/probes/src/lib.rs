@@ -5,6 +5,7 @@
 mod attach;
 pub mod event;
 pub mod goroutines;
+pub mod grpc_server;
 pub mod http_client;
 pub mod http_server;
 pub mod inject;
@@ -139,6 +140,7 @@ fn offset_of(fields: &[FieldOffset], struct_name: &str, field: &str) -> Option<u
 pub struct Plans {
     pub http_server: Result<http_server::HttpServerPlan, Skip>,
     pub http_client: Result<http_client::HttpClientPlan, Skip>,
+    pub grpc_server: Result<grpc_server::GrpcServerPlan, Skip>,
     /// Needed only where something can be a child of a span started on another goroutine.
     pub goroutines: Result<goroutines::GoroutinesPlan, Skip>,
 }
@@ -149,11 +151,13 @@ pub fn plan_all(bin: &GoBinary) -> Plans {
     Plans {
         http_server: http_server::plan(bin, &layouts),
         http_client: http_client::plan(bin, &layouts),
+        grpc_server: grpc_server::plan(bin),
         goroutines: goroutines::plan(bin),
     }
 }
 
-/// Every struct field any instrumentation reads: what the offsets database must cover.
+/// Every standard-library struct field any instrumentation reads: what the offsets database
+/// must cover. (Third-party modules' fields, gRPC's, come from the binary itself for now.)
 pub fn declared_fields() -> Vec<FieldSpec> {
     let mut all: Vec<FieldSpec> = Vec::new();
     for spec in http_server::FIELDS.iter().chain(http_client::FIELDS) {

@@ -13,3 +13,6 @@ pub mod goroutines {
 pub mod inject {
     include!(concat!(env!("OUT_DIR"), "/inject.skel.rs"));
 }
+pub mod grpc_server {
+    include!(concat!(env!("OUT_DIR"), "/grpc_server.skel.rs"));
+}

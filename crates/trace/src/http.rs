@@ -144,7 +144,7 @@ fn push_method(attrs: &mut Vec<KeyValue>, method: &str, known: bool) {
 }
 
 /// The span of an event: its ids, parent (none when all zero) and epoch times.
-fn span(
+pub(crate) fn span(
     header: &SpanHeader,
     clock: &MonotonicClock,
     name: String,

@@ -4,6 +4,7 @@
 mod clock;
 mod http;
 mod resource;
+mod rpc;
 mod span;
 
 pub use clock::MonotonicClock;
@@ -11,6 +12,7 @@ pub use http::{http_client_span, http_server_span};
 pub use resource::{
     parse_resource_attributes, AgentIdentity, ProcessHints, ProcessResource, ResourceCache,
 };
+pub use rpc::grpc_server_span;
 pub use span::{AttributeValue, KeyValue, Span, SpanKind, Status};
 
 use std::sync::Arc;
@@ -34,6 +36,7 @@ impl Assembler {
         let span = match event {
             Event::HttpServer(e) => http_server_span(e, &self.clock),
             Event::HttpClient(e) => http_client_span(e, &self.clock),
+            Event::GrpcServer(e) => grpc_server_span(e, &self.clock),
         };
         (resource, span)
     }

@@ -12,6 +12,7 @@ typedef __u8 u8;
 typedef __u16 u16;
 typedef __u32 u32;
 typedef __u64 u64;
+typedef __s32 s32;
 typedef __s64 s64;
 
 /* The kernel's x86_64 pt_regs, as a uprobe sees it. Declared here so no vmlinux.h is needed. */
@@ -32,6 +33,7 @@ struct pt_regs {
 enum event_kind {
 	EVENT_HTTP_SERVER = 1,
 	EVENT_HTTP_CLIENT = 2,
+	EVENT_GRPC_SERVER = 3,
 };
 
 struct span_header {

@@ -1,0 +1,188 @@
+/* gRPC server spans (google.golang.org/grpc). (*grpc.Server).handleStream runs one RPC, unary
+ * or streaming, on one goroutine from the first frame to the final status: its entry starts the
+ * span, its RETs end it. The status is whatever the transport's (w|W)riteStatus sent first for
+ * that stream, which may run on another goroutine (a handler's SendMsg failing), so it meets
+ * the span through a map keyed by the stream. */
+#include "conn.h"
+
+/* How handleStream's stream argument reaches transport.Stream's fields: grpc up to 1.68 passes
+ * a *Stream; 1.69-1.76 a *ServerStream embedding a *Stream; 1.77+ one embedding it by value. */
+#define STREAM_DIRECT 0
+#define STREAM_EMBEDDED_POINTER 1
+#define STREAM_EMBEDDED_VALUE 2
+const volatile u8 stream_embedding = STREAM_DIRECT;
+const volatile u64 off_server_stream_stream = 0; /* ServerStream.Stream */
+const volatile u64 off_stream_id = 0; /* Stream.id (uint32) */
+const volatile u64 off_stream_method = 0; /* Stream.method (string) */
+/* The transport argument's data word is the *http2Server; its conn is a net.Conn. */
+const volatile u64 off_http2server_conn_data = 0; /* http2Server.conn + 8 */
+/* *status.Status -> s (*spb.Status) -> Code, Message */
+const volatile u64 off_status_s = 0;
+const volatile u64 off_spb_code = 0;
+const volatile u64 off_spb_message = 0;
+
+#define METHOD_CAP 128
+#define MESSAGE_CAP 128
+
+struct grpc_server_event {
+	struct span_header hdr;
+	s32 status_code; /* -1: no status seen */
+	u32 stream_id;
+	u8 has_conn;
+	u8 _pad;
+	u16 method_len;
+	u16 message_len;
+	u16 _pad2;
+	struct conn_key conn;
+	char method[METHOD_CAP];
+	char message[MESSAGE_CAP];
+};
+
+struct grpc_call {
+	u64 start_ns;
+	u64 stream; /* handleStream's argument: the key of its status */
+	u64 transport; /* *http2Server */
+	u8 trace_id[16];
+	u8 span_id[8];
+	u8 parent_span_id[8];
+	u8 sampled;
+};
+
+struct stream_key {
+	u32 pid;
+	u32 _pad;
+	u64 stream;
+};
+
+struct grpc_status {
+	s32 code;
+	u32 _pad;
+	u64 message;
+	u64 message_len;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct goroutine_key);
+	__type(value, struct grpc_call);
+} grpc_server_calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct stream_key);
+	__type(value, struct grpc_status);
+} grpc_statuses SEC(".maps");
+
+/* The address of transport.Stream's fields for handleStream's stream argument. */
+static __always_inline u64 stream_fields(u64 stream)
+{
+	if (stream_embedding == STREAM_EMBEDDED_POINTER)
+		return read_u64(stream + off_server_stream_stream);
+	if (stream_embedding == STREAM_EMBEDDED_VALUE)
+		return stream + off_server_stream_stream;
+	return stream;
+}
+
+SEC("uprobe")
+int grpc_server_enter(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!pid_traced(pid))
+		return 0;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	/* func (s *Server) handleStream(t ServerTransport, stream *Stream, ...): s in ARG1, t
+	 * (itab, data) in ARG2-3, stream in ARG4, in every grpc version. */
+	struct grpc_call call = {
+		.start_ns = bpf_ktime_get_ns(),
+		.transport = GO_ARG3(ctx),
+		.stream = GO_ARG4(ctx),
+	};
+	random_id(call.trace_id, sizeof(call.trace_id));
+	random_id(call.span_id, sizeof(call.span_id));
+	call.sampled = sample(call.trace_id, false, true);
+	bpf_map_update_elem(&grpc_server_calls, &key, &call, BPF_ANY);
+	/* The handler runs on this goroutine: its outgoing calls are children. */
+	struct span_ctx span = { .sampled = call.sampled };
+	__builtin_memcpy(span.trace_id, call.trace_id, sizeof(span.trace_id));
+	__builtin_memcpy(span.span_id, call.span_id, sizeof(span.span_id));
+	bpf_map_update_elem(&goroutine_ctx, &key, &span, BPF_ANY);
+	return 0;
+}
+
+/* func (t *http2Server) writeStatus(s *ServerStream, st *status.Status) error (WriteStatus
+ * before grpc 1.69): t in ARG1, s in ARG2, st in ARG3. grpc sends only the first status of a
+ * stream; so does gotel. */
+SEC("uprobe")
+int grpc_server_status(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!pid_traced(pid))
+		return 0;
+	struct stream_key key = { .pid = pid, .stream = GO_ARG2(ctx) };
+	u64 spb = read_u64(GO_ARG3(ctx) + off_status_s);
+	struct grpc_status status = { .code = 2 /* Unknown */ };
+	if (spb) {
+		bpf_probe_read_user(&status.code, sizeof(status.code), (void *)(spb + off_spb_code));
+		status.message = read_u64(spb + off_spb_message);
+		status.message_len = read_u64(spb + off_spb_message + 8);
+	}
+	bpf_map_update_elem(&grpc_statuses, &key, &status, BPF_NOEXIST);
+	return 0;
+}
+
+static __always_inline int grpc_server_return(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct grpc_call *call = bpf_map_lookup_elem(&grpc_server_calls, &key);
+	if (!call) {
+		if (pid_traced(pid))
+			count(STAT_NO_ENTRY);
+		return 0;
+	}
+	struct stream_key skey = { .pid = pid, .stream = call->stream };
+	struct grpc_status *status = bpf_map_lookup_elem(&grpc_statuses, &skey);
+	if (!call->sampled)
+		goto done;
+	struct grpc_server_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RINGBUF_FULL);
+		goto done;
+	}
+	fill_span_header(&e->hdr, EVENT_GRPC_SERVER, pid, call->start_ns, call->trace_id,
+			 call->span_id, call->parent_span_id);
+	u64 fields = stream_fields(call->stream);
+	u32 id = 0;
+	bpf_probe_read_user(&id, sizeof(id), (void *)(fields + off_stream_id));
+	e->stream_id = id;
+	e->method_len = copy_user_bytes(e->method, METHOD_CAP, read_u64(fields + off_stream_method),
+					(s64)read_u64(fields + off_stream_method + 8));
+	e->status_code = status ? status->code : -1;
+	e->message_len = status ? copy_user_bytes(e->message, MESSAGE_CAP, status->message,
+						  (s64)status->message_len)
+				: 0;
+	u64 tcpconn = read_u64(call->transport + off_http2server_conn_data);
+	e->has_conn = go_conn_key(tcpconn, false, &e->conn);
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
+done:
+	bpf_map_delete_elem(&grpc_statuses, &skey);
+	bpf_map_delete_elem(&grpc_server_calls, &key);
+	bpf_map_delete_elem(&goroutine_ctx, &key);
+	return 0;
+}
+
+SEC("uprobe.multi")
+int grpc_server_return_multi(struct pt_regs *ctx)
+{
+	return grpc_server_return(ctx);
+}
+
+SEC("uprobe")
+int grpc_server_return_single(struct pt_regs *ctx)
+{
+	return grpc_server_return(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
