@@ -1,0 +1,166 @@
+//! gRPC server spans end to end, on fixtures built against several grpc-go versions
+//! (scripts/build-grpc-fixtures.sh): unary and server-streaming RPCs, OK and error statuses,
+//! 200 concurrent calls, stripped builds, and a gRPC handler's HTTP call as its child.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+const SAY_HELLO: &str = "demo.Greeter/SayHello";
+const COUNT: &str = "demo.Greeter/Count";
+
+fn grpc_fixture(name: &str) -> std::path::PathBuf {
+    fixture(&format!("grpc/{name}"))
+}
+
+fn start(exe: &std::path::Path, args: &[&str]) -> Proc {
+    let child = Command::new(exe)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the gRPC fixture");
+    Proc::new(child)
+}
+
+fn grpc_spans(collector: &Collector) -> Vec<ReceivedSpan> {
+    collector.spans().into_iter().filter(|s| s.attr_str("rpc.system").is_some()).collect()
+}
+
+fn wait_for_grpc_spans(collector: &Collector, n: usize) -> Vec<ReceivedSpan> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let spans = grpc_spans(collector);
+        if spans.len() >= n || std::time::Instant::now() > deadline {
+            return spans;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every kind of RPC the fixture makes, through its HTTP front, and 200 concurrent calls.
+fn rpcs_become_server_spans(fixture_name: &str) {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start(&format!("grpc-{fixture_name}"));
+    let dir = TempDir::new(&format!("grpc-{fixture_name}"));
+    let exe = dir.0.join("greeter");
+    std::fs::copy(grpc_fixture(fixture_name), &exe).unwrap();
+    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
+    gotel.wait_for_log("tracing every process", WAIT);
+    assert!(gotel.log().join("\n").contains("attached gRPC server"), "{:?}", gotel.log());
+
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let grpc_addr = format!("127.0.0.1:{grpc_port}");
+    let _server = start(&exe, &["-serve", &grpc_addr]);
+    let _front =
+        start(&exe, &["-http", &format!("127.0.0.1:{http_port}"), "-grpc-target", &grpc_addr]);
+    wait_for_port(grpc_port, WAIT);
+    wait_for_port(http_port, WAIT);
+
+    // (request to the front, span name, gRPC status code, span is an error)
+    let cases = [
+        ("/call?name=alice", SAY_HELLO, 0, false),
+        ("/call?name=missing", SAY_HELLO, 5, false), // NOT_FOUND is the caller's problem
+        ("/call?name=boom", SAY_HELLO, 13, true),    // INTERNAL is the server's
+        ("/stream?n=3", COUNT, 0, false),
+        ("/stream?n=5&fail=2", COUNT, 3, false), // INVALID_ARGUMENT after 2 messages
+    ];
+    for (i, (path, name, code, error)) in cases.iter().enumerate() {
+        http_get(http_port, path);
+        let spans = wait_for_grpc_spans(&collector, i + 1);
+        assert_eq!(spans.len(), i + 1, "{path}: one gRPC server span");
+        let s = &spans[i];
+        assert_eq!(s.name(), *name, "{path}");
+        assert_eq!(s.kind(), 2, "{path}: SERVER");
+        assert_eq!(s.attr_str("rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(s.attr_str("rpc.service").as_deref(), Some("demo.Greeter"));
+        let method = name.rsplit('/').next().unwrap();
+        assert_eq!(s.attr_str("rpc.method").as_deref(), Some(method));
+        assert_eq!(s.attr_int("rpc.grpc.status_code"), Some(*code), "{path}");
+        assert_eq!(s.status_code() == 2, *error, "{path}: status {}", s.status_code());
+        assert_eq!(s.attr_int("server.port"), Some(i64::from(grpc_port)));
+        assert_eq!(s.attr_str("client.address").as_deref(), Some("127.0.0.1"));
+        assert!(s.duration() > Duration::ZERO && s.duration() < WAIT);
+    }
+
+    // 200 calls in flight at once: one span each, all OK.
+    let out = Command::new(&exe)
+        .args(["-client", &grpc_addr, "-n", "200", "-concurrency", "200"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spans = wait_for_grpc_spans(&collector, cases.len() + 200);
+    let burst = &spans[cases.len()..];
+    assert_eq!(burst.len(), 200, "one span per concurrent call");
+    assert!(burst.iter().all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)));
+    let ids: std::collections::HashSet<String> = burst.iter().map(|s| s.hex("spanId")).collect();
+    assert_eq!(ids.len(), 200, "distinct spans");
+}
+
+#[test]
+fn grpc_oldest_supported_v1_40() {
+    rpcs_become_server_spans("grpc-v1.40.0");
+}
+
+#[test]
+fn grpc_v1_68_last_with_one_stream_type() {
+    rpcs_become_server_spans("grpc-v1.68.1");
+}
+
+#[test]
+fn grpc_v1_69_server_stream_split() {
+    rpcs_become_server_spans("grpc-v1.69.0");
+}
+
+#[test]
+fn grpc_v1_76_last_with_the_stream_by_pointer() {
+    rpcs_become_server_spans("grpc-v1.76.0");
+}
+
+#[test]
+fn grpc_newest_v1_85() {
+    rpcs_become_server_spans("grpc-v1.85.0");
+}
+
+#[test]
+fn grpc_stripped_v1_77_stream_by_value() {
+    rpcs_become_server_spans("grpc-v1.77.0-stripped");
+}
+
+/// HTTP -> gRPC -> HTTP: the HTTP call a gRPC handler makes is the gRPC span's child, and the
+/// server it calls on this host continues the same trace.
+#[test]
+fn a_grpc_handlers_http_call_is_its_child() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("grpc-chain");
+    let dir = TempDir::new("grpc-chain");
+    let exe = dir.0.join("greeter");
+    std::fs::copy(grpc_fixture("grpc-v1.85.0"), &exe).unwrap();
+    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
+    gotel.wait_for_log("tracing every process", WAIT);
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let grpc_addr = format!("127.0.0.1:{grpc_port}");
+    let next = format!("http://127.0.0.1:{http_port}/hello");
+    let _server = start(&exe, &["-serve", &grpc_addr, "-next", &next]);
+    let _front =
+        start(&exe, &["-http", &format!("127.0.0.1:{http_port}"), "-grpc-target", &grpc_addr]);
+    wait_for_port(grpc_port, WAIT);
+    wait_for_port(http_port, WAIT);
+    http_get(http_port, "/call?name=chain");
+    // front /call (HTTP server), SayHello (gRPC server), its GET (HTTP client), /hello (server)
+    let spans = collector.wait_for_spans(4, WAIT);
+    let grpc = spans.iter().find(|s| s.name() == SAY_HELLO).expect("the gRPC server span");
+    let client = spans.iter().find(|s| s.kind() == 3).expect("the handler's HTTP client span");
+    let hello = spans
+        .iter()
+        .find(|s| s.attr_str("url.path").as_deref() == Some("/hello"))
+        .expect("the /hello server span");
+    assert_eq!(client.hex("parentSpanId"), grpc.hex("spanId"), "in-process child");
+    assert_eq!(client.hex("traceId"), grpc.hex("traceId"));
+    assert_eq!(hello.hex("parentSpanId"), client.hex("spanId"), "same-host child");
+    assert_eq!(hello.hex("traceId"), grpc.hex("traceId"), "one trace across the hops");
+}
