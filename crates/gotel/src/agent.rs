@@ -15,7 +15,8 @@ use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
 use probes::inject::{InjectMode, Injection};
 use probes::{
-    goroutines, grpc_server, http_client, http_server, AttachOptions, Attached, SharedMaps,
+    goroutines, grpc_client, grpc_server, http_client, http_server, AttachOptions, Attached,
+    SharedMaps,
 };
 use trace::{AgentIdentity, Assembler, ProcessResource, ResourceCache, Span};
 
@@ -75,20 +76,24 @@ pub fn instrument(
             .push(grpc_server::attach(plan, attach_path, shared, options).with_context(context)?),
         Err(skip) => skipped.push(skip.to_string()),
     }
-    match &plans.http_client {
-        Ok(plan) => {
-            attached.push(
-                http_client::attach(plan, attach_path, shared, options).with_context(context)?,
-            );
-            // Client spans find their parent through goroutine ancestry.
-            match &plans.goroutines {
-                Ok(plan) => attached.push(
-                    goroutines::attach(plan, attach_path, shared, options).with_context(context)?,
-                ),
-                Err(skip) => skipped.push(skip.to_string()),
-            }
-        }
+    match &plans.grpc_client {
+        Ok(plan) => attached
+            .push(grpc_client::attach(plan, attach_path, shared, options).with_context(context)?),
         Err(skip) => skipped.push(skip.to_string()),
+    }
+    match &plans.http_client {
+        Ok(plan) => attached
+            .push(http_client::attach(plan, attach_path, shared, options).with_context(context)?),
+        Err(skip) => skipped.push(skip.to_string()),
+    }
+    // Client spans find their parent through goroutine ancestry.
+    if plans.http_client.is_ok() || plans.grpc_client.is_ok() {
+        match &plans.goroutines {
+            Ok(plan) => attached.push(
+                goroutines::attach(plan, attach_path, shared, options).with_context(context)?,
+            ),
+            Err(skip) => skipped.push(skip.to_string()),
+        }
     }
     for skip in &skipped {
         tracing::info!("{}: skipped {skip}", exe.display());

@@ -86,6 +86,21 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
         }
         Err(skip) => skipped(w, skip)?,
     }
+    match &plans.grpc_client {
+        Ok(plan) => {
+            writeln!(
+                w,
+                "  {:<20} applies (grpc {})",
+                probes::grpc_client::NAME,
+                plan.grpc_version
+            )?;
+            functions(w, &plan.start)?;
+            functions(w, &plan.new_stream)?;
+            functions(w, &plan.finish)?;
+            fields(w, &plan.fields)?;
+        }
+        Err(skip) => skipped(w, skip)?,
+    }
     match &plans.goroutines {
         Ok(plan) => {
             writeln!(w, "  {:<20} applies (parents for client spans)", probes::goroutines::NAME)?;

@@ -1,6 +1,7 @@
-//! gRPC server spans end to end, on fixtures built against several grpc-go versions
-//! (scripts/build-grpc-fixtures.sh): unary and server-streaming RPCs, OK and error statuses,
-//! 200 concurrent calls, stripped builds, and a gRPC handler's HTTP call as its child.
+//! gRPC spans end to end, on fixtures built against several grpc-go versions
+//! (scripts/build-grpc-fixtures.sh): server and client spans of unary and server-streaming
+//! RPCs, OK and error statuses, client and server linked on one host through the HTTP/2 stream,
+//! 200 concurrent calls, stripped builds, and HTTP -> gRPC -> HTTP in one trace.
 
 mod support;
 
@@ -27,16 +28,22 @@ fn start(exe: &std::path::Path, args: &[&str]) -> Proc {
     Proc::new(child)
 }
 
-fn grpc_spans(collector: &Collector) -> Vec<ReceivedSpan> {
-    collector.spans().into_iter().filter(|s| s.attr_str("rpc.system").is_some()).collect()
+const SERVER: i64 = 2;
+const CLIENT: i64 = 3;
+
+/// The gRPC spans of one kind the collector has, in arrival order.
+fn grpc_spans(collector: &Collector, kind: i64) -> Vec<ReceivedSpan> {
+    let spans = collector.spans().into_iter();
+    spans.filter(|s| s.attr_str("rpc.system").is_some() && s.kind() == kind).collect()
 }
 
-fn wait_for_grpc_spans(collector: &Collector, n: usize) -> Vec<ReceivedSpan> {
+/// Waits until `n` server and `n` client spans are in; returns (servers, clients).
+fn wait_for_grpc_spans(collector: &Collector, n: usize) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let spans = grpc_spans(collector);
-        if spans.len() >= n || std::time::Instant::now() > deadline {
-            return spans;
+        let (servers, clients) = (grpc_spans(collector, SERVER), grpc_spans(collector, CLIENT));
+        if servers.len() >= n && clients.len() >= n || std::time::Instant::now() > deadline {
+            return (servers, clients);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -69,36 +76,54 @@ fn rpcs_become_server_spans(fixture_name: &str) {
         ("/stream?n=3", COUNT, 0, false),
         ("/stream?n=5&fail=2", COUNT, 3, false), // INVALID_ARGUMENT after 2 messages
     ];
-    for (i, (path, name, code, error)) in cases.iter().enumerate() {
+    for (i, (path, name, code, server_error)) in cases.iter().enumerate() {
         http_get(http_port, path);
-        let spans = wait_for_grpc_spans(&collector, i + 1);
-        assert_eq!(spans.len(), i + 1, "{path}: one gRPC server span");
-        let s = &spans[i];
-        assert_eq!(s.name(), *name, "{path}");
-        assert_eq!(s.kind(), 2, "{path}: SERVER");
-        assert_eq!(s.attr_str("rpc.system").as_deref(), Some("grpc"));
-        assert_eq!(s.attr_str("rpc.service").as_deref(), Some("demo.Greeter"));
+        let (servers, clients) = wait_for_grpc_spans(&collector, i + 1);
+        assert_eq!(servers.len(), i + 1, "{path}: one gRPC server span");
+        assert_eq!(clients.len(), i + 1, "{path}: one gRPC client span");
         let method = name.rsplit('/').next().unwrap();
-        assert_eq!(s.attr_str("rpc.method").as_deref(), Some(method));
-        assert_eq!(s.attr_int("rpc.grpc.status_code"), Some(*code), "{path}");
-        assert_eq!(s.status_code() == 2, *error, "{path}: status {}", s.status_code());
-        assert_eq!(s.attr_int("server.port"), Some(i64::from(grpc_port)));
-        assert_eq!(s.attr_str("client.address").as_deref(), Some("127.0.0.1"));
-        assert!(s.duration() > Duration::ZERO && s.duration() < WAIT);
+        for s in [&servers[i], &clients[i]] {
+            assert_eq!(s.name(), *name, "{path}");
+            assert_eq!(s.attr_str("rpc.system").as_deref(), Some("grpc"));
+            assert_eq!(s.attr_str("rpc.service").as_deref(), Some("demo.Greeter"));
+            assert_eq!(s.attr_str("rpc.method").as_deref(), Some(method));
+            assert_eq!(s.attr_int("rpc.grpc.status_code"), Some(*code), "{path}");
+            assert_eq!(s.attr_int("server.port"), Some(i64::from(grpc_port)));
+            assert!(s.duration() > Duration::ZERO && s.duration() < WAIT);
+        }
+        let (server, client) = (&servers[i], &clients[i]);
+        assert_eq!(server.status_code() == 2, *server_error, "{path}: server status");
+        assert_eq!(client.status_code() == 2, *code != 0, "{path}: client status");
+        assert_eq!(server.attr_str("client.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(client.attr_str("server.address").as_deref(), Some("127.0.0.1"));
+        // One host: the server span is the client span's child, found through the stream.
+        assert_eq!(server.hex("parentSpanId"), client.hex("spanId"), "{path}: linked");
+        assert_eq!(server.hex("traceId"), client.hex("traceId"), "{path}: one trace");
+        // The client call is a child of the HTTP request the front was serving.
+        let front = collector
+            .spans()
+            .into_iter()
+            .find(|s| s.hex("spanId") == client.hex("parentSpanId"))
+            .unwrap_or_else(|| panic!("{path}: the client span's parent is exported"));
+        assert_eq!(front.attr_str("url.path").as_deref(), path.split('?').next());
     }
 
-    // 200 calls in flight at once: one span each, all OK.
+    // 200 calls in flight at once: one server and one client span each, pairwise linked.
     let out = Command::new(&exe)
         .args(["-client", &grpc_addr, "-n", "200", "-concurrency", "200"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let spans = wait_for_grpc_spans(&collector, cases.len() + 200);
-    let burst = &spans[cases.len()..];
-    assert_eq!(burst.len(), 200, "one span per concurrent call");
-    assert!(burst.iter().all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)));
-    let ids: std::collections::HashSet<String> = burst.iter().map(|s| s.hex("spanId")).collect();
-    assert_eq!(ids.len(), 200, "distinct spans");
+    let (servers, clients) = wait_for_grpc_spans(&collector, cases.len() + 200);
+    let (servers, clients) = (&servers[cases.len()..], &clients[cases.len()..]);
+    assert_eq!((servers.len(), clients.len()), (200, 200), "one span per call and side");
+    assert!(servers.iter().chain(clients).all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)));
+    let client_ids: std::collections::HashSet<String> =
+        clients.iter().map(|s| s.hex("spanId")).collect();
+    assert_eq!(client_ids.len(), 200, "distinct client spans");
+    let parents: std::collections::HashSet<String> =
+        servers.iter().map(|s| s.hex("parentSpanId")).collect();
+    assert_eq!(parents, client_ids, "each server span's parent is its own client span");
 }
 
 #[test]
@@ -131,8 +156,8 @@ fn grpc_stripped_v1_77_stream_by_value() {
     rpcs_become_server_spans("grpc-v1.77.0-stripped");
 }
 
-/// HTTP -> gRPC -> HTTP: the HTTP call a gRPC handler makes is the gRPC span's child, and the
-/// server it calls on this host continues the same trace.
+/// HTTP -> gRPC -> HTTP, one trace: the front's gRPC call is its HTTP span's child, the gRPC
+/// server span the call's child, and the handler's HTTP call and the server it reaches follow.
 #[test]
 fn a_grpc_handlers_http_call_is_its_child() {
     let Some(()) = privileged() else { return };
@@ -151,10 +176,28 @@ fn a_grpc_handlers_http_call_is_its_child() {
     wait_for_port(grpc_port, WAIT);
     wait_for_port(http_port, WAIT);
     http_get(http_port, "/call?name=chain");
-    // front /call (HTTP server), SayHello (gRPC server), its GET (HTTP client), /hello (server)
-    let spans = collector.wait_for_spans(4, WAIT);
-    let grpc = spans.iter().find(|s| s.name() == SAY_HELLO).expect("the gRPC server span");
-    let client = spans.iter().find(|s| s.kind() == 3).expect("the handler's HTTP client span");
+    // front /call (HTTP server), its gRPC client span, SayHello (gRPC server), the handler's
+    // GET (HTTP client), /hello (HTTP server)
+    let spans = collector.wait_for_spans(5, WAIT);
+    let call = spans
+        .iter()
+        .find(|s| s.attr_str("url.path").as_deref() == Some("/call"))
+        .expect("the front's /call span");
+    let grpc_client = spans
+        .iter()
+        .find(|s| s.name() == SAY_HELLO && s.kind() == CLIENT)
+        .expect("the gRPC client span");
+    let grpc = spans
+        .iter()
+        .find(|s| s.name() == SAY_HELLO && s.kind() == SERVER)
+        .expect("the gRPC server span");
+    let client = spans
+        .iter()
+        .find(|s| s.kind() == CLIENT && s.attr_str("rpc.system").is_none())
+        .expect("the handler's HTTP client span");
+    assert_eq!(grpc_client.hex("parentSpanId"), call.hex("spanId"), "HTTP -> gRPC");
+    assert_eq!(grpc.hex("parentSpanId"), grpc_client.hex("spanId"), "gRPC client -> server");
+    assert_eq!(grpc.hex("traceId"), call.hex("traceId"), "one trace from the first hop");
     let hello = spans
         .iter()
         .find(|s| s.attr_str("url.path").as_deref() == Some("/hello"))

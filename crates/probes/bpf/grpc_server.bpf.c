@@ -41,11 +41,13 @@ struct grpc_server_event {
 struct grpc_call {
 	u64 start_ns;
 	u64 stream; /* handleStream's argument: the key of its status */
-	u64 transport; /* *http2Server */
+	struct stream_conn_key conn; /* the connection and HTTP/2 stream, when readable */
+	u8 has_conn;
+	u8 has_parent;
+	u8 sampled;
 	u8 trace_id[16];
 	u8 span_id[8];
 	u8 parent_span_id[8];
-	u8 sampled;
 };
 
 struct stream_key {
@@ -96,12 +98,26 @@ int grpc_server_enter(struct pt_regs *ctx)
 	 * (itab, data) in ARG2-3, stream in ARG4, in every grpc version. */
 	struct grpc_call call = {
 		.start_ns = bpf_ktime_get_ns(),
-		.transport = GO_ARG3(ctx),
 		.stream = GO_ARG4(ctx),
 	};
-	random_id(call.trace_id, sizeof(call.trace_id));
+	u64 fields = stream_fields(call.stream);
+	bpf_probe_read_user(&call.conn.stream_id, sizeof(u32), (void *)(fields + off_stream_id));
+	u64 tcpconn = read_u64(GO_ARG3(ctx) + off_http2server_conn_data);
+	call.has_conn = go_conn_key(tcpconn, false, &call.conn.conn);
+	/* A gRPC client on this host that opened this stream is the parent. */
+	struct span_ctx *parent = call.has_conn ? bpf_map_lookup_elem(&stream_ctx, &call.conn) : 0;
+	bool parent_sampled = true;
+	if (parent) {
+		__builtin_memcpy(call.trace_id, parent->trace_id, sizeof(call.trace_id));
+		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
+		parent_sampled = parent->sampled;
+		call.has_parent = 1;
+		bpf_map_delete_elem(&stream_ctx, &call.conn);
+	} else {
+		random_id(call.trace_id, sizeof(call.trace_id));
+	}
 	random_id(call.span_id, sizeof(call.span_id));
-	call.sampled = sample(call.trace_id, false, true);
+	call.sampled = sample(call.trace_id, call.has_parent, parent_sampled);
 	bpf_map_update_elem(&grpc_server_calls, &key, &call, BPF_ANY);
 	/* The handler runs on this goroutine: its outgoing calls are children. */
 	struct span_ctx span = { .sampled = call.sampled };
@@ -144,6 +160,17 @@ static __always_inline int grpc_server_return(struct pt_regs *ctx)
 	}
 	struct stream_key skey = { .pid = pid, .stream = call->stream };
 	struct grpc_status *status = bpf_map_lookup_elem(&grpc_statuses, &skey);
+	/* The client publishes its stream once the id is assigned, which can be after the request
+	 * reached us: look again, so at least this span finds its parent. */
+	struct span_ctx *late = 0;
+	if (!call->has_parent && call->has_conn)
+		late = bpf_map_lookup_elem(&stream_ctx, &call->conn);
+	if (late) {
+		__builtin_memcpy(call->trace_id, late->trace_id, sizeof(call->trace_id));
+		__builtin_memcpy(call->parent_span_id, late->span_id, sizeof(call->parent_span_id));
+		call->sampled = late->sampled;
+		bpf_map_delete_elem(&stream_ctx, &call->conn);
+	}
 	if (!call->sampled)
 		goto done;
 	struct grpc_server_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -154,17 +181,15 @@ static __always_inline int grpc_server_return(struct pt_regs *ctx)
 	fill_span_header(&e->hdr, EVENT_GRPC_SERVER, pid, call->start_ns, call->trace_id,
 			 call->span_id, call->parent_span_id);
 	u64 fields = stream_fields(call->stream);
-	u32 id = 0;
-	bpf_probe_read_user(&id, sizeof(id), (void *)(fields + off_stream_id));
-	e->stream_id = id;
+	e->stream_id = call->conn.stream_id;
 	e->method_len = copy_user_bytes(e->method, METHOD_CAP, read_u64(fields + off_stream_method),
 					(s64)read_u64(fields + off_stream_method + 8));
 	e->status_code = status ? status->code : -1;
 	e->message_len = status ? copy_user_bytes(e->message, MESSAGE_CAP, status->message,
 						  (s64)status->message_len)
 				: 0;
-	u64 tcpconn = read_u64(call->transport + off_http2server_conn_data);
-	e->has_conn = go_conn_key(tcpconn, false, &e->conn);
+	e->has_conn = call->has_conn;
+	__builtin_memcpy(&e->conn, &call->conn.conn, sizeof(e->conn));
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
 done:
 	bpf_map_delete_elem(&grpc_statuses, &skey);

@@ -66,11 +66,26 @@ pub struct GrpcServerEvent {
     pub peer: Option<(std::net::IpAddr, u16, u16)>,
 }
 
+/// One call made by a grpc-go client (`struct grpc_client_event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcClientEvent {
+    pub header: SpanHeader,
+    pub status_code: i32,
+    pub status_message: String,
+    pub method: String,
+    /// What the ClientConn was created for ("127.0.0.1:50051", "dns:///svc:443").
+    pub target: String,
+    pub stream_id: u32,
+    /// (server address, client port, server port) of the connection, when it could be read.
+    pub peer: Option<(std::net::IpAddr, u16, u16)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     HttpServer(HttpServerEvent),
     HttpClient(HttpClientEvent),
     GrpcServer(GrpcServerEvent),
+    GrpcClient(GrpcClientEvent),
 }
 
 impl Event {
@@ -79,6 +94,7 @@ impl Event {
             Event::HttpServer(e) => &e.header,
             Event::HttpClient(e) => &e.header,
             Event::GrpcServer(e) => &e.header,
+            Event::GrpcClient(e) => &e.header,
         }
     }
 
@@ -104,6 +120,12 @@ impl Event {
             Event::GrpcServer(e) if e.status_code.is_some_and(|c| !(0..=16).contains(&c)) => {
                 Some(format!("gRPC status {:?} is not a status code", e.status_code))
             }
+            Event::GrpcClient(e) if !e.method.starts_with('/') => {
+                Some(format!("gRPC method {:?} does not start with /", e.method))
+            }
+            Event::GrpcClient(e) if !(0..=16).contains(&e.status_code) => {
+                Some(format!("gRPC status {} is not a status code", e.status_code))
+            }
             _ => None,
         }
     }
@@ -120,6 +142,7 @@ pub enum DecodeError {
 const KIND_HTTP_SERVER: u32 = 1;
 const KIND_HTTP_CLIENT: u32 = 2;
 const KIND_GRPC_SERVER: u32 = 3;
+const KIND_GRPC_CLIENT: u32 = 4;
 const HEADER_SIZE: usize = 56;
 /// sizeof(struct http_server_event), padded to 8.
 pub const HTTP_SERVER_EVENT_SIZE: usize = 1184;
@@ -127,6 +150,8 @@ pub const HTTP_SERVER_EVENT_SIZE: usize = 1184;
 pub const HTTP_CLIENT_EVENT_SIZE: usize = 752;
 /// sizeof(struct grpc_server_event).
 pub const GRPC_SERVER_EVENT_SIZE: usize = 368;
+/// sizeof(struct grpc_client_event).
+pub const GRPC_CLIENT_EVENT_SIZE: usize = 496;
 
 /// Little-endian field reader over one event; lengths were checked before any read.
 struct Fields<'a>(&'a [u8]);
@@ -146,15 +171,21 @@ impl Fields<'_> {
     }
     /// A `struct conn_key` at `at`: (client address, client port, server port).
     fn conn(&self, at: usize) -> Option<(std::net::IpAddr, u16, u16)> {
+        Some((self.address(at, self.u32(at + 36))?, self.u16(at + 32), self.u16(at + 34)))
+    }
+    /// The same, with the server's address instead of the client's.
+    fn conn_server(&self, at: usize) -> Option<(std::net::IpAddr, u16, u16)> {
+        Some((self.address(at + 16, self.u32(at + 36))?, self.u16(at + 32), self.u16(at + 34)))
+    }
+    fn address(&self, at: usize, family: u32) -> Option<std::net::IpAddr> {
         const AF_INET: u32 = 2;
         const AF_INET6: u32 = 10;
-        let client: [u8; 16] = self.array(at);
-        let address = match self.u32(at + 36) {
-            AF_INET => std::net::IpAddr::from([client[0], client[1], client[2], client[3]]),
-            AF_INET6 => std::net::IpAddr::from(client),
-            _ => return None,
-        };
-        Some((address, self.u16(at + 32), self.u16(at + 34)))
+        let a: [u8; 16] = self.array(at);
+        match family {
+            AF_INET => Some(std::net::IpAddr::from([a[0], a[1], a[2], a[3]])),
+            AF_INET6 => Some(std::net::IpAddr::from(a)),
+            _ => None,
+        }
     }
     fn u64(&self, at: usize) -> u64 {
         u64::from_le_bytes(self.array(at))
@@ -182,6 +213,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         KIND_HTTP_SERVER => HTTP_SERVER_EVENT_SIZE,
         KIND_HTTP_CLIENT => HTTP_CLIENT_EVENT_SIZE,
         KIND_GRPC_SERVER => GRPC_SERVER_EVENT_SIZE,
+        KIND_GRPC_CLIENT => GRPC_CLIENT_EVENT_SIZE,
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if bytes.len() < need {
@@ -195,6 +227,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         span_id: f.array(40),
         parent_span_id: f.array(48),
     };
+    if kind == KIND_GRPC_CLIENT {
+        // conn_key holds the server's address second when read from the client's side.
+        let peer = (f.u8(64) != 0).then(|| f.conn_server(72)).flatten();
+        return Ok(Event::GrpcClient(GrpcClientEvent {
+            header,
+            status_code: f.i32(56),
+            stream_id: f.u32(60),
+            peer,
+            method: f.string(66, 112, 128),
+            target: f.string(68, 240, 128),
+            status_message: f.string(70, 368, 128),
+        }));
+    }
     if kind == KIND_GRPC_SERVER {
         let code = f.i32(56);
         return Ok(Event::GrpcServer(GrpcServerEvent {
@@ -283,24 +328,49 @@ pub fn encode_grpc_server(e: &GrpcServerEvent) -> Vec<u8> {
     encode_header(&mut b, KIND_GRPC_SERVER, &e.header);
     b[56..60].copy_from_slice(&e.status_code.unwrap_or(-1).to_le_bytes());
     b[60..64].copy_from_slice(&e.stream_id.to_le_bytes());
-    if let Some((address, client_port, server_port)) = e.peer {
+    if let Some(peer) = e.peer {
         b[64] = 1;
-        let family: u32 = match address {
-            std::net::IpAddr::V4(v4) => {
-                b[72..76].copy_from_slice(&v4.octets());
-                2
-            }
-            std::net::IpAddr::V6(v6) => {
-                b[72..88].copy_from_slice(&v6.octets());
-                10
-            }
-        };
-        b[104..106].copy_from_slice(&client_port.to_le_bytes());
-        b[106..108].copy_from_slice(&server_port.to_le_bytes());
-        b[108..112].copy_from_slice(&family.to_le_bytes());
+        encode_conn(&mut b[72..112], 0, peer);
     }
     encode_strings(&mut b, &[(66, 112, 128, &e.method), (68, 240, 128, &e.status_message)]);
     b
+}
+
+/// Builds the bytes of a gRPC client event as the BPF program lays them out.
+pub fn encode_grpc_client(e: &GrpcClientEvent) -> Vec<u8> {
+    let mut b = vec![0u8; GRPC_CLIENT_EVENT_SIZE];
+    encode_header(&mut b, KIND_GRPC_CLIENT, &e.header);
+    b[56..60].copy_from_slice(&e.status_code.to_le_bytes());
+    b[60..64].copy_from_slice(&e.stream_id.to_le_bytes());
+    if let Some(peer) = e.peer {
+        b[64] = 1;
+        encode_conn(&mut b[72..112], 16, peer);
+    }
+    let strings =
+        [(66, 112, 128, &e.method), (68, 240, 128, &e.target), (70, 368, 128, &e.status_message)];
+    encode_strings(&mut b, &strings);
+    b
+}
+
+/// A `struct conn_key` with `address` at `slot` (0: the client's, 16: the server's).
+fn encode_conn(
+    b: &mut [u8],
+    slot: usize,
+    (address, client_port, server_port): (std::net::IpAddr, u16, u16),
+) {
+    let family: u32 = match address {
+        std::net::IpAddr::V4(v4) => {
+            b[slot..slot + 4].copy_from_slice(&v4.octets());
+            2
+        }
+        std::net::IpAddr::V6(v6) => {
+            b[slot..slot + 16].copy_from_slice(&v6.octets());
+            10
+        }
+    };
+    b[32..34].copy_from_slice(&client_port.to_le_bytes());
+    b[34..36].copy_from_slice(&server_port.to_le_bytes());
+    b[36..40].copy_from_slice(&family.to_le_bytes());
 }
 
 fn encode_header(b: &mut [u8], kind: u32, h: &SpanHeader) {
@@ -363,6 +433,20 @@ mod tests {
         assert_eq!(decode(&encode_grpc_server(&e)), Ok(Event::GrpcServer(e.clone())));
         let unknown = GrpcServerEvent { status_code: None, peer: None, ..e };
         assert_eq!(decode(&encode_grpc_server(&unknown)), Ok(Event::GrpcServer(unknown)));
+    }
+
+    #[test]
+    fn round_trips_a_grpc_client_event() {
+        let e = GrpcClientEvent {
+            header: sample().header,
+            status_code: 14,
+            status_message: "connection refused".into(),
+            method: "/demo.Greeter/Count".into(),
+            target: "dns:///greeter:50051".into(),
+            stream_id: 3,
+            peer: Some(("::1".parse().unwrap(), 40001, 50051)),
+        };
+        assert_eq!(decode(&encode_grpc_client(&e)), Ok(Event::GrpcClient(e)));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{AttachOptions, Attached, Error, FunctionPlan, SharedMaps, Skip};
 
 pub const NAME: &str = "gRPC server";
 pub const MODULE: &str = "google.golang.org/grpc";
-const GENPROTO: &str = "google.golang.org/genproto/googleapis/rpc";
+pub(crate) const GENPROTO: &str = "google.golang.org/genproto/googleapis/rpc";
 const HANDLE_STREAM: &str = "google.golang.org/grpc.(*Server).handleStream";
 /// Where the final status is sent (renamed in grpc 1.69).
 const WRITE_STATUS: &[&str] = &[
@@ -29,7 +29,7 @@ const HTTP2_SERVER: &str = "google.golang.org/grpc/internal/transport.http2Serve
 const STATUS: &str = "google.golang.org/grpc/internal/status.Status";
 const SPB_STATUS: &str = "google.golang.org/genproto/googleapis/rpc/status.Status";
 
-const fn field(
+pub(crate) const fn field(
     module: &'static str,
     s: &'static str,
     f: &'static str,
@@ -91,18 +91,28 @@ pub fn plan(bin: &GoBinary) -> Result<GrpcServerPlan, Skip> {
         .map_err(|e| skip(format!("{e} (grpc {grpc_version})")))?;
     let stream = match crate::offset_of(&fields, SERVER_STREAM, "Stream") {
         None => StreamEmbedding::Direct,
-        Some(at) if embeds_by_value(&grpc_version) => StreamEmbedding::Value { at },
+        Some(at) if version_at_least(&grpc_version, 1, 77) => StreamEmbedding::Value { at },
         Some(at) => StreamEmbedding::Pointer { at },
     };
     Ok(GrpcServerPlan { grpc_version, handle_stream, write_status, stream, fields })
 }
 
-/// ServerStream embeds Stream by value from grpc 1.77 (by pointer in 1.69-1.76).
-fn embeds_by_value(grpc_version: &str) -> bool {
-    let v = grpc_version.trim_start_matches('v');
+/// Whether a module version ("v1.77.0", "v1.77.0-dev") is at least major.minor.
+pub(crate) fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
+    let v = version.trim_start_matches('v');
     let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (1, 77)
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+impl StreamEmbedding {
+    /// (stream_embedding, offset of the embedded Stream) as the programs read them.
+    pub(crate) fn rodata(self) -> (u8, u64) {
+        match self {
+            StreamEmbedding::Direct => (0, 0),
+            StreamEmbedding::Pointer { at } => (1, at),
+            StreamEmbedding::Value { at } => (2, at),
+        }
+    }
 }
 
 pub fn attach(
@@ -123,11 +133,7 @@ pub fn attach(
     ro.filter_pids = options.filter_pids;
     (ro.sampler, ro.sampler_threshold) = options.sampler.rodata();
     ro.sampler_parent_based = options.sampler.parent_based;
-    (ro.stream_embedding, ro.off_server_stream_stream) = match plan.stream {
-        StreamEmbedding::Direct => (0, 0),
-        StreamEmbedding::Pointer { at } => (1, at),
-        StreamEmbedding::Value { at } => (2, at),
-    };
+    (ro.stream_embedding, ro.off_server_stream_stream) = plan.stream.rodata();
     ro.off_stream_id = offset(STREAM, "id");
     ro.off_stream_method = offset(STREAM, "method");
     ro.off_status_s = offset(STATUS, "s");
@@ -162,11 +168,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_embedding_by_version() {
-        assert!(!embeds_by_value("v1.69.0"));
-        assert!(!embeds_by_value("v1.76.0"));
-        assert!(embeds_by_value("v1.77.0"));
-        assert!(embeds_by_value("v1.85.0"));
-        assert!(embeds_by_value("v2.0.0"));
+    fn module_versions_compare_by_major_and_minor() {
+        assert!(!version_at_least("v1.69.0", 1, 77));
+        assert!(!version_at_least("v1.76.9", 1, 77));
+        assert!(version_at_least("v1.77.0", 1, 77));
+        assert!(version_at_least("v1.85.0-dev", 1, 77));
+        assert!(version_at_least("v2.0.0", 1, 77));
     }
 }

@@ -5,6 +5,7 @@
 mod attach;
 pub mod event;
 pub mod goroutines;
+pub mod grpc_client;
 pub mod grpc_server;
 pub mod http_client;
 pub mod http_server;
@@ -141,6 +142,7 @@ pub struct Plans {
     pub http_server: Result<http_server::HttpServerPlan, Skip>,
     pub http_client: Result<http_client::HttpClientPlan, Skip>,
     pub grpc_server: Result<grpc_server::GrpcServerPlan, Skip>,
+    pub grpc_client: Result<grpc_client::GrpcClientPlan, Skip>,
     /// Needed only where something can be a child of a span started on another goroutine.
     pub goroutines: Result<goroutines::GoroutinesPlan, Skip>,
 }
@@ -152,6 +154,7 @@ pub fn plan_all(bin: &GoBinary) -> Plans {
         http_server: http_server::plan(bin, &layouts),
         http_client: http_client::plan(bin, &layouts),
         grpc_server: grpc_server::plan(bin),
+        grpc_client: grpc_client::plan(bin),
         goroutines: goroutines::plan(bin),
     }
 }

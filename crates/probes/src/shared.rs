@@ -27,6 +27,7 @@ pub struct SharedMaps {
     stats: MapHandle,
     goroutine_ctx: MapHandle,
     conn_ctx: MapHandle,
+    stream_ctx: MapHandle,
     client_pids: MapHandle,
 }
 
@@ -43,6 +44,7 @@ impl SharedMaps {
             stats: create(MapType::PercpuArray, "stats", 4, 8, STAT_COUNT)?,
             goroutine_ctx: create(MapType::LruHash, "goroutine_ctx", 16, 32, CTX_MAX)?,
             conn_ctx: create(MapType::LruHash, "conn_ctx", 40, 32, CTX_MAX)?,
+            stream_ctx: create(MapType::LruHash, "stream_ctx", 48, 32, CTX_MAX)?,
             client_pids: create(MapType::LruHash, "client_pids", 4, 1, MAX_TRACED_PIDS)?,
         })
     }
@@ -86,6 +88,7 @@ impl SharedMaps {
                 "stats" => &self.stats,
                 "goroutine_ctx" => &self.goroutine_ctx,
                 "conn_ctx" => &self.conn_ctx,
+                "stream_ctx" => &self.stream_ctx,
                 "client_pids" => &self.client_pids,
                 _ => continue,
             };

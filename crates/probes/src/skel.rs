@@ -16,3 +16,6 @@ pub mod inject {
 pub mod grpc_server {
     include!(concat!(env!("OUT_DIR"), "/grpc_server.skel.rs"));
 }
+pub mod grpc_client {
+    include!(concat!(env!("OUT_DIR"), "/grpc_client.skel.rs"));
+}

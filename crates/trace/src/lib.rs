@@ -12,7 +12,7 @@ pub use http::{http_client_span, http_server_span};
 pub use resource::{
     parse_resource_attributes, AgentIdentity, ProcessHints, ProcessResource, ResourceCache,
 };
-pub use rpc::grpc_server_span;
+pub use rpc::{grpc_client_span, grpc_server_span};
 pub use span::{AttributeValue, KeyValue, Span, SpanKind, Status};
 
 use std::sync::Arc;
@@ -37,6 +37,7 @@ impl Assembler {
             Event::HttpServer(e) => http_server_span(e, &self.clock),
             Event::HttpClient(e) => http_client_span(e, &self.clock),
             Event::GrpcServer(e) => grpc_server_span(e, &self.clock),
+            Event::GrpcClient(e) => grpc_client_span(e, &self.clock),
         };
         (resource, span)
     }

@@ -1,6 +1,6 @@
 //! gRPC events as spans, per the OpenTelemetry RPC semantic conventions for gRPC.
 
-use probes::event::GrpcServerEvent;
+use probes::event::{GrpcClientEvent, GrpcServerEvent};
 
 use crate::{KeyValue, MonotonicClock, Span, SpanKind, Status};
 
@@ -34,17 +34,55 @@ fn service_and_method(full: &str) -> Option<(&str, &str)> {
     (!service.is_empty() && !method.is_empty()).then_some((service, method))
 }
 
-pub fn grpc_server_span(e: GrpcServerEvent, clock: &MonotonicClock) -> Span {
-    let mut attrs = Vec::with_capacity(9);
+/// rpc.system, rpc.service and rpc.method; returns the span name.
+fn push_rpc(attrs: &mut Vec<KeyValue>, full_method: &str) -> String {
     attrs.push(KeyValue::new("rpc.system", "grpc"));
-    let name = match service_and_method(&e.method) {
+    match service_and_method(full_method) {
         Some((service, method)) => {
             attrs.push(KeyValue::new("rpc.service", service.to_string()));
             attrs.push(KeyValue::new("rpc.method", method.to_string()));
             format!("{service}/{method}")
         }
         None => "grpc".to_string(),
+    }
+}
+
+fn code_name(code: i32) -> &'static str {
+    usize::try_from(code).ok().and_then(|c| CODE_NAMES.get(c)).copied().unwrap_or("UNKNOWN")
+}
+
+/// A CLIENT span: every status but OK is an error for the caller.
+pub fn grpc_client_span(e: GrpcClientEvent, clock: &MonotonicClock) -> Span {
+    let mut attrs = Vec::with_capacity(9);
+    let name = push_rpc(&mut attrs, &e.method);
+    attrs.push(KeyValue::new("rpc.grpc.status_code", i64::from(e.status_code)));
+    // server.address is the target the application named; the socket's peer is the network's.
+    let target = e.target.rsplit("///").next().unwrap_or(&e.target);
+    let (host, port) = crate::http::split_host_port(target);
+    if !host.is_empty() {
+        attrs.push(KeyValue::new("server.address", host.to_string()));
+    }
+    match (port, e.peer) {
+        (Some(port), _) => attrs.push(KeyValue::new("server.port", i64::from(port))),
+        (None, Some((_, _, port))) => attrs.push(KeyValue::new("server.port", i64::from(port))),
+        _ => {}
+    }
+    if let Some((address, _, port)) = e.peer {
+        attrs.push(KeyValue::new("network.peer.address", address.to_string()));
+        attrs.push(KeyValue::new("network.peer.port", i64::from(port)));
+    }
+    let status = if e.status_code != 0 {
+        attrs.push(KeyValue::new("error.type", code_name(e.status_code)));
+        Status::Error { message: e.status_message }
+    } else {
+        Status::Unset
     };
+    crate::http::span(&e.header, clock, name, SpanKind::Client, attrs, status)
+}
+
+pub fn grpc_server_span(e: GrpcServerEvent, clock: &MonotonicClock) -> Span {
+    let mut attrs = Vec::with_capacity(9);
+    let name = push_rpc(&mut attrs, &e.method);
     if let Some(code) = e.status_code {
         attrs.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
     }
@@ -55,8 +93,7 @@ pub fn grpc_server_span(e: GrpcServerEvent, clock: &MonotonicClock) -> Span {
     }
     let status = match e.status_code {
         Some(code) if SERVER_ERROR_CODES.contains(&code) => {
-            let name = CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN");
-            attrs.push(KeyValue::new("error.type", name));
+            attrs.push(KeyValue::new("error.type", code_name(code)));
             Status::Error { message: e.status_message }
         }
         _ => Status::Unset,
@@ -68,7 +105,7 @@ pub fn grpc_server_span(e: GrpcServerEvent, clock: &MonotonicClock) -> Span {
 mod tests {
     use super::*;
     use crate::AttributeValue;
-    use probes::event::SpanHeader;
+    use probes::event::{GrpcClientEvent, SpanHeader};
 
     fn event(method: &str, code: Option<i32>) -> GrpcServerEvent {
         GrpcServerEvent {
@@ -101,6 +138,31 @@ mod tests {
         assert_eq!(s.attribute("server.port"), Some(&AttributeValue::Int(50051)));
         assert_eq!(s.attribute("client.address"), Some(&AttributeValue::from("10.0.0.2")));
         assert_eq!(s.status, Status::Unset);
+    }
+
+    #[test]
+    fn client_spans_name_the_target_and_fail_on_any_code_but_ok() {
+        let clock = MonotonicClock::new();
+        let e = GrpcClientEvent {
+            header: event("/a.B/C", None).header,
+            status_code: 5,
+            status_message: "no such user".into(),
+            method: "/demo.Greeter/SayHello".into(),
+            target: "dns:///greeter.shop:50051".into(),
+            stream_id: 1,
+            peer: Some(("10.1.2.3".parse().unwrap(), 40000, 50051)),
+        };
+        let s = grpc_client_span(e.clone(), &clock);
+        assert_eq!(s.name, "demo.Greeter/SayHello");
+        assert_eq!(s.kind, SpanKind::Client);
+        assert_eq!(s.attribute("server.address"), Some(&AttributeValue::from("greeter.shop")));
+        assert_eq!(s.attribute("server.port"), Some(&AttributeValue::Int(50051)));
+        assert_eq!(s.attribute("network.peer.address"), Some(&AttributeValue::from("10.1.2.3")));
+        assert_eq!(s.attribute("error.type"), Some(&AttributeValue::from("NOT_FOUND")));
+        assert_eq!(s.status, Status::Error { message: "no such user".into() });
+        let ok = grpc_client_span(GrpcClientEvent { status_code: 0, ..e }, &clock);
+        assert_eq!(ok.status, Status::Unset);
+        assert_eq!(ok.attribute("rpc.grpc.status_code"), Some(&AttributeValue::Int(0)));
     }
 
     #[test]

@@ -62,6 +62,21 @@ struct {
 	__type(value, struct span_ctx);
 } conn_ctx SEC(".maps");
 
+/* One HTTP/2 stream: many RPCs share a gRPC connection, told apart by stream id. */
+struct stream_conn_key {
+	struct conn_key conn;
+	u32 stream_id;
+	u32 _pad;
+};
+
+/* (connection, stream) -> the gRPC client span whose request opened the stream. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct stream_conn_key);
+	__type(value, struct span_ctx);
+} stream_ctx SEC(".maps");
+
 /* Processes whose HTTP client gotel traces (marked by http_client.bpf.c when injection is
  * on): their connections are candidates for a traceparent line (inject.bpf.c). */
 struct {

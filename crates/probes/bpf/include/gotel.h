@@ -27,6 +27,7 @@ struct pt_regs {
 #define GO_ARG3(r) ((r)->cx)
 #define GO_ARG4(r) ((r)->di)
 #define GO_ARG5(r) ((r)->si)
+#define GO_ARG6(r) ((r)->r8)
 #define GO_G(r) ((r)->r14)
 
 /* Span events written to the ring buffer start with this header. */
@@ -34,6 +35,7 @@ enum event_kind {
 	EVENT_HTTP_SERVER = 1,
 	EVENT_HTTP_CLIENT = 2,
 	EVENT_GRPC_SERVER = 3,
+	EVENT_GRPC_CLIENT = 4,
 };
 
 struct span_header {

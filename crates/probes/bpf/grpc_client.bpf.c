@@ -1,0 +1,230 @@
+/* gRPC client spans (google.golang.org/grpc). Every call, unary or streaming, goes through
+ * grpc.newClientStream (start), then the transport's (*http2Client).NewStream (the HTTP/2 stream
+ * and its connection are known: published for the server on this host), and ends in
+ * (*clientStream).finish, which may run on another goroutine: the call is found there through
+ * its transport stream. */
+#include "conn.h"
+
+#define STREAM_DIRECT 0
+#define STREAM_EMBEDDED_POINTER 1
+#define STREAM_EMBEDDED_VALUE 2
+/* NewStream returns a *Stream (grpc < 1.69) or a *ClientStream embedding one. */
+const volatile u8 stream_embedding = STREAM_DIRECT;
+const volatile u64 off_client_stream_stream = 0;
+const volatile u64 off_stream_id = 0;
+/* The stream's *http2Client: Stream.ct (a pointer before 1.66, an interface in 1.66-1.68) or
+ * ClientStream.ct (1.69+). */
+const volatile u64 off_ct = 0;
+const volatile bool ct_is_interface = false;
+const volatile bool ct_on_client_stream = false;
+const volatile u64 off_http2client_conn_data = 0; /* http2Client.conn + 8 */
+/* The status received in the trailers: Stream.status (< 1.69) or ClientStream.status. */
+const volatile u64 off_stream_status = 0;
+const volatile bool status_on_client_stream = false;
+/* clientStream.attempt -> csAttempt.s (transportStream from 1.71) */
+const volatile u64 off_cs_attempt = 0;
+const volatile u64 off_attempt_stream = 0;
+const volatile u64 off_cc_target = 0; /* ClientConn.target (string) */
+const volatile u64 off_status_s = 0;
+const volatile u64 off_spb_code = 0;
+const volatile u64 off_spb_message = 0;
+
+#define METHOD_CAP 128
+#define TARGET_CAP 128
+#define MESSAGE_CAP 128
+
+struct grpc_client_event {
+	struct span_header hdr;
+	s32 status_code;
+	u32 stream_id;
+	u8 has_conn;
+	u8 _pad;
+	u16 method_len;
+	u16 target_len;
+	u16 message_len;
+	struct conn_key conn;
+	char method[METHOD_CAP];
+	char target[TARGET_CAP];
+	char message[MESSAGE_CAP];
+};
+
+struct client_call {
+	u64 start_ns;
+	u64 method;
+	u64 method_len;
+	u64 cc;
+	struct stream_conn_key conn;
+	u8 has_conn;
+	u8 sampled;
+	u8 trace_id[16];
+	u8 span_id[8];
+	u8 parent_span_id[8];
+};
+
+struct stream_key {
+	u32 pid;
+	u32 _pad;
+	u64 stream;
+};
+
+/* Calls by the goroutine that started them, until their stream exists; then by stream. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct goroutine_key);
+	__type(value, struct client_call);
+} grpc_client_starting SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct stream_key);
+	__type(value, struct client_call);
+} grpc_client_calls SEC(".maps");
+
+static __always_inline u64 stream_fields(u64 stream)
+{
+	if (stream_embedding == STREAM_EMBEDDED_POINTER)
+		return read_u64(stream + off_client_stream_stream);
+	if (stream_embedding == STREAM_EMBEDDED_VALUE)
+		return stream + off_client_stream_stream;
+	return stream;
+}
+
+/* func newClientStream(ctx, desc *StreamDesc, cc *ClientConn, method string, opts ...CallOption):
+ * ctx in ARG1-2, desc ARG3, cc ARG4, method ARG5-6, in every grpc version. */
+SEC("uprobe")
+int grpc_client_start(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!pid_traced(pid))
+		return 0;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct client_call call = {
+		.start_ns = bpf_ktime_get_ns(),
+		.cc = GO_ARG4(ctx),
+		.method = GO_ARG5(ctx),
+		.method_len = GO_ARG6(ctx),
+	};
+	/* The span this goroutine works for, if any, is the parent. */
+	struct span_ctx *parent = bpf_map_lookup_elem(&goroutine_ctx, &key);
+	bool has_parent = parent != 0, parent_sampled = true;
+	if (parent) {
+		__builtin_memcpy(call.trace_id, parent->trace_id, sizeof(call.trace_id));
+		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
+		parent_sampled = parent->sampled;
+	} else {
+		random_id(call.trace_id, sizeof(call.trace_id));
+	}
+	random_id(call.span_id, sizeof(call.span_id));
+	call.sampled = sample(call.trace_id, has_parent, parent_sampled);
+	bpf_map_update_elem(&grpc_client_starting, &key, &call, BPF_ANY);
+	return 0;
+}
+
+/* func (t *http2Client) NewStream(ctx, callHdr *CallHdr) (*ClientStream, error), at its RETs:
+ * the stream in ARG1. Its id was assigned on this goroutine, under the transport's lock. */
+static __always_inline int grpc_client_stream(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	u64 stream = GO_ARG1(ctx);
+	if (!stream)
+		return 0;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct client_call *call = bpf_map_lookup_elem(&grpc_client_starting, &key);
+	if (!call)
+		return 0;
+	u64 fields = stream_fields(stream);
+	bpf_probe_read_user(&call->conn.stream_id, sizeof(u32), (void *)(fields + off_stream_id));
+	u64 ct = read_u64((ct_on_client_stream ? stream : fields) + off_ct + (ct_is_interface ? 8 : 0));
+	u64 tcpconn = ct ? read_u64(ct + off_http2client_conn_data) : 0;
+	call->has_conn = go_conn_key(tcpconn, true, &call->conn.conn);
+	if (call->has_conn) {
+		/* The server span at the other end of this stream, on this host, is our child. */
+		struct span_ctx span = { .sampled = call->sampled };
+		__builtin_memcpy(span.trace_id, call->trace_id, sizeof(span.trace_id));
+		__builtin_memcpy(span.span_id, call->span_id, sizeof(span.span_id));
+		bpf_map_update_elem(&stream_ctx, &call->conn, &span, BPF_ANY);
+	}
+	struct stream_key skey = { .pid = pid, .stream = stream };
+	bpf_map_update_elem(&grpc_client_calls, &skey, call, BPF_ANY);
+	bpf_map_delete_elem(&grpc_client_starting, &key);
+	return 0;
+}
+
+SEC("uprobe.multi")
+int grpc_client_stream_multi(struct pt_regs *ctx)
+{
+	return grpc_client_stream(ctx);
+}
+
+SEC("uprobe")
+int grpc_client_stream_single(struct pt_regs *ctx)
+{
+	return grpc_client_stream(ctx);
+}
+
+/* The status code the call ended with: OK when finish got no error (or io.EOF after OK
+ * trailers), else the trailers' status, else Unknown. */
+static __always_inline s32 final_status(u64 err_itab, u64 stream, u64 *message, u64 *message_len)
+{
+	u64 status = 0;
+	if (stream)
+		status = read_u64((status_on_client_stream ? stream : stream_fields(stream)) +
+				  off_stream_status);
+	u64 spb = status ? read_u64(status + off_status_s) : 0;
+	s32 code = err_itab ? 2 /* Unknown */ : 0;
+	if (spb && err_itab) {
+		bpf_probe_read_user(&code, sizeof(code), (void *)(spb + off_spb_code));
+		*message = read_u64(spb + off_spb_message);
+		*message_len = read_u64(spb + off_spb_message + 8);
+	}
+	return code;
+}
+
+/* func (cs *clientStream) finish(err error): cs in ARG1, err (itab, data) in ARG2-3. May run
+ * more than once per call; the first ends the span. */
+SEC("uprobe")
+int grpc_client_finish(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	u64 cs = GO_ARG1(ctx), err_itab = GO_ARG2(ctx);
+	u64 attempt = read_u64(cs + off_cs_attempt);
+	u64 stream = attempt ? read_u64(attempt + off_attempt_stream) : 0;
+	struct stream_key skey = { .pid = pid, .stream = stream };
+	struct goroutine_key gkey = { .pid = pid, .g = GO_G(ctx) };
+	struct client_call *call = 0;
+	if (stream)
+		call = bpf_map_lookup_elem(&grpc_client_calls, &skey);
+	else /* no stream was ever opened (the connection failed): the caller's goroutine */
+		call = bpf_map_lookup_elem(&grpc_client_starting, &gkey);
+	if (!call)
+		return 0;
+	if (!call->sampled)
+		goto done;
+	struct grpc_client_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RINGBUF_FULL);
+		goto done;
+	}
+	fill_span_header(&e->hdr, EVENT_GRPC_CLIENT, pid, call->start_ns, call->trace_id,
+			 call->span_id, call->parent_span_id);
+	u64 message = 0, message_len = 0;
+	e->status_code = final_status(err_itab, stream, &message, &message_len);
+	e->message_len = copy_user_bytes(e->message, MESSAGE_CAP, message, (s64)message_len);
+	e->stream_id = call->conn.stream_id;
+	e->has_conn = call->has_conn;
+	__builtin_memcpy(&e->conn, &call->conn.conn, sizeof(e->conn));
+	e->method_len = copy_user_bytes(e->method, METHOD_CAP, call->method, (s64)call->method_len);
+	e->target_len = copy_user_bytes(e->target, TARGET_CAP, read_u64(call->cc + off_cc_target),
+					(s64)read_u64(call->cc + off_cc_target + 8));
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
+done:
+	if (stream)
+		bpf_map_delete_elem(&grpc_client_calls, &skey);
+	else
+		bpf_map_delete_elem(&grpc_client_starting, &gkey);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
