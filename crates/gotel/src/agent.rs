@@ -103,6 +103,12 @@ pub fn instrument(
             NothingToInstrument(format!("{}: {}", exe.display(), skipped.join("; "))).into()
         );
     }
+    drop(plans);
+    drop(bin);
+    // The binary and its DWARF were read into the heap; hand that memory back to the system
+    // rather than keep it as the agent's high-water mark.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     for a in &attached {
         let links = if a.multi { "" } else { " (one uprobe per RET)" };
         tracing::info!(
