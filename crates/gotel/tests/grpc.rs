@@ -50,7 +50,7 @@ fn wait_for_grpc_spans(collector: &Collector, n: usize) -> (Vec<ReceivedSpan>, V
 }
 
 /// Every kind of RPC the fixture makes, through its HTTP front, and 200 concurrent calls.
-fn rpcs_become_server_spans(fixture_name: &str) {
+fn rpcs_become_linked_spans(fixture_name: &str) {
     let Some(()) = privileged() else { return };
     let collector = Collector::start(&format!("grpc-{fixture_name}"));
     let dir = TempDir::new(&format!("grpc-{fixture_name}"));
@@ -128,32 +128,42 @@ fn rpcs_become_server_spans(fixture_name: &str) {
 
 #[test]
 fn grpc_oldest_supported_v1_40() {
-    rpcs_become_server_spans("grpc-v1.40.0");
+    rpcs_become_linked_spans("grpc-v1.40.0");
+}
+
+#[test]
+fn grpc_v1_66_first_with_the_transport_interface_on_the_stream() {
+    rpcs_become_linked_spans("grpc-v1.66.2");
 }
 
 #[test]
 fn grpc_v1_68_last_with_one_stream_type() {
-    rpcs_become_server_spans("grpc-v1.68.1");
+    rpcs_become_linked_spans("grpc-v1.68.1");
 }
 
 #[test]
 fn grpc_v1_69_server_stream_split() {
-    rpcs_become_server_spans("grpc-v1.69.0");
+    rpcs_become_linked_spans("grpc-v1.69.0");
+}
+
+#[test]
+fn grpc_v1_71_first_with_csattempt_transport_stream() {
+    rpcs_become_linked_spans("grpc-v1.71.0");
 }
 
 #[test]
 fn grpc_v1_76_last_with_the_stream_by_pointer() {
-    rpcs_become_server_spans("grpc-v1.76.0");
+    rpcs_become_linked_spans("grpc-v1.76.0");
 }
 
 #[test]
 fn grpc_newest_v1_85() {
-    rpcs_become_server_spans("grpc-v1.85.0");
+    rpcs_become_linked_spans("grpc-v1.85.0");
 }
 
 #[test]
 fn grpc_stripped_v1_77_stream_by_value() {
-    rpcs_become_server_spans("grpc-v1.77.0-stripped");
+    rpcs_become_linked_spans("grpc-v1.77.0-stripped");
 }
 
 /// HTTP -> gRPC -> HTTP, one trace: the front's gRPC call is its HTTP span's child, the gRPC
