@@ -4,6 +4,7 @@
  * that stream, which may run on another goroutine (a handler's SendMsg failing), so it meets
  * the span through a map keyed by the stream. */
 #include "conn.h"
+#include "traceparent.h"
 
 /* How handleStream's stream argument reaches transport.Stream's fields: grpc up to 1.68 passes
  * a *Stream; 1.69-1.76 a *ServerStream embedding a *Stream; 1.77+ one embedding it by value. */
@@ -20,6 +21,16 @@ const volatile u64 off_http2server_conn_data = 0; /* http2Server.conn + 8 */
 const volatile u64 off_status_s = 0;
 const volatile u64 off_spb_code = 0;
 const volatile u64 off_spb_message = 0;
+
+/* An incoming traceparent, read from the request's HEADERS frame where the transport decodes
+ * it: operateHeaders(t, frame) before grpc 1.60, operateHeaders(t, ctx, frame) after. */
+const volatile bool has_metadata = false;
+const volatile bool frame_in_arg4 = false;
+const volatile u64 off_mhf_headers = 0; /* MetaHeadersFrame.HeadersFrame (*HeadersFrame) */
+const volatile u64 off_hf_stream_id = 0; /* HeadersFrame.FrameHeader + FrameHeader.StreamID */
+const volatile u64 off_mhf_fields = 0; /* MetaHeadersFrame.Fields ([]hpack.HeaderField) */
+#define HEADER_FIELD_SIZE 40 /* hpack.HeaderField: Name, Value strings, Sensitive bool */
+#define MAX_FIELDS 64
 
 #define METHOD_CAP 128
 #define MESSAGE_CAP 128
@@ -77,6 +88,77 @@ struct {
 	__type(value, struct grpc_status);
 } grpc_statuses SEC(".maps");
 
+/* (transport, stream id) -> the traceparent its request carried, until handleStream starts. */
+struct incoming_key {
+	u32 pid;
+	u32 stream_id;
+	u64 transport;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct incoming_key);
+	__type(value, struct span_ctx);
+} grpc_incoming SEC(".maps");
+
+struct field_search {
+	u64 fields;
+	s64 len;
+	u64 value; /* the traceparent's text, once found */
+};
+
+static long search_field(u32 i, void *ctx)
+{
+	struct field_search *s = ctx;
+	if (i >= s->len)
+		return 1;
+	u64 field = s->fields + (u64)i * HEADER_FIELD_SIZE;
+	struct {
+		u64 ptr;
+		s64 len;
+	} str = {};
+	if (bpf_probe_read_user(&str, sizeof(str), (void *)field) || str.len != 11)
+		return 0;
+	char name[11];
+	if (bpf_probe_read_user(name, sizeof(name), (void *)str.ptr) ||
+	    __builtin_memcmp(name, "traceparent", 11) != 0)
+		return 0;
+	if (!bpf_probe_read_user(&str, sizeof(str), (void *)(field + 16)) &&
+	    str.len >= TRACEPARENT_LEN)
+		s->value = str.ptr;
+	return 1;
+}
+
+SEC("uprobe")
+int grpc_server_headers(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!has_metadata || !pid_traced(pid))
+		return 0;
+	/* Both read at fixed offsets: the verifier refuses a ctx read at a computed one. */
+	volatile u64 arg2 = GO_ARG2(ctx), arg4 = GO_ARG4(ctx);
+	u64 frame = frame_in_arg4 ? arg4 : arg2;
+	struct field_search s = {
+		.fields = read_u64(frame + off_mhf_fields),
+		.len = (s64)read_u64(frame + off_mhf_fields + 8),
+	};
+	bpf_loop(MAX_FIELDS, search_field, &s, 0);
+	u8 text[TRACEPARENT_LEN];
+	struct incoming in = {};
+	if (!s.value || bpf_probe_read_user(text, sizeof(text), (void *)s.value) ||
+	    !parse_traceparent(text, &in))
+		return 0;
+	struct incoming_key key = { .pid = pid, .transport = GO_ARG1(ctx) };
+	u64 headers = read_u64(frame + off_mhf_headers);
+	bpf_probe_read_user(&key.stream_id, sizeof(u32), (void *)(headers + off_hf_stream_id));
+	struct span_ctx remote = { .sampled = in.sampled };
+	__builtin_memcpy(remote.trace_id, in.ctx.trace_id, sizeof(remote.trace_id));
+	__builtin_memcpy(remote.span_id, in.ctx.span_id, sizeof(remote.span_id));
+	bpf_map_update_elem(&grpc_incoming, &key, &remote, BPF_ANY);
+	return 0;
+}
+
 /* The address of transport.Stream's fields for handleStream's stream argument. */
 static __always_inline u64 stream_fields(u64 stream)
 {
@@ -104,15 +186,30 @@ int grpc_server_enter(struct pt_regs *ctx)
 	bpf_probe_read_user(&call.conn.stream_id, sizeof(u32), (void *)(fields + off_stream_id));
 	u64 tcpconn = read_u64(GO_ARG3(ctx) + off_http2server_conn_data);
 	call.has_conn = go_conn_key(tcpconn, false, &call.conn.conn);
-	/* A gRPC client on this host that opened this stream is the parent. */
+	/* A gRPC client on this host that opened this stream is the parent; else a traceparent
+	 * the request carried. */
 	struct span_ctx *parent = call.has_conn ? bpf_map_lookup_elem(&stream_ctx, &call.conn) : 0;
+	struct incoming_key incoming = {
+		.pid = pid,
+		.stream_id = call.conn.stream_id,
+		.transport = GO_ARG3(ctx),
+	};
+	bool remote = false;
+	if (!parent && has_metadata) {
+		parent = bpf_map_lookup_elem(&grpc_incoming, &incoming);
+		remote = true;
+	}
 	bool parent_sampled = true;
 	if (parent) {
 		__builtin_memcpy(call.trace_id, parent->trace_id, sizeof(call.trace_id));
 		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
 		parent_sampled = parent->sampled;
 		call.has_parent = 1;
-		bpf_map_delete_elem(&stream_ctx, &call.conn);
+		/* After the copy: a deleted slot is reused. */
+		if (remote)
+			bpf_map_delete_elem(&grpc_incoming, &incoming);
+		else
+			bpf_map_delete_elem(&stream_ctx, &call.conn);
 	} else {
 		random_id(call.trace_id, sizeof(call.trace_id));
 	}

@@ -23,6 +23,15 @@ const WRITE_STATUS: &[&str] = &[
     "google.golang.org/grpc/internal/transport.(*http2Server).WriteStatus",
 ];
 
+/// Decodes each request's HEADERS frame: where an incoming traceparent is read.
+const OPERATE_HEADERS: &str =
+    "google.golang.org/grpc/internal/transport.(*http2Server).operateHeaders";
+const XNET: &str = "golang.org/x/net";
+const META_HEADERS_FRAME: &str = "golang.org/x/net/http2.MetaHeadersFrame";
+const HEADERS_FRAME: &str = "golang.org/x/net/http2.HeadersFrame";
+const FRAME_HEADER: &str = "golang.org/x/net/http2.FrameHeader";
+const HEADER_FIELD: &str = "golang.org/x/net/http2/hpack.HeaderField";
+
 const STREAM: &str = "google.golang.org/grpc/internal/transport.Stream";
 const SERVER_STREAM: &str = "google.golang.org/grpc/internal/transport.ServerStream";
 const HTTP2_SERVER: &str = "google.golang.org/grpc/internal/transport.http2Server";
@@ -48,6 +57,14 @@ pub const FIELDS: &[FieldSpec] = &[
     field(MODULE, STATUS, "s", true),
     field(GENPROTO, SPB_STATUS, "Code", true),
     field(GENPROTO, SPB_STATUS, "Message", true),
+    // The request's HEADERS frame, for an incoming traceparent.
+    field(XNET, META_HEADERS_FRAME, "HeadersFrame", false),
+    field(XNET, META_HEADERS_FRAME, "Fields", false),
+    field(XNET, HEADERS_FRAME, "FrameHeader", false),
+    field(XNET, FRAME_HEADER, "StreamID", false),
+    field(XNET, HEADER_FIELD, "Name", false),
+    field(XNET, HEADER_FIELD, "Value", false),
+    field(XNET, HEADER_FIELD, "Sensitive", false),
     // The connection's socket, for the peer's address.
     FieldSpec::std("net.TCPConn", "conn", false),
     FieldSpec::std("net.conn", "fd", false),
@@ -66,6 +83,17 @@ pub enum StreamEmbedding {
     Value { at: u64 },
 }
 
+/// Where operateHeaders finds the HEADERS frame's stream id and fields.
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    pub operate_headers: FunctionPlan,
+    /// The frame is the 4th argument from grpc 1.60 (ctx came before it), else the 2nd.
+    pub frame_in_arg4: bool,
+    pub headers_frame: u64,
+    pub stream_id: u64,
+    pub fields: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct GrpcServerPlan {
     pub grpc_version: String,
@@ -73,6 +101,8 @@ pub struct GrpcServerPlan {
     pub write_status: FunctionPlan,
     pub stream: StreamEmbedding,
     pub fields: Vec<FieldOffset>,
+    /// None: incoming traceparent metadata is not read (and why).
+    pub metadata: Result<Metadata, String>,
 }
 
 pub fn plan(bin: &GoBinary) -> Result<GrpcServerPlan, Skip> {
@@ -94,7 +124,30 @@ pub fn plan(bin: &GoBinary) -> Result<GrpcServerPlan, Skip> {
         Some(at) if version_at_least(&grpc_version, 1, 77) => StreamEmbedding::Value { at },
         Some(at) => StreamEmbedding::Pointer { at },
     };
-    Ok(GrpcServerPlan { grpc_version, handle_stream, write_status, stream, fields })
+    let metadata = metadata(bin, &fields, &grpc_version);
+    Ok(GrpcServerPlan { grpc_version, handle_stream, write_status, stream, fields, metadata })
+}
+
+fn metadata(
+    bin: &GoBinary,
+    fields: &[FieldOffset],
+    grpc_version: &str,
+) -> Result<Metadata, String> {
+    let f =
+        |s, name| crate::offset_of(fields, s, name).ok_or_else(|| format!("{s}.{name} is unknown"));
+    // The program steps through []hpack.HeaderField by the struct's size as it has always been.
+    let layout =
+        (f(HEADER_FIELD, "Name")?, f(HEADER_FIELD, "Value")?, f(HEADER_FIELD, "Sensitive")?);
+    if layout != (0, 16, 32) {
+        return Err(format!("hpack.HeaderField is laid out as {layout:?}, not (0, 16, 32)"));
+    }
+    Ok(Metadata {
+        operate_headers: FunctionPlan::entry_only(bin, OPERATE_HEADERS)?,
+        frame_in_arg4: version_at_least(grpc_version, 1, 60),
+        headers_frame: f(META_HEADERS_FRAME, "HeadersFrame")?,
+        stream_id: f(HEADERS_FRAME, "FrameHeader")? + f(FRAME_HEADER, "StreamID")?,
+        fields: f(META_HEADERS_FRAME, "Fields")?,
+    })
 }
 
 /// Whether a module version ("v1.77.0", "v1.77.0-dev") is at least major.minor.
@@ -146,10 +199,28 @@ pub fn attach(
         (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
         ro.has_conn_offsets = true;
     }
+    if let Ok(m) = &plan.metadata {
+        ro.has_metadata = true;
+        ro.frame_in_arg4 = m.frame_in_arg4;
+        (ro.off_mhf_headers, ro.off_hf_stream_id, ro.off_mhf_fields) =
+            (m.headers_frame, m.stream_id, m.fields);
+    }
     shared.reuse_in(&mut open.open_object_mut().maps_mut())?;
     let skel = open.load().map_err(bpf("load"))?;
     let p = &skel.progs;
     let mut attached = Attached::new(NAME, path);
+    match &plan.metadata {
+        Ok(m) => {
+            let how = attached.entry(
+                path,
+                &m.operate_headers,
+                &p.grpc_server_headers,
+                options.placement,
+            )?;
+            attached.probes.push(format!("{}: entry on {how}", m.operate_headers.function.name));
+        }
+        Err(why) => attached.probes.push(format!("incoming traceparent not read: {why}")),
+    }
     attached.function(
         path,
         &plan.handle_stream,
