@@ -258,6 +258,16 @@ fn grpc_incoming_traceparent_v1_40() {
 }
 
 #[test]
+fn grpc_incoming_traceparent_v1_59_last_with_the_frame_second() {
+    joins_incoming_traceparent("grpc-v1.59.0");
+}
+
+#[test]
+fn grpc_incoming_traceparent_v1_60_first_with_the_frame_fourth() {
+    joins_incoming_traceparent("grpc-v1.60.1");
+}
+
+#[test]
 fn grpc_incoming_traceparent_v1_85_stripped() {
     joins_incoming_traceparent("grpc-v1.85.0-stripped");
 }
