@@ -1,142 +1,320 @@
-//! Spans to the OTLP protobuf model: one ResourceSpans per process, since one agent speaks for
-//! many services.
+//! Spans straight to OTLP protobuf bytes (an ExportTraceServiceRequest), one ResourceSpans per
+//! process, since one agent speaks for many services.
+//!
+//! Written by hand rather than through the generated message types: building those allocates
+//! for every attribute, and encoding them recomputes each nested message's length once per
+//! level above it. Here every length is computed once, bottom up, then the bytes are written
+//! in field order, which is exactly what the generated encoder produces (a test checks it).
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span, status, ResourceSpans, ScopeSpans, Span, Status,
-};
-use trace::{AttributeValue, ProcessResource, SpanKind};
+use trace::{AttributeValue, KeyValue, ProcessResource, Span, SpanKind, Status};
 
-fn value(v: AttributeValue) -> AnyValue {
-    let value = match v {
-        AttributeValue::String(s) => any_value::Value::StringValue(s),
-        AttributeValue::Int(i) => any_value::Value::IntValue(i),
-        AttributeValue::Bool(b) => any_value::Value::BoolValue(b),
-    };
-    AnyValue { value: Some(value) }
+const LEN: u8 = 2; // wire type: length-delimited
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+
+fn tag(field: u8, wire: u8) -> u8 {
+    field << 3 | wire
 }
 
-fn key_value(key: &str, v: AttributeValue) -> KeyValue {
-    KeyValue { key: key.to_string(), value: Some(value(v)) }
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
 }
 
-/// Moves the span into its protobuf form: no string is copied but the attribute keys.
-fn span(s: trace::Span) -> Span {
-    let kind = match s.kind {
-        SpanKind::Server => span::SpanKind::Server,
-        SpanKind::Client => span::SpanKind::Client,
-        SpanKind::Internal => span::SpanKind::Internal,
-    };
-    let status = match &s.status {
-        trace::Status::Unset => None,
-        trace::Status::Error { message } => {
-            Some(Status { code: status::StatusCode::Error as i32, message: message.clone() })
-        }
-    };
-    Span {
-        trace_id: s.trace_id.to_vec(),
-        span_id: s.span_id.to_vec(),
-        parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        name: s.name,
-        kind: kind as i32,
-        start_time_unix_nano: s.start_unix_nanos,
-        end_time_unix_nano: s.end_unix_nanos,
-        attributes: s.attributes.into_iter().map(|kv| key_value(kv.key, kv.value)).collect(),
-        status,
-        trace_state: s.trace_state,
-        ..Default::default()
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited field of `len` bytes: tag, length, body.
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+fn put_header(out: &mut Vec<u8>, field: u8, len: usize) {
+    out.push(tag(field, LEN));
+    put_varint(out, len as u64);
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    put_header(out, field, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// AnyValue { string_value = 1; bool_value = 2; int_value = 3 }
+fn any_value_len(v: &AttributeValue) -> usize {
+    match v {
+        AttributeValue::String(s) => field_len(s.len()),
+        AttributeValue::Bool(_) => 2,
+        AttributeValue::Int(i) => 1 + varint_len(*i as u64),
     }
 }
 
-/// Builds one request from spans in arrival order, grouped by their process resource.
-pub fn export_request(
-    spans: Vec<(Arc<ProcessResource>, trace::Span)>,
-) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(Arc<ProcessResource>, Vec<Span>)> = Vec::new();
-    for (resource, s) in spans {
-        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &resource) || r.pid == resource.pid) {
-            Some((_, list)) => list.push(span(s)),
-            None => groups.push((resource, vec![span(s)])),
+fn put_any_value(out: &mut Vec<u8>, v: &AttributeValue) {
+    match v {
+        AttributeValue::String(s) => put_bytes(out, 1, s.as_bytes()),
+        AttributeValue::Bool(b) => out.extend_from_slice(&[tag(2, VARINT), u8::from(*b)]),
+        AttributeValue::Int(i) => {
+            out.push(tag(3, VARINT));
+            put_varint(out, *i as u64);
         }
     }
-    let resource_spans = groups
-        .into_iter()
-        .map(|(resource, spans)| ResourceSpans {
-            resource: Some(Resource {
-                attributes: resource
-                    .attributes
-                    .iter()
-                    .map(|(k, v)| key_value(k, v.clone()))
-                    .collect(),
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "gotel".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest { resource_spans }
+}
+
+/// KeyValue { key = 1; value = 2 }
+fn key_value_len(key: &str, value: &AttributeValue) -> usize {
+    let key = if key.is_empty() { 0 } else { field_len(key.len()) };
+    key + field_len(any_value_len(value))
+}
+
+fn put_key_value(out: &mut Vec<u8>, field: u8, key: &str, value: &AttributeValue) {
+    put_header(out, field, key_value_len(key, value));
+    if !key.is_empty() {
+        put_bytes(out, 1, key.as_bytes());
+    }
+    put_header(out, 2, any_value_len(value));
+    put_any_value(out, value);
+}
+
+fn kind_number(kind: &SpanKind) -> u64 {
+    match kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+    }
+}
+
+/// Status { message = 2; code = 3 (ERROR = 2) }
+fn status_len(message: &str) -> usize {
+    let message = if message.is_empty() { 0 } else { field_len(message.len()) };
+    message + 2
+}
+
+/// Span: trace_id 1, span_id 2, trace_state 3, parent_span_id 4, name 5, kind 6,
+/// start 7, end 8 (fixed64), attributes 9, status 15. Empty fields are left out, as proto3 does.
+fn span_len(s: &Span) -> usize {
+    let mut n = field_len(16) + field_len(8);
+    if !s.trace_state.is_empty() {
+        n += field_len(s.trace_state.len());
+    }
+    if s.parent_span_id.is_some() {
+        n += field_len(8);
+    }
+    if !s.name.is_empty() {
+        n += field_len(s.name.len());
+    }
+    n += 2; // kind: tag and a one-byte varint
+    n += 2 * 9; // start and end: tag and 8 bytes
+    n += s.attributes.iter().map(|kv| field_len(key_value_len(kv.key, &kv.value))).sum::<usize>();
+    if let Status::Error { message } = &s.status {
+        n += field_len(status_len(message));
+    }
+    n
+}
+
+fn put_span(out: &mut Vec<u8>, s: &Span, len: usize) {
+    put_header(out, 2, len);
+    put_bytes(out, 1, &s.trace_id);
+    put_bytes(out, 2, &s.span_id);
+    if !s.trace_state.is_empty() {
+        put_bytes(out, 3, s.trace_state.as_bytes());
+    }
+    if let Some(parent) = &s.parent_span_id {
+        put_bytes(out, 4, parent);
+    }
+    if !s.name.is_empty() {
+        put_bytes(out, 5, s.name.as_bytes());
+    }
+    out.extend_from_slice(&[tag(6, VARINT), kind_number(&s.kind) as u8]);
+    out.push(tag(7, FIXED64));
+    out.extend_from_slice(&s.start_unix_nanos.to_le_bytes());
+    out.push(tag(8, FIXED64));
+    out.extend_from_slice(&s.end_unix_nanos.to_le_bytes());
+    for KeyValue { key, value } in &s.attributes {
+        put_key_value(out, 9, key, value);
+    }
+    if let Status::Error { message } = &s.status {
+        put_header(out, 15, status_len(message));
+        if !message.is_empty() {
+            put_bytes(out, 2, message.as_bytes());
+        }
+        out.extend_from_slice(&[tag(3, VARINT), 2]);
+    }
+}
+
+/// InstrumentationScope { name = 1; version = 2 }
+const SCOPE_NAME: &str = "gotel";
+const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn scope_len() -> usize {
+    field_len(SCOPE_NAME.len()) + field_len(SCOPE_VERSION.len())
+}
+
+/// Encodes one export request from spans in arrival order, grouped by their process.
+pub fn encode_request(spans: &[(Arc<ProcessResource>, Span)]) -> Vec<u8> {
+    // Groups in order of first appearance; each holds its spans' indices.
+    let mut groups: Vec<(&Arc<ProcessResource>, Vec<usize>)> = Vec::new();
+    for (i, (resource, _)) in spans.iter().enumerate() {
+        let same = |r: &&Arc<ProcessResource>| Arc::ptr_eq(r, resource) || r.pid == resource.pid;
+        match groups.iter_mut().find(|(r, _)| same(r)) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((resource, vec![i])),
+        }
+    }
+    let span_lens: Vec<usize> = spans.iter().map(|(_, s)| span_len(s)).collect();
+    let mut out = Vec::with_capacity(span_lens.iter().sum::<usize>() + 512 * groups.len());
+    for (resource, members) in &groups {
+        // Resource { attributes = 1 }
+        let resource_len: usize =
+            resource.attributes.iter().map(|(k, v)| field_len(key_value_len(k, v))).sum();
+        // ScopeSpans { scope = 1; spans = 2 }
+        let scope_spans_len = field_len(scope_len())
+            + members.iter().map(|&i| field_len(span_lens[i])).sum::<usize>();
+        // ResourceSpans { resource = 1; scope_spans = 2 }
+        let resource_spans_len = field_len(resource_len) + field_len(scope_spans_len);
+        put_header(&mut out, 1, resource_spans_len);
+        put_header(&mut out, 1, resource_len);
+        for (k, v) in &resource.attributes {
+            put_key_value(&mut out, 1, k, v);
+        }
+        put_header(&mut out, 2, scope_spans_len);
+        put_header(&mut out, 1, scope_len());
+        put_bytes(&mut out, 1, SCOPE_NAME.as_bytes());
+        put_bytes(&mut out, 2, SCOPE_VERSION.as_bytes());
+        for &i in members {
+            put_span(&mut out, &spans[i].1, span_lens[i]);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trace::{KeyValue as Kv, Status as St};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1 as pb_common;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1 as pb;
+    use prost::Message;
 
-    fn resource(pid: u32, name: &str) -> Arc<ProcessResource> {
-        Arc::new(ProcessResource { pid, attributes: vec![("service.name".into(), name.into())] })
+    /// The same request through the generated types: the oracle the bytes must equal.
+    fn through_generated_types(spans: &[(Arc<ProcessResource>, Span)]) -> Vec<u8> {
+        let value = |v: &AttributeValue| pb_common::AnyValue {
+            value: Some(match v {
+                AttributeValue::String(s) => pb_common::any_value::Value::StringValue(s.clone()),
+                AttributeValue::Int(i) => pb_common::any_value::Value::IntValue(*i),
+                AttributeValue::Bool(b) => pb_common::any_value::Value::BoolValue(*b),
+            }),
+        };
+        let kv = |k: &str, v: &AttributeValue| pb_common::KeyValue {
+            key: k.to_string(),
+            value: Some(value(v)),
+        };
+        let mut groups: Vec<(Arc<ProcessResource>, Vec<pb::Span>)> = Vec::new();
+        for (resource, s) in spans {
+            let span = pb::Span {
+                trace_id: s.trace_id.to_vec(),
+                span_id: s.span_id.to_vec(),
+                trace_state: s.trace_state.clone(),
+                parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+                name: s.name.clone(),
+                kind: kind_number(&s.kind) as i32,
+                start_time_unix_nano: s.start_unix_nanos,
+                end_time_unix_nano: s.end_unix_nanos,
+                attributes: s.attributes.iter().map(|a| kv(a.key, &a.value)).collect(),
+                status: match &s.status {
+                    Status::Unset => None,
+                    Status::Error { message } => {
+                        Some(pb::Status { message: message.clone(), code: 2 })
+                    }
+                },
+                ..Default::default()
+            };
+            match groups.iter_mut().find(|(r, _)| r.pid == resource.pid) {
+                Some((_, list)) => list.push(span),
+                None => groups.push((resource.clone(), vec![span])),
+            }
+        }
+        let resource_spans = groups
+            .into_iter()
+            .map(|(resource, spans)| pb::ResourceSpans {
+                resource: Some(Resource {
+                    attributes: resource.attributes.iter().map(|(k, v)| kv(k, v)).collect(),
+                    ..Default::default()
+                }),
+                scope_spans: vec![pb::ScopeSpans {
+                    scope: Some(pb_common::InstrumentationScope {
+                        name: SCOPE_NAME.into(),
+                        version: SCOPE_VERSION.into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        ExportTraceServiceRequest { resource_spans }.encode_to_vec()
     }
 
-    fn a_span(id: u8, status: St) -> trace::Span {
-        trace::Span {
+    fn resource(pid: u32, name: &str) -> Arc<ProcessResource> {
+        let attributes = vec![
+            ("service.name".into(), name.into()),
+            ("process.pid".into(), AttributeValue::Int(i64::from(pid))),
+            ("telemetry.sdk.language".into(), "go".into()),
+        ];
+        Arc::new(ProcessResource { pid, attributes })
+    }
+
+    fn a_span(id: u8, status: Status) -> Span {
+        Span {
             trace_id: [id; 16],
             span_id: [id; 8],
-            parent_span_id: None,
-            name: "GET /x".into(),
-            kind: SpanKind::Server,
-            start_unix_nanos: 10,
-            end_unix_nanos: 20,
-            attributes: vec![Kv::new("http.response.status_code", 500)],
+            parent_span_id: id.is_multiple_of(2).then_some([id + 1; 8]),
+            name: format!("GET /x/{id}"),
+            kind: if id.is_multiple_of(3) { SpanKind::Client } else { SpanKind::Server },
+            start_unix_nanos: 1_700_000_000_000_000_000 + u64::from(id),
+            end_unix_nanos: 1_700_000_000_000_500_000 + u64::from(id),
+            attributes: vec![
+                KeyValue::new("http.response.status_code", 500),
+                KeyValue::new("url.path", "/x".repeat(usize::from(id) * 40)),
+                KeyValue::new("client.port", -1),
+                KeyValue::new("tls", AttributeValue::Bool(id.is_multiple_of(2))),
+            ],
             status,
-            trace_state: String::new(),
+            trace_state: if id == 3 { "vendor=x".into() } else { String::new() },
         }
     }
 
     #[test]
-    fn groups_by_process_and_maps_every_field() {
+    fn bytes_equal_the_generated_encoders() {
         let (a, b) = (resource(1, "a"), resource(2, "b"));
-        let err = St::Error { message: String::new() };
-        let req = export_request(vec![
-            (a.clone(), a_span(1, St::Unset)),
-            (b.clone(), a_span(2, err)),
-            (a.clone(), a_span(3, St::Unset)),
-        ]);
-        assert_eq!(req.resource_spans.len(), 2);
-        let first = &req.resource_spans[0];
-        let spans = &first.scope_spans[0].spans;
-        assert_eq!(spans.len(), 2);
-        assert_eq!(first.resource.as_ref().unwrap().attributes[0].key, "service.name");
-        assert_eq!(spans[0].trace_id, vec![1; 16]);
-        assert_eq!(spans[0].parent_span_id, Vec::<u8>::new());
-        assert_eq!(spans[0].kind, span::SpanKind::Server as i32);
-        assert_eq!((spans[0].start_time_unix_nano, spans[0].end_time_unix_nano), (10, 20));
-        assert!(spans[0].status.is_none());
-        let b_span = &req.resource_spans[1].scope_spans[0].spans[0];
-        assert_eq!(b_span.status.as_ref().unwrap().code, status::StatusCode::Error as i32);
-        assert_eq!(
-            b_span.attributes[0].value.as_ref().unwrap().value,
-            Some(any_value::Value::IntValue(500))
-        );
+        let spans = vec![
+            (a.clone(), a_span(1, Status::Unset)),
+            (b.clone(), a_span(2, Status::Error { message: String::new() })),
+            (a.clone(), a_span(3, Status::Error { message: "transport error".into() })),
+            (b.clone(), a_span(4, Status::Unset)),
+        ];
+        assert_eq!(encode_request(&spans), through_generated_types(&spans));
+        assert_eq!(encode_request(&[]), through_generated_types(&[]));
+    }
+
+    #[test]
+    fn the_collector_reads_what_is_written() {
+        let spans = vec![(resource(7, "shop"), a_span(5, Status::Unset))];
+        let req = ExportTraceServiceRequest::decode(&encode_request(&spans)[..]).unwrap();
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.name, "GET /x/5");
+        assert_eq!(span.attributes.len(), 4);
+        assert_eq!(span.start_time_unix_nano, 1_700_000_000_000_000_005);
     }
 }

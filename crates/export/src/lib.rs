@@ -4,4 +4,4 @@ pub mod console;
 mod encode;
 pub mod otlp;
 
-pub use encode::export_request;
+pub use encode::encode_request;

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use prost::Message;
+use bytes::{Buf, BufMut, Bytes};
 use tokio::sync::mpsc;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use trace::{ProcessResource, Span};
 
-use crate::export_request;
+use crate::encode_request;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -206,7 +206,7 @@ impl OtlpExporter {
 
 enum Client {
     Http(reqwest::Client),
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
 }
 
 async fn run(
@@ -228,7 +228,7 @@ async fn run(
         }
         Protocol::Grpc => match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
             Ok(ep) => {
-                Client::Grpc(TraceServiceClient::new(ep.timeout(config.timeout).connect_lazy()))
+                Client::Grpc(tonic::client::Grpc::new(ep.timeout(config.timeout).connect_lazy()))
             }
             Err(e) => {
                 tracing::error!(error = %e, endpoint = %config.endpoint, "bad OTLP gRPC endpoint");
@@ -280,13 +280,15 @@ async fn send_with_retry(
     closing: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
     let spans = batch.len();
-    let request = export_request(batch);
+    // Encoded once; a retry resends the same bytes.
+    let request = Bytes::from(encode_request(&batch));
+    drop(batch);
     let budget = Duration::from_secs(30);
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = match client {
-            Client::Http(http) => send_http(http, config, &request).await,
+            Client::Http(http) => send_http(http, config, request.clone()).await,
             Client::Grpc(grpc) => send_grpc(grpc, config, request.clone()).await,
         };
         match result {
@@ -321,12 +323,10 @@ struct Failure {
 async fn send_http(
     http: &reqwest::Client,
     config: &OtlpConfig,
-    request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    request: Bytes,
 ) -> Result<(), Failure> {
-    let mut req = http
-        .post(&config.endpoint)
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec());
+    let mut req =
+        http.post(&config.endpoint).header("content-type", "application/x-protobuf").body(request);
     for (k, v) in &config.headers {
         req = req.header(k.as_str(), v.as_str());
     }
@@ -343,11 +343,17 @@ async fn send_http(
     }
 }
 
+/// The OTLP trace service's one method.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 async fn send_grpc(
-    grpc: &mut TraceServiceClient<tonic::transport::Channel>,
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
     config: &OtlpConfig,
-    request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    request: Bytes,
 ) -> Result<(), Failure> {
+    if let Err(e) = grpc.ready().await {
+        return Err(Failure { retryable: true, message: format!("gRPC: {e}") });
+    }
     let mut req = tonic::Request::new(request);
     for (k, v) in &config.headers {
         if let (Ok(k), Ok(v)) =
@@ -356,7 +362,8 @@ async fn send_grpc(
             req.metadata_mut().insert(k, v);
         }
     }
-    match grpc.export(req).await {
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+    match grpc.unary(req, path, EncodedCodec).await {
         Ok(_) => Ok(()),
         Err(status) => {
             use tonic::Code;
@@ -374,6 +381,46 @@ async fn send_grpc(
                 message: format!("gRPC {:?}: {}", status.code(), status.message()),
             })
         }
+    }
+}
+
+/// Sends a request already encoded (encode_request) and ignores the response's body: an
+/// ExportTraceServiceResponse carries nothing gotel acts on.
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedCodec;
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EncodedCodec
+    }
+}
+
+impl Encoder for EncodedCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for EncodedCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Self::Error> {
+        src.advance(src.remaining());
+        Ok(Some(()))
     }
 }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use probes::event::{decode, encode_http_server, HttpServerEvent, SpanHeader};
-use prost::Message;
 use trace::{AgentIdentity, Assembler, ResourceCache};
 
 fn raw_events(n: usize) -> Vec<Vec<u8>> {
@@ -61,7 +60,7 @@ fn pipeline(c: &mut Criterion) {
         b.iter(|| {
             let spans: Vec<_> =
                 events.iter().map(|e| assembler.assemble(decode(e).unwrap())).collect();
-            export::export_request(spans).encode_to_vec().len()
+            export::encode_request(&spans).len()
         });
     });
     group.finish();
