@@ -128,6 +128,11 @@ pub struct AgentArgs {
     /// off, remote (peers on other hosts; the default) or all (loopback peers too).
     #[arg(long, env = "GOTEL_INJECT_TRACEPARENT", value_parser = parse_inject)]
     pub inject_traceparent: Option<InjectMode>,
+    /// Size of the ring buffer that carries events to gotel, in MiB (a power of two). Larger
+    /// rides out longer stalls at high span rates; it counts twice in gotel's RSS.
+    #[arg(long, env = "GOTEL_RING_BUFFER_MIB", default_value_t = probes::DEFAULT_RINGBUF_MIB,
+          value_parser = parse_ring_mib)]
+    pub ring_buffer_mib: u32,
     /// Where uprobes go: emulated (on instructions the kernel does not single-step, where the
     /// code allows; far cheaper on VMs) or entry-ret (function entry and every RET).
     #[arg(long, default_value = "emulated", value_parser = parse_placement)]
@@ -137,6 +142,13 @@ pub struct AgentArgs {
 impl AgentArgs {
     pub fn inject_mode(&self) -> InjectMode {
         self.inject_traceparent.unwrap_or(InjectMode::Remote)
+    }
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 1024 => Ok(n),
+        _ => Err(format!("{s:?}: a power of two from 1 to 1024")),
     }
 }
 

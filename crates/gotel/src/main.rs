@@ -62,8 +62,8 @@ fn init_logging(filter: &str) {
 }
 
 /// The maps every probe shares; the first thing that needs privileges, so it explains them.
-fn shared_maps() -> anyhow::Result<SharedMaps> {
-    SharedMaps::create().map_err(|e| {
+fn shared_maps(agent: &AgentArgs) -> anyhow::Result<SharedMaps> {
+    SharedMaps::create(agent.ring_buffer_mib).map_err(|e| {
         anyhow!(
             "{e}\ngotel needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE + \
              CAP_DAC_READ_SEARCH, on Linux 5.17 or later (6.6+ for one link per function's RETs)"
@@ -93,7 +93,7 @@ fn attach_options(agent: &AgentArgs, filter_pids: bool) -> anyhow::Result<Attach
 fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let name = &program[0];
     let path = held::resolve_program(name).ok_or_else(|| anyhow!("{name}: not found in PATH"))?;
-    let shared = shared_maps()?;
+    let shared = shared_maps(agent)?;
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&path, &path, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&path, &instrumented.go_version);
@@ -136,7 +136,7 @@ fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
     let exe_link = proc_dir.join("exe");
     let exe = std::fs::read_link(&exe_link)
         .with_context(|| format!("process {pid}: cannot read {}", exe_link.display()))?;
-    let shared = shared_maps()?;
+    let shared = shared_maps(agent)?;
     let mut pipeline = Pipeline::new(agent)?;
     // /proc/PID/exe reaches the very file the process runs, even if replaced or in a container.
     let instrumented = instrument(&exe_link, &exe_link, &shared, attach_options(agent, true)?)?;
@@ -158,7 +158,7 @@ fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
 
 fn attach_exe(agent: &AgentArgs, exe: &Path) -> anyhow::Result<ExitCode> {
     let exe = std::fs::canonicalize(exe).with_context(|| format!("{}", exe.display()))?;
-    let shared = shared_maps()?;
+    let shared = shared_maps(agent)?;
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);

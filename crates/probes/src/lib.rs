@@ -19,7 +19,7 @@ use offsets::{FieldOffset, FieldSpec};
 
 pub use attach::Attached;
 pub use sampler::{RootSampler, Sampler, SamplerError};
-pub use shared::{ProbeStats, SharedMaps};
+pub use shared::{ProbeStats, SharedMaps, DEFAULT_RINGBUF_MIB};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -7,7 +7,10 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType, OpenMapMut};
 
 use crate::Error;
 
-const RINGBUF_BYTES: u32 = 1 << 23;
+/// The ring buffer's default size. Its pages are mapped twice into the agent (for reads across
+/// the wrap), so it counts double in the agent's RSS; 4 MiB holds ~200 ms of events at 20k
+/// spans/s.
+pub const DEFAULT_RINGBUF_MIB: u32 = 4;
 const MAX_TRACED_PIDS: u32 = 16384;
 const STAT_COUNT: u32 = 2;
 const CTX_MAX: u32 = 65536;
@@ -32,14 +35,20 @@ pub struct SharedMaps {
 }
 
 impl SharedMaps {
-    pub fn create() -> Result<Self, Error> {
+    /// `ring_mib`: the ring buffer's size in MiB, a power of two.
+    pub fn create(ring_mib: u32) -> Result<Self, Error> {
+        if !ring_mib.is_power_of_two() || ring_mib > 1024 {
+            return Err(Error::Internal {
+                what: format!("ring buffer of {ring_mib} MiB: use a power of two up to 1024"),
+            });
+        }
         let opts = libbpf_sys_opts();
         let create = |ty, name: &str, key, value, max| {
             MapHandle::create(ty, Some(name), key, value, max, &opts)
                 .map_err(|source| Error::Bpf { what: format!("create map {name}"), source })
         };
         Ok(SharedMaps {
-            events: create(MapType::RingBuf, "events", 0, 0, RINGBUF_BYTES)?,
+            events: create(MapType::RingBuf, "events", 0, 0, ring_mib << 20)?,
             traced_pids: create(MapType::Hash, "traced_pids", 4, 1, MAX_TRACED_PIDS)?,
             stats: create(MapType::PercpuArray, "stats", 4, 8, STAT_COUNT)?,
             goroutine_ctx: create(MapType::LruHash, "goroutine_ctx", 16, 32, CTX_MAX)?,

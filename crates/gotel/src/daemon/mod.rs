@@ -34,7 +34,7 @@ pub fn run(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => InjectMode::Remote,
     };
-    let shared = crate::shared_maps()?;
+    let shared = crate::shared_maps(&args.agent)?;
     let mut options = crate::attach_options(&args.agent, true)?;
     options.inject = inject != InjectMode::Off;
     let mut pipeline = Pipeline::new(&args.agent)?;

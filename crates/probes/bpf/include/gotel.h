@@ -70,7 +70,8 @@ enum stat {
 	STAT_MAX,
 };
 
-/* Shared by every loaded instrumentation (userspace passes the same map to each object). */
+/* Shared by every loaded instrumentation (userspace passes the same map to each object, and
+ * sizes the ring buffer: --ring-buffer-mib). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 23);
