@@ -6,7 +6,7 @@ use std::process::Command;
 use libbpf_cargo::SkeletonBuilder;
 
 const PROGRAMS: &[&str] =
-    &["http_server", "http_client", "goroutines", "inject", "grpc_server", "grpc_client"];
+    &["http_server", "http_client", "goroutines", "inject", "grpc_server", "grpc_client", "execs"];
 
 fn clang() -> String {
     if let Ok(c) = std::env::var("GOTEL_CLANG") {

@@ -4,6 +4,7 @@
 
 mod attach;
 pub mod event;
+pub mod execs;
 pub mod goroutines;
 pub mod grpc_client;
 pub mod grpc_server;

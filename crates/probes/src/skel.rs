@@ -19,3 +19,6 @@ pub mod grpc_server {
 pub mod grpc_client {
     include!(concat!(env!("OUT_DIR"), "/grpc_client.skel.rs"));
 }
+pub mod execs {
+    include!(concat!(env!("OUT_DIR"), "/execs.skel.rs"));
+}

@@ -4,14 +4,17 @@
 mod fleet;
 pub mod health;
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use discovery::config::{DaemonConfig, FileConfig, KubernetesMode, Overrides};
 use discovery::k8s::PodStore;
 use discovery::rules::Rule;
+use probes::execs::ExecWatch;
 use probes::inject::InjectMode;
 
 use crate::agent::{collect, stop_on_signals, stopped, Pipeline};
@@ -20,6 +23,8 @@ use fleet::Fleet;
 use health::{ExecutableStatus, Health, ProcessStatus, Snapshot};
 
 const DEFAULT_CONFIG: &str = "/etc/gotel/gotel.yaml";
+/// The shortest time between two scans that execs asked for.
+const EXEC_SCAN_GAP: Duration = Duration::from_millis(20);
 
 pub fn run(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args)?;
@@ -43,20 +48,46 @@ pub fn run(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         health.serve(addr)?;
         tracing::info!("health on http://{addr}/metrics, /status and /healthz");
     }
+    // Execs as they happen, so a new process is seen within one turn of the event loop
+    // (~50 ms) rather than the next scan; the periodic scan stays as the safety net.
+    let execs_seen = Rc::new(Cell::new(0u64));
+    let exec_watch = match ExecWatch::start() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("not watching execs ({e}); new processes are found by the scan alone");
+            None
+        }
+    };
+    let exec_reader = match exec_watch.as_ref().map(|w| w.reader(Rc::clone(&execs_seen))) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            tracing::warn!("not watching execs ({e}); new processes are found by the scan alone");
+            None
+        }
+        None => None,
+    };
     let mut fleet = Fleet::new(config.selector.clone(), pods.clone(), &shared, options, inject);
     tracing::info!(
-        "scanning for Go processes every {} ms; {}",
+        "scanning for Go processes at each exec and every {} ms; {}",
         config.poll_interval.as_millis(),
         describe_rules(&config)
     );
     fleet.scan(pipeline.resources());
     let signals = stop_on_signals()?;
-    let mut next_scan = Instant::now() + config.poll_interval;
+    let mut last_scan = Instant::now();
+    let mut next_scan = last_scan + config.poll_interval;
     let mut next_publish = Instant::now();
     let pipeline = collect(&shared, pipeline, |pipeline| {
+        if let Some(reader) = &exec_reader {
+            let _ = reader.poll(Duration::ZERO);
+        }
         let now = Instant::now();
-        if now >= next_scan {
+        // A host busy with execs (shell scripts, say) is scanned at most every EXEC_SCAN_GAP.
+        let exec_due = execs_seen.get() > 0 && now >= last_scan + EXEC_SCAN_GAP;
+        if now >= next_scan || exec_due {
+            execs_seen.set(0);
             fleet.scan(pipeline.resources());
+            last_scan = now;
             next_scan = now + config.poll_interval;
         }
         if now >= next_publish {
