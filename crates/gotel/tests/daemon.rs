@@ -282,3 +282,32 @@ fn churn_leaves_nothing_behind() {
         "RSS grew by more than 4 MiB: {before:?} -> {after:?}"
     );
 }
+
+/// A process that execs its Go program late (an entrypoint script's `exec`, after the daemon
+/// judged the shell) is judged again at the exec and traced.
+#[test]
+fn a_late_exec_is_traced() {
+    let Some(()) = privileged() else { return };
+    let _one = ONE_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
+    let collector = Collector::start("daemon-exec");
+    let dir = TempDir::new("daemon-exec");
+    let exe = copy_fixture("httpserver-go1.26-stripped", &dir.0.join("svc-wrapped"));
+    let metrics_port = free_port();
+    let rule = format!("exe={}", exe.display());
+    let _d = daemon(&collector, metrics_port, &[&rule], &["--poll-interval", "100ms"]);
+    let port = free_port();
+    let script = format!("sleep 1; exec {} -addr 127.0.0.1:{port}", exe.display());
+    let shell = Command::new("sh").args(["-c", &script]).spawn().expect("sh");
+    let shell = Proc::new(shell);
+    std::thread::sleep(Duration::from_millis(300)); // the shell is seen, and is not Go
+    wait_for_port(port, WAIT);
+    let deadline = Instant::now() + WAIT;
+    while status(metrics_port)["processes"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the exec'd program is not traced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http_get(port, "/hello").0, 200);
+    let spans = collector.wait_for_spans(1, WAIT);
+    assert_eq!(spans[0].resource_int("process.pid"), Some(i64::from(shell.pid())));
+    assert_eq!(spans[0].resource_str("service.name").as_deref(), Some("svc-wrapped"));
+}

@@ -1,7 +1,7 @@
 //! Process starts as they happen (`bpf/execs.bpf.c`): the daemon scans /proc when one is
 //! reported instead of waiting for its next periodic scan.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::rc::Rc;
 
@@ -36,12 +36,15 @@ impl ExecWatch {
         Ok(ExecWatch { execs, _link: link })
     }
 
-    /// A reader that adds the number of execs it sees to `seen`; poll it with a zero timeout.
-    pub fn reader(&self, seen: Rc<Cell<u64>>) -> Result<RingBuffer<'_>, Error> {
+    /// A reader that appends the pid of each exec it sees to `pids`; poll it with a zero
+    /// timeout.
+    pub fn reader(&self, pids: Rc<RefCell<Vec<u32>>>) -> Result<RingBuffer<'_>, Error> {
         let mut builder = RingBufferBuilder::new();
         builder
-            .add(&self.execs, move |_pid: &[u8]| {
-                seen.set(seen.get() + 1);
+            .add(&self.execs, move |bytes: &[u8]| {
+                if let Some(pid) = bytes.get(..4).and_then(|b| b.try_into().ok()) {
+                    pids.borrow_mut().push(u32::from_ne_bytes(pid));
+                }
                 0
             })
             .map_err(bpf_error("read the execs ring buffer"))?;

@@ -48,6 +48,8 @@ enum Seen {
 
 struct Tracked {
     start_ticks: u64,
+    /// The executable the decision was made on (None: a kernel thread).
+    file: Option<FileId>,
     seen: Seen,
 }
 
@@ -174,14 +176,37 @@ impl<'a> Fleet<'a> {
             let Some(entry) = self.proc.entry(pid) else {
                 // A kernel thread, or gone already: remember it so it is not read again.
                 let start_ticks = self.proc.start_ticks(pid).unwrap_or(0);
-                self.tracked.insert(pid, Tracked { start_ticks, seen: Seen::Ignored });
+                self.tracked.insert(pid, Tracked { start_ticks, file: None, seen: Seen::Ignored });
                 continue;
             };
             if undecided_since.is_none() {
                 self.counters.processes_seen += 1;
             }
             let seen = self.consider(&entry, undecided_since, now, resources);
-            self.tracked.insert(pid, Tracked { start_ticks: entry.id.start_ticks, seen });
+            let tracked =
+                Tracked { start_ticks: entry.id.start_ticks, file: Some(entry.file), seen };
+            self.tracked.insert(pid, tracked);
+        }
+    }
+
+    /// Forgets what was decided about `pids` (they exec'd) if it was decided on another
+    /// executable than the one they run now: a scan can see a child between fork and exec,
+    /// still running its parent's program, and a traced process that execs another program is
+    /// done with its old executable. The next scan judges them anew.
+    pub fn reconsider(&mut self, pids: &[u32]) {
+        let now = Instant::now();
+        for &pid in pids {
+            let Some(tracked) = self.tracked.get(&pid) else { continue };
+            let current = self.proc.entry(pid).map(|e| e.file);
+            if current.is_some() && current == tracked.file {
+                continue; // judged after the exec already
+            }
+            match tracked.seen {
+                Seen::Traced { .. } => self.ended(pid, now),
+                _ => {
+                    self.tracked.remove(&pid);
+                }
+            }
         }
     }
 

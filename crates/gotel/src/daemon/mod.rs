@@ -4,7 +4,7 @@
 mod fleet;
 pub mod health;
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -50,7 +50,7 @@ pub fn run(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     }
     // Execs as they happen, so a new process is seen within one turn of the event loop
     // (~50 ms) rather than the next scan; the periodic scan stays as the safety net.
-    let execs_seen = Rc::new(Cell::new(0u64));
+    let execs_seen: Rc<RefCell<Vec<u32>>> = Rc::default();
     let exec_watch = match ExecWatch::start() {
         Ok(w) => Some(w),
         Err(e) => {
@@ -83,9 +83,10 @@ pub fn run(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         }
         let now = Instant::now();
         // A host busy with execs (shell scripts, say) is scanned at most every EXEC_SCAN_GAP.
-        let exec_due = execs_seen.get() > 0 && now >= last_scan + EXEC_SCAN_GAP;
+        let exec_due = !execs_seen.borrow().is_empty() && now >= last_scan + EXEC_SCAN_GAP;
         if now >= next_scan || exec_due {
-            execs_seen.set(0);
+            // A pid that exec'd runs another program now: judge it again.
+            fleet.reconsider(&std::mem::take(&mut *execs_seen.borrow_mut()));
             fleet.scan(pipeline.resources());
             last_scan = now;
             next_scan = now + config.poll_interval;
