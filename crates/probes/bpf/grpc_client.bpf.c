@@ -4,14 +4,9 @@
  * (*clientStream).finish, which may run on another goroutine: the call is found there through
  * its transport stream. */
 #include "conn.h"
+#include "grpc.h"
 
-#define STREAM_DIRECT 0
-#define STREAM_EMBEDDED_POINTER 1
-#define STREAM_EMBEDDED_VALUE 2
-/* NewStream returns a *Stream (grpc < 1.69) or a *ClientStream embedding one. */
-const volatile u8 stream_embedding = STREAM_DIRECT;
-const volatile u64 off_client_stream_stream = 0;
-const volatile u64 off_stream_id = 0;
+/* NewStream returns a *Stream (grpc < 1.69) or a *ClientStream embedding one (grpc.h). */
 /* The stream's *http2Client: Stream.ct (a pointer before 1.66, an interface in 1.66-1.68) or
  * ClientStream.ct (1.69+). */
 const volatile u64 off_ct = 0;
@@ -25,13 +20,8 @@ const volatile bool status_on_client_stream = false;
 const volatile u64 off_cs_attempt = 0;
 const volatile u64 off_attempt_stream = 0;
 const volatile u64 off_cc_target = 0; /* ClientConn.target (string) */
-const volatile u64 off_status_s = 0;
-const volatile u64 off_spb_code = 0;
-const volatile u64 off_spb_message = 0;
 
-#define METHOD_CAP 128
 #define TARGET_CAP 128
-#define MESSAGE_CAP 128
 
 struct grpc_client_event {
 	struct span_header hdr;
@@ -61,12 +51,6 @@ struct client_call {
 	u8 parent_span_id[8];
 };
 
-struct stream_key {
-	u32 pid;
-	u32 _pad;
-	u64 stream;
-};
-
 /* Calls by the goroutine that started them, until their stream exists; then by stream. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -81,15 +65,6 @@ struct {
 	__type(key, struct stream_key);
 	__type(value, struct client_call);
 } grpc_client_calls SEC(".maps");
-
-static __always_inline u64 stream_fields(u64 stream)
-{
-	if (stream_embedding == STREAM_EMBEDDED_POINTER)
-		return read_u64(stream + off_client_stream_stream);
-	if (stream_embedding == STREAM_EMBEDDED_VALUE)
-		return stream + off_client_stream_stream;
-	return stream;
-}
 
 /* func newClientStream(ctx, desc *StreamDesc, cc *ClientConn, method string, opts ...CallOption):
  * ctx in ARG1-2, desc ARG3, cc ARG4, method ARG5-6, in every grpc version. */
@@ -168,18 +143,16 @@ int grpc_client_stream_single(struct pt_regs *ctx)
  * trailers), else the trailers' status, else Unknown. */
 static __always_inline s32 final_status(u64 err_itab, u64 stream, u64 *message, u64 *message_len)
 {
-	u64 status = 0;
-	if (stream)
-		status = read_u64((status_on_client_stream ? stream : stream_fields(stream)) +
-				  off_stream_status);
-	u64 spb = status ? read_u64(status + off_status_s) : 0;
-	s32 code = err_itab ? 2 /* Unknown */ : 0;
-	if (spb && err_itab) {
-		bpf_probe_read_user(&code, sizeof(code), (void *)(spb + off_spb_code));
-		*message = read_u64(spb + off_spb_message);
-		*message_len = read_u64(spb + off_spb_message + 8);
+	if (!err_itab)
+		return 0;
+	struct grpc_status status = { .code = 2 /* Unknown */ };
+	if (stream) {
+		u64 base = status_on_client_stream ? stream : stream_fields(stream);
+		read_grpc_status(read_u64(base + off_stream_status), &status);
 	}
-	return code;
+	*message = status.message;
+	*message_len = status.message_len;
+	return status.code;
 }
 
 /* func (cs *clientStream) finish(err error): cs in ARG1, err (itab, data) in ARG2-3. May run

@@ -4,23 +4,12 @@
  * that stream, which may run on another goroutine (a handler's SendMsg failing), so it meets
  * the span through a map keyed by the stream. */
 #include "conn.h"
+#include "grpc.h"
 #include "traceparent.h"
 
-/* How handleStream's stream argument reaches transport.Stream's fields: grpc up to 1.68 passes
- * a *Stream; 1.69-1.76 a *ServerStream embedding a *Stream; 1.77+ one embedding it by value. */
-#define STREAM_DIRECT 0
-#define STREAM_EMBEDDED_POINTER 1
-#define STREAM_EMBEDDED_VALUE 2
-const volatile u8 stream_embedding = STREAM_DIRECT;
-const volatile u64 off_server_stream_stream = 0; /* ServerStream.Stream */
-const volatile u64 off_stream_id = 0; /* Stream.id (uint32) */
 const volatile u64 off_stream_method = 0; /* Stream.method (string) */
 /* The transport argument's data word is the *http2Server; its conn is a net.Conn. */
 const volatile u64 off_http2server_conn_data = 0; /* http2Server.conn + 8 */
-/* *status.Status -> s (*spb.Status) -> Code, Message */
-const volatile u64 off_status_s = 0;
-const volatile u64 off_spb_code = 0;
-const volatile u64 off_spb_message = 0;
 
 /* An incoming traceparent, read from the request's HEADERS frame where the transport decodes
  * it: operateHeaders(t, frame) before grpc 1.60, operateHeaders(t, ctx, frame) after. */
@@ -32,8 +21,6 @@ const volatile u64 off_mhf_fields = 0; /* MetaHeadersFrame.Fields ([]hpack.Heade
 #define HEADER_FIELD_SIZE 40 /* hpack.HeaderField: Name, Value strings, Sensitive bool */
 #define MAX_FIELDS 64
 
-#define METHOD_CAP 128
-#define MESSAGE_CAP 128
 
 struct grpc_server_event {
 	struct span_header hdr;
@@ -59,19 +46,6 @@ struct grpc_call {
 	u8 trace_id[16];
 	u8 span_id[8];
 	u8 parent_span_id[8];
-};
-
-struct stream_key {
-	u32 pid;
-	u32 _pad;
-	u64 stream;
-};
-
-struct grpc_status {
-	s32 code;
-	u32 _pad;
-	u64 message;
-	u64 message_len;
 };
 
 struct {
@@ -159,16 +133,6 @@ int grpc_server_headers(struct pt_regs *ctx)
 	return 0;
 }
 
-/* The address of transport.Stream's fields for handleStream's stream argument. */
-static __always_inline u64 stream_fields(u64 stream)
-{
-	if (stream_embedding == STREAM_EMBEDDED_POINTER)
-		return read_u64(stream + off_server_stream_stream);
-	if (stream_embedding == STREAM_EMBEDDED_VALUE)
-		return stream + off_server_stream_stream;
-	return stream;
-}
-
 SEC("uprobe")
 int grpc_server_enter(struct pt_regs *ctx)
 {
@@ -234,13 +198,8 @@ int grpc_server_status(struct pt_regs *ctx)
 	if (!pid_traced(pid))
 		return 0;
 	struct stream_key key = { .pid = pid, .stream = GO_ARG2(ctx) };
-	u64 spb = read_u64(GO_ARG3(ctx) + off_status_s);
 	struct grpc_status status = { .code = 2 /* Unknown */ };
-	if (spb) {
-		bpf_probe_read_user(&status.code, sizeof(status.code), (void *)(spb + off_spb_code));
-		status.message = read_u64(spb + off_spb_message);
-		status.message_len = read_u64(spb + off_spb_message + 8);
-	}
+	read_grpc_status(GO_ARG3(ctx), &status);
 	bpf_map_update_elem(&grpc_statuses, &key, &status, BPF_NOEXIST);
 	return 0;
 }

@@ -135,7 +135,7 @@ pub fn attach(
     (ro.sampler, ro.sampler_threshold) = options.sampler.rodata();
     ro.sampler_parent_based = options.sampler.parent_based;
     let l = plan.layout;
-    (ro.stream_embedding, ro.off_client_stream_stream) = l.embedding.rodata();
+    (ro.stream_embedding, ro.off_embedded_stream) = l.embedding.rodata();
     ro.off_stream_id = offset(STREAM, "id");
     (ro.off_ct, ro.ct_is_interface, ro.ct_on_client_stream) =
         (l.ct, l.ct_is_interface, l.on_client_stream);

@@ -186,7 +186,7 @@ pub fn attach(
     ro.filter_pids = options.filter_pids;
     (ro.sampler, ro.sampler_threshold) = options.sampler.rodata();
     ro.sampler_parent_based = options.sampler.parent_based;
-    (ro.stream_embedding, ro.off_server_stream_stream) = plan.stream.rodata();
+    (ro.stream_embedding, ro.off_embedded_stream) = plan.stream.rodata();
     ro.off_stream_id = offset(STREAM, "id");
     ro.off_stream_method = offset(STREAM, "method");
     ro.off_status_s = offset(STATUS, "s");
