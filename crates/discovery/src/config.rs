@@ -1,5 +1,5 @@
 //! The daemon's configuration: a YAML file, each key overridable by an environment variable or
-//! a flag (the caller passes those in as `Overrides`, flags already winning over env).
+//! a flag (the caller passes those in as a second `FileConfig`, flags already winning over env).
 
 use std::path::Path;
 use std::time::Duration;
@@ -59,18 +59,6 @@ impl FileConfig {
     }
 }
 
-/// Values from flags or environment variables; each replaces the file's.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub instrument: Option<Vec<Rule>>,
-    pub exclude: Option<Vec<Rule>>,
-    pub default_excludes: Option<bool>,
-    pub metrics_addr: Option<String>,
-    pub poll_interval: Option<String>,
-    pub kubernetes: Option<KubernetesMode>,
-    pub node_name: Option<String>,
-}
-
 /// Everything the daemon runs with.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -80,14 +68,16 @@ pub struct DaemonConfig {
     pub poll_interval: Duration,
     pub kubernetes: KubernetesMode,
     pub node_name: Option<String>,
-    /// The file's value; the agent's own flag and environment variable win over it.
+    /// off, remote or all, as given (checked by the agent, which owns the modes).
     pub inject_traceparent: Option<String>,
 }
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 impl DaemonConfig {
-    pub fn resolve(file: FileConfig, over: Overrides) -> Result<Self, String> {
+    /// `over` holds the values given by flags or environment variables: each replaces the
+    /// file's.
+    pub fn resolve(file: FileConfig, over: FileConfig) -> Result<Self, String> {
         let metrics_addr = over
             .metrics_addr
             .or(file.metrics_addr)
@@ -108,7 +98,7 @@ impl DaemonConfig {
             poll_interval,
             kubernetes: over.kubernetes.or(file.kubernetes).unwrap_or_default(),
             node_name: over.node_name.or(file.node_name),
-            inject_traceparent: file.inject_traceparent,
+            inject_traceparent: over.inject_traceparent.or(file.inject_traceparent),
         })
     }
 }
@@ -155,7 +145,7 @@ inject_traceparent: remote
     #[test]
     fn the_documented_file_parses() {
         let file = FileConfig::parse(EXAMPLE).unwrap();
-        let config = DaemonConfig::resolve(file, Overrides::default()).unwrap();
+        let config = DaemonConfig::resolve(file, FileConfig::default()).unwrap();
         assert_eq!(config.selector.instrument.len(), 3);
         assert!(config.selector.instrument[2].ports.as_ref().unwrap().contains(9090));
         assert_eq!(config.selector.exclude.len(), 1);
@@ -168,7 +158,7 @@ inject_traceparent: remote
     #[test]
     fn overrides_win_and_defaults_fill_in() {
         let file = FileConfig::parse(EXAMPLE).unwrap();
-        let over = Overrides {
+        let over = FileConfig {
             instrument: Some(vec![Rule::parse("name=api").unwrap()]),
             metrics_addr: Some("off".into()),
             kubernetes: Some(KubernetesMode::On),
@@ -178,7 +168,7 @@ inject_traceparent: remote
         assert_eq!(config.selector.instrument.len(), 1);
         assert_eq!(config.metrics_addr, None);
         assert_eq!(config.kubernetes, KubernetesMode::On);
-        let empty = DaemonConfig::resolve(FileConfig::parse("").unwrap(), Overrides::default());
+        let empty = DaemonConfig::resolve(FileConfig::parse("").unwrap(), FileConfig::default());
         let empty = empty.unwrap();
         assert!(empty.selector.instrument.is_empty());
         assert_eq!(empty.metrics_addr, Some(DEFAULT_METRICS_ADDR.parse().unwrap()));
@@ -190,7 +180,7 @@ inject_traceparent: remote
     fn the_shipped_configs_parse() {
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
         let host = FileConfig::load(&deploy.join("systemd/gotel.yaml")).unwrap();
-        let host = DaemonConfig::resolve(host, Overrides::default()).unwrap();
+        let host = DaemonConfig::resolve(host, FileConfig::default()).unwrap();
         assert_eq!(host.kubernetes, KubernetesMode::Off);
         assert!(host.selector.needs_ports());
 
@@ -201,7 +191,7 @@ inject_traceparent: remote
             .and_then(|cm| cm["data"]["gotel.yaml"].as_str().map(str::to_string))
             .expect("the manifest's ConfigMap holds gotel.yaml");
         let cluster = FileConfig::parse(&embedded).unwrap();
-        let cluster = DaemonConfig::resolve(cluster, Overrides::default()).unwrap();
+        let cluster = DaemonConfig::resolve(cluster, FileConfig::default()).unwrap();
         assert_eq!(cluster.kubernetes, KubernetesMode::On);
         assert!(cluster.selector.needs_pod(), "opt-in by annotation");
     }

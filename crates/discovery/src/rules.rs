@@ -210,6 +210,8 @@ pub struct ProcessFacts {
     pub container_id: Option<String>,
     /// Listening TCP ports (read only when a rule asks for ports).
     pub ports: Vec<u16>,
+    /// The pod's uid, from the cgroup, whether or not its metadata is known.
+    pub pod_uid: Option<String>,
     pub pod: Option<Arc<PodMeta>>,
 }
 

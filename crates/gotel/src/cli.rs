@@ -161,10 +161,8 @@ fn parse_placement(s: &str) -> Result<Placement, String> {
 }
 
 pub fn parse_inject(s: &str) -> Result<InjectMode, String> {
-    match s {
-        "off" => Ok(InjectMode::Off),
-        "remote" => Ok(InjectMode::Remote),
-        "all" => Ok(InjectMode::All),
-        other => Err(format!("{other:?}: use off, remote or all")),
-    }
+    [InjectMode::Off, InjectMode::Remote, InjectMode::All]
+        .into_iter()
+        .find(|m| m.name() == s)
+        .ok_or_else(|| format!("{s:?}: use off, remote or all"))
 }

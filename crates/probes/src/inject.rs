@@ -23,6 +23,17 @@ pub enum InjectMode {
     All,
 }
 
+impl InjectMode {
+    /// As written in flags and config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            InjectMode::Off => "off",
+            InjectMode::Remote => "remote",
+            InjectMode::All => "all",
+        }
+    }
+}
+
 /// What the sk_msg program did, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InjectStats {

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use discovery::cgroup;
@@ -293,38 +292,12 @@ impl<'a> Fleet<'a> {
         let pod_unknown = self.selector.needs_pod()
             && facts.pod.is_none()
             && self.pods.is_some()
-            && self.pod_uid(facts.pid).is_some();
+            && facts.pod_uid.is_some();
         not_listening || pod_unknown
     }
 
-    fn pod_uid(&self, pid: u32) -> Option<String> {
-        cgroup::parse(&self.proc.read(pid, "cgroup")?).pod_uid
-    }
-
     fn facts(&self, entry: &ProcessEntry) -> ProcessFacts {
-        let pid = entry.id.pid;
-        let placement =
-            self.proc.read(pid, "cgroup").map(|c| cgroup::parse(&c)).unwrap_or_default();
-        let container_id = placement.container_id.or_else(|| {
-            // Behind a cgroup namespace the path is "/": the mounts still name the container.
-            let own_ns = std::fs::read_link("/proc/self/ns/mnt").ok();
-            let its_ns = std::fs::read_link(self.proc.dir(pid).join("ns/mnt")).ok();
-            if own_ns.is_some() && own_ns == its_ns {
-                return None;
-            }
-            cgroup::container_id_from_mountinfo(&self.proc.read(pid, "mountinfo")?)
-        });
-        let pod = placement.pod_uid.as_deref().and_then(|uid| self.pods.as_ref()?.get(uid));
-        let ports =
-            if self.selector.needs_ports() { self.proc.listening_ports(pid) } else { Vec::new() };
-        ProcessFacts {
-            pid,
-            exe: entry.exe.clone(),
-            comm: entry.comm.clone(),
-            container_id,
-            ports,
-            pod,
-        }
+        process_facts(&self.proc, entry, &self.selector, self.pods.as_ref())
     }
 
     /// Attaches to the process's executable unless already attached, describes its resource
@@ -425,6 +398,38 @@ impl BootClock {
     }
 }
 
+/// What the rules see of a process: its container and pod from the cgroup (and the mounts,
+/// behind a cgroup namespace), its listening ports when a rule asks for them.
+fn process_facts(
+    proc: &Proc,
+    entry: &ProcessEntry,
+    selector: &Selector,
+    pods: Option<&PodStore>,
+) -> ProcessFacts {
+    let pid = entry.id.pid;
+    let placement = proc.read(pid, "cgroup").map(|c| cgroup::parse(&c)).unwrap_or_default();
+    let container_id = placement.container_id.or_else(|| {
+        // Behind a cgroup namespace the path is "/": the mounts still name the container.
+        let own_ns = std::fs::read_link("/proc/self/ns/mnt").ok();
+        let its_ns = std::fs::read_link(proc.dir(pid).join("ns/mnt")).ok();
+        if own_ns.is_some() && own_ns == its_ns {
+            return None;
+        }
+        cgroup::container_id_from_mountinfo(&proc.read(pid, "mountinfo")?)
+    });
+    let pod = placement.pod_uid.as_deref().and_then(|uid| pods?.get(uid));
+    let ports = if selector.needs_ports() { proc.listening_ports(pid) } else { Vec::new() };
+    ProcessFacts {
+        pid,
+        exe: entry.exe.clone(),
+        comm: entry.comm.clone(),
+        container_id,
+        ports,
+        pod_uid: placement.pod_uid,
+        pod,
+    }
+}
+
 /// The processes a dry run would trace, and why the others are not.
 pub fn dry_run(selector: &Selector, pods: Option<&PodStore>) -> Vec<(ProcessEntry, String)> {
     let proc = Proc::default();
@@ -439,16 +444,7 @@ pub fn dry_run(selector: &Selector, pods: Option<&PodStore>) -> Vec<(ProcessEntr
         if !is_go || pid == own {
             continue;
         }
-        let placement = proc.read(pid, "cgroup").map(|c| cgroup::parse(&c)).unwrap_or_default();
-        let pod: Option<Arc<PodMeta>> = placement.pod_uid.as_deref().and_then(|uid| pods?.get(uid));
-        let facts = ProcessFacts {
-            pid,
-            exe: entry.exe.clone(),
-            comm: entry.comm.clone(),
-            container_id: placement.container_id,
-            ports: if selector.needs_ports() { proc.listening_ports(pid) } else { Vec::new() },
-            pod,
-        };
+        let facts = process_facts(&proc, &entry, selector, pods);
         let verdict = match selector.decide(&facts) {
             Decision::Trace { rule: Some(i) } => format!("trace (instrument rule #{})", i + 1),
             Decision::Trace { rule: None } => "trace (no instrument rules)".to_string(),

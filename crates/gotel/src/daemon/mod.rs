@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use discovery::config::{DaemonConfig, FileConfig, KubernetesMode, Overrides};
+use discovery::config::{DaemonConfig, FileConfig, KubernetesMode};
 use discovery::k8s::PodStore;
 use discovery::rules::Rule;
 use probes::execs::ExecWatch;
@@ -32,12 +32,11 @@ pub fn run(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         return dry_run(&config, pods.as_ref());
     }
-    let inject = match (args.agent.inject_traceparent, &config.inject_traceparent) {
-        (Some(mode), _) => mode,
-        (None, Some(mode)) => {
+    let inject = match &config.inject_traceparent {
+        Some(mode) => {
             crate::cli::parse_inject(mode).map_err(|e| anyhow!("inject_traceparent: {e}"))?
         }
-        (None, None) => InjectMode::Remote,
+        None => InjectMode::Remote,
     };
     let shared = crate::shared_maps(&args.agent)?;
     let mut options = crate::attach_options(&args.agent, true)?;
@@ -51,21 +50,13 @@ pub fn run(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
     // Execs as they happen, so a new process is seen within one turn of the event loop
     // (~50 ms) rather than the next scan; the periodic scan stays as the safety net.
     let execs_seen: Rc<RefCell<Vec<u32>>> = Rc::default();
-    let exec_watch = match ExecWatch::start() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!("not watching execs ({e}); new processes are found by the scan alone");
-            None
-        }
+    let not_watching = |e: probes::Error| {
+        tracing::warn!("not watching execs ({e}); new processes are found by the scan alone");
     };
-    let exec_reader = match exec_watch.as_ref().map(|w| w.reader(Rc::clone(&execs_seen))) {
-        Some(Ok(r)) => Some(r),
-        Some(Err(e)) => {
-            tracing::warn!("not watching execs ({e}); new processes are found by the scan alone");
-            None
-        }
-        None => None,
-    };
+    let exec_watch = ExecWatch::start().map_err(not_watching).ok();
+    let exec_reader = exec_watch
+        .as_ref()
+        .and_then(|w| w.reader(Rc::clone(&execs_seen)).map_err(not_watching).ok());
     let mut fleet = Fleet::new(config.selector.clone(), pods.clone(), &shared, options, inject);
     tracing::info!(
         "scanning for Go processes at each exec and every {} ms; {}",
@@ -116,7 +107,7 @@ fn load_config(args: &DaemonArgs) -> anyhow::Result<DaemonConfig> {
         let rules = lines.iter().filter(|l| !l.trim().is_empty()).map(|l| Rule::parse(l));
         Ok(Some(rules.collect::<Result<_, _>>().map_err(|e| anyhow!("rule {e}"))?))
     };
-    let overrides = Overrides {
+    let overrides = FileConfig {
         instrument: rules(&args.instrument)?,
         exclude: rules(&args.exclude)?,
         default_excludes: args.default_excludes,
@@ -124,6 +115,7 @@ fn load_config(args: &DaemonArgs) -> anyhow::Result<DaemonConfig> {
         poll_interval: args.poll_interval.clone(),
         kubernetes: args.kubernetes,
         node_name: args.node_name.clone(),
+        inject_traceparent: args.agent.inject_traceparent.map(|m| m.name().to_string()),
     };
     DaemonConfig::resolve(file, overrides).map_err(|e| anyhow!("configuration: {e}"))
 }
