@@ -116,9 +116,7 @@ static __always_inline int grpc_client_stream(struct pt_regs *ctx)
 	call->has_conn = go_conn_key(tcpconn, true, &call->conn.conn);
 	if (call->has_conn) {
 		/* The server span at the other end of this stream, on this host, is our child. */
-		struct span_ctx span = { .sampled = call->sampled };
-		__builtin_memcpy(span.trace_id, call->trace_id, sizeof(span.trace_id));
-		__builtin_memcpy(span.span_id, call->span_id, sizeof(span.span_id));
+		struct span_ctx span = span_ctx_of(call->trace_id, call->span_id, call->sampled);
 		bpf_map_update_elem(&stream_ctx, &call->conn, &span, BPF_ANY);
 	}
 	struct stream_key skey = { .pid = pid, .stream = stream };

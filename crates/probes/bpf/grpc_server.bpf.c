@@ -126,10 +126,8 @@ int grpc_server_headers(struct pt_regs *ctx)
 	struct incoming_key key = { .pid = pid, .transport = GO_ARG1(ctx) };
 	u64 headers = read_u64(frame + off_mhf_headers);
 	bpf_probe_read_user(&key.stream_id, sizeof(u32), (void *)(headers + off_hf_stream_id));
-	struct span_ctx remote = { .sampled = in.sampled };
-	__builtin_memcpy(remote.trace_id, in.ctx.trace_id, sizeof(remote.trace_id));
-	__builtin_memcpy(remote.span_id, in.ctx.span_id, sizeof(remote.span_id));
-	bpf_map_update_elem(&grpc_incoming, &key, &remote, BPF_ANY);
+	in.ctx.sampled = in.sampled;
+	bpf_map_update_elem(&grpc_incoming, &key, &in.ctx, BPF_ANY);
 	return 0;
 }
 
@@ -181,9 +179,7 @@ int grpc_server_enter(struct pt_regs *ctx)
 	call.sampled = sample(call.trace_id, call.has_parent, parent_sampled);
 	bpf_map_update_elem(&grpc_server_calls, &key, &call, BPF_ANY);
 	/* The handler runs on this goroutine: its outgoing calls are children. */
-	struct span_ctx span = { .sampled = call.sampled };
-	__builtin_memcpy(span.trace_id, call.trace_id, sizeof(span.trace_id));
-	__builtin_memcpy(span.span_id, call.span_id, sizeof(span.span_id));
+	struct span_ctx span = span_ctx_of(call.trace_id, call.span_id, call.sampled);
 	bpf_map_update_elem(&goroutine_ctx, &key, &span, BPF_ANY);
 	return 0;
 }

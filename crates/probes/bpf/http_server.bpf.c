@@ -137,9 +137,7 @@ int http_server_enter(struct pt_regs *ctx)
 	call.sampled = sample(call.trace_id, has_parent, parent_sampled);
 	bpf_map_update_elem(&server_calls, &key, &call, BPF_ANY);
 	/* What the handler does on this goroutine, and the goroutines it starts, is a child. */
-	struct span_ctx span = { .sampled = call.sampled };
-	__builtin_memcpy(span.trace_id, call.trace_id, sizeof(span.trace_id));
-	__builtin_memcpy(span.span_id, call.span_id, sizeof(span.span_id));
+	struct span_ctx span = span_ctx_of(call.trace_id, call.span_id, call.sampled);
 	bpf_map_update_elem(&goroutine_ctx, &key, &span, BPF_ANY);
 	return 0;
 }

@@ -150,6 +150,16 @@ static __always_inline u64 ringbuf_wakeup_flags(void)
 									     : BPF_RB_NO_WAKEUP;
 }
 
+/* The context a span hands its children: its trace, itself, its sampling decision. */
+static __always_inline struct span_ctx span_ctx_of(const u8 *trace_id, const u8 *span_id,
+						   u8 sampled)
+{
+	struct span_ctx c = { .sampled = sampled };
+	__builtin_memcpy(c.trace_id, trace_id, sizeof(c.trace_id));
+	__builtin_memcpy(c.span_id, span_id, sizeof(c.span_id));
+	return c;
+}
+
 static __always_inline void random_id(u8 *id, int len)
 {
 	u32 any = 0;
