@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,40 +24,16 @@ import tempfile
 import time
 import urllib.request
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import REPO, free_port, status_kib, wait_port
+
 GOTEL = os.path.join(REPO, "target/release/gotel")
 FIXTURES = os.environ.get("GOTEL_FIXTURES_DIR", os.path.join(REPO, "target/fixtures"))
 COLLECTOR = os.path.join(REPO, "target/tools/otelcol-gotel")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    sys.exit(f"nothing listens on {port}")
-
-
 def get(url):
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.read().decode()
-
-
-def status_kib(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def main():

@@ -15,37 +15,16 @@ saturation; per configuration: requests/s, CPU per request of the services (user
 Needs root, wrk, the release build, fixtures, collector and bench/sdkchain built (README).
 Usage: scripts/bench-http.py [--rounds N] [--seconds S]
 """
-import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import REPO, free_port, status_kib, wait_port
+
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
 
 
 def cpu_seconds(pid):
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-
-
-def peak_rss_kib(pid):
-    m = re.search(r"VmHWM:\s+(\d+)", open(f"/proc/{pid}/status").read())
-    return int(m.group(1)) if m else 0
 
 
 def wrk(port, seconds, connections):
@@ -117,7 +96,7 @@ def main():
                 row = {"rps": rps, "requests": total, "services_us_per_req": (s1 - s0) / total * 1e6}
                 if agent:
                     row["agent_us_per_req"] = (cpu_seconds(agent.pid) - a0) / total * 1e6
-                    row["agent_peak_rss_mib"] = peak_rss_kib(agent.pid) / 1024
+                    row["agent_peak_rss_mib"] = status_kib(agent.pid, "VmHWM") / 1024
                 for p in (a, b):
                     p.send_signal(signal.SIGTERM)
                     p.wait()
