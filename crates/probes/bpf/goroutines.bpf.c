@@ -3,7 +3,9 @@
  * runs on the system stack, so its entry and return are matched by thread, not goroutine.
  * The cheap placement probes runtime.newproc.func1's two direct calls instead (calls are
  * emulated, a RET is single-stepped): `CALL newproc1` (same arguments as its entry) and the
- * `CALL runqput(pp, newg, true)` that follows it. */
+ * `CALL runqput(pp, newg, true)` that follows it. Where the offsets of g.m and m.curg are
+ * known, the second alone suffices: on the system stack the g register holds g0, and g0's
+ * m.curg is the goroutine whose `go` statement this is. */
 #include "gotel.h"
 
 struct {
@@ -12,6 +14,10 @@ struct {
 	__type(key, u64); /* pid_tgid: the thread inside newproc1 */
 	__type(value, u64); /* callergp */
 } spawning SEC(".maps");
+
+const volatile bool parent_from_m = false;
+const volatile u64 off_g_m = 0;
+const volatile u64 off_m_curg = 0;
 
 SEC("uprobe")
 int goroutine_spawn_enter(struct pt_regs *ctx)
@@ -24,17 +30,11 @@ int goroutine_spawn_enter(struct pt_regs *ctx)
 	return 0;
 }
 
-static __always_inline int goroutine_spawned(u64 newg)
+static __always_inline void inherit(u32 pid, u64 callergp, u64 newg)
 {
-	u64 id = bpf_get_current_pid_tgid();
-	u64 *callergp = bpf_map_lookup_elem(&spawning, &id);
-	if (!callergp)
-		return 0;
-	u32 pid = id >> 32;
-	struct goroutine_key parent = { .pid = pid, .g = *callergp };
+	struct goroutine_key parent = { .pid = pid, .g = callergp };
 	struct goroutine_key child = { .pid = pid, .g = newg };
-	bpf_map_delete_elem(&spawning, &id);
-	struct span_ctx *inherited = bpf_map_lookup_elem(&goroutine_ctx, &parent);
+	struct span_ctx *inherited = goroutine_span(&parent);
 	/* g structs are recycled: always overwrite what a dead goroutine left behind. */
 	if (inherited) {
 		struct span_ctx copy = *inherited;
@@ -42,6 +42,17 @@ static __always_inline int goroutine_spawned(u64 newg)
 	} else {
 		bpf_map_delete_elem(&goroutine_ctx, &child);
 	}
+}
+
+static __always_inline int goroutine_spawned(u64 newg)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u64 *callergp = bpf_map_lookup_elem(&spawning, &id);
+	if (!callergp)
+		return 0;
+	u64 parent = *callergp;
+	bpf_map_delete_elem(&spawning, &id);
+	inherit(id >> 32, parent, newg);
 	return 0;
 }
 
@@ -54,7 +65,16 @@ static __always_inline int goroutine_spawn_return(struct pt_regs *ctx)
 SEC("uprobe")
 int goroutine_spawn_queued(struct pt_regs *ctx)
 {
-	return goroutine_spawned(GO_ARG2(ctx));
+	if (!parent_from_m)
+		return goroutine_spawned(GO_ARG2(ctx));
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!pid_traced(pid))
+		return 0;
+	u64 m = read_u64(GO_G(ctx) + off_g_m);
+	u64 curg = m ? read_u64(m + off_m_curg) : 0;
+	if (curg)
+		inherit(pid, curg, GO_ARG2(ctx));
+	return 0;
 }
 
 SEC("uprobe.multi")

@@ -82,7 +82,7 @@ int grpc_client_start(struct pt_regs *ctx)
 		.method_len = GO_ARG6(ctx),
 	};
 	/* The span this goroutine works for, if any, is the parent. */
-	struct span_ctx *parent = bpf_map_lookup_elem(&goroutine_ctx, &key);
+	struct span_ctx *parent = goroutine_span(&key);
 	bool has_parent = parent != 0, parent_sampled = true;
 	if (parent) {
 		__builtin_memcpy(call.trace_id, parent->trace_id, sizeof(call.trace_id));
@@ -189,7 +189,7 @@ int grpc_client_finish(struct pt_regs *ctx)
 	e->method_len = copy_user_bytes(e->method, METHOD_CAP, call->method, (s64)call->method_len);
 	e->target_len = copy_user_bytes(e->target, TARGET_CAP, read_u64(call->cc + off_cc_target),
 					(s64)read_u64(call->cc + off_cc_target + 8));
-	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));
 done:
 	if (stream)
 		bpf_map_delete_elem(&grpc_client_calls, &skey);

@@ -242,7 +242,7 @@ static __always_inline int grpc_server_return(struct pt_regs *ctx)
 				: 0;
 	e->has_conn = call->has_conn;
 	__builtin_memcpy(&e->conn, &call->conn.conn, sizeof(e->conn));
-	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));
 done:
 	bpf_map_delete_elem(&grpc_statuses, &skey);
 	bpf_map_delete_elem(&grpc_server_calls, &key);

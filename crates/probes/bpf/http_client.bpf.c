@@ -1,5 +1,5 @@
 /* net/http client spans: uprobes at the entry and RETs of net/http.(*Transport).roundTrip.
- * The span is a child of whatever span the calling goroutine works for (goroutine_ctx). */
+ * The span is a child of whatever span the calling goroutine works for (goroutine_span). */
 #include "conn.h"
 
 const volatile u64 off_req_method = 0;
@@ -64,7 +64,7 @@ int http_client_enter(struct pt_regs *ctx)
 		u8 one = 1;
 		bpf_map_update_elem(&client_pids, &pid, &one, BPF_ANY);
 	}
-	struct span_ctx *parent = bpf_map_lookup_elem(&goroutine_ctx, &key);
+	struct span_ctx *parent = goroutine_span(&key);
 	if (parent) {
 		__builtin_memcpy(call.ctx.trace_id, parent->trace_id, sizeof(call.ctx.trace_id));
 		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
@@ -132,7 +132,7 @@ static __always_inline int http_client_return(struct pt_regs *ctx)
 	e->query_len = url ? read_go_string(e->query, QUERY_CAP, url + off_url_raw_query) : 0;
 
 	bpf_map_delete_elem(&client_calls, &key);
-	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));
 	return 0;
 }
 

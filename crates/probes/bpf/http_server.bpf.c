@@ -52,18 +52,6 @@ struct http_server_event {
 	char tracestate[TRACESTATE_CAP];
 };
 
-struct server_call {
-	u64 start_ns;
-	u64 req;
-	u64 rw_data;
-	u8 trace_id[16];
-	u8 span_id[8];
-	u8 parent_span_id[8];
-	u8 sampled;
-	u64 tracestate; /* the incoming tracestate header's text, if any */
-	u64 tracestate_len;
-};
-
 /* How much of the Request and of its URL to copy: just past the last field read. */
 const volatile u32 req_copy_bytes = 0;
 const volatile u32 url_copy_bytes = 0;
@@ -79,14 +67,6 @@ struct {
 	__type(key, u32);
 	__type(value, struct request_copy);
 } scratch SEC(".maps");
-
-/* LRU: a goroutine that panics out of the handler never reaches a RET; its entry ages out. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 32768);
-	__type(key, struct goroutine_key);
-	__type(value, struct server_call);
-} server_calls SEC(".maps");
 
 SEC("uprobe")
 int http_server_enter(struct pt_regs *ctx)
@@ -114,7 +94,7 @@ int http_server_enter(struct pt_regs *ctx)
 	struct incoming remote = {};
 	bool has_parent = true, parent_sampled = true;
 	if (parent) {
-		__builtin_memcpy(call.trace_id, parent->trace_id, sizeof(call.trace_id));
+		__builtin_memcpy(call.ctx.trace_id, parent->trace_id, sizeof(call.ctx.trace_id));
 		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
 		parent_sampled = parent->sampled;
 		bpf_map_delete_elem(&conn_ctx, &conn);
@@ -122,23 +102,21 @@ int http_server_enter(struct pt_regs *ctx)
 		/* Else a W3C traceparent the request carries (from another host, or any client). */
 		incoming_traceparent(call.req, &remote);
 		if (remote.found) {
-			__builtin_memcpy(call.trace_id, remote.ctx.trace_id, sizeof(call.trace_id));
+			__builtin_memcpy(call.ctx.trace_id, remote.ctx.trace_id, sizeof(call.ctx.trace_id));
 			__builtin_memcpy(call.parent_span_id, remote.ctx.span_id,
 					 sizeof(call.parent_span_id));
 			parent_sampled = remote.sampled;
 			call.tracestate = remote.state;
 			call.tracestate_len = remote.state_len;
 		} else {
-			random_id(call.trace_id, sizeof(call.trace_id));
+			random_id(call.ctx.trace_id, sizeof(call.ctx.trace_id));
 			has_parent = false;
 		}
 	}
-	random_id(call.span_id, sizeof(call.span_id));
-	call.sampled = sample(call.trace_id, has_parent, parent_sampled);
+	random_id(call.ctx.span_id, sizeof(call.ctx.span_id));
+	call.ctx.sampled = sample(call.ctx.trace_id, has_parent, parent_sampled);
+	/* The handler's goroutine, and those it starts, work for this span (goroutine_span). */
 	bpf_map_update_elem(&server_calls, &key, &call, BPF_ANY);
-	/* What the handler does on this goroutine, and the goroutines it starts, is a child. */
-	struct span_ctx span = span_ctx_of(call.trace_id, call.span_id, call.sampled);
-	bpf_map_update_elem(&goroutine_ctx, &key, &span, BPF_ANY);
 	return 0;
 }
 
@@ -168,9 +146,8 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 			count(STAT_NO_ENTRY);
 		return 0;
 	}
-	if (!call->sampled) {
+	if (!call->ctx.sampled) {
 		bpf_map_delete_elem(&server_calls, &key);
-		bpf_map_delete_elem(&goroutine_ctx, &key);
 		return 0;
 	}
 	struct http_server_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -179,8 +156,8 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 		bpf_map_delete_elem(&server_calls, &key);
 		return 0;
 	}
-	fill_span_header(&e->hdr, EVENT_HTTP_SERVER, pid, call->start_ns, call->trace_id,
-			 call->span_id, call->parent_span_id);
+	fill_span_header(&e->hdr, EVENT_HTTP_SERVER, pid, call->start_ns, call->ctx.trace_id,
+			 call->ctx.span_id, call->parent_span_id);
 
 	u32 zero = 0;
 	struct request_copy *copy = bpf_map_lookup_elem(&scratch, &zero);
@@ -213,7 +190,7 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 
 	bpf_map_delete_elem(&server_calls, &key);
 	bpf_map_delete_elem(&goroutine_ctx, &key);
-	bpf_ringbuf_submit(e, ringbuf_wakeup_flags());
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));
 	return 0;
 }
 

@@ -156,7 +156,7 @@ pub fn plan_all(bin: &GoBinary) -> Plans {
         http_client: http_client::plan(bin, &layouts),
         grpc_server: grpc_server::plan(bin),
         grpc_client: grpc_client::plan(bin),
-        goroutines: goroutines::plan(bin),
+        goroutines: goroutines::plan(bin, &layouts),
     }
 }
 
@@ -164,7 +164,7 @@ pub fn plan_all(bin: &GoBinary) -> Plans {
 /// must cover. (Third-party modules' fields, gRPC's, come from the binary itself for now.)
 pub fn declared_fields() -> Vec<FieldSpec> {
     let mut all: Vec<FieldSpec> = Vec::new();
-    for spec in http_server::FIELDS.iter().chain(http_client::FIELDS) {
+    for spec in http_server::FIELDS.iter().chain(http_client::FIELDS).chain(goroutines::FIELDS) {
         if !all.contains(spec) {
             all.push(*spec);
         }

@@ -1,5 +1,5 @@
 //! Maps shared by every loaded instrumentation: one ring buffer for all span events, the set of
-//! traced pids and the counters. Created once; each object reuses their file descriptors.
+//! traced pids, the counters, and the spans goroutines and connections carry. Created once; each object reuses their file descriptors.
 
 use std::os::fd::AsFd;
 
@@ -14,6 +14,7 @@ pub const DEFAULT_RINGBUF_MIB: u32 = 4;
 const MAX_TRACED_PIDS: u32 = 16384;
 const STAT_COUNT: u32 = 2;
 const CTX_MAX: u32 = 65536;
+const SERVER_CALLS_MAX: u32 = 32768;
 
 /// The agent's view of what the BPF side counted (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,6 +30,7 @@ pub struct SharedMaps {
     traced_pids: MapHandle,
     stats: MapHandle,
     goroutine_ctx: MapHandle,
+    server_calls: MapHandle,
     conn_ctx: MapHandle,
     stream_ctx: MapHandle,
     client_pids: MapHandle,
@@ -52,6 +54,8 @@ impl SharedMaps {
             traced_pids: create(MapType::Hash, "traced_pids", 4, 1, MAX_TRACED_PIDS)?,
             stats: create(MapType::PercpuArray, "stats", 4, 8, STAT_COUNT)?,
             goroutine_ctx: create(MapType::LruHash, "goroutine_ctx", 16, 32, CTX_MAX)?,
+            // struct server_call (gotel.h); libbpf refuses a mismatch when the objects load.
+            server_calls: create(MapType::LruHash, "server_calls", 16, 80, SERVER_CALLS_MAX)?,
             conn_ctx: create(MapType::LruHash, "conn_ctx", 40, 32, CTX_MAX)?,
             stream_ctx: create(MapType::LruHash, "stream_ctx", 48, 32, CTX_MAX)?,
             client_pids: create(MapType::LruHash, "client_pids", 4, 1, MAX_TRACED_PIDS)?,
@@ -96,6 +100,7 @@ impl SharedMaps {
                 "traced_pids" => &self.traced_pids,
                 "stats" => &self.stats,
                 "goroutine_ctx" => &self.goroutine_ctx,
+                "server_calls" => &self.server_calls,
                 "conn_ctx" => &self.conn_ctx,
                 "stream_ctx" => &self.stream_ctx,
                 "client_pids" => &self.client_pids,

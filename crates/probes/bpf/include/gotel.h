@@ -91,14 +91,47 @@ struct {
 	__type(value, u64);
 } stats SEC(".maps");
 
-/* Goroutine -> the span it works for. Set by server spans, inherited by goroutines they start
- * (goroutines.bpf.c). LRU: goroutines that die without a probe seeing it age out. */
+/* Goroutine -> the span it works for. Set by gRPC server spans, inherited by the goroutines a
+ * goroutine working for a span starts (goroutines.bpf.c); HTTP server spans are in
+ * server_calls. LRU: goroutines that die without a probe seeing it age out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct goroutine_key);
 	__type(value, struct span_ctx);
 } goroutine_ctx SEC(".maps");
+
+/* An HTTP request a goroutine is serving (http_server.bpf.c), with the span it works for. The
+ * server writes only this map, not goroutine_ctx too: one map write per request, not two. */
+struct server_call {
+	struct span_ctx ctx;
+	u64 start_ns;
+	u64 req;
+	u64 rw_data;
+	u8 parent_span_id[8];
+	u64 tracestate; /* the incoming tracestate header's text, if any */
+	u64 tracestate_len;
+};
+
+/* LRU: a goroutine that panics out of the handler never returns; its entry ages out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct goroutine_key);
+	__type(value, struct server_call);
+} server_calls SEC(".maps");
+
+/* The span the goroutine `key` works for: what it inherited or a gRPC call it serves (set on
+ * it after any HTTP request it serves, as when gRPC is mounted in net/http), else the HTTP
+ * request it serves. */
+static __always_inline struct span_ctx *goroutine_span(const struct goroutine_key *key)
+{
+	struct span_ctx *span = bpf_map_lookup_elem(&goroutine_ctx, key);
+	if (span)
+		return span;
+	struct server_call *call = bpf_map_lookup_elem(&server_calls, key);
+	return call ? &call->ctx : 0;
+}
 
 /* When set, only processes in traced_pids are traced; otherwise every process running the
  * executable is (attach --exe). */
@@ -129,7 +162,8 @@ static __always_inline bool sample(const u8 *trace_id, bool has_parent, bool par
 	return true;
 }
 
-/* Wake the agent only once this much is waiting: one wakeup per event costs more than the event. */
+/* The agent is woken once per this many bytes of events (and polls every 50 ms anyway): a
+ * wakeup per event costs more than the event. */
 #define WAKEUP_BYTES (64 * 1024)
 
 static __always_inline void count(u32 which)
@@ -144,10 +178,15 @@ static __always_inline bool pid_traced(u32 pid)
 	return !filter_pids || bpf_map_lookup_elem(&traced_pids, &pid);
 }
 
-static __always_inline u64 ringbuf_wakeup_flags(void)
+/* Submit flags for an event of `size` bytes: wake the agent when the waiting data crosses a
+ * multiple of WAKEUP_BYTES. Waking on every event past a threshold instead would raise an
+ * interrupt per event until the agent gets to run, each a trap to the hypervisor on a VM. */
+static __always_inline u64 ringbuf_wakeup_flags(u64 size)
 {
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
-									     : BPF_RB_NO_WAKEUP;
+	u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	u64 record = (size + BPF_RINGBUF_HDR_SZ + 7) & ~7ULL;
+	bool crossed = waiting >= record && waiting / WAKEUP_BYTES != (waiting - record) / WAKEUP_BYTES;
+	return crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 /* The context a span hands its children: its trace, itself, its sampling decision. */
