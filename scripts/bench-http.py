@@ -1,25 +1,48 @@
 #!/usr/bin/env python3
-"""Side-by-side cost of tracing a Go HTTP service: a request to service A makes one call to
-service B (three spans: A server, A client, B server). Configurations, interleaved round by
-round (A B C D A B C D ...) so drift hits all alike:
+"""Side-by-side cost of tracing Go HTTP services. Two workloads:
+
+  server  one service, GET /c: one SERVER span per request (the per-server-request target)
+  chain   service A's /one makes one call to service B: three spans (A server, A client,
+          B server)
+
+and five configurations, interleaved round by round (A B C D E A B C D E ...) so that drift
+hits all of them alike:
 
   baseline         no instrumentation
   gotel            gotel attach --exe, probes on emulated instructions (the default)
   gotel-entry-ret  the same with --probe-placement entry-ret (the reference tools' placement)
   otel-sdk         the same service instrumented by hand with the OpenTelemetry Go SDK
                    (otelhttp, batch OTLP/HTTP export; bench/sdkchain)
+  otel-auto        OpenTelemetry's Go auto-instrumentation agent (go.opentelemetry.io/auto,
+                   scripts/build-otel-auto.sh), one agent per process as it requires
 
-Every configuration exports to one real OpenTelemetry Collector on loopback. wrk drives A at
-saturation; per configuration: requests/s, CPU per request of the services (user+sys from
-/proc) and of the agent, CPU added per request over the baseline, agent peak RSS, spans/s.
-Needs root, wrk, the release build, fixtures, collector and bench/sdkchain built (README).
-Usage: scripts/bench-http.py [--rounds N] [--seconds S]
+Every configuration exports to one real OpenTelemetry Collector on loopback, whose own
+metrics count the spans that arrived. Each run: wrk at saturation (requests/s), then oha at a
+fixed rate below every configuration's saturation (p50/p99 latency, and CPU per request of
+the services, user+sys from /proc, and of the agents). Added CPU per request is services +
+agents minus the baseline's services. Also: agents' peak RSS, spans at the collector against
+spans expected (requests x spans per request).
+
+Needs root, wrk, oha, the release build, the fixtures, the collector and what
+scripts/build-bench.sh builds (README, "Benchmarks").
+Usage: scripts/bench-http.py [--rounds N] [--seconds S] [--workloads server,chain] ...
 """
-import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, threading, time
+import urllib.request
 
 from benchlib import REPO, free_port, status_kib, wait_port
 
 TICK = os.sysconf("SC_CLK_TCK")
+OHA = os.path.join(REPO, "target/tools/oha/bin/oha")
+GOTEL = os.path.join(REPO, "target/release/gotel")
+CHAIN = os.path.join(REPO, "target/fixtures/chain-go1.26")
+SDK = os.path.join(REPO, "target/bench/sdkchain")
+OTEL_AUTO = os.path.join(REPO, "target/bench/otel-auto")
+COLLECTOR = os.path.join(REPO, "target/tools/otelcol-gotel")
+
+# name -> (path requested, spans per request); "chain" runs B, then A calling B
+WORKLOADS = {"server": ("/c", 1), "chain": ("/one", 3)}
+CONFIGS = ["baseline", "gotel", "gotel-entry-ret", "otel-sdk", "otel-auto"]
 
 
 def cpu_seconds(pid):
@@ -27,112 +50,231 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def wrk(port, seconds, connections):
+def wrk(port, path, seconds, connections):
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/one"],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     return rps, total
 
 
+def oha(port, path, seconds, connections, rate):
+    """Open-loop load at `rate` req/s, latency corrected for coordinated omission."""
+    out = subprocess.run(
+        [OHA, "--no-tui", "--output-format", "json", "--latency-correction", "-z", f"{seconds}s",
+         "-c", str(connections), "-q", str(rate), f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True).stdout
+    r = json.loads(out)
+    pct = r["latencyPercentiles"]
+    total = sum(r["statusCodeDistribution"].values())
+    return pct["p50"] * 1e3, pct["p99"] * 1e3, total
+
+
+class Collector:
+    """The OpenTelemetry Collector on loopback: OTLP/HTTP in, spans counted by its metrics."""
+
+    def __init__(self, tmp):
+        self.port, self.metrics_port = free_port(), free_port()
+        cfg = os.path.join(tmp, "otelcol.yaml")
+        open(cfg, "w").write(f"""receivers:
+  otlp:
+    protocols:
+      http: {{ endpoint: 127.0.0.1:{self.port} }}
+exporters:
+  debug: {{ verbosity: basic }}
+service:
+  telemetry:
+    metrics:
+      level: basic
+      readers:
+        - pull: {{ exporter: {{ prometheus: {{ host: 127.0.0.1, port: {self.metrics_port} }} }} }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [debug] }}
+""")
+        self.proc = subprocess.Popen([COLLECTOR, "--config", cfg], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        wait_port(self.metrics_port)
+
+    def accepted_spans(self):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode()
+        return sum(float(m.group(1)) for m in
+                   re.finditer(r"^otelcol_receiver_accepted_spans(?:_total)?(?:\{[^}]*\})? (\S+)$", text, re.M))
+
+
+def wait_for_line(proc, needle, timeout, what):
+    """Reads proc's stderr until a line contains `needle`, then keeps draining it so the
+    process never blocks on a full pipe; False when it exits or times out first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            return False
+        if needle in line:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return True
+    print(f"  {what}: no '{needle}' within {timeout}s", file=sys.stderr)
+    return False
+
+
+def start_otel_auto(pid, env):
+    # The agent decides whether it may use bpf_probe_write_user (to inject traceparent headers)
+    # from /sys/kernel/security/lockdown. securityfs is not mounted here, so it would think the
+    # kernel is not locked down, load that program, be refused and stop. In a private mount
+    # namespace it sees the real lockdown state and loads everything else.
+    agent = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t securityfs securityfs /sys/kernel/security && exec {OTEL_AUTO}"],
+        env=dict(env, OTEL_GO_AUTO_TARGET_PID=str(pid), OTEL_TRACES_EXPORTER="otlp"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if not wait_for_line(agent, "instrumentation loaded successfully", 90, "otel-auto"):
+        agent.kill()
+        return None
+    return agent
+
+
+def run_one(args, collector, workload, name):
+    path, spans_per_request = WORKLOADS[workload]
+    otlp_env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}")
+    binary = SDK if name == "otel-sdk" else CHAIN
+    agents = []
+    if name.startswith("gotel"):
+        extra = ["--probe-placement", "entry-ret"] if name == "gotel-entry-ret" else []
+        agent = subprocess.Popen([GOTEL, "attach", "--exe", binary] + extra, env=otlp_env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if not wait_for_line(agent, "tracing every process", 60, "gotel"):
+            sys.exit("gotel did not attach")
+        agents.append(agent)
+    env = otlp_env if name == "otel-sdk" else os.environ
+    services = []
+    b_port = free_port()
+    services.append(subprocess.Popen([binary, "-addr", f"127.0.0.1:{b_port}"], env=env,
+                                     stderr=subprocess.DEVNULL))
+    port = b_port
+    if workload == "chain":
+        port = free_port()
+        services.append(subprocess.Popen(
+            [binary, "-addr", f"127.0.0.1:{port}", "-next", f"http://127.0.0.1:{b_port}"],
+            env=env, stderr=subprocess.DEVNULL))
+    for p in {b_port, port}:
+        wait_port(p)
+    row = {}
+    try:
+        if name == "otel-auto":
+            for s in services:
+                agent = start_otel_auto(s.pid, dict(otlp_env, OTEL_SERVICE_NAME=f"svc-{s.pid}"))
+                if agent is None:
+                    return {"error": "otel-auto did not attach"}
+                agents.append(agent)
+        spans0 = collector.accepted_spans()
+        _, warm = wrk(port, path, 2, args.connections)
+
+        def cpu():
+            return (sum(cpu_seconds(s.pid) for s in services),
+                    sum(cpu_seconds(a.pid) for a in agents))
+
+        s0, a0 = cpu()
+        row["sat_rps"], sat_total = wrk(port, path, args.seconds, args.connections)
+        s1, a1 = cpu()
+        row["sat_services_us"] = (s1 - s0) / sat_total * 1e6
+        row["sat_agent_us"] = (a1 - a0) / sat_total * 1e6
+        rate = args.rate_chain if workload == "chain" else args.rate_server
+        row["p50_ms"], row["p99_ms"], fixed_total = oha(port, path, args.seconds, args.connections, rate)
+        s2, a2 = cpu()
+        row["services_us"] = (s2 - s1) / fixed_total * 1e6
+        row["agent_us"] = (a2 - a1) / fixed_total * 1e6
+        if agents:
+            row["agent_peak_rss_mib"] = sum(status_kib(a.pid, "VmHWM") for a in agents) / 1024
+        row["expected_spans"] = (warm + sat_total + fixed_total) * spans_per_request
+    finally:
+        # Agents flush what they hold when told to stop, then the services (the SDK's flush).
+        for p in agents + services:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    if name != "baseline":
+        time.sleep(0.5)
+        row["spans"] = collector.accepted_spans() - spans0
+    return row
+
+
+def med(rows, key):
+    vals = [r[key] for r in rows if key in r]
+    return statistics.median(vals) if vals else None
+
+
+def report(workload, results, args):
+    path, spans = WORKLOADS[workload]
+    rate = args.rate_chain if workload == "chain" else args.rate_server
+    print(f"\nworkload {workload}: GET {path}, {spans} span(s) per request; latency and CPU at "
+          f"{rate} req/s, {args.rounds} round(s), medians")
+    print("configuration     sat req/s (spread)  p50 ms  p99 ms  services us/req  agent us/req"
+          "  added us/req  added@sat  agent RSS MiB  spans/expected")
+    base = results.get("baseline", [])
+    base_cpu, base_sat = med(base, "services_us"), med(base, "sat_services_us")
+    fmt = lambda v, f: "-".rjust(len(f.format(0))) if v is None else f.format(v)
+    for name, rows in results.items():
+        ok = [r for r in rows if "error" not in r]
+        if not ok:
+            print(f"{name:17} {rows[0]['error'] if rows else 'not run'}")
+            continue
+        rps = [r["sat_rps"] for r in ok]
+        srv, ag = med(ok, "services_us"), med(ok, "agent_us")
+        added = srv + ag - base_cpu if base_cpu is not None else None
+        added_sat = (med(ok, "sat_services_us") + med(ok, "sat_agent_us") - base_sat
+                     if base_sat is not None else None)
+        got = sum(r.get("spans", 0) for r in ok)
+        want = sum(r["expected_spans"] for r in ok)
+        ratio = "-" if name == "baseline" else f"{got:.0f}/{want} ({got / want * 100:.1f}%)"
+        print(f"{name:17} {statistics.median(rps):9.0f} ({max(rps) - min(rps):5.0f})"
+              f"  {med(ok, 'p50_ms'):6.2f}  {med(ok, 'p99_ms'):6.2f}  {srv:15.1f}  {ag:12.1f}"
+              f"  {fmt(added, '{:12.1f}')}  {fmt(added_sat, '{:9.1f}')}"
+              f"  {fmt(med(ok, 'agent_peak_rss_mib'), '{:13.1f}')}  {ratio}")
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--rate-server", type=int, default=3000, help="fixed rate, server workload")
+    ap.add_argument("--rate-chain", type=int, default=1500, help="fixed rate, chain workload")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--json", default=os.path.join(REPO, "target/bench-http.json"))
     args = ap.parse_args()
-
-    gotel = os.path.join(REPO, "target/release/gotel")
-    chain = os.path.join(REPO, "target/fixtures/chain-go1.26")
-    sdk = os.path.join(REPO, "target/bench/sdkchain")
-    collector = os.path.join(REPO, "target/tools/otelcol-gotel")
-    for f in (gotel, chain, sdk, collector):
+    workloads = args.workloads.split(",")
+    configs = args.configs.split(",")
+    needed = [GOTEL, CHAIN, SDK, COLLECTOR, OHA] + ([OTEL_AUTO] if "otel-auto" in configs else [])
+    for f in needed:
         if not os.path.exists(f):
-            sys.exit(f"missing {f}: see the README's benchmark section")
+            sys.exit(f"missing {f}: run scripts/build-bench.sh (README, 'Benchmarks')")
+    if "baseline" not in configs:
+        configs.insert(0, "baseline")
 
     tmp = tempfile.mkdtemp(prefix="gotel-bench-")
-    cport = free_port()
-    cfg = os.path.join(tmp, "otelcol.yaml")
-    open(cfg, "w").write(
-        "receivers:\n  otlp:\n    protocols:\n      http: { endpoint: 127.0.0.1:%d }\n"
-        "exporters:\n  file: { path: %s/spans.jsonl }\n"
-        "service:\n  telemetry: { metrics: { level: none } }\n"
-        "  pipelines:\n    traces: { receivers: [otlp], exporters: [file] }\n" % (cport, tmp))
-    col = subprocess.Popen([collector, "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(cport)
-    otlp_env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{cport}")
-
-    # name -> (service binary, gotel arguments or None)
-    configs = {
-        "baseline": (chain, None),
-        "gotel": (chain, []),
-        "gotel-entry-ret": (chain, ["--probe-placement", "entry-ret"]),
-        "otel-sdk": (sdk, None),
-    }
-    results = {name: [] for name in configs}
+    collector = Collector(tmp)
+    results = {w: {c: [] for c in configs} for w in workloads}
     try:
         for r in range(args.rounds):
-            for name, (binary, gotel_args) in configs.items():
-                agent = None
-                if gotel_args is not None:
-                    agent = subprocess.Popen([gotel, "attach", "--exe", binary] + gotel_args, env=otlp_env,
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                    while "tracing every process" not in agent.stderr.readline():
-                        pass
-                b_port, a_port = free_port(), free_port()
-                env = otlp_env if name == "otel-sdk" else os.environ
-                b = subprocess.Popen([binary, "-addr", f"127.0.0.1:{b_port}"], env=env, stderr=subprocess.DEVNULL)
-                a = subprocess.Popen([binary, "-addr", f"127.0.0.1:{a_port}", "-next", f"http://127.0.0.1:{b_port}"],
-                                     env=env, stderr=subprocess.DEVNULL)
-                wait_port(b_port)
-                wait_port(a_port)
-                wrk(a_port, 2, args.connections)  # warm up
-                s0 = cpu_seconds(a.pid) + cpu_seconds(b.pid)
-                a0 = cpu_seconds(agent.pid) if agent else 0
-                rps, total = wrk(a_port, args.seconds, args.connections)
-                s1 = cpu_seconds(a.pid) + cpu_seconds(b.pid)
-                row = {"rps": rps, "requests": total, "services_us_per_req": (s1 - s0) / total * 1e6}
-                if agent:
-                    row["agent_us_per_req"] = (cpu_seconds(agent.pid) - a0) / total * 1e6
-                    row["agent_peak_rss_mib"] = status_kib(agent.pid, "VmHWM") / 1024
-                for p in (a, b):
-                    p.send_signal(signal.SIGTERM)
-                    p.wait()
-                if agent:
-                    agent.send_signal(signal.SIGTERM)
-                    log = agent.stderr.read()
-                    agent.wait()
-                    m = re.search(r"(\d+) spans, (\d+) exported", log)
-                    row["spans_per_s"] = (int(m.group(1)) if m else 0) / (args.seconds + 2)
-                results[name].append(row)
-                print(f"round {r + 1} {name:15} " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            for w in workloads:
+                for name in configs:
+                    row = run_one(args, collector, w, name)
+                    results[w][name].append(row)
+                    print(f"round {r + 1} {w:6} {name:15} " + " ".join(
+                        f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                        flush=True)
     finally:
-        col.kill()
-
-    def med(name, key):
-        vals = [row[key] for row in results[name] if key in row]
-        return (statistics.median(vals), max(vals) - min(vals)) if vals else (None, None)
-
-    base_cpu = med("baseline", "services_us_per_req")[0]
-    print("\nconfiguration     req/s (spread)   services us/req  agent us/req  added us/req  agent RSS MiB  spans/s")
-    for name in results:
-        rps, sp = med(name, "rps")
-        srv, _ = med(name, "services_us_per_req")
-        ag, _ = med(name, "agent_us_per_req")
-        rss, _ = med(name, "agent_peak_rss_mib")
-        sps, _ = med(name, "spans_per_s")
-        added = srv + (ag or 0) - base_cpu
-        fmt = lambda v, f: "-".rjust(len(f.format(0))) if v is None else f.format(v)
-        print(f"{name:17} {rps:6.0f} ({sp:5.0f})   {srv:15.1f}  {fmt(ag, '{:12.1f}')}  {added:12.1f}  {fmt(rss, '{:13.1f}')}  {fmt(sps, '{:7.0f}')}")
-    base = med("baseline", "rps")[0]
-    for name in results:
-        if name != "baseline":
-            print(f"throughput with {name}: {med(name, 'rps')[0] / base * 100:.1f}% of baseline")
+        collector.proc.kill()
+    for w in workloads:
+        report(w, results[w], args)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     json.dump(results, open(args.json, "w"), indent=2)
-    print(f"raw rounds: {args.json}")
+    print(f"\nraw rounds: {args.json}")
 
 
 if __name__ == "__main__":

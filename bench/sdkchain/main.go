@@ -10,6 +10,9 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
@@ -28,7 +31,6 @@ func main() {
 		log.Fatal(err)
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter))
-	defer tp.Shutdown(context.Background())
 	otel.SetTracerProvider(tp)
 	otel.SetTextMapPropagator(propagation.TraceContext{})
 
@@ -50,5 +52,19 @@ func main() {
 	mux.HandleFunc("/c", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "c")
 	})
-	log.Fatal(http.ListenAndServe(*addr, otelhttp.NewHandler(mux, "server")))
+	// On SIGTERM the spans still batched are exported before exit, so the benchmark can count
+	// every span that reached the collector.
+	server := &http.Server{Addr: *addr, Handler: otelhttp.NewHandler(mux, "server")}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, os.Interrupt)
+	go func() {
+		<-stop
+		server.Shutdown(context.Background())
+	}()
+	if err := server.ListenAndServe(); err != http.ErrServerClosed {
+		log.Fatal(err)
+	}
+	if err := tp.Shutdown(context.Background()); err != nil {
+		log.Fatal(err)
+	}
 }

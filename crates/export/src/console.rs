@@ -178,7 +178,8 @@ mod tests {
     use trace::KeyValue;
 
     fn res(pid: u32, name: &str) -> Arc<ProcessResource> {
-        Arc::new(ProcessResource { pid, attributes: vec![("service.name".into(), name.into())] })
+        let name = name.to_string().into();
+        Arc::new(ProcessResource { pid, attributes: vec![("service.name".into(), name)] })
     }
 
     fn span(id: u8, parent: Option<u8>, kind: SpanKind, name: &str, start: u64) -> Span {
@@ -186,7 +187,7 @@ mod tests {
             trace_id: [9; 16],
             span_id: [id; 8],
             parent_span_id: parent.map(|p| [p; 8]),
-            name: name.into(),
+            name: name.to_string().into(),
             kind,
             start_unix_nanos: start,
             end_unix_nanos: start + 2_500_000,

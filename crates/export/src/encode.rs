@@ -210,7 +210,9 @@ mod tests {
     fn through_generated_types(spans: &[(Arc<ProcessResource>, Span)]) -> Vec<u8> {
         let value = |v: &AttributeValue| pb_common::AnyValue {
             value: Some(match v {
-                AttributeValue::String(s) => pb_common::any_value::Value::StringValue(s.clone()),
+                AttributeValue::String(s) => {
+                    pb_common::any_value::Value::StringValue(s.to_string())
+                }
                 AttributeValue::Int(i) => pb_common::any_value::Value::IntValue(*i),
                 AttributeValue::Bool(b) => pb_common::any_value::Value::BoolValue(*b),
             }),
@@ -226,7 +228,7 @@ mod tests {
                 span_id: s.span_id.to_vec(),
                 trace_state: s.trace_state.clone(),
                 parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-                name: s.name.clone(),
+                name: s.name.to_string(),
                 kind: kind_number(&s.kind) as i32,
                 start_time_unix_nano: s.start_unix_nanos,
                 end_time_unix_nano: s.end_unix_nanos,
@@ -268,7 +270,7 @@ mod tests {
 
     fn resource(pid: u32, name: &str) -> Arc<ProcessResource> {
         let attributes = vec![
-            ("service.name".into(), name.into()),
+            ("service.name".into(), name.to_string().into()),
             ("process.pid".into(), AttributeValue::Int(i64::from(pid))),
             ("telemetry.sdk.language".into(), "go".into()),
         ];
@@ -280,7 +282,7 @@ mod tests {
             trace_id: [id; 16],
             span_id: [id; 8],
             parent_span_id: id.is_multiple_of(2).then_some([id + 1; 8]),
-            name: format!("GET /x/{id}"),
+            name: format!("GET /x/{id}").into(),
             kind: if id.is_multiple_of(3) { SpanKind::Client } else { SpanKind::Server },
             start_unix_nanos: 1_700_000_000_000_000_000 + u64::from(id),
             end_unix_nanos: 1_700_000_000_000_500_000 + u64::from(id),

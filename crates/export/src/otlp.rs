@@ -256,7 +256,10 @@ async fn run(
             if take < config.max_batch_size && open && !deadline_passed(deadline) {
                 break;
             }
-            let batch: Vec<Item> = pending.drain(..take).collect();
+            // The batch keeps pending's buffer; only a remainder past it is moved.
+            let mut batch =
+                std::mem::replace(&mut pending, Vec::with_capacity(config.max_batch_size));
+            pending.extend(batch.drain(take..));
             let n = batch.len() as u64;
             if send_with_retry(&mut client, &config, batch, &mut closing).await {
                 stats.exported.fetch_add(n, Ordering::Relaxed);

@@ -208,7 +208,9 @@ impl Pipeline {
     fn tick(&mut self) {
         if let Some(otlp) = &self.otlp {
             if !self.to_export.is_empty() {
-                otlp.offer(std::mem::take(&mut self.to_export));
+                // Sized like the last drain: no regrowing from empty on every drain.
+                let next = Vec::with_capacity(self.to_export.len());
+                otlp.offer(std::mem::replace(&mut self.to_export, next));
             }
         }
         if let Some(console) = &mut self.console {

@@ -1,12 +1,30 @@
 //! net/http server events as spans, per the OpenTelemetry HTTP semantic conventions
 //! (stable since semconv 1.23).
 
+use std::borrow::Cow;
+
 use probes::event::{HttpClientEvent, HttpServerEvent, SpanHeader};
 
 use crate::{KeyValue, MonotonicClock, Span, SpanKind, Status};
 
 const KNOWN_METHODS: &[&str] =
     &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"];
+
+/// The method as the conventions' constant, None for one they do not know.
+fn known_method(method: &str) -> Option<&'static str> {
+    KNOWN_METHODS.iter().copied().find(|m| *m == method)
+}
+
+/// network.protocol.version: constants for the versions there are.
+fn protocol_version(major: u8, minor: u8) -> Cow<'static, str> {
+    match (major, minor) {
+        (1, 1) => "1.1".into(),
+        (1, 0) => "1.0".into(),
+        (2, _) => "2".into(),
+        (3, _) => "3".into(),
+        (major, minor) => format!("{major}.{minor}").into(),
+    }
+}
 
 /// The route of a ServeMux pattern "[METHOD ][HOST]/[PATH]": its path part.
 fn route_of(pattern: &str) -> Option<&str> {
@@ -32,13 +50,13 @@ pub(crate) fn split_host_port(s: &str) -> (&str, Option<u16>) {
 
 /// Takes the event by value: its strings move into the span rather than being copied.
 pub fn http_server_span(e: HttpServerEvent, clock: &MonotonicClock) -> Span {
-    let known = KNOWN_METHODS.contains(&e.method.as_str());
+    let known = known_method(&e.method);
     let route = route_of(&e.pattern);
-    let name = match (known, route) {
-        (true, Some(route)) => format!("{} {route}", e.method),
-        (true, None) => e.method.clone(),
-        (false, Some(route)) => format!("HTTP {route}"),
-        (false, None) => "HTTP".to_string(),
+    let name: Cow<'static, str> = match (known, route) {
+        (Some(method), Some(route)) => format!("{method} {route}").into(),
+        (Some(method), None) => method.into(),
+        (None, Some(route)) => format!("HTTP {route}").into(),
+        (None, None) => "HTTP".into(),
     };
 
     let mut attrs = Vec::with_capacity(14);
@@ -49,28 +67,26 @@ pub fn http_server_span(e: HttpServerEvent, clock: &MonotonicClock) -> Span {
     }
     attrs.push(KeyValue::new("url.scheme", if e.tls { "https" } else { "http" }));
     if let Some(route) = route {
-        attrs.push(KeyValue::new("http.route", route));
+        attrs.push(KeyValue::new("http.route", route.to_string()));
     }
     // 0: the probe could not read it (HTTP/2 on a Go without known offsets).
     if e.status != 0 {
         attrs.push(KeyValue::new("http.response.status_code", i64::from(e.status)));
     }
-    let version = match (e.proto_major, e.proto_minor) {
-        (2, _) => "2".to_string(),
-        (3, _) => "3".to_string(),
-        (major, minor) => format!("{major}.{minor}"),
-    };
-    attrs.push(KeyValue::new("network.protocol.version", version));
+    attrs.push(KeyValue::new(
+        "network.protocol.version",
+        protocol_version(e.proto_major, e.proto_minor),
+    ));
     let (host, port) = split_host_port(&e.host);
     if !host.is_empty() {
-        attrs.push(KeyValue::new("server.address", host));
+        attrs.push(KeyValue::new("server.address", host.to_string()));
     }
     if let Some(port) = port {
         attrs.push(KeyValue::new("server.port", i64::from(port)));
     }
     let (client, client_port) = split_host_port(&e.remote_addr);
     if !client.is_empty() {
-        attrs.push(KeyValue::new("client.address", client));
+        attrs.push(KeyValue::new("client.address", client.to_string()));
     }
     if let Some(port) = client_port {
         attrs.push(KeyValue::new("client.port", i64::from(port)));
@@ -92,7 +108,7 @@ pub fn http_server_span(e: HttpServerEvent, clock: &MonotonicClock) -> Span {
 /// transport failures. url.full never carries user:password (gotel does not read URL.User).
 pub fn http_client_span(e: HttpClientEvent, clock: &MonotonicClock) -> Span {
     let method = if e.method.is_empty() { "GET" } else { e.method.as_str() };
-    let known = KNOWN_METHODS.contains(&method);
+    let known = known_method(method);
     let mut attrs = Vec::with_capacity(10);
     push_method(&mut attrs, method, known);
     let scheme = if e.scheme.is_empty() { "http" } else { e.scheme.as_str() };
@@ -100,7 +116,7 @@ pub fn http_client_span(e: HttpClientEvent, clock: &MonotonicClock) -> Span {
     attrs.push(KeyValue::new("url.full", format!("{scheme}://{}{}{query}", e.host, e.path)));
     let (host, port) = split_host_port(&e.host);
     if !host.is_empty() {
-        attrs.push(KeyValue::new("server.address", host));
+        attrs.push(KeyValue::new("server.address", host.to_string()));
     }
     let default_port = match scheme {
         "https" => Some(443),
@@ -114,10 +130,7 @@ pub fn http_client_span(e: HttpClientEvent, clock: &MonotonicClock) -> Span {
         attrs.push(KeyValue::new("http.response.status_code", i64::from(e.status)));
     }
     if e.proto_major != 0 {
-        let version = match e.proto_major {
-            1 => format!("1.{}", e.proto_minor),
-            major => major.to_string(),
-        };
+        let version = protocol_version(e.proto_major, e.proto_minor);
         attrs.push(KeyValue::new("network.protocol.version", version));
     }
     let status = if e.failed {
@@ -129,17 +142,17 @@ pub fn http_client_span(e: HttpClientEvent, clock: &MonotonicClock) -> Span {
     } else {
         Status::Unset
     };
-    let name = if known { method.to_string() } else { "HTTP".to_string() };
+    let name = known.unwrap_or("HTTP").into();
     span(&e.header, clock, name, SpanKind::Client, attrs, status)
 }
 
 /// http.request.method, as _OTHER plus the original for a method the conventions do not know.
-fn push_method(attrs: &mut Vec<KeyValue>, method: &str, known: bool) {
-    if known {
+fn push_method(attrs: &mut Vec<KeyValue>, method: &str, known: Option<&'static str>) {
+    if let Some(method) = known {
         attrs.push(KeyValue::new("http.request.method", method));
     } else {
         attrs.push(KeyValue::new("http.request.method", "_OTHER"));
-        attrs.push(KeyValue::new("http.request.method_original", method));
+        attrs.push(KeyValue::new("http.request.method_original", method.to_string()));
     }
 }
 
@@ -147,7 +160,7 @@ fn push_method(attrs: &mut Vec<KeyValue>, method: &str, known: bool) {
 pub(crate) fn span(
     header: &SpanHeader,
     clock: &MonotonicClock,
-    name: String,
+    name: Cow<'static, str>,
     kind: SpanKind,
     attributes: Vec<KeyValue>,
     status: Status,
@@ -260,7 +273,7 @@ mod tests {
     #[test]
     fn client_spans_follow_the_client_conventions() {
         let s = http_client_span(client(200, false, "b.internal"), &MonotonicClock::new());
-        assert_eq!((s.name.as_str(), s.kind), ("GET", SpanKind::Client));
+        assert_eq!((s.name.as_ref(), s.kind), ("GET", SpanKind::Client));
         assert_eq!(s.parent_span_id, Some([2; 8]));
         assert_eq!(attr(&s, "url.full"), Some(&"http://b.internal/orders?id=7".into()));
         assert_eq!(attr(&s, "server.address"), Some(&"b.internal".into()));

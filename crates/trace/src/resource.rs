@@ -42,7 +42,7 @@ impl ProcessResource {
             .iter()
             .find(|(k, _)| k == "service.name")
             .and_then(|(_, v)| match v {
-                AttributeValue::String(s) => Some(s.as_str()),
+                AttributeValue::String(s) => Some(s.as_ref()),
                 _ => None,
             })
             .unwrap_or("unknown_service")

@@ -1,5 +1,7 @@
 //! gRPC events as spans, per the OpenTelemetry RPC semantic conventions for gRPC.
 
+use std::borrow::Cow;
+
 use probes::event::{GrpcClientEvent, GrpcServerEvent};
 
 use crate::{KeyValue, MonotonicClock, Span, SpanKind, Status};
@@ -35,15 +37,15 @@ fn service_and_method(full: &str) -> Option<(&str, &str)> {
 }
 
 /// rpc.system, rpc.service and rpc.method; returns the span name.
-fn push_rpc(attrs: &mut Vec<KeyValue>, full_method: &str) -> String {
+fn push_rpc(attrs: &mut Vec<KeyValue>, full_method: &str) -> Cow<'static, str> {
     attrs.push(KeyValue::new("rpc.system", "grpc"));
     match service_and_method(full_method) {
         Some((service, method)) => {
             attrs.push(KeyValue::new("rpc.service", service.to_string()));
             attrs.push(KeyValue::new("rpc.method", method.to_string()));
-            format!("{service}/{method}")
+            format!("{service}/{method}").into()
         }
-        None => "grpc".to_string(),
+        None => "grpc".into(),
     }
 }
 

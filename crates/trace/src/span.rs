@@ -1,20 +1,28 @@
 //! The span model handed to exporters: plain data, no SDK.
 
+use std::borrow::Cow;
+
+/// Strings are `Cow`: the many constant values ("http", "GET", "1.1") cost no allocation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttributeValue {
-    String(String),
+    String(Cow<'static, str>),
     Int(i64),
     Bool(bool),
 }
 
-impl From<&str> for AttributeValue {
-    fn from(s: &str) -> Self {
-        AttributeValue::String(s.to_string())
+impl From<&'static str> for AttributeValue {
+    fn from(s: &'static str) -> Self {
+        AttributeValue::String(Cow::Borrowed(s))
+    }
+}
+impl From<Cow<'static, str>> for AttributeValue {
+    fn from(s: Cow<'static, str>) -> Self {
+        AttributeValue::String(s)
     }
 }
 impl From<String> for AttributeValue {
     fn from(s: String) -> Self {
-        AttributeValue::String(s)
+        AttributeValue::String(Cow::Owned(s))
     }
 }
 impl From<i64> for AttributeValue {
@@ -64,7 +72,7 @@ pub struct Span {
     pub span_id: [u8; 8],
     /// None for a root span.
     pub parent_span_id: Option<[u8; 8]>,
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub kind: SpanKind,
     /// Unix epoch nanoseconds.
     pub start_unix_nanos: u64,
