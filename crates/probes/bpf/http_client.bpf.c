@@ -89,8 +89,10 @@ int http_client_conn(struct pt_regs *ctx)
 		return 0;
 	u64 tcpconn = read_u64(GO_ARG1(ctx) /* pc */ + off_pconn_conn_data);
 	struct conn_key conn;
-	if (go_conn_key(tcpconn, true, &conn))
+	if (go_conn_key(tcpconn, true, &conn)) {
+		note_conn_published(bpf_ktime_get_ns());
 		bpf_map_update_elem(&conn_ctx, &conn, &call->ctx, BPF_ANY);
+	}
 	return 0;
 }
 

@@ -85,7 +85,7 @@ int http_server_enter(struct pt_regs *ctx)
 	/* A client span on this host whose request arrived on this connection is the parent. */
 	struct span_ctx *parent = 0;
 	struct conn_key conn;
-	if (read_u64(call.req + off_req_proto_major) == 1) {
+	if (conns_published_lately(call.start_ns) && read_u64(call.req + off_req_proto_major) == 1) {
 		u64 hc = read_u64(call.rw_data + off_response_conn);
 		u64 tcpconn = hc ? read_u64(hc + off_conn_rwc_data) : 0;
 		if (go_conn_key(tcpconn, false, &conn))

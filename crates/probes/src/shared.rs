@@ -32,6 +32,7 @@ pub struct SharedMaps {
     goroutine_ctx: MapHandle,
     server_calls: MapHandle,
     conn_ctx: MapHandle,
+    conn_published: MapHandle,
     stream_ctx: MapHandle,
     client_pids: MapHandle,
 }
@@ -57,6 +58,7 @@ impl SharedMaps {
             // struct server_call (gotel.h); libbpf refuses a mismatch when the objects load.
             server_calls: create(MapType::LruHash, "server_calls", 16, 80, SERVER_CALLS_MAX)?,
             conn_ctx: create(MapType::LruHash, "conn_ctx", 40, 32, CTX_MAX)?,
+            conn_published: create(MapType::Array, "conn_published", 4, 8, 1)?,
             stream_ctx: create(MapType::LruHash, "stream_ctx", 48, 32, CTX_MAX)?,
             client_pids: create(MapType::LruHash, "client_pids", 4, 1, MAX_TRACED_PIDS)?,
         })
@@ -102,6 +104,7 @@ impl SharedMaps {
                 "goroutine_ctx" => &self.goroutine_ctx,
                 "server_calls" => &self.server_calls,
                 "conn_ctx" => &self.conn_ctx,
+                "conn_published" => &self.conn_published,
                 "stream_ctx" => &self.stream_ctx,
                 "client_pids" => &self.client_pids,
                 _ => continue,

@@ -62,6 +62,35 @@ struct {
 	__type(value, struct span_ctx);
 } conn_ctx SEC(".maps");
 
+/* When a client on this host last published a span in conn_ctx (CLOCK_MONOTONIC ns). Servers
+ * look their connection up only when one did lately: the walk from the Go socket to the
+ * kernel's is the larger part of their entry probe, wasted where every caller is on another
+ * host. A client publishes before it sends its request, so no link is missed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} conn_published SEC(".maps");
+
+#define CONN_PUBLISHED_LATELY_NS (10ULL * 1000000000)
+
+static __always_inline void note_conn_published(u64 now)
+{
+	u32 zero = 0;
+	u64 *at = bpf_map_lookup_elem(&conn_published, &zero);
+	/* Written at most once a second: every CPU's clients share this cache line. */
+	if (at && now - *at > 1000000000ULL)
+		*at = now;
+}
+
+static __always_inline bool conns_published_lately(u64 now)
+{
+	u32 zero = 0;
+	u64 *at = bpf_map_lookup_elem(&conn_published, &zero);
+	return at && now - *at < CONN_PUBLISHED_LATELY_NS;
+}
+
 /* One HTTP/2 stream: many RPCs share a gRPC connection, told apart by stream id. */
 struct stream_conn_key {
 	struct conn_key conn;
