@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds every Go fixture with every Go toolchain found (Debian's /usr/lib/go-1.NN and the
 # machine's /usr/local/go), plain and stripped (-s -w), into target/fixtures/NAME-go1.NN[-stripped].
-# The newest toolchain also builds NAME-go1.NN-gopath in GOPATH mode: buildinfo with no modules.
+# The newest toolchain also builds httpserver-go1.NN-gopath in GOPATH mode (buildinfo with no
+# modules) and chain-go1.NN-pie-stripped, position-independent (loaded at a random address).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${GOTEL_FIXTURES_DIR:-$repo/target/fixtures}
@@ -42,9 +43,16 @@ for fixture in "$repo"/fixtures/*/; do
     gobuild "$root" "$fixture" -o "$bin" .
     gobuild "$root" "$fixture" -ldflags="-s -w" -o "$bin-stripped" .
   done
+  short=$("$newest/bin/go" env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+  if [ "$name" = chain ]; then
+    bin="$out/$name-go$short-pie-stripped"
+    if [ ! -x "$bin" ] || [ -n "$(find "$fixture" -newer "$bin" -type f)" ]; then
+      echo "[fixtures] $name as a stripped PIE with go$short"
+      gobuild "$newest" "$fixture" -buildmode=pie -ldflags="-s -w" -o "$bin" .
+    fi
+  fi
   [ "$name" = httpserver ] || continue
   # GOPATH mode: no go.mod, so buildinfo names no module versions (like many distro builds).
-  short=$("$newest/bin/go" env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
   bin="$out/$name-go$short-gopath"
   if [ ! -x "$bin" ] || [ -n "$(find "$fixture" -newer "$bin" -type f)" ]; then
     echo "[fixtures] $name in GOPATH mode with go$short"

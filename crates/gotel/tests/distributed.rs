@@ -124,6 +124,13 @@ fn one_trace_per_request_across_three_services_stripped() {
     chain_under_load("chain-go1.26-stripped", 50);
 }
 
+/// Loaded at a random address: what the probes compare with link-time addresses (the
+/// goroutine probe's `go` statement ranges) must allow for the load bias.
+#[test]
+fn one_trace_per_request_across_three_services_stripped_pie() {
+    chain_under_load("chain-go1.27-pie-stripped", 50);
+}
+
 /// A W3C traceparent on the incoming request: the whole chain joins that trace, under that
 /// parent, with any number of other headers (bucket maps before Go 1.24, swiss tables after).
 fn joins_incoming_trace(fixture_name: &str) {
