@@ -97,42 +97,76 @@ static __always_inline bool search_done(struct header_search *s)
 	return s->value && s->state;
 }
 
-/* If the key string at `key` is "Traceparent" (or "Tracestate"), remembers where the first
- * value of the []string at `elem` is; it is parsed once, after the search. */
-static __always_inline void check_header(u64 key, u64 elem, struct header_search *out)
+/* A bucket or a swiss group, copied in one read: a read costs far more than its bytes, and
+ * most requests carry a few headers in one group. */
+struct map_chunk {
+	u8 b[BUCKET_SIZE]; /* the larger of a bucket and a group */
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct map_chunk);
+} map_chunk_copy SEC(".maps");
+
+static __always_inline u64 chunk_u64(const struct map_chunk *c, u32 off)
 {
-	struct {
-		u64 ptr;
-		s64 len;
-	} s = {};
-	if (bpf_probe_read_user(&s, sizeof(s), (void *)key) || (s.len != 11 && s.len != 10))
+	u64 v = 0;
+	if (off <= sizeof(c->b) - 8)
+		__builtin_memcpy(&v, c->b + off, 8);
+	return v;
+}
+
+/* If the key whose string header is at `key` in the copy is "Traceparent" (or "Tracestate"),
+ * remembers where the first value of the []string header at `elem` is; it is parsed once,
+ * after the search. */
+static __always_inline void check_header(const struct map_chunk *c, u32 key, u32 elem,
+					 struct header_search *out)
+{
+	u64 ptr = chunk_u64(c, key), len = chunk_u64(c, key + 8);
+	if (len != 11 && len != 10)
 		return;
 	char name[11] = {};
-	bool parent = s.len == 11;
-	if (bpf_probe_read_user(name, parent ? 11 : 10, (void *)s.ptr))
+	bool parent = len == 11;
+	if (bpf_probe_read_user(name, parent ? 11 : 10, (void *)ptr))
 		return;
 	if (parent ? __builtin_memcmp(name, "Traceparent", 11) != 0
 		   : __builtin_memcmp(name, "Tracestate", 10) != 0)
 		return;
-	u64 values = read_u64(elem); /* slice data: first string header */
-	if (!values || bpf_probe_read_user(&s, sizeof(s), (void *)values) || s.len <= 0)
+	u64 values = chunk_u64(c, elem); /* slice data: first string header */
+	struct {
+		u64 ptr;
+		s64 len;
+	} v = {};
+	if (!values || bpf_probe_read_user(&v, sizeof(v), (void *)values) || v.len <= 0)
 		return;
 	if (!parent) {
-		out->state = s.ptr;
-		out->state_len = s.len;
-	} else if (s.len >= TRACEPARENT_LEN) {
-		out->value = s.ptr;
+		out->state = v.ptr;
+		out->state_len = v.len;
+	} else if (v.len >= TRACEPARENT_LEN) {
+		out->value = v.ptr;
 	}
+}
+
+static __always_inline struct map_chunk *read_chunk(u64 addr, u32 size)
+{
+	u32 zero = 0;
+	struct map_chunk *c = bpf_map_lookup_elem(&map_chunk_copy, &zero);
+	if (!c || size > sizeof(c->b) || bpf_probe_read_user(c->b, size, (void *)addr))
+		return 0;
+	return c;
 }
 
 static __always_inline void search_swiss_group(u64 group, struct header_search *out)
 {
-	u64 ctrl = read_u64(group);
+	struct map_chunk *c = read_chunk(group, SWISS_GROUP);
+	if (!c)
+		return;
+	u64 ctrl = chunk_u64(c, 0);
 	for (int i = 0; i < 8 && !search_done(out); i++) {
 		if ((ctrl >> (8 * i)) & 0x80) /* empty or deleted */
 			continue;
-		u64 slot = group + 8 + i * SWISS_SLOT;
-		check_header(slot, slot + 16, out);
+		check_header(c, 8 + i * SWISS_SLOT, 8 + i * SWISS_SLOT + 16, out);
 	}
 }
 
@@ -141,14 +175,13 @@ static long search_bucket(u32 i, void *ctx)
 	struct header_search *s = ctx;
 	if (i >= s->count || search_done(s))
 		return 1;
-	u64 bucket = s->base + i * BUCKET_SIZE;
-	u8 tophash[8];
-	if (bpf_probe_read_user(tophash, sizeof(tophash), (void *)bucket))
+	struct map_chunk *c = read_chunk(s->base + i * BUCKET_SIZE, BUCKET_SIZE);
+	if (!c)
 		return 1;
 	for (int j = 0; j < 8 && !search_done(s); j++) {
-		if (tophash[j] < MIN_TOPHASH)
+		if (c->b[j] < MIN_TOPHASH)
 			continue;
-		check_header(bucket + BUCKET_KEYS + j * 16, bucket + BUCKET_ELEMS + j * 24, s);
+		check_header(c, BUCKET_KEYS + j * 16, BUCKET_ELEMS + j * 24, s);
 	}
 	return 0;
 }
@@ -180,8 +213,16 @@ static long search_swiss_table_group(u32 i, void *ctx)
 
 static __always_inline void search_swiss(u64 m, struct header_search *s)
 {
-	s->base = read_u64(m + off_swiss_dir_ptr);
-	s->count = (s64)read_u64(m + off_swiss_dir_len);
+	/* dirPtr and dirLen are adjacent words in every Go with swiss tables: one read. */
+	u64 dir[2] = {};
+	if (off_swiss_dir_len == off_swiss_dir_ptr + 8) {
+		bpf_probe_read_user(dir, sizeof(dir), (void *)(m + off_swiss_dir_ptr));
+	} else {
+		dir[0] = read_u64(m + off_swiss_dir_ptr);
+		dir[1] = read_u64(m + off_swiss_dir_len);
+	}
+	s->base = dir[0];
+	s->count = (s64)dir[1];
 	if (!s->base)
 		return;
 	if (s->count == 0) { /* a small map: one group, no table */
