@@ -18,8 +18,17 @@ pub(crate) fn struct_layouts(
     wanted: &[&str],
 ) -> Result<StructLayouts, Error> {
     let endian = if file.is_little_endian() { RunTimeEndian::Little } else { RunTimeEndian::Big };
+    // Only what struct layouts need is decompressed: line tables, location and range lists are
+    // most of Go's DWARF, and the agent's peak memory while it analyses an executable.
+    let needed = |id| {
+        use gimli::SectionId::*;
+        matches!(
+            id,
+            DebugInfo | DebugAbbrev | DebugStr | DebugStrOffsets | DebugLineStr | DebugAddr
+        )
+    };
     let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
-        Ok(match file.section_by_name(id.name()) {
+        Ok(match file.section_by_name(id.name()).filter(|_| needed(id)) {
             Some(s) => s.uncompressed_data().unwrap_or(Cow::Borrowed(&[])),
             None => Cow::Borrowed(&[]),
         })
@@ -33,8 +42,9 @@ pub(crate) fn struct_layouts(
     let mut out = StructLayouts::new();
     let mut units = dwarf.units();
     while let Some(header) = units.next().map_err(dwarf_err)? {
-        let unit = dwarf.unit(header).map_err(dwarf_err)?;
-        let mut entries = unit.entries();
+        // The entries alone, not dwarf.unit(): that would parse the line table too.
+        let abbreviations = dwarf.abbreviations(&header).map_err(dwarf_err)?;
+        let mut entries = header.entries(&abbreviations);
         // Depth of the struct whose members we are collecting, if any.
         let mut collecting: Option<(isize, String)> = None;
         let mut depth = 0isize;
@@ -47,7 +57,7 @@ pub(crate) fn struct_layouts(
             }
             match entry.tag() {
                 gimli::DW_TAG_structure_type if collecting.is_none() => {
-                    let Some(name) = attr_string(&dwarf, &unit, entry, gimli::DW_AT_name) else {
+                    let Some(name) = attr_string(&dwarf, entry, gimli::DW_AT_name) else {
                         continue;
                     };
                     if wanted.contains(&name.as_str()) && !out.contains_key(&name) {
@@ -59,7 +69,7 @@ pub(crate) fn struct_layouts(
                     let Some((_, struct_name)) = &collecting else {
                         continue;
                     };
-                    let Some(field) = attr_string(&dwarf, &unit, entry, gimli::DW_AT_name) else {
+                    let Some(field) = attr_string(&dwarf, entry, gimli::DW_AT_name) else {
                         continue;
                     };
                     let offset = match entry.attr_value(gimli::DW_AT_data_member_location) {
@@ -87,14 +97,20 @@ pub(crate) fn struct_layouts(
 
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
 
+/// A string attribute in the forms Go's linker writes: inline, or in .debug_str or
+/// .debug_line_str (offsets into .debug_str_offsets would need the unit's base, which Go does
+/// not use).
 fn attr_string(
     dwarf: &gimli::Dwarf<Reader<'_>>,
-    unit: &gimli::Unit<Reader<'_>>,
     entry: &gimli::DebuggingInformationEntry<'_, '_, Reader<'_>>,
     name: gimli::DwAt,
 ) -> Option<String> {
-    let value = entry.attr_value(name).ok()??;
-    let s = dwarf.attr_string(unit, value).ok()?;
+    let s = match entry.attr_value(name).ok()?? {
+        AttributeValue::String(s) => s,
+        AttributeValue::DebugStrRef(offset) => dwarf.debug_str.get_str(offset).ok()?,
+        AttributeValue::DebugLineStrRef(offset) => dwarf.debug_line_str.get_str(offset).ok()?,
+        _ => return None,
+    };
     Some(String::from_utf8_lossy(s.slice()).into_owned())
 }
 
