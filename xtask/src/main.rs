@@ -197,6 +197,12 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
     });
 
     let module = db.modules.entry(STD.to_string()).or_insert_with(ModuleOffsets::default);
+    // Fields no instrumentation declares any more leave the database with their last reader.
+    let before = module.fields.len();
+    module.fields.retain(|key, _| std_fields.iter().any(|f| f.key() == *key));
+    if module.fields.len() < before {
+        println!("[offsets] dropped {} field(s) no longer declared", before - module.fields.len());
+    }
     for (version, result) in results.into_inner().unwrap() {
         match result {
             Ok(fields) => module.record(&version, &fields),
