@@ -97,33 +97,25 @@ static __always_inline bool search_done(struct header_search *s)
 	return s->value && s->state;
 }
 
-/* A bucket or a swiss group, copied in one read: a read costs far more than its bytes, and
- * most requests carry a few headers in one group. */
-struct map_chunk {
-	u8 b[BUCKET_SIZE]; /* the larger of a bucket and a group */
-};
+/* A bucket or a swiss group, copied in one read (a read costs far more than its bytes, and
+ * most requests carry a few headers in one group) into a window (gotel.h): its 320 bytes hold
+ * every key and value header of either. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, u32);
-	__type(value, struct map_chunk);
+	__type(value, struct window);
 } map_chunk_copy SEC(".maps");
-
-static __always_inline u64 chunk_u64(const struct map_chunk *c, u32 off)
-{
-	u64 v = 0;
-	if (off <= sizeof(c->b) - 8)
-		__builtin_memcpy(&v, c->b + off, 8);
-	return v;
-}
+_Static_assert(BUCKET_ELEMS + 7 * 24 + 8 <= sizeof(struct window), "a bucket's last value");
+_Static_assert(8 + 7 * SWISS_SLOT + 16 + 8 <= sizeof(struct window), "a group's last value");
 
 /* If the key whose string header is at `key` in the copy is "Traceparent" (or "Tracestate"),
  * remembers where the first value of the []string header at `elem` is; it is parsed once,
  * after the search. */
-static __always_inline void check_header(const struct map_chunk *c, u32 key, u32 elem,
+static __always_inline void check_header(const struct window *c, u32 key, u32 elem,
 					 struct header_search *out)
 {
-	u64 ptr = chunk_u64(c, key), len = chunk_u64(c, key + 8);
+	u64 ptr = window_u64(c, key), len = window_u64(c, key + 8);
 	if (len != 11 && len != 10)
 		return;
 	char name[11] = {};
@@ -133,7 +125,7 @@ static __always_inline void check_header(const struct map_chunk *c, u32 key, u32
 	if (parent ? __builtin_memcmp(name, "Traceparent", 11) != 0
 		   : __builtin_memcmp(name, "Tracestate", 10) != 0)
 		return;
-	u64 values = chunk_u64(c, elem); /* slice data: first string header */
+	u64 values = window_u64(c, elem); /* slice data: first string header */
 	struct {
 		u64 ptr;
 		s64 len;
@@ -148,21 +140,21 @@ static __always_inline void check_header(const struct map_chunk *c, u32 key, u32
 	}
 }
 
-static __always_inline struct map_chunk *read_chunk(u64 addr, u32 size)
+static __always_inline struct window *read_chunk(u64 addr)
 {
 	u32 zero = 0;
-	struct map_chunk *c = bpf_map_lookup_elem(&map_chunk_copy, &zero);
-	if (!c || size > sizeof(c->b) || bpf_probe_read_user(c->b, size, (void *)addr))
+	struct window *c = bpf_map_lookup_elem(&map_chunk_copy, &zero);
+	if (!c || bpf_probe_read_user(c->w, sizeof(c->w), (void *)addr))
 		return 0;
 	return c;
 }
 
 static __always_inline void search_swiss_group(u64 group, struct header_search *out)
 {
-	struct map_chunk *c = read_chunk(group, SWISS_GROUP);
+	struct window *c = read_chunk(group);
 	if (!c)
 		return;
-	u64 ctrl = chunk_u64(c, 0);
+	u64 ctrl = window_u64(c, 0);
 	for (int i = 0; i < 8 && !search_done(out); i++) {
 		if ((ctrl >> (8 * i)) & 0x80) /* empty or deleted */
 			continue;
@@ -175,11 +167,12 @@ static long search_bucket(u32 i, void *ctx)
 	struct header_search *s = ctx;
 	if (i >= s->count || search_done(s))
 		return 1;
-	struct map_chunk *c = read_chunk(s->base + i * BUCKET_SIZE, BUCKET_SIZE);
+	struct window *c = read_chunk(s->base + i * BUCKET_SIZE);
 	if (!c)
 		return 1;
+	u64 tophash = window_u64(c, 0);
 	for (int j = 0; j < 8 && !search_done(s); j++) {
-		if (c->b[j] < MIN_TOPHASH)
+		if (((tophash >> (8 * j)) & 0xff) < MIN_TOPHASH)
 			continue;
 		check_header(c, BUCKET_KEYS + j * 16, BUCKET_ELEMS + j * 24, s);
 	}
