@@ -22,10 +22,7 @@ pub(crate) fn struct_layouts(
     // most of Go's DWARF, and the agent's peak memory while it analyses an executable.
     let needed = |id| {
         use gimli::SectionId::*;
-        matches!(
-            id,
-            DebugInfo | DebugAbbrev | DebugStr | DebugStrOffsets | DebugLineStr | DebugAddr
-        )
+        matches!(id, DebugInfo | DebugAbbrev | DebugStr | DebugLineStr)
     };
     let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
         Ok(match file.section_by_name(id.name()).filter(|_| needed(id)) {
