@@ -148,6 +148,7 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	}
 	if (!call->ctx.sampled) {
 		bpf_map_delete_elem(&server_calls, &key);
+		bpf_map_delete_elem(&goroutine_ctx, &key); /* as below */
 		return 0;
 	}
 	struct http_server_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -189,6 +190,8 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 					    (s64)call->tracestate_len);
 
 	bpf_map_delete_elem(&server_calls, &key);
+	/* An entry this goroutine inherited when it started would outrank (goroutine_span) the
+	 * span of the next request it serves. */
 	bpf_map_delete_elem(&goroutine_ctx, &key);
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));
 	return 0;

@@ -1,5 +1,6 @@
 //! Maps shared by every loaded instrumentation: one ring buffer for all span events, the set of
-//! traced pids, the counters, and the spans goroutines and connections carry. Created once; each object reuses their file descriptors.
+//! traced pids, the counters, and the spans goroutines and connections carry. Created once;
+//! each object reuses their file descriptors.
 
 use std::os::fd::AsFd;
 
