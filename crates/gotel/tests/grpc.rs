@@ -37,15 +37,19 @@ fn grpc_spans(collector: &Collector, kind: i64) -> Vec<ReceivedSpan> {
     spans.filter(|s| s.attr_str("rpc.system").is_some() && s.kind() == kind).collect()
 }
 
-/// Waits until `n` server spans are in, and as many client spans if any client is traced;
-/// returns (servers, clients).
-fn wait_for_grpc_spans(collector: &Collector, n: usize) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
+/// Waits until `servers` server spans and `clients` client spans are in (or the time is up);
+/// returns (servers, clients). The two sides of a call may arrive in different export batches.
+fn wait_for_grpc_spans(
+    collector: &Collector,
+    servers: usize,
+    clients: usize,
+) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let (servers, clients) = (grpc_spans(collector, SERVER), grpc_spans(collector, CLIENT));
-        let clients_in = clients.is_empty() || clients.len() >= n;
-        if servers.len() >= n && clients_in || std::time::Instant::now() > deadline {
-            return (servers, clients);
+        let found = (grpc_spans(collector, SERVER), grpc_spans(collector, CLIENT));
+        let all_in = found.0.len() >= servers && found.1.len() >= clients;
+        if all_in || std::time::Instant::now() > deadline {
+            return found;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -80,7 +84,7 @@ fn rpcs_become_linked_spans(fixture_name: &str) {
     ];
     for (i, (path, name, code, server_error)) in cases.iter().enumerate() {
         http_get(http_port, path);
-        let (servers, clients) = wait_for_grpc_spans(&collector, i + 1);
+        let (servers, clients) = wait_for_grpc_spans(&collector, i + 1, i + 1);
         assert_eq!(servers.len(), i + 1, "{path}: one gRPC server span");
         assert_eq!(clients.len(), i + 1, "{path}: one gRPC client span");
         let method = name.rsplit('/').next().unwrap();
@@ -103,9 +107,7 @@ fn rpcs_become_linked_spans(fixture_name: &str) {
         assert_eq!(server.hex("traceId"), client.hex("traceId"), "{path}: one trace");
         // The client call is a child of the HTTP request the front was serving.
         let front = collector
-            .spans()
-            .into_iter()
-            .find(|s| s.hex("spanId") == client.hex("parentSpanId"))
+            .wait_for_span(|s| s.hex("spanId") == client.hex("parentSpanId"), WAIT)
             .unwrap_or_else(|| panic!("{path}: the client span's parent is exported"));
         assert_eq!(front.attr_str("url.path").as_deref(), path.split('?').next());
     }
@@ -116,7 +118,7 @@ fn rpcs_become_linked_spans(fixture_name: &str) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (servers, clients) = wait_for_grpc_spans(&collector, cases.len() + 200);
+    let (servers, clients) = wait_for_grpc_spans(&collector, cases.len() + 200, cases.len() + 200);
     let (servers, clients) = (&servers[cases.len()..], &clients[cases.len()..]);
     assert_eq!((servers.len(), clients.len()), (200, 200), "one span per call and side");
     assert!(servers.iter().chain(clients).all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)));
@@ -243,7 +245,7 @@ fn joins_incoming_traceparent(fixture_name: &str) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (servers, clients) = wait_for_grpc_spans(&collector, 3);
+    let (servers, clients) = wait_for_grpc_spans(&collector, 3, 0);
     assert!(clients.is_empty(), "the caller is not traced");
     assert_eq!(servers.len(), 3);
     for s in &servers {

@@ -246,6 +246,23 @@ impl Collector {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    /// Waits until a span matching `wanted` arrived. Spans of one request may come in
+    /// different export batches, so a test looking for a related span must wait for it too.
+    pub fn wait_for_span(
+        &self,
+        wanted: impl Fn(&ReceivedSpan) -> bool,
+        within: Duration,
+    ) -> Option<ReceivedSpan> {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self.spans().into_iter().find(&wanted);
+            if found.is_some() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 fn attrs(list: &Value) -> Vec<(String, Value)> {
