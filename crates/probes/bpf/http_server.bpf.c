@@ -58,8 +58,8 @@ const volatile u32 url_copy_bytes = 0;
 
 /* Copies of the Request and its URL, per CPU (too big for the BPF stack). */
 struct request_copy {
-	struct window req;
-	struct window url;
+	struct window_buffer req;
+	struct window_buffer url;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -167,10 +167,7 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 		bpf_map_delete_elem(&server_calls, &key);
 		return 0;
 	}
-	struct window *req = &copy->req, *url = &copy->url;
-	u32 req_bytes = req_copy_bytes <= sizeof(*req) ? req_copy_bytes : sizeof(*req);
-	u32 url_bytes = url_copy_bytes <= sizeof(*url) ? url_copy_bytes : sizeof(*url);
-	bpf_probe_read_user(req, req_bytes, (void *)call->req); /* zero-filled if it fails */
+	const struct window *req = read_window(&copy->req, req_copy_bytes, call->req);
 	e->proto_major = (u8)window_u64(req, off_req_proto_major);
 	e->status = response_status(call, e->proto_major);
 	e->proto_minor = (u8)window_u64(req, off_req_proto_minor);
@@ -181,7 +178,8 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	e->pattern_len = has_pattern ? window_go_string(e->pattern, PATTERN_CAP, req, off_req_pattern) : 0;
 	u64 url_addr = window_u64(req, off_req_url);
 	e->path_len = e->query_len = 0;
-	if (url_addr && !bpf_probe_read_user(url, url_bytes, (void *)url_addr)) {
+	if (url_addr) {
+		const struct window *url = read_window(&copy->url, url_copy_bytes, url_addr);
 		e->path_len = window_go_string(e->path, PATH_CAP, url, off_url_path);
 		e->query_len = window_go_string(e->query, QUERY_CAP, url, off_url_raw_query);
 	}

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,8 +41,23 @@ pub fn fixture(name: &str) -> PathBuf {
     p
 }
 
+/// A port nothing listens on, for a server a test starts. Taken below the kernel's ephemeral
+/// range (32768 on), where a port the kernel hands out could be taken again by any outgoing
+/// connection before the server binds it (a collector once failed to start so), and handed out
+/// once per test process, so tests running in parallel never pick the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    const FIRST: u16 = 20000;
+    const PORTS: u16 = 12000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Test binaries run one after another: each starts elsewhere in the range.
+    let start = (std::process::id() % u32::from(PORTS)) as u16;
+    for _ in 0..PORTS {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed) % PORTS) % PORTS;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + PORTS);
 }
 
 pub fn wait_for_port(port: u16, within: Duration) {

@@ -1,7 +1,8 @@
 /* The W3C traceparent of an incoming request, read from its Header map in user memory. Two
  * map layouts exist: buckets (runtime.hmap, Go before 1.24) and swiss tables
  * (internal/runtime/maps.Map, Go 1.24 on). Both are walked with bounded loops; a header map
- * too large for the bounds is searched in part (past 128 headers in buckets, 224 in a swiss table). */
+ * too large for the bounds is searched in part (in buckets: 16 of the array and 2
+ * overflow buckets after each; in a swiss table: 224 headers). */
 #pragma once
 
 #include "gotel.h"
@@ -31,6 +32,7 @@ const volatile u64 off_groups_length_mask = 0;
 #define SWISS_SLOT 40
 #define SWISS_GROUP (8 + 8 * SWISS_SLOT)
 #define MAX_BUCKETS 16
+#define MAX_OVERFLOW 2 /* overflow buckets searched after each bucket of the array */
 #define MAX_TABLES 4
 #define MAX_GROUPS 32
 
@@ -104,7 +106,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, u32);
-	__type(value, struct window);
+	__type(value, struct window_buffer);
 } map_chunk_copy SEC(".maps");
 _Static_assert(BUCKET_ELEMS + 7 * 24 + 8 <= sizeof(struct window), "a bucket's last value");
 _Static_assert(8 + 7 * SWISS_SLOT + 16 + 8 <= sizeof(struct window), "a group's last value");
@@ -140,18 +142,16 @@ static __always_inline void check_header(const struct window *c, u32 key, u32 el
 	}
 }
 
-static __always_inline struct window *read_chunk(u64 addr)
+static __always_inline const struct window *read_chunk(u64 addr)
 {
 	u32 zero = 0;
-	struct window *c = bpf_map_lookup_elem(&map_chunk_copy, &zero);
-	if (!c || bpf_probe_read_user(c->w, sizeof(c->w), (void *)addr))
-		return 0;
-	return c;
+	struct window_buffer *buf = bpf_map_lookup_elem(&map_chunk_copy, &zero);
+	return buf ? read_window(buf, sizeof(struct window), addr) : 0;
 }
 
 static __always_inline void search_swiss_group(u64 group, struct header_search *out)
 {
-	struct window *c = read_chunk(group);
+	const struct window *c = read_chunk(group);
 	if (!c)
 		return;
 	u64 ctrl = window_u64(c, 0);
@@ -162,19 +162,27 @@ static __always_inline void search_swiss_group(u64 group, struct header_search *
 	}
 }
 
+/* Bucket `i` of the array, then its overflow buckets: a bucket holds 8 entries and further keys
+ * hashed to it go to its overflow chain, which even a map sized for its headers often needs
+ * (a third of 26-header requests). */
 static long search_bucket(u32 i, void *ctx)
 {
 	struct header_search *s = ctx;
 	if (i >= s->count || search_done(s))
 		return 1;
-	struct window *c = read_chunk(s->base + i * BUCKET_SIZE);
-	if (!c)
-		return 1;
-	u64 tophash = window_u64(c, 0);
-	for (int j = 0; j < 8 && !search_done(s); j++) {
-		if (((tophash >> (8 * j)) & 0xff) < MIN_TOPHASH)
-			continue;
-		check_header(c, BUCKET_KEYS + j * 16, BUCKET_ELEMS + j * 24, s);
+	u64 bucket = s->base + i * BUCKET_SIZE;
+	for (int k = 0; k <= MAX_OVERFLOW && bucket && !search_done(s); k++) {
+		const struct window *c = read_chunk(bucket);
+		if (!c)
+			return 1;
+		u64 tophash = window_u64(c, 0);
+		for (int j = 0; j < 8 && !search_done(s); j++) {
+			if (((tophash >> (8 * j)) & 0xff) < MIN_TOPHASH)
+				continue;
+			check_header(c, BUCKET_KEYS + j * 16, BUCKET_ELEMS + j * 24, s);
+		}
+		/* A last slot marked emptyRest (0) says no overflow bucket follows: no read for it. */
+		bucket = tophash >> 56 ? read_u64(bucket + BUCKET_OVERFLOW) : 0;
 	}
 	return 0;
 }
