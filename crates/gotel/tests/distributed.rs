@@ -166,7 +166,7 @@ fn joins_incoming_trace(fixture_name: &str) {
     // written yet (read_window in gotel.h). Both once hid the traceparent.
     let names: Vec<String> = (0..22).map(|i| format!("X-Extra-{i}")).collect();
     let before = collector.spans().len();
-    const REQUESTS: usize = 20;
+    const REQUESTS: usize = 50;
     for i in 0..REQUESTS {
         let traceparent = format!("00-{trace}-{:016x}-01", 0xabc000 + i);
         let mut headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();

@@ -167,7 +167,8 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 		bpf_map_delete_elem(&server_calls, &key);
 		return 0;
 	}
-	const struct window *req = read_window(&copy->req, req_copy_bytes, call->req);
+	const struct window *req = (const struct window *)copy->req.w;
+	read_window(&copy->req, req_copy_bytes, call->req);
 	e->proto_major = (u8)window_u64(req, off_req_proto_major);
 	e->status = response_status(call, e->proto_major);
 	e->proto_minor = (u8)window_u64(req, off_req_proto_minor);
@@ -179,7 +180,8 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	u64 url_addr = window_u64(req, off_req_url);
 	e->path_len = e->query_len = 0;
 	if (url_addr) {
-		const struct window *url = read_window(&copy->url, url_copy_bytes, url_addr);
+		const struct window *url = (const struct window *)copy->url.w;
+		read_window(&copy->url, url_copy_bytes, url_addr);
 		e->path_len = window_go_string(e->path, PATH_CAP, url, off_url_path);
 		e->query_len = window_go_string(e->query, QUERY_CAP, url, off_url_raw_query);
 	}

@@ -231,43 +231,37 @@ static __always_inline u64 window_u64(const struct window *win, u64 off)
 	return i < WINDOW_WORDS ? win->w[i] : 0;
 }
 
-/* Room for a window read across a page boundary (read_window): what lies before the boundary
- * ends at its middle, what lies after starts there. */
+/* A window and the room a read split at a page boundary needs past it (read_window): the
+ * verifier checks the second part's largest offset plus its largest size against this. */
 struct window_buffer {
 	u64 w[2 * WINDOW_WORDS];
 };
 
 #define PAGE_SIZE 4096
 
-/* Copies `bytes` (at most a window) at user address `addr` into `buf`; returns where in it the
- * window starts. What cannot be read is zero. A read fails as a whole when any page it touches
- * is not present, and the end of a Go object can lie on a page nothing has written yet (zero
- * fields, or the empty slots of a map group, in memory fresh from the OS) which a BPF program
- * cannot fault in; such a read is split at the page boundary. */
-static __always_inline const struct window *read_window(struct window_buffer *buf, u32 bytes,
-							 u64 addr)
+/* Copies `bytes` (at most a window) at user address `addr` to the start of `buf`; what cannot
+ * be read is zero. A read fails as a whole when any page it touches is not present, and the end
+ * of a Go object can lie on a page nothing has written yet (zero fields, or the empty slots of
+ * a map group, in memory fresh from the OS) which a BPF program cannot fault in; such a read is
+ * split at the page boundary. A function of its own: inlined, its paths multiplied the
+ * verifier's work in the loops that call it. Unused by programs that read no window. */
+static __noinline __attribute__((unused)) void read_window(struct window_buffer *buf, u32 bytes,
+							      u64 addr)
 {
 	const u32 size = sizeof(struct window);
 	if (bytes > size)
 		bytes = size;
 	/* On failure the helper zero-fills what it was to copy. */
 	if (!bpf_probe_read_user(buf->w, bytes, (void *)addr))
-		return (const struct window *)buf->w;
+		return;
 	u32 head = PAGE_SIZE - (addr & (PAGE_SIZE - 1));
 	if (head >= bytes || head > size - 8 || head & 7)
-		return (const struct window *)buf->w;
-	u32 start = size - head;
-	asm volatile("" : "+r"(start)); /* added to the pointer as a bounded offset, not subtracted */
-	if (start > size)
-		return (const struct window *)buf->w;
-	u8 *at = (u8 *)buf->w + start;
-	if (bpf_probe_read_user(at, head, (void *)addr))
-		return (const struct window *)buf->w;
+		return;
+	if (bpf_probe_read_user(buf->w, head, (void *)addr))
+		return;
 	u32 rest = bytes - head;
-	if (rest > size)
-		return (const struct window *)buf->w;
-	bpf_probe_read_user((u8 *)buf->w + size, rest, (void *)(addr + head));
-	return (const struct window *)at;
+	if (rest <= size)
+		bpf_probe_read_user((u8 *)buf->w + head, rest, (void *)(addr + head));
 }
 
 /* Copies at most `cap` (a power of two) bytes of the `len` bytes at user address `ptr` into

@@ -89,6 +89,7 @@ static __always_inline bool parse_traceparent(const u8 *t, struct incoming *out)
 struct header_search {
 	u64 base;  /* the buckets array, or the swiss directory */
 	s64 count; /* buckets to visit, or tables in the directory */
+	u64 overflow; /* the overflow bucket to visit next, if any */
 	u64 value; /* traceparent's text, once found */
 	u64 state; /* tracestate's text, if any */
 	u64 state_len;
@@ -146,7 +147,10 @@ static __always_inline const struct window *read_chunk(u64 addr)
 {
 	u32 zero = 0;
 	struct window_buffer *buf = bpf_map_lookup_elem(&map_chunk_copy, &zero);
-	return buf ? read_window(buf, sizeof(struct window), addr) : 0;
+	if (!buf)
+		return 0;
+	read_window(buf, sizeof(struct window), addr);
+	return (const struct window *)buf->w;
 }
 
 static __always_inline void search_swiss_group(u64 group, struct header_search *out)
@@ -162,28 +166,31 @@ static __always_inline void search_swiss_group(u64 group, struct header_search *
 	}
 }
 
-/* Bucket `i` of the array, then its overflow buckets: a bucket holds 8 entries and further keys
- * hashed to it go to its overflow chain, which even a map sized for its headers often needs
- * (a third of 26-header requests). */
+/* Visit `i`: bucket i / (1 + MAX_OVERFLOW) of the array, or the next bucket of its overflow
+ * chain. A bucket holds 8 entries and further keys hashed to it go to its overflow chain,
+ * which even a map sized for its headers often needs (a third of 26-header requests). One
+ * visit per call keeps what the verifier tracks across calls imprecise, so it checks this once
+ * (a loop over the chain inside tripled the program's load time). */
 static long search_bucket(u32 i, void *ctx)
 {
 	struct header_search *s = ctx;
-	if (i >= s->count || search_done(s))
+	u32 b = i / (1 + MAX_OVERFLOW);
+	if (b >= s->count || search_done(s))
 		return 1;
-	u64 bucket = s->base + i * BUCKET_SIZE;
-	for (int k = 0; k <= MAX_OVERFLOW && bucket && !search_done(s); k++) {
-		const struct window *c = read_chunk(bucket);
-		if (!c)
-			return 1;
-		u64 tophash = window_u64(c, 0);
-		for (int j = 0; j < 8 && !search_done(s); j++) {
-			if (((tophash >> (8 * j)) & 0xff) < MIN_TOPHASH)
-				continue;
-			check_header(c, BUCKET_KEYS + j * 16, BUCKET_ELEMS + j * 24, s);
-		}
-		/* A last slot marked emptyRest (0) says no overflow bucket follows: no read for it. */
-		bucket = tophash >> 56 ? read_u64(bucket + BUCKET_OVERFLOW) : 0;
+	u64 bucket = i % (1 + MAX_OVERFLOW) ? s->overflow : s->base + b * BUCKET_SIZE;
+	if (!bucket)
+		return 0;
+	const struct window *c = read_chunk(bucket);
+	if (!c)
+		return 1;
+	u64 tophash = window_u64(c, 0);
+	for (int j = 0; j < 8 && !search_done(s); j++) {
+		if (((tophash >> (8 * j)) & 0xff) < MIN_TOPHASH)
+			continue;
+		check_header(c, BUCKET_KEYS + j * 16, BUCKET_ELEMS + j * 24, s);
 	}
+	/* A last slot marked emptyRest (0) says no overflow bucket follows: no read for it. */
+	s->overflow = tophash >> 56 ? read_u64(bucket + BUCKET_OVERFLOW) : 0;
 	return 0;
 }
 
@@ -193,7 +200,7 @@ static __always_inline void search_buckets(u64 hmap, struct header_search *s)
 	bpf_probe_read_user(&b, 1, (void *)(hmap + off_hmap_b));
 	s->base = read_u64(hmap + off_hmap_buckets);
 	s->count = b < 4 ? 1 << b : MAX_BUCKETS;
-	bpf_loop(MAX_BUCKETS, search_bucket, s, 0);
+	bpf_loop(MAX_BUCKETS * (1 + MAX_OVERFLOW), search_bucket, s, 0);
 }
 
 /* Group `i % MAX_GROUPS` of table `i / MAX_GROUPS`. */
