@@ -146,16 +146,12 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 			count(STAT_NO_ENTRY);
 		return 0;
 	}
-	if (!call->ctx.sampled) {
-		bpf_map_delete_elem(&server_calls, &key);
-		bpf_map_delete_elem(&goroutine_ctx, &key); /* as below */
-		return 0;
-	}
+	if (!call->ctx.sampled)
+		goto done;
 	struct http_server_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_RINGBUF_FULL);
-		bpf_map_delete_elem(&server_calls, &key);
-		return 0;
+		goto done;
 	}
 	fill_span_header(&e->hdr, EVENT_HTTP_SERVER, pid, call->start_ns, call->ctx.trace_id,
 			 call->ctx.span_id, call->parent_span_id);
@@ -164,8 +160,7 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	struct request_copy *copy = bpf_map_lookup_elem(&scratch, &zero);
 	if (!copy) {
 		bpf_ringbuf_discard(e, 0);
-		bpf_map_delete_elem(&server_calls, &key);
-		return 0;
+		goto done;
 	}
 	const struct window *req = (const struct window *)copy->req.w;
 	read_window(&copy->req, req_copy_bytes, call->req);
@@ -189,11 +184,12 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	e->tracestate_len = copy_user_bytes(e->tracestate, TRACESTATE_CAP, call->tracestate,
 					    (s64)call->tracestate_len);
 
-	bpf_map_delete_elem(&server_calls, &key);
-	/* An entry this goroutine inherited when it started would outrank (goroutine_span) the
-	 * span of the next request it serves. */
-	bpf_map_delete_elem(&goroutine_ctx, &key);
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));
+done:
+	/* The request is over on every path. An entry this goroutine inherited when it started
+	 * would outrank (goroutine_span) the span of the next request it serves. */
+	bpf_map_delete_elem(&server_calls, &key);
+	bpf_map_delete_elem(&goroutine_ctx, &key);
 	return 0;
 }
 
