@@ -45,6 +45,11 @@ WORKLOADS = {"server": ("/c", 1), "chain": ("/one", 3)}
 CONFIGS = ["baseline", "gotel", "gotel-entry-ret", "otel-sdk", "otel-auto"]
 
 
+def fixed_rate(args, workload):
+    """The request rate of the fixed-rate phase."""
+    return args.rate_chain if workload == "chain" else args.rate_server
+
+
 def cpu_seconds(pid):
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
@@ -179,7 +184,7 @@ def run_one(args, collector, workload, name):
         s1, a1 = cpu()
         row["sat_services_us"] = (s1 - s0) / sat_total * 1e6
         row["sat_agent_us"] = (a1 - a0) / sat_total * 1e6
-        rate = args.rate_chain if workload == "chain" else args.rate_server
+        rate = fixed_rate(args, workload)
         row["p50_ms"], row["p99_ms"], fixed_total = oha(port, path, args.seconds, args.connections, rate)
         s2, a2 = cpu()
         row["services_us"] = (s2 - s1) / fixed_total * 1e6
@@ -209,7 +214,7 @@ def med(rows, key):
 
 def report(workload, results, args):
     path, spans = WORKLOADS[workload]
-    rate = args.rate_chain if workload == "chain" else args.rate_server
+    rate = fixed_rate(args, workload)
     print(f"\nworkload {workload}: GET {path}, {spans} span(s) per request; latency and CPU at "
           f"{rate} req/s, {args.rounds} round(s), medians")
     print("configuration     sat req/s (spread)  p50 ms  p99 ms  services us/req  agent us/req"

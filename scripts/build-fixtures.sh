@@ -8,11 +8,21 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${GOTEL_FIXTURES_DIR:-$repo/target/fixtures}
 mkdir -p "$out"
 
+# The toolchain at $1's Go version as 1.NN.
+short_version() {
+  "$1/bin/go" env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/'
+}
+
+# Whether binary $1 is missing or older than a file of fixture directory $2.
+stale() {
+  [ ! -x "$1" ] || [ -n "$(find "$2" -newer "$1" -type f)" ]
+}
+
 declare -A seen
 toolchains=()
 for dir in /usr/lib/go-1.* /usr/local/go; do
   [ -x "$dir/bin/go" ] || continue
-  short=$("$dir/bin/go" env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+  short=$(short_version "$dir")
   [ -n "${seen[$short]:-}" ] && continue   # one toolchain per Go version
   seen[$short]=$dir
   toolchains+=("$dir")
@@ -32,21 +42,20 @@ for fixture in "$repo"/fixtures/*/; do
   # gRPC fixtures vary by grpc version, not Go version: scripts/build-grpc-fixtures.sh.
   [ "$name" = grpc ] && continue
   for root in "${toolchains[@]}"; do
-    ver=$("$root/bin/go" env GOVERSION)
-    short=$(echo "$ver" | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+    short=$(short_version "$root")
     newest=$root
     bin="$out/$name-go$short"
-    if [ -x "$bin" ] && [ -x "$bin-stripped" ] && [ -z "$(find "$fixture" -newer "$bin" -type f)" ]; then
+    if ! stale "$bin" "$fixture" && ! stale "$bin-stripped" "$fixture"; then
       continue
     fi
-    echo "[fixtures] $name with $ver"
+    echo "[fixtures] $name with $("$root/bin/go" env GOVERSION)"
     gobuild "$root" "$fixture" -o "$bin" .
     gobuild "$root" "$fixture" -ldflags="-s -w" -o "$bin-stripped" .
   done
-  short=$("$newest/bin/go" env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+  short=$(short_version "$newest")
   if [ "$name" = chain ]; then
     bin="$out/$name-go$short-pie-stripped"
-    if [ ! -x "$bin" ] || [ -n "$(find "$fixture" -newer "$bin" -type f)" ]; then
+    if stale "$bin" "$fixture"; then
       echo "[fixtures] $name as a stripped PIE with go$short"
       gobuild "$newest" "$fixture" -buildmode=pie -ldflags="-s -w" -o "$bin" .
     fi
@@ -54,7 +63,7 @@ for fixture in "$repo"/fixtures/*/; do
   [ "$name" = httpserver ] || continue
   # GOPATH mode: no go.mod, so buildinfo names no module versions (like many distro builds).
   bin="$out/$name-go$short-gopath"
-  if [ ! -x "$bin" ] || [ -n "$(find "$fixture" -newer "$bin" -type f)" ]; then
+  if stale "$bin" "$fixture"; then
     echo "[fixtures] $name in GOPATH mode with go$short"
     gopath=$(mktemp -d)
     mkdir -p "$gopath/src/gotel.dev/$name"
