@@ -16,6 +16,9 @@ hits all of them alike:
   otel-auto        OpenTelemetry's Go auto-instrumentation agent (go.opentelemetry.io/auto,
                    scripts/build-otel-auto.sh), one agent per process as it requires
 
+and, with --gotel-other PATH, a sixth: gotel-other, another build of gotel (main's, say) run
+as `gotel` is, to compare a change with what it changes in the same run.
+
 Every configuration exports to one real OpenTelemetry Collector on loopback, whose own
 metrics count the spans that arrived. Each run: wrk at saturation (requests/s), then oha at a
 fixed rate below every configuration's saturation (p50/p99 latency, and CPU per request of
@@ -146,7 +149,8 @@ def run_one(args, collector, workload, name):
     agents = []
     if name.startswith("gotel"):
         extra = ["--probe-placement", "entry-ret"] if name == "gotel-entry-ret" else []
-        agent = subprocess.Popen([GOTEL, "attach", "--exe", binary] + extra, env=otlp_env,
+        gotel = args.gotel_other if name == "gotel-other" else GOTEL
+        agent = subprocess.Popen([gotel, "attach", "--exe", binary] + extra, env=otlp_env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if not wait_for_line(agent, "tracing every process", 60, "gotel"):
             sys.exit("gotel did not attach")
@@ -250,11 +254,19 @@ def main():
     ap.add_argument("--rate-chain", type=int, default=1500, help="fixed rate, chain workload")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--gotel-other", metavar="PATH",
+                    help="another gotel binary, run as the configuration gotel-other")
     ap.add_argument("--json", default=os.path.join(REPO, "target/bench-http.json"))
     args = ap.parse_args()
     workloads = args.workloads.split(",")
     configs = args.configs.split(",")
-    needed = [GOTEL, CHAIN, SDK, COLLECTOR, OHA] + ([OTEL_AUTO] if "otel-auto" in configs else [])
+    if args.gotel_other and "gotel-other" not in configs:
+        configs.append("gotel-other")
+    if "gotel-other" in configs and not args.gotel_other:
+        sys.exit("the configuration gotel-other needs --gotel-other PATH")
+    needed = [GOTEL, CHAIN, COLLECTOR, OHA] + ([SDK] if "otel-sdk" in configs else []) + \
+        ([OTEL_AUTO] if "otel-auto" in configs else []) + \
+        ([args.gotel_other] if args.gotel_other else [])
     for f in needed:
         if not os.path.exists(f):
             sys.exit(f"missing {f}: run scripts/build-bench.sh (README, 'Benchmarks')")
