@@ -1,16 +1,19 @@
-//! The agent's pipeline on one core, without the kernel: raw ring-buffer events -> decoded ->
-//! spans with resources -> OTLP-encoded batches of 512. Reports events per second.
+//! The agent's pipeline on one core, without the kernel: raw ring-buffer events -> spans with
+//! resources (decoded by the instrumentation the event's kind names) -> OTLP-encoded batches
+//! of 512. Reports events per second.
 
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use probes::event::{decode, encode_http_server, HttpServerEvent, SpanHeader};
-use trace::{AgentIdentity, Assembler, ResourceCache};
+use probes::event::SpanHeader;
+use probes::instrumentations::net_http::server::event::{encode, HttpServerEvent};
+use probes::Assembler;
+use trace::{AgentIdentity, ResourceCache};
 
 fn raw_events(n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
-            encode_http_server(&HttpServerEvent {
+            encode(&HttpServerEvent {
                 header: SpanHeader {
                     pid: std::process::id(),
                     start_ns: 1_000_000 + i as u64,
@@ -42,24 +45,16 @@ fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.measurement_time(Duration::from_secs(5));
-    group.bench_function("decode", |b| {
+    group.bench_function("assemble", |b| {
         b.iter(|| {
             for e in &events {
-                black_box(decode(e).unwrap());
+                black_box(assembler.assemble(e).unwrap());
             }
         });
     });
-    group.bench_function("decode+assemble", |b| {
+    group.bench_function("assemble+otlp-encode", |b| {
         b.iter(|| {
-            for e in &events {
-                black_box(assembler.assemble(decode(e).unwrap()));
-            }
-        });
-    });
-    group.bench_function("decode+assemble+otlp-encode", |b| {
-        b.iter(|| {
-            let spans: Vec<_> =
-                events.iter().map(|e| assembler.assemble(decode(e).unwrap())).collect();
+            let spans: Vec<_> = events.iter().map(|e| assembler.assemble(e).unwrap()).collect();
             export::encode_request(&spans).len()
         });
     });

@@ -14,11 +14,8 @@ use export::console::Console;
 use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
 use probes::inject::{InjectMode, Injection};
-use probes::{
-    goroutines, grpc_client, grpc_server, http_client, http_server, AttachOptions, Attached,
-    SharedMaps,
-};
-use trace::{AgentIdentity, Assembler, ProcessResource, ResourceCache, Span};
+use probes::{Assembler, AttachOptions, Attached, EventError, Selection, SharedMaps};
+use trace::{AgentIdentity, ProcessResource, ResourceCache, Span};
 
 use crate::cli::AgentArgs;
 
@@ -26,12 +23,14 @@ use crate::cli::AgentArgs;
 pub struct Instrumented {
     pub go_version: String,
     attached: Vec<Attached>,
+    /// Something attached makes spans that outgoing traceparent injection carries.
+    injection: bool,
 }
 
 impl Instrumented {
-    /// Whether HTTP client calls are traced: only then is there a request to inject into.
-    pub fn traces_clients(&self) -> bool {
-        self.attached.iter().any(|a| a.instrumentation == http_client::NAME)
+    /// Whether outgoing injection has a request to inject into here.
+    pub fn wants_injection(&self) -> bool {
+        self.injection
     }
 
     pub fn instrumentations(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -63,46 +62,20 @@ pub fn instrument(
     let bin = GoBinary::open(exe)?;
     let go_version = bin.build_info().go_version.clone();
     let plans = probes::plan_all(&bin);
-    let mut attached = Vec::new();
-    let mut skipped = Vec::new();
-    let context = || format!("attaching to {}", exe.display());
-    match &plans.http_server {
-        Ok(plan) => attached
-            .push(http_server::attach(plan, attach_path, shared, options).with_context(context)?),
-        Err(skip) => skipped.push(skip.to_string()),
-    }
-    match &plans.grpc_server {
-        Ok(plan) => attached
-            .push(grpc_server::attach(plan, attach_path, shared, options).with_context(context)?),
-        Err(skip) => skipped.push(skip.to_string()),
-    }
-    match &plans.grpc_client {
-        Ok(plan) => attached
-            .push(grpc_client::attach(plan, attach_path, shared, options).with_context(context)?),
-        Err(skip) => skipped.push(skip.to_string()),
-    }
-    match &plans.http_client {
-        Ok(plan) => attached
-            .push(http_client::attach(plan, attach_path, shared, options).with_context(context)?),
-        Err(skip) => skipped.push(skip.to_string()),
-    }
-    // Client spans find their parent through goroutine ancestry.
-    if plans.http_client.is_ok() || plans.grpc_client.is_ok() {
-        match &plans.goroutines {
-            Ok(plan) => attached.push(
-                goroutines::attach(plan, attach_path, shared, options).with_context(context)?,
-            ),
-            Err(skip) => skipped.push(skip.to_string()),
-        }
-    }
+    let selection = Selection::of(&plans);
+    let skipped: Vec<String> = selection.skipped.iter().map(|s| s.to_string()).collect();
     for skip in &skipped {
         tracing::info!("{}: skipped {skip}", exe.display());
     }
-    if attached.is_empty() {
+    if selection.attach.is_empty() {
         return Err(
             NothingToInstrument(format!("{}: {}", exe.display(), skipped.join("; "))).into()
         );
     }
+    let injection = selection.injection();
+    let attached = selection
+        .attach(attach_path, shared, options)
+        .with_context(|| format!("attaching to {}", exe.display()))?;
     drop(plans);
     drop(bin);
     // The binary and its DWARF were read into the heap; hand that memory back to the system
@@ -118,7 +91,7 @@ pub fn instrument(
             a.probes.join("; ")
         );
     }
-    Ok(Instrumented { go_version, attached })
+    Ok(Instrumented { go_version, attached, injection })
 }
 
 /// Decoded events -> spans -> exporters.
@@ -172,26 +145,25 @@ impl Pipeline {
     }
 
     fn on_sample(&mut self, bytes: &[u8]) {
-        let event = match probes::event::decode(bytes) {
-            Ok(e) => e,
-            Err(e) => {
+        let (resource, span) = match self.assembler.assemble(bytes) {
+            Ok(assembled) => assembled,
+            Err(EventError::Unreadable(e)) => {
                 self.bad_events += 1;
                 tracing::warn!(error = %e, "skipping an event gotel cannot read");
                 return;
             }
-        };
-        if let Some(why) = event.implausible() {
-            self.bad_events += 1;
-            let pid = event.header().pid;
-            if self.warned_pids.insert(pid) {
-                tracing::warn!(
-                    "pid {pid}: dropping spans that read wrong values ({why}): the field offsets \
-                     for this executable are likely wrong; please report its Go version"
-                );
+            Err(EventError::Implausible { pid, why }) => {
+                self.bad_events += 1;
+                if self.warned_pids.insert(pid) {
+                    tracing::warn!(
+                        "pid {pid}: dropping spans that read wrong values ({why}): the field \
+                         offsets for this executable are likely wrong; please report its Go \
+                         version"
+                    );
+                }
+                return;
             }
-            return;
-        }
-        let (resource, span) = self.assembler.assemble(event);
+        };
         self.spans += 1;
         match (&self.otlp, &mut self.console) {
             (Some(_), Some(console)) => {
@@ -336,7 +308,7 @@ pub fn start_propagation(
     let always = "in-process across goroutines, same host through the TCP connection map, \
                   incoming traceparent headers";
     let injection = match mode {
-        _ if !instrumented.traces_clients() => {
+        _ if !instrumented.wants_injection() => {
             tracing::info!("propagation: {always}; no HTTP client traced, nothing to inject into");
             return None;
         }

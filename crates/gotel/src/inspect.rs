@@ -53,60 +53,22 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
         }
         Ok(())
     };
-    let skipped = |w: &mut String, skip: &probes::Skip| {
-        writeln!(w, "  {:<20} skipped: {}", skip.instrumentation, skip.reason)
-    };
-    match &plans.http_server {
-        Ok(plan) => {
-            writeln!(w, "  {:<20} applies", probes::http_server::NAME)?;
-            functions(w, &plan.serve)?;
-            fields(w, &plan.fields)?;
+    for planned in &plans {
+        let name = planned.instrumentation.name();
+        match &planned.plan {
+            Ok(plan) => {
+                let report = plan.report();
+                match &report.note {
+                    Some(note) => writeln!(w, "  {name:<20} applies ({note})")?,
+                    None => writeln!(w, "  {name:<20} applies")?,
+                }
+                for f in &report.functions {
+                    functions(w, f)?;
+                }
+                fields(w, report.fields)?;
+            }
+            Err(skip) => writeln!(w, "  {name:<20} skipped: {}", skip.reason)?,
         }
-        Err(skip) => skipped(w, skip)?,
-    }
-    match &plans.http_client {
-        Ok(plan) => {
-            writeln!(w, "  {:<20} applies", probes::http_client::NAME)?;
-            functions(w, &plan.round_trip)?;
-            fields(w, &plan.fields)?;
-        }
-        Err(skip) => skipped(w, skip)?,
-    }
-    match &plans.grpc_server {
-        Ok(plan) => {
-            writeln!(
-                w,
-                "  {:<20} applies (grpc {})",
-                probes::grpc_server::NAME,
-                plan.grpc_version
-            )?;
-            functions(w, &plan.handle_stream)?;
-            functions(w, &plan.write_status)?;
-            fields(w, &plan.fields)?;
-        }
-        Err(skip) => skipped(w, skip)?,
-    }
-    match &plans.grpc_client {
-        Ok(plan) => {
-            writeln!(
-                w,
-                "  {:<20} applies (grpc {})",
-                probes::grpc_client::NAME,
-                plan.grpc_version
-            )?;
-            functions(w, &plan.start)?;
-            functions(w, &plan.new_stream)?;
-            functions(w, &plan.finish)?;
-            fields(w, &plan.fields)?;
-        }
-        Err(skip) => skipped(w, skip)?,
-    }
-    match &plans.goroutines {
-        Ok(plan) => {
-            writeln!(w, "  {:<20} applies (parents for client spans)", probes::goroutines::NAME)?;
-            functions(w, &plan.newproc1)?;
-        }
-        Err(skip) => skipped(w, skip)?,
     }
     Ok(out)
 }

@@ -3,11 +3,11 @@
 //! and at each RET, as one uprobe_multi link where the kernel has it (6.6+), else one uprobe
 //! per RET.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts};
 
-use crate::{Error, FunctionPlan, Placement};
+use crate::{AttachContext, Error, FunctionPlan, Placement};
 
 /// The live probes of one instrumentation on one executable. Dropping it detaches them.
 pub struct Attached {
@@ -18,7 +18,9 @@ pub struct Attached {
     pub probes: Vec<String>,
     /// True when each function's RETs share one uprobe_multi link.
     pub multi: bool,
-    pub(crate) links: Vec<Link>,
+    placement: Placement,
+    uprobe_multi: bool,
+    links: Vec<Link>,
 }
 
 impl std::fmt::Debug for Attached {
@@ -33,12 +35,16 @@ impl std::fmt::Debug for Attached {
 }
 
 impl Attached {
-    pub(crate) fn new(instrumentation: &'static str, executable: &Path) -> Self {
+    /// No probes yet, on `to`'s executable. The links hold the programs, and the programs
+    /// their maps: the loaded object itself need not be kept.
+    pub(crate) fn new(to: &AttachContext<'_>) -> Self {
         Attached {
-            instrumentation,
-            executable: executable.to_path_buf(),
+            instrumentation: to.instrumentation,
+            executable: to.path.to_path_buf(),
             probes: Vec::new(),
             multi: true,
+            placement: to.options.placement,
+            uprobe_multi: to.options.uprobe_multi,
             links: Vec::new(),
         }
     }
@@ -48,35 +54,53 @@ impl Attached {
         move |source| Error::Bpf { what, source }
     }
 
-    /// A uprobe where `function` starts: on its stack-check jump when `placement` allows and
+    /// A uprobe at file offset `offset`; `what` names the place in errors.
+    pub(crate) fn at(
+        &mut self,
+        offset: u64,
+        prog: &ProgramMut<'_>,
+        what: &str,
+    ) -> Result<(), Error> {
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        let link = prog
+            .attach_uprobe(false, -1, &self.executable, offset)
+            .map_err(self.error(format!("attach uprobe at {what}")))?;
+        self.links.push(link);
+        Ok(())
+    }
+
+    /// A uprobe where `function` starts: on its stack-check jump when the placement allows and
     /// the function has one, else on its first instruction. Returns how it was placed.
     pub(crate) fn entry(
         &mut self,
-        path: &Path,
         function: &FunctionPlan,
         prog: &ProgramMut<'_>,
-        placement: Placement,
     ) -> Result<&'static str, Error> {
-        let (offset, how) = match (placement, function.stack_check) {
+        let (offset, how) = match (self.placement, function.stack_check) {
             (Placement::Emulated, Some(jump)) => (jump, "the stack-check jump"),
             _ => (function.function.file_offset, "the first instruction"),
         };
-        let name = &function.function.name;
-        let link = prog
-            .attach_uprobe(false, -1, path, usize::try_from(offset).unwrap_or(usize::MAX))
-            .map_err(self.error(format!("attach uprobe at {name} ({how})")))?;
-        self.links.push(link);
+        self.at(offset, prog, &format!("{} ({how})", function.function.name))?;
         Ok(how)
+    }
+
+    /// `entry`, reported as a line of its own.
+    pub(crate) fn entry_line(
+        &mut self,
+        function: &FunctionPlan,
+        prog: &ProgramMut<'_>,
+    ) -> Result<(), Error> {
+        let how = self.entry(function, prog)?;
+        self.probes.push(format!("{}: entry on {how}", function.function.name));
+        Ok(())
     }
 
     /// Uprobes on every RET of `function`.
     pub(crate) fn returns(
         &mut self,
-        path: &Path,
         function: &FunctionPlan,
         ret_multi: &ProgramMut<'_>,
         ret_single: &ProgramMut<'_>,
-        uprobe_multi: bool,
     ) -> Result<(), Error> {
         let name = &function.function.name;
         let offsets: Vec<usize> = function
@@ -84,9 +108,9 @@ impl Attached {
             .iter()
             .map(|&o| usize::try_from(o).unwrap_or(usize::MAX))
             .collect();
-        let multi_link = if uprobe_multi {
+        let multi_link = if self.uprobe_multi {
             let opts = UprobeMultiOpts { offsets: offsets.clone(), ..Default::default() };
-            ret_multi.attach_uprobe_multi_with_opts(-1, path, "", opts)
+            ret_multi.attach_uprobe_multi_with_opts(-1, &self.executable, "", opts)
         } else {
             Err(libbpf_rs::Error::from(std::io::Error::other("turned off by --no-uprobe-multi")))
         };
@@ -95,11 +119,8 @@ impl Attached {
             Err(e) => {
                 tracing::debug!(error = %e, "{name}: no uprobe_multi link, one uprobe per RET");
                 self.multi = false;
-                for &off in &offsets {
-                    let link = ret_single
-                        .attach_uprobe(false, -1, path, off)
-                        .map_err(self.error(format!("attach uprobe at {name} RET {off:#x}")))?;
-                    self.links.push(link);
+                for &off in &function.return_offsets {
+                    self.at(off, ret_single, &format!("{name} RET {off:#x}"))?;
                 }
             }
         }
@@ -107,18 +128,15 @@ impl Attached {
     }
 
     /// Entry and every RET of `function`, reported as one line.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn function(
         &mut self,
-        path: &Path,
         function: &FunctionPlan,
         enter: &ProgramMut<'_>,
         ret_multi: &ProgramMut<'_>,
         ret_single: &ProgramMut<'_>,
-        options: &crate::AttachOptions,
     ) -> Result<(), Error> {
-        let how = self.entry(path, function, enter, options.placement)?;
-        self.returns(path, function, ret_multi, ret_single, options.uprobe_multi)?;
+        let how = self.entry(function, enter)?;
+        self.returns(function, ret_multi, ret_single)?;
         self.probes.push(format!(
             "{}: entry on {how}, exit at {} RET(s)",
             function.function.name,

@@ -325,7 +325,7 @@ impl<'a> Fleet<'a> {
                 entry.exe.display(),
                 started.elapsed().as_millis()
             );
-            let wants_injection = self.inject != InjectMode::Off && instrumented.traces_clients();
+            let wants_injection = self.inject != InjectMode::Off && instrumented.wants_injection();
             if self.injection.is_none() && wants_injection {
                 self.injection = start_propagation(self.shared, self.inject, &instrumented);
             }

@@ -226,26 +226,11 @@ fn dry_run(config: &DaemonConfig, pods: Option<&PodStore>) -> anyhow::Result<Exi
             line += &match goinfo::GoBinary::open(&exe).context("reading the executable") {
                 Ok(bin) => {
                     let plans = probes::plan_all(&bin);
-                    let mut applies = Vec::new();
-                    let mut skips = Vec::new();
-                    let mut note = |r: Result<&'static str, String>| match r {
-                        Ok(name) => applies.push(name.to_string()),
-                        Err(skip) => skips.push(skip),
-                    };
-                    note(
-                        plans
-                            .http_server
-                            .as_ref()
-                            .map(|_| probes::http_server::NAME)
-                            .map_err(|s| s.to_string()),
-                    );
-                    note(
-                        plans
-                            .http_client
-                            .as_ref()
-                            .map(|_| probes::http_client::NAME)
-                            .map_err(|s| s.to_string()),
-                    );
+                    let selection = probes::Selection::of(&plans);
+                    let applies: Vec<&str> =
+                        selection.attach.iter().map(|(i, _)| i.name()).collect();
+                    let skips: Vec<String> =
+                        selection.skipped.iter().map(|s| s.to_string()).collect();
                     let mut s =
                         format!(": {} ({})", applies.join(", "), bin.build_info().go_version);
                     if !skips.is_empty() {

@@ -30,13 +30,10 @@ struct pt_regs {
 #define GO_ARG6(r) ((r)->r8)
 #define GO_G(r) ((r)->r14)
 
-/* Span events written to the ring buffer start with this header. */
-enum event_kind {
-	EVENT_HTTP_SERVER = 1,
-	EVENT_HTTP_CLIENT = 2,
-	EVENT_GRPC_SERVER = 3,
-	EVENT_GRPC_CLIENT = 4,
-};
+/* Span events written to the ring buffer start with this header. Its kind tells the agent
+ * which instrumentation wrote it: the number that instrumentation declares, set at load time,
+ * so no list of kinds is kept here. */
+const volatile u32 event_kind = 0;
 
 struct span_header {
 	u32 kind;
@@ -298,11 +295,11 @@ static __always_inline u16 read_go_string(char *dst, u32 cap, u64 addr)
 }
 
 /* Fills the header every span event starts with; the span ends now. */
-static __always_inline void fill_span_header(struct span_header *h, u32 kind, u32 pid,
-					     u64 start_ns, const u8 *trace_id, const u8 *span_id,
+static __always_inline void fill_span_header(struct span_header *h, u32 pid, u64 start_ns,
+					     const u8 *trace_id, const u8 *span_id,
 					     const u8 *parent_span_id)
 {
-	h->kind = kind;
+	h->kind = event_kind;
 	h->pid = pid;
 	h->start_ns = start_ns;
 	h->end_ns = bpf_ktime_get_ns();

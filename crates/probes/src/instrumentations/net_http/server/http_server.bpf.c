@@ -153,8 +153,8 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 		count(STAT_RINGBUF_FULL);
 		goto done;
 	}
-	fill_span_header(&e->hdr, EVENT_HTTP_SERVER, pid, call->start_ns, call->ctx.trace_id,
-			 call->ctx.span_id, call->parent_span_id);
+	fill_span_header(&e->hdr, pid, call->start_ns, call->ctx.trace_id, call->ctx.span_id,
+			 call->parent_span_id);
 
 	u32 zero = 0;
 	struct request_copy *copy = bpf_map_lookup_elem(&scratch, &zero);
@@ -195,7 +195,7 @@ done:
 
 /* Two entry points for the same return logic: one link for all RETs where the kernel has
  * uprobe_multi (6.6+), one uprobe per RET otherwise (or at the functions where requests end,
- * see http_server.rs). Both are loaded; userspace attaches the one it uses. */
+ * see mod.rs). Both are loaded; userspace attaches the one it uses. */
 SEC("uprobe.multi")
 int http_server_return_multi(struct pt_regs *ctx)
 {

@@ -116,8 +116,8 @@ static __always_inline int http_client_return(struct pt_regs *ctx)
 		bpf_map_delete_elem(&client_calls, &key);
 		return 0;
 	}
-	fill_span_header(&e->hdr, EVENT_HTTP_CLIENT, pid, call->start_ns, call->ctx.trace_id,
-			 call->ctx.span_id, call->parent_span_id);
+	fill_span_header(&e->hdr, pid, call->start_ns, call->ctx.trace_id, call->ctx.span_id,
+			 call->parent_span_id);
 
 	/* Results: *Response in ARG1, error (itab, data) in ARG2-3. */
 	u64 resp = GO_ARG1(ctx);

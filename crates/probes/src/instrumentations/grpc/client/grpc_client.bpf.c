@@ -4,7 +4,7 @@
  * (*clientStream).finish, which may run on another goroutine: the call is found there through
  * its transport stream. */
 #include "conn.h"
-#include "grpc.h"
+#include "../grpc.h"
 
 /* NewStream returns a *Stream (grpc < 1.69) or a *ClientStream embedding one (grpc.h). */
 /* The stream's *http2Client: Stream.ct (a pointer before 1.66, an interface in 1.66-1.68) or
@@ -178,8 +178,8 @@ int grpc_client_finish(struct pt_regs *ctx)
 		count(STAT_RINGBUF_FULL);
 		goto done;
 	}
-	fill_span_header(&e->hdr, EVENT_GRPC_CLIENT, pid, call->start_ns, call->trace_id,
-			 call->span_id, call->parent_span_id);
+	fill_span_header(&e->hdr, pid, call->start_ns, call->trace_id, call->span_id,
+			 call->parent_span_id);
 	u64 message = 0, message_len = 0;
 	e->status_code = final_status(err_itab, stream, &message, &message_len);
 	e->message_len = copy_user_bytes(e->message, MESSAGE_CAP, message, (s64)message_len);

@@ -1,4 +1,4 @@
-//! Outgoing `traceparent` at the socket layer (`bpf/inject.bpf.c`), so a server on another
+//! Outgoing `traceparent` at the socket layer (`inject.bpf.c`), so a server on another
 //! host, instrumented or not, continues the trace. Nothing is written into any process: the
 //! line is inserted into the plaintext HTTP/1.1 request as the kernel sends it.
 
@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapHandle, MapType, OpenObject};
 
-use crate::skel::inject::InjectSkelBuilder;
 use crate::{Error, SharedMaps};
+use skel::InjectSkelBuilder;
+
+crate::load::bpf_object!("inject");
 
 /// Which connections get a traceparent line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -4,7 +4,7 @@
  * that stream, which may run on another goroutine (a handler's SendMsg failing), so it meets
  * the span through a map keyed by the stream. */
 #include "conn.h"
-#include "grpc.h"
+#include "../grpc.h"
 #include "traceparent.h"
 
 const volatile u64 off_stream_method = 0; /* Stream.method (string) */
@@ -230,8 +230,8 @@ static __always_inline int grpc_server_return(struct pt_regs *ctx)
 		count(STAT_RINGBUF_FULL);
 		goto done;
 	}
-	fill_span_header(&e->hdr, EVENT_GRPC_SERVER, pid, call->start_ns, call->trace_id,
-			 call->span_id, call->parent_span_id);
+	fill_span_header(&e->hdr, pid, call->start_ns, call->trace_id, call->span_id,
+			 call->parent_span_id);
 	u64 fields = stream_fields(call->stream);
 	e->stream_id = call->conn.stream_id;
 	e->method_len = copy_user_bytes(e->method, METHOD_CAP, read_u64(fields + off_stream_method),

@@ -1,4 +1,4 @@
-//! Process starts as they happen (`bpf/execs.bpf.c`): the daemon scans /proc when one is
+//! Process starts as they happen (`execs.bpf.c`): the daemon scans /proc when one is
 //! reported instead of waiting for its next periodic scan.
 
 use std::cell::RefCell;
@@ -8,8 +8,10 @@ use std::rc::Rc;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapHandle, OpenObject, RingBuffer, RingBufferBuilder};
 
-use crate::skel::execs::ExecsSkelBuilder;
 use crate::Error;
+use skel::ExecsSkelBuilder;
+
+crate::load::bpf_object!("execs");
 
 /// The attached program and its ring buffer of pids.
 pub struct ExecWatch {

@@ -1,0 +1,103 @@
+//! Ring-buffer samples -> spans with wall-clock times and their process's resource. The kind in
+//! each event's header names the instrumentation that wrote it, and that instrumentation turns
+//! it into a span with its semantic conventions.
+
+use std::sync::Arc;
+
+use trace::{MonotonicClock, ProcessResource, ResourceCache, Span};
+
+use crate::event::{self, DecodeError};
+use crate::{instrumentations, Events};
+
+/// Why a sample gave no span.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error(transparent)]
+    Unreadable(#[from] DecodeError),
+    /// Values that cannot be what the fields hold: the sign of wrong offsets (an unknown
+    /// version guessed from the database, say).
+    #[error("pid {pid}: {why}")]
+    Implausible { pid: u32, why: String },
+}
+
+pub struct Assembler {
+    clock: MonotonicClock,
+    resources: ResourceCache,
+    /// Every instrumentation's events, at the index of their kind.
+    by_kind: Vec<Option<Events>>,
+}
+
+impl Assembler {
+    pub fn new(resources: ResourceCache) -> Self {
+        let mut by_kind = Vec::new();
+        for events in instrumentations::ALL.iter().filter_map(|i| i.events()) {
+            let at = events.kind as usize;
+            if by_kind.len() <= at {
+                by_kind.resize(at + 1, None);
+            }
+            by_kind[at] = Some(events);
+        }
+        Assembler { clock: MonotonicClock::new(), resources, by_kind }
+    }
+
+    pub fn assemble(&mut self, bytes: &[u8]) -> Result<(Arc<ProcessResource>, Span), EventError> {
+        let kind = event::kind(bytes)?;
+        let events = self
+            .by_kind
+            .get(kind as usize)
+            .copied()
+            .flatten()
+            .ok_or(DecodeError::UnknownKind(kind))?;
+        let need = events.size.max(event::HEADER_SIZE);
+        if bytes.len() < need {
+            return Err(DecodeError::TooShort { kind, len: bytes.len(), need }.into());
+        }
+        let pid = event::SpanHeader::decode(&event::Fields(bytes)).pid;
+        self.clock.refresh_if_stale();
+        let span = (events.span)(bytes, &self.clock)
+            .map_err(|why| EventError::Implausible { pid, why })?;
+        Ok((self.resources.get(pid), span))
+    }
+
+    pub fn resources(&mut self) -> &mut ResourceCache {
+        &mut self.resources
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instrumentations::net_http::server::event::{encode, tests::sample};
+
+    fn assembler() -> Assembler {
+        Assembler::new(ResourceCache::new(trace::AgentIdentity::from_env(None)))
+    }
+
+    #[test]
+    fn an_event_becomes_its_instrumentations_span() {
+        let (resource, span) = assembler().assemble(&encode(&sample())).unwrap();
+        assert_eq!(span.name, "GET /users/{id}");
+        assert_eq!(span.trace_id, [7; 16]);
+        assert_eq!(resource.pid, 42);
+    }
+
+    #[test]
+    fn short_unknown_and_implausible_events_are_refused() {
+        let mut a = assembler();
+        let bytes = encode(&sample());
+        assert!(matches!(
+            a.assemble(&bytes[..100]),
+            Err(EventError::Unreadable(DecodeError::TooShort { kind: 1, .. }))
+        ));
+        let mut unknown = bytes.clone();
+        unknown[0] = 99;
+        assert_eq!(a.assemble(&unknown), Err(DecodeError::UnknownKind(99).into()));
+        assert!(a.assemble(&[]).is_err());
+        let mut garbage = sample();
+        garbage.method = "\u{1}\u{7f}x".into();
+        let err = a.assemble(&encode(&garbage)).unwrap_err();
+        assert!(
+            matches!(err, EventError::Implausible { pid: 42, ref why } if why.contains("not a method"))
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! net/http client spans: a CLIENT span per `(*Transport).roundTrip` (`http_client.bpf.c`),
+//! published under its connection for a server on the same host, and what outgoing
+//! traceparent injection carries to other hosts.
+
+pub mod event;
+mod span;
+
+use std::mem::MaybeUninit;
+
+use goinfo::GoBinary;
+use offsets::{FieldOffset, FieldSpec, Layouts};
+
+use crate::instrumentations::goroutines;
+use crate::load::{bpf_object, load};
+use crate::plan::{conn_offsets, offset_of};
+use crate::{
+    AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Plan, Report,
+    Target,
+};
+
+bpf_object!("http_client", HttpClientSkelBuilder);
+
+pub struct HttpClient;
+
+const NAME: &str = "net/http client";
+/// `struct span_header`'s kind for this instrumentation's events.
+const KIND: u32 = 2;
+const ROUND_TRIP: &str = "net/http.(*Transport).roundTrip";
+const PCONN_ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+
+impl Instrumentation for HttpClient {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn target(&self) -> Target {
+        Target::Std
+    }
+
+    fn fields(&self) -> &'static [FieldSpec] {
+        FIELDS
+    }
+
+    fn depends(&self) -> Depends {
+        // A client span's parent is the span its goroutine, or an ancestor, works for.
+        Depends { requires: &[goroutines::NAME], injection: true, ..Depends::default() }
+    }
+
+    fn plan(&self, bin: &GoBinary, layouts: &Layouts) -> Result<Box<dyn Plan>, String> {
+        let round_trip = FunctionPlan::new(bin, ROUND_TRIP)?;
+        let fields = offsets::resolve(bin, layouts, FIELDS)?;
+        let pconn_round_trip = FunctionPlan::first_of(bin, &[PCONN_ROUND_TRIP]);
+        Ok(Box::new(HttpClientPlan { round_trip, pconn_round_trip, fields }))
+    }
+
+    fn events(&self) -> Option<Events> {
+        Some(Events::of::<event::HttpClientEvent>(KIND))
+    }
+}
+
+const FIELDS: &[FieldSpec] = &[
+    FieldSpec::std("net/http.Request", "Method", true),
+    FieldSpec::std("net/http.Request", "URL", true),
+    FieldSpec::std("net/url.URL", "Scheme", true),
+    FieldSpec::std("net/url.URL", "Host", true),
+    FieldSpec::std("net/url.URL", "Path", true),
+    FieldSpec::std("net/url.URL", "RawQuery", true),
+    FieldSpec::std("net/http.Response", "StatusCode", true),
+    FieldSpec::std("net/http.Response", "ProtoMajor", true),
+    FieldSpec::std("net/http.Response", "ProtoMinor", true),
+    // The connection, for same-host children: persistConn.conn -> *net.TCPConn -> fd.
+    FieldSpec::std("net/http.persistConn", "conn", false),
+    FieldSpec::std("net.TCPConn", "conn", false),
+    FieldSpec::std("net.conn", "fd", false),
+    FieldSpec::std("net.netFD", "pfd", false),
+    FieldSpec::std("internal/poll.FD", "Sysfd", false),
+];
+
+#[derive(Debug, Clone)]
+struct HttpClientPlan {
+    round_trip: FunctionPlan,
+    /// Where the connection is known, for same-host parents; None: not linked.
+    pconn_round_trip: Option<FunctionPlan>,
+    fields: Vec<FieldOffset>,
+}
+
+impl Plan for HttpClientPlan {
+    fn report(&self) -> Report<'_> {
+        Report { note: None, functions: vec![&self.round_trip], fields: &self.fields }
+    }
+
+    fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {
+        let optional = |s, f| offset_of(&self.fields, s, f);
+        let offset = |s, f| optional(s, f).unwrap_or(0);
+        let linkable = (self.pconn_round_trip.as_ref(), optional("net/http.persistConn", "conn"));
+        let conn_offsets = conn_offsets(&self.fields);
+        let mut storage = MaybeUninit::uninit();
+        let skel = load::<skel::HttpClientSkelBuilder>(&mut storage, to, |ro| {
+            ro.mark_client_pids = to.options.inject;
+            ro.off_req_method = offset("net/http.Request", "Method");
+            ro.off_req_url = offset("net/http.Request", "URL");
+            ro.off_url_scheme = offset("net/url.URL", "Scheme");
+            ro.off_url_host = offset("net/url.URL", "Host");
+            ro.off_url_path = offset("net/url.URL", "Path");
+            ro.off_url_raw_query = offset("net/url.URL", "RawQuery");
+            ro.off_resp_status_code = offset("net/http.Response", "StatusCode");
+            ro.off_resp_proto_major = offset("net/http.Response", "ProtoMajor");
+            ro.off_resp_proto_minor = offset("net/http.Response", "ProtoMinor");
+            if let ((Some(_), Some(conn)), Some(conn_offsets)) = (linkable, conn_offsets) {
+                ro.off_pconn_conn_data = conn + 8; // an interface's data word follows its itab
+                (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
+                ro.has_conn_offsets = true;
+            }
+        })?;
+        let p = &skel.progs;
+        let mut attached = Attached::new(to);
+        attached.function(
+            &self.round_trip,
+            &p.http_client_enter,
+            &p.http_client_return_multi,
+            &p.http_client_return_single,
+        )?;
+        if let (Some(pconn), true) = (&self.pconn_round_trip, conn_offsets.is_some()) {
+            attached.entry_line(pconn, &p.http_client_conn)?;
+        }
+        Ok(attached)
+    }
+}

@@ -1,0 +1,263 @@
+//! net/http server spans: a SERVER span per request, from `serverHandler.ServeHTTP` to where
+//! the request ends (`http_server.bpf.c`), with the route, the status and an incoming
+//! traceparent read from the request's headers.
+
+pub mod event;
+mod span;
+
+use std::mem::MaybeUninit;
+
+use goinfo::GoBinary;
+use offsets::{FieldOffset, FieldSpec, Layouts};
+
+use crate::load::{bpf_object, load};
+use crate::plan::{conn_offsets, offset_of};
+use crate::{
+    AttachContext, Attached, Error, Events, FunctionPlan, Instrumentation, Placement, Plan, Report,
+    Target,
+};
+
+bpf_object!("http_server", HttpServerSkelBuilder);
+
+pub struct HttpServer;
+
+const NAME: &str = "net/http server";
+/// `struct span_header`'s kind for this instrumentation's events.
+const KIND: u32 = 1;
+const ENTRY: &str = "net/http.serverHandler.ServeHTTP";
+/// Every HTTP/1 request served ends here, on the serving goroutine, right after ServeHTTP.
+const HTTP1_END: &str = "net/http.(*response).finishRequest";
+/// Every HTTP/2 request ends here (the package moved in Go 1.27).
+const HTTP2_END: &[&str] = &[
+    "net/http.(*http2responseWriter).handlerDone",
+    "net/http/internal/http2.(*responseWriter).handlerDone",
+];
+
+impl Instrumentation for HttpServer {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn target(&self) -> Target {
+        Target::Std
+    }
+
+    fn fields(&self) -> &'static [FieldSpec] {
+        FIELDS
+    }
+
+    fn plan(&self, bin: &GoBinary, layouts: &Layouts) -> Result<Box<dyn Plan>, String> {
+        Ok(Box::new(plan(bin, layouts)?))
+    }
+
+    fn events(&self) -> Option<Events> {
+        Some(Events::of::<event::HttpServerEvent>(KIND))
+    }
+}
+
+/// The fields the program reads. Optional ones only enrich the span.
+const FIELDS: &[FieldSpec] = &[
+    FieldSpec::std("net/http.Request", "Method", true),
+    FieldSpec::std("net/http.Request", "URL", true),
+    FieldSpec::std("net/http.Request", "ProtoMajor", true),
+    FieldSpec::std("net/http.Request", "ProtoMinor", true),
+    FieldSpec::std("net/http.Request", "Host", true),
+    FieldSpec::std("net/http.Request", "RemoteAddr", true),
+    FieldSpec::std("net/http.Request", "TLS", true),
+    FieldSpec::std("net/http.Request", "Pattern", false),
+    FieldSpec::std("net/url.URL", "Path", true),
+    FieldSpec::std("net/url.URL", "RawQuery", true),
+    FieldSpec::std("net/http.response", "status", true),
+    // HTTP/2 (Go before 1.27; 1.27 renamed the writer): without them HTTP/2 spans lack a status.
+    FieldSpec::std("net/http.http2responseWriter", "rws", false),
+    FieldSpec::std("net/http.http2responseWriterState", "status", false),
+    // The connection, for same-host parents: response.conn.rwc -> *net.TCPConn -> fd.
+    FieldSpec::std("net/http.response", "conn", false),
+    FieldSpec::std("net/http.conn", "rwc", false),
+    FieldSpec::std("net.TCPConn", "conn", false),
+    FieldSpec::std("net.conn", "fd", false),
+    FieldSpec::std("net.netFD", "pfd", false),
+    FieldSpec::std("internal/poll.FD", "Sysfd", false),
+    // Request headers, for an incoming traceparent: a bucket map before Go 1.24, swiss after.
+    FieldSpec::std("net/http.Request", "Header", false),
+    FieldSpec::std("runtime.hmap", "B", false),
+    FieldSpec::std("runtime.hmap", "buckets", false),
+    FieldSpec::std("internal/runtime/maps.Map", "dirPtr", false),
+    FieldSpec::std("internal/runtime/maps.Map", "dirLen", false),
+    FieldSpec::std("internal/runtime/maps.table", "groups", false),
+    FieldSpec::std("internal/runtime/maps.groupsReference", "data", false),
+    FieldSpec::std("internal/runtime/maps.groupsReference", "lengthMask", false),
+];
+
+/// How Request.Header is laid out in memory, as the BPF side reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderMap {
+    /// runtime.hmap: B and buckets.
+    Buckets { b: u64, buckets: u64 },
+    /// internal/runtime/maps: Map.dirPtr, Map.dirLen, table.groups, groupsReference.data and
+    /// .lengthMask.
+    Swiss { dir_ptr: u64, dir_len: u64, groups: u64, data: u64, length_mask: u64 },
+}
+
+/// Everything needed to attach to one executable, resolved without privileges.
+#[derive(Debug, Clone)]
+struct HttpServerPlan {
+    serve: FunctionPlan,
+    /// Where HTTP/1 and HTTP/2 requests end, for exit probes cheaper than ServeHTTP's RETs.
+    request_ends: Option<(FunctionPlan, FunctionPlan)>,
+    fields: Vec<FieldOffset>,
+    /// None: incoming traceparent headers are not read.
+    header_map: Option<HeaderMap>,
+}
+
+fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<HttpServerPlan, String> {
+    let serve = FunctionPlan::new(bin, ENTRY)?;
+    let fields = offsets::resolve(bin, layouts, FIELDS)?;
+    for s in ["net/http.Request", "net/url.URL"] {
+        if copy_bytes(&fields, s) > WINDOW_BYTES {
+            return Err(format!("{s} fields lie past the {WINDOW_BYTES} bytes the probe copies"));
+        }
+    }
+    let header_map = header_map(bin, &fields);
+    let request_ends =
+        FunctionPlan::first_of(bin, &[HTTP1_END]).zip(FunctionPlan::first_of(bin, HTTP2_END));
+    Ok(HttpServerPlan { serve, request_ends, fields, header_map })
+}
+
+/// The probe copies the head of a struct in one read (`struct window` in gotel.h).
+const WINDOW_BYTES: u64 = 320;
+
+/// Bytes of `struct_name` to copy so every field read from it is inside: the last one's
+/// offset plus a string's 16 bytes.
+fn copy_bytes(fields: &[FieldOffset], struct_name: &str) -> u64 {
+    fields
+        .iter()
+        .filter(|f| f.spec.struct_name == struct_name)
+        .filter_map(|f| f.offset)
+        .map(|o| o + 16)
+        .max()
+        .unwrap_or(0)
+}
+
+fn header_map(bin: &GoBinary, fields: &[FieldOffset]) -> Option<HeaderMap> {
+    let f = |s, f| offset_of(fields, s, f);
+    f("net/http.Request", "Header")?;
+    let no_swiss = bin
+        .build_info()
+        .settings
+        .iter()
+        .any(|(k, v)| k == "GOEXPERIMENT" && v.split(',').any(|e| e == "noswissmap"));
+    let swiss = || {
+        Some(HeaderMap::Swiss {
+            dir_ptr: f("internal/runtime/maps.Map", "dirPtr")?,
+            dir_len: f("internal/runtime/maps.Map", "dirLen")?,
+            groups: f("internal/runtime/maps.table", "groups")?,
+            data: f("internal/runtime/maps.groupsReference", "data")?,
+            length_mask: f("internal/runtime/maps.groupsReference", "lengthMask")?,
+        })
+    };
+    let buckets = || {
+        Some(HeaderMap::Buckets {
+            b: f("runtime.hmap", "B")?,
+            buckets: f("runtime.hmap", "buckets")?,
+        })
+    };
+    if no_swiss {
+        buckets()
+    } else {
+        swiss().or_else(buckets)
+    }
+}
+
+impl Plan for HttpServerPlan {
+    fn report(&self) -> Report<'_> {
+        Report { note: None, functions: vec![&self.serve], fields: &self.fields }
+    }
+
+    fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {
+        let mut storage = MaybeUninit::uninit();
+        let skel = load::<skel::HttpServerSkelBuilder>(&mut storage, to, |ro| self.configure(ro))?;
+        let p = &skel.progs;
+        let mut attached = Attached::new(to);
+        match (&self.request_ends, to.options.placement) {
+            (Some((h1, h2)), Placement::Emulated) => {
+                // The span ends where the request does: the exit program at two function
+                // entries, instead of a single-stepped RET.
+                let how = attached.entry(&self.serve, &p.http_server_enter)?;
+                let end = &p.http_server_return_single;
+                let h1_how = attached.entry(h1, end)?;
+                let h2_how = attached.entry(h2, end)?;
+                attached.probes.push(format!(
+                    "{}: entry on {how}; exit at {} (on {h1_how}) and {} (on {h2_how})",
+                    self.serve.function.name, h1.function.name, h2.function.name
+                ));
+            }
+            _ => attached.function(
+                &self.serve,
+                &p.http_server_enter,
+                &p.http_server_return_multi,
+                &p.http_server_return_single,
+            )?,
+        }
+        Ok(attached)
+    }
+}
+
+impl HttpServerPlan {
+    /// The plan's offsets, as the program reads them.
+    fn configure(&self, ro: &mut skel::types::rodata) {
+        let offset = |s, f| offset_of(&self.fields, s, f);
+        let req = |f| offset("net/http.Request", f).unwrap_or(0);
+        ro.req_copy_bytes = copy_bytes(&self.fields, "net/http.Request") as u32;
+        ro.url_copy_bytes = copy_bytes(&self.fields, "net/url.URL") as u32;
+        ro.off_req_method = req("Method");
+        ro.off_req_url = req("URL");
+        ro.off_req_proto_major = req("ProtoMajor");
+        ro.off_req_proto_minor = req("ProtoMinor");
+        ro.off_req_host = req("Host");
+        ro.off_req_remote_addr = req("RemoteAddr");
+        ro.off_req_tls = req("TLS");
+        if let Some(p) = offset("net/http.Request", "Pattern") {
+            ro.has_pattern = true;
+            ro.off_req_pattern = p;
+        }
+        ro.off_url_path = offset("net/url.URL", "Path").unwrap_or(0);
+        ro.off_url_raw_query = offset("net/url.URL", "RawQuery").unwrap_or(0);
+        ro.off_response_status = offset("net/http.response", "status").unwrap_or(0);
+        let h2 = (
+            offset("net/http.http2responseWriter", "rws"),
+            offset("net/http.http2responseWriterState", "status"),
+        );
+        if let (Some(rws), Some(status)) = h2 {
+            ro.has_h2 = true;
+            ro.off_h2rw_rws = rws;
+            ro.off_h2rws_status = status;
+        }
+        if let (Some(conn), Some(rwc), Some(conn_offsets)) = (
+            offset("net/http.response", "conn"),
+            offset("net/http.conn", "rwc"),
+            conn_offsets(&self.fields),
+        ) {
+            ro.off_response_conn = conn;
+            ro.off_conn_rwc_data = rwc + 8; // an interface's data word follows its itab
+            (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
+            ro.has_conn_offsets = true;
+        }
+        if let Some(header) = offset("net/http.Request", "Header") {
+            ro.off_req_header = header;
+            match self.header_map {
+                Some(HeaderMap::Buckets { b, buckets }) => {
+                    ro.map_layout = 1;
+                    (ro.off_hmap_b, ro.off_hmap_buckets) = (b, buckets);
+                }
+                Some(HeaderMap::Swiss { dir_ptr, dir_len, groups, data, length_mask }) => {
+                    ro.map_layout = 2;
+                    (ro.off_swiss_dir_ptr, ro.off_swiss_dir_len) = (dir_ptr, dir_len);
+                    ro.off_table_groups = groups;
+                    (ro.off_groups_data, ro.off_groups_length_mask) = (data, length_mask);
+                }
+                None => {}
+            }
+        }
+    }
+}

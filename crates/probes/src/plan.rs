@@ -1,0 +1,86 @@
+//! What plans are made of, whatever the instrumentation: the functions to probe with their
+//! cheap probe points, where probes go, and the field offsets every plan looks up.
+
+use goinfo::{Function, GoBinary};
+use offsets::FieldOffset;
+
+/// A function to probe: its entry, its stack-check jump if it has one, and every RET.
+#[derive(Debug, Clone)]
+pub struct FunctionPlan {
+    pub function: Function,
+    /// File offset of the prologue's stack-check jump: a cheaper entry probe.
+    pub stack_check: Option<u64>,
+    pub return_offsets: Vec<u64>,
+}
+
+impl FunctionPlan {
+    pub(crate) fn new(bin: &GoBinary, name: &str) -> Result<Self, String> {
+        let plan = Self::entry_only(bin, name)?;
+        if plan.return_offsets.is_empty() {
+            return Err(format!("no RET instruction found in {name}"));
+        }
+        Ok(plan)
+    }
+
+    /// A function probed only where it starts (its RETs are not required).
+    pub(crate) fn entry_only(bin: &GoBinary, name: &str) -> Result<Self, String> {
+        let function = bin.function(name).map_err(|_| format!("{name} is not in the binary"))?;
+        let stack_check = bin.stack_check_offset(&function);
+        let return_offsets = bin.ret_offsets(&function);
+        Ok(FunctionPlan { function, stack_check, return_offsets })
+    }
+
+    /// The first of `names` the binary has (functions renamed across Go versions).
+    pub(crate) fn first_of(bin: &GoBinary, names: &[&str]) -> Option<Self> {
+        names.iter().find_map(|n| Self::entry_only(bin, n).ok())
+    }
+}
+
+/// Where probes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// On instructions the kernel emulates where the machine code allows (a function's
+    /// stack-check jump; the entry of a function every request ends in), else entry and RETs.
+    #[default]
+    Emulated,
+    /// Always the first instruction and every RET: the reference tools' way, for comparison.
+    EntryRet,
+}
+
+pub(crate) fn offset_of(fields: &[FieldOffset], struct_name: &str, field: &str) -> Option<u64> {
+    fields
+        .iter()
+        .find(|f| f.spec.struct_name == struct_name && f.spec.field == field)
+        .and_then(|f| f.offset)
+}
+
+/// (offset of the *netFD in a net.TCPConn, offset of the fd number in a netFD), when known:
+/// what `conn.h` needs to find a Go connection's socket.
+pub(crate) fn conn_offsets(fields: &[FieldOffset]) -> Option<(u64, u64)> {
+    let f = |s, f| offset_of(fields, s, f);
+    Some((
+        f("net.TCPConn", "conn")? + f("net.conn", "fd")?,
+        f("net.netFD", "pfd")? + f("internal/poll.FD", "Sysfd")?,
+    ))
+}
+
+/// Whether a module version ("v1.77.0", "v1.77.0-dev") is at least major.minor.
+pub(crate) fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
+    let v = version.trim_start_matches('v');
+    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_versions_compare_by_major_and_minor() {
+        assert!(!version_at_least("v1.69.0", 1, 77));
+        assert!(!version_at_least("v1.76.9", 1, 77));
+        assert!(version_at_least("v1.77.0", 1, 77));
+        assert!(version_at_least("v1.85.0-dev", 1, 77));
+        assert!(version_at_least("v2.0.0", 1, 77));
+    }
+}

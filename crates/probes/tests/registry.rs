@@ -1,0 +1,75 @@
+//! The registry on real binaries: which instrumentations apply to each fixture, which are
+//! attached with them, and why the others are skipped. Pure: no privileges needed.
+
+use std::path::{Path, PathBuf};
+
+use goinfo::GoBinary;
+use probes::{plan_all, Selection};
+
+fn fixture(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("GOTEL_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fixtures"));
+    let path = dir.join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    let msg = format!("no fixture {}: run scripts/build-fixtures.sh", path.display());
+    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{msg}");
+    eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+    None
+}
+
+/// (attached, skipped with their reasons) for one fixture.
+fn selected(name: &str) -> Option<(Vec<&'static str>, Vec<String>)> {
+    let bin = GoBinary::open(fixture(name)?).unwrap();
+    let plans = plan_all(&bin);
+    assert_eq!(plans.len(), probes::instrumentations::ALL.len(), "a plan or a skip for each");
+    let selection = Selection::of(&plans);
+    let attach = selection.attach.iter().map(|(i, _)| i.name()).collect();
+    Some((attach, selection.skipped.iter().map(|s| s.to_string()).collect()))
+}
+
+#[test]
+fn an_http_service_gets_server_client_and_their_goroutine_ancestry() {
+    let Some((attach, skipped)) = selected("chain-go1.26") else { return };
+    assert_eq!(attach, ["net/http server", "net/http client", "goroutine ancestry"]);
+    assert_eq!(
+        skipped,
+        [
+            "gRPC server: google.golang.org/grpc is not in the binary",
+            "gRPC client: google.golang.org/grpc is not in the binary",
+        ]
+    );
+}
+
+#[test]
+fn a_grpc_service_gets_every_instrumentation() {
+    for name in ["grpc/grpc-v1.40.0", "grpc/grpc-v1.85.0-stripped"] {
+        let Some((attach, skipped)) = selected(name) else { return };
+        assert_eq!(skipped, Vec::<String>::new(), "{name}");
+        assert_eq!(attach.len(), probes::instrumentations::ALL.len(), "{name}");
+    }
+}
+
+#[test]
+fn plans_report_their_functions_and_fields() {
+    let Some(path) = fixture("grpc/grpc-v1.69.0") else { return };
+    let bin = GoBinary::open(path).unwrap();
+    for planned in plan_all(&bin) {
+        let name = planned.instrumentation.name();
+        let plan = planned.plan.unwrap_or_else(|skip| panic!("{skip}"));
+        let report = plan.report();
+        assert!(!report.functions.is_empty(), "{name} probes a function");
+        for f in report.fields {
+            assert!(
+                planned.instrumentation.fields().contains(&f.spec),
+                "{name} reports {} it did not declare",
+                f.spec.key()
+            );
+        }
+        if planned.instrumentation.name().starts_with("gRPC") {
+            assert_eq!(report.note.as_deref(), Some("grpc v1.69.0"));
+        }
+    }
+}
