@@ -52,7 +52,7 @@ impl Assembler {
         if bytes.len() < need {
             return Err(DecodeError::TooShort { kind, len: bytes.len(), need }.into());
         }
-        let pid = event::SpanHeader::decode(&event::Fields(bytes)).pid;
+        let pid = event::Fields(bytes).u32(4); // span_header.pid
         self.clock.refresh_if_stale();
         let span = (events.span)(bytes, &self.clock)
             .map_err(|why| EventError::Implausible { pid, why })?;
