@@ -44,10 +44,12 @@ enum Task {
 }
 
 /// The program built per toolchain: it must link the code that uses every declared std struct
-/// (the HTTP server, URL parsing), so its DWARF describes them. It never runs.
+/// (the HTTP server and client, URL parsing, database/sql), so its DWARF describes them. It
+/// never runs.
 const STD_PROBE: &str = r#"package main
 
 import (
+	"database/sql"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -55,11 +57,17 @@ import (
 )
 
 func main() {
-	// Never runs: it links the server and the client, so their structs are in the DWARF.
+	// Never runs: it links the server, the client and database/sql, so their structs are in
+	// the DWARF.
 	if len(os.Args) > 99 {
 		u, err := url.Parse(os.Args[1])
 		fmt.Println(u, err, http.ListenAndServe(os.Args[2], nil))
 		fmt.Println(http.Get(os.Args[3]))
+		db, _ := sql.Open(os.Args[4], os.Args[5])
+		tx, _ := db.Begin()
+		stmt, _ := tx.Prepare(os.Args[6])
+		r, err := stmt.Exec()
+		fmt.Println(r, err, tx.Commit())
 	}
 }
 "#;

@@ -76,10 +76,7 @@ impl Attached {
         function: &FunctionPlan,
         prog: &ProgramMut<'_>,
     ) -> Result<&'static str, Error> {
-        let (offset, how) = match (self.placement, function.stack_check) {
-            (Placement::Emulated, Some(jump)) => (jump, "the stack-check jump"),
-            _ => (function.function.file_offset, "the first instruction"),
-        };
+        let (offset, _, how) = function.entry_point(self.placement);
         self.at(offset, prog, &format!("{} ({how})", function.function.name))?;
         Ok(how)
     }

@@ -30,6 +30,18 @@ impl FunctionPlan {
         Ok(FunctionPlan { function, stack_check, return_offsets })
     }
 
+    /// Where the entry probe goes for `placement`: (file offset, link-time address, what the
+    /// instruction is). The stack-check jump runs on every call with the arguments untouched.
+    pub(crate) fn entry_point(&self, placement: Placement) -> (u64, u64, &'static str) {
+        let f = &self.function;
+        match (placement, self.stack_check) {
+            (Placement::Emulated, Some(jump)) => {
+                (jump, jump - f.file_offset + f.address, "the stack-check jump")
+            }
+            _ => (f.file_offset, f.address, "the first instruction"),
+        }
+    }
+
     /// The first of `names` the binary has (functions renamed across Go versions).
     pub(crate) fn first_of(bin: &GoBinary, names: &[&str]) -> Option<Self> {
         names.iter().find_map(|n| Self::entry_only(bin, n).ok())

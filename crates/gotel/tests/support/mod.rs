@@ -505,3 +505,84 @@ fn serve_recorded(conn: TcpStream, connection: usize, sink: &Mutex<Vec<RecordedR
         }
     }
 }
+
+/// A private PostgreSQL server on a loopback port: its own data directory, trust
+/// authentication for the superuser `gotel`, stopped (fast shutdown) and removed on drop.
+/// PostgreSQL refuses to run as root, so it runs as the `postgres` user Debian's package made.
+pub struct Postgres {
+    pub port: u16,
+    proc: Option<Proc>,
+    _dir: TempDir,
+}
+
+impl Postgres {
+    pub fn start(tag: &str) -> Postgres {
+        let bin = postgres_bin_dir();
+        let dir = TempDir::new(&format!("postgres-{tag}"));
+        let data = dir.0.join("data");
+        let as_postgres = |program: &str| {
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+                .arg(bin.join(program));
+            cmd
+        };
+        let chown = Command::new("chown").args(["postgres:postgres"]).arg(&dir.0).status();
+        assert!(chown.is_ok_and(|s| s.success()), "chown {} to postgres", dir.0.display());
+        let out = as_postgres("initdb")
+            .args(["--auth=trust", "--username=gotel", "--no-sync", "--encoding=UTF8", "-D"])
+            .arg(&data)
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let child = as_postgres("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c"])
+            .arg(format!("unix_socket_directories={}", dir.0.display()))
+            .args(["-c", "fsync=off", "-c", "max_connections=300"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        let proc = Proc::new(child);
+        wait_for_port(port, Duration::from_secs(30));
+        Postgres { port, proc: Some(proc), _dir: dir }
+    }
+
+    /// A lib/pq or pgx connection string for the `postgres` database.
+    pub fn dsn(&self) -> String {
+        format!("postgres://gotel@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            // SIGINT: fast shutdown, which ends the backends too (SIGTERM waits for clients).
+            // SAFETY: kill only sends a signal to our own child.
+            unsafe { libc::kill(proc.pid() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(proc.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The newest PostgreSQL server Debian installed (scripts/setup.sh).
+fn postgres_bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("postgres").exists())
+        .collect();
+    dirs.sort_by_key(|d| {
+        d.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop().expect("no PostgreSQL server in /usr/lib/postgresql: run scripts/setup.sh")
+}

@@ -28,6 +28,9 @@ struct pt_regs {
 #define GO_ARG4(r) ((r)->di)
 #define GO_ARG5(r) ((r)->si)
 #define GO_ARG6(r) ((r)->r8)
+#define GO_ARG7(r) ((r)->r9)
+#define GO_ARG8(r) ((r)->r10)
+#define GO_ARG9(r) ((r)->r11)
 #define GO_G(r) ((r)->r14)
 
 /* Span events written to the ring buffer start with this header. Its kind tells the agent

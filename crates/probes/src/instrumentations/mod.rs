@@ -5,6 +5,7 @@
 //! `mod.rs` implementing `Instrumentation` and its `Plan`, its event decoding and its span
 //! conventions; then a `mod` line and an entry in `ALL` below.
 
+pub mod database_sql;
 pub mod goroutines;
 pub mod grpc;
 pub mod net_http;
@@ -17,6 +18,7 @@ pub static ALL: &[&dyn Instrumentation] = &[
     &net_http::client::HttpClient,
     &grpc::server::GrpcServer,
     &grpc::client::GrpcClient,
+    &database_sql::DatabaseSql,
     &goroutines::Goroutines,
 ];
 

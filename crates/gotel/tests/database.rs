@@ -1,0 +1,195 @@
+//! database/sql client spans, end to end: the dbsql fixture (lib/pq) against a real, private
+//! PostgreSQL server, spans checked at a real OpenTelemetry Collector.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+const CLIENT: i64 = 3;
+
+/// The server span of the request to `path`, and the CLIENT spans under it, in start order.
+fn request<'a>(
+    spans: &'a [ReceivedSpan],
+    path: &str,
+    query: Option<&str>,
+) -> Vec<&'a ReceivedSpan> {
+    let server = spans
+        .iter()
+        .find(|s| {
+            s.attr_str("url.path").as_deref() == Some(path)
+                && s.attr_str("url.query").as_deref() == query
+        })
+        .unwrap_or_else(|| panic!("no server span for {path} in {spans:#?}"));
+    let mut children: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.hex("parentSpanId") == server.hex("spanId"))
+        .inspect(|s| assert_eq!(s.hex("traceId"), server.hex("traceId")))
+        .collect();
+    children.sort_by_key(|s| s.nanos("startTimeUnixNano"));
+    children
+}
+
+/// (name, db.query.text) of each span.
+fn named(spans: &[&ReceivedSpan]) -> Vec<(String, Option<String>)> {
+    spans.iter().map(|s| (s.name().to_string(), s.attr_str("db.query.text"))).collect()
+}
+
+fn pair(name: &str, text: Option<&str>) -> (String, Option<String>) {
+    (name.to_string(), text.map(str::to_string))
+}
+
+/// Every kind of database work the fixture does, on a build with `go`.
+fn every_operation(go: &str) {
+    let Some(()) = privileged() else { return };
+    let pg = Postgres::start(go);
+    let collector = Collector::start(&format!("dbsql-{go}"));
+    let port = free_port();
+    let fx = fixture(&format!("dbsql-{go}"));
+    let (addr, dsn) = (format!("127.0.0.1:{port}"), pg.dsn());
+    let args = ["run", "--", fx.to_str().unwrap(), "-addr", &addr, "-dsn", &dsn];
+    let gotel = gotel(&args, Some(&collector), &[("OTEL_SERVICE_NAME", "shop")]);
+    wait_for_port(port, WAIT);
+    gotel.wait_for_log("attached database/sql", WAIT);
+
+    for path in ["/query", "/exec", "/tx", "/tx?rollback=1", "/stmt", "/goroutine"] {
+        assert_eq!(http_get(port, path).0, 200, "{path}");
+    }
+    assert_eq!(http_get(port, "/fail").0, 500);
+    // 7 server spans, 1 + 1 + 3 + 3 + 2 + 1 + 1 database spans, 2 at start-up.
+    let spans = collector.wait_for_spans(7 + 12 + 2, WAIT);
+
+    // The fixture's start-up statements: roots, as no request was being served.
+    let mut startup: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| s.kind() == CLIENT && s.hex("parentSpanId").is_empty()).collect();
+    startup.sort_by_key(|s| s.nanos("startTimeUnixNano"));
+    assert_eq!(
+        named(&startup),
+        [
+            pair(
+                "CREATE users",
+                Some("CREATE TABLE IF NOT EXISTS users (id int PRIMARY KEY, name text NOT NULL)")
+            ),
+            pair(
+                "INSERT users",
+                Some("INSERT INTO users VALUES (?, ?), (?, ?) ON CONFLICT DO NOTHING")
+            ),
+        ]
+    );
+    for s in spans.iter().filter(|s| s.kind() == CLIENT) {
+        assert_eq!(s.attr_str("db.system.name").as_deref(), Some("postgresql"), "{s:#?}");
+        assert_eq!(s.resource_str("service.name").as_deref(), Some("shop"));
+    }
+
+    let select = "SELECT name FROM users WHERE id >= $1 ORDER BY id";
+    let query = request(&spans, "/query", None);
+    assert_eq!(named(&query), [pair("SELECT users", Some(select))]);
+    assert_eq!(query[0].attr_str("db.operation.name").as_deref(), Some("SELECT"));
+    assert_eq!(query[0].attr_str("db.collection.name").as_deref(), Some("users"));
+    assert_eq!(query[0].status_code(), 0);
+
+    let exec = request(&spans, "/exec", None);
+    assert_eq!(
+        named(&exec),
+        [pair("UPDATE users", Some("UPDATE users SET name = ? WHERE id = ?"))]
+    );
+
+    let insert = "INSERT INTO users VALUES (?, ?) ON CONFLICT DO NOTHING";
+    let commit = request(&spans, "/tx", None);
+    assert_eq!(
+        named(&commit),
+        [pair("BEGIN", None), pair("INSERT users", Some(insert)), pair("COMMIT", None)],
+        "a deferred Rollback after Commit is no operation, and no span"
+    );
+    let rollback = request(&spans, "/tx", Some("rollback=1"));
+    assert_eq!(
+        named(&rollback),
+        [pair("BEGIN", None), pair("INSERT users", Some(insert)), pair("ROLLBACK", None)]
+    );
+
+    let by_id = "SELECT name FROM users WHERE id = $1";
+    let stmt = request(&spans, "/stmt", None);
+    assert_eq!(
+        named(&stmt),
+        [pair("SELECT users", Some(by_id)), pair("SELECT users", Some(by_id))]
+    );
+
+    let goroutine = request(&spans, "/goroutine", None);
+    assert_eq!(
+        named(&goroutine),
+        [pair("SELECT users", Some(select))],
+        "the handler's goroutine's"
+    );
+
+    let fail = request(&spans, "/fail", None);
+    assert_eq!(named(&fail), [pair("DELETE missing", Some("DELETE FROM missing WHERE id = ?"))]);
+    assert_eq!(fail[0].status_code(), 2, "an error");
+    // A stripped PIE's type descriptors are not read (their pointers are relocated at load):
+    // lib/pq's Error.Code has no known offset there, and the error has no code.
+    let code = (!go.ends_with("pie-stripped")).then_some("42P01");
+    assert_eq!(fail[0].attr_str("db.response.status_code").as_deref(), code);
+    assert_eq!(fail[0].attr_str("error.type").as_deref(), Some(code.unwrap_or("_OTHER")));
+}
+
+#[test]
+fn every_operation_go1_19() {
+    every_operation("go1.19");
+}
+
+#[test]
+fn every_operation_go1_26_stripped() {
+    every_operation("go1.26-stripped");
+}
+
+#[test]
+fn every_operation_go1_22_stripped() {
+    every_operation("go1.22-stripped");
+}
+
+#[test]
+fn every_operation_go1_27() {
+    every_operation("go1.27");
+}
+
+/// Loaded at a random address: the drivers' and errors' methods are told apart at their
+/// link-time addresses less the load bias.
+#[test]
+fn every_operation_go1_27_pie_stripped() {
+    every_operation("go1.27-pie-stripped");
+}
+
+/// 200 requests at once, each making one query: every query span arrives, under its own
+/// request's span.
+#[test]
+fn concurrent_queries_keep_their_parents() {
+    let Some(()) = privileged() else { return };
+    raise_fd_limit();
+    let pg = Postgres::start("concurrent");
+    let collector = Collector::start("dbsql-concurrent");
+    let port = free_port();
+    let fx = fixture("dbsql-go1.26");
+    let (addr, dsn) = (format!("127.0.0.1:{port}"), pg.dsn());
+    let args = ["run", "--", fx.to_str().unwrap(), "-addr", &addr, "-dsn", &dsn];
+    let gotel = gotel(&args, Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    gotel.wait_for_log("attached database/sql", WAIT);
+    const N: usize = 200;
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            (0..N).map(|_| s.spawn(move || http_get(port, "/goroutine").0)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let spans = collector.wait_for_spans(2 + 2 * N, WAIT);
+    let servers: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.kind() == 2).collect();
+    assert_eq!(servers.len(), N);
+    for server in servers {
+        let queries: Vec<&ReceivedSpan> =
+            spans.iter().filter(|s| s.hex("parentSpanId") == server.hex("spanId")).collect();
+        assert_eq!(queries.len(), 1, "one query under each request");
+        assert_eq!(queries[0].name(), "SELECT users");
+        assert_eq!(queries[0].hex("traceId"), server.hex("traceId"));
+    }
+}

@@ -1,0 +1,300 @@
+/* database/sql client spans, whatever the driver. Every query, exec, prepared statement and
+ * transaction step goes through one of seven functions, on the caller's goroutine, none of which
+ * calls another: an entry probe records the call (its operation, the query text's address, the
+ * driver), a probe at each RET ends it with the error the function returns. The driver is told
+ * by its connection's type: the first method of the driver.Conn itab (Begin), compared with the
+ * known drivers' methods; likewise a known error type by its Error method. */
+#include "gotel.h"
+
+/* The operation, one per probed function; the function returns its error in the registers its
+ * return program reads. */
+#define SQL_QUERY 1 /* (*DB).queryDC: error in ARG2-3 */
+#define SQL_EXEC 2 /* (*DB).execDC: error in ARG3-4 */
+#define SQL_STMT_QUERY 3 /* (*Stmt).QueryContext: error in ARG2-3 */
+#define SQL_STMT_EXEC 4 /* (*Stmt).ExecContext: error in ARG3-4 */
+#define SQL_BEGIN 5 /* (*DB).beginDC: error in ARG2-3 */
+#define SQL_COMMIT 6 /* (*Tx).Commit: error in ARG1-2 */
+#define SQL_ROLLBACK 7 /* (*Tx).rollback: error in ARG1-2 */
+#define SQL_PREPARE 8 /* (*DB).prepareDC: no span, it tells which driver a DB has */
+#define SQL_OPS 9
+
+const volatile u64 off_dc_db = 0; /* driverConn.db (*DB) */
+const volatile u64 off_dc_ci = 0; /* driverConn.ci (driver.Conn) */
+const volatile u64 off_stmt_db = 0; /* Stmt.db (*DB) */
+const volatile u64 off_stmt_query = 0; /* Stmt.query (string) */
+const volatile u64 off_tx_dc = 0; /* Tx.dc (*driverConn) */
+const volatile u64 off_tx_done = 0; /* Tx.done: non-zero once the transaction has ended */
+/* Link-time address of each operation's entry probe: with the probe's run-time address, the
+ * load bias of a PIE. */
+const volatile u64 entry_address[SQL_OPS] = {};
+
+#define DRIVERS 4
+/* Known drivers: the link-time address of their connection type's Begin method (fun[0] of its
+ * driver.Conn itab) and the database system they talk to (SYSTEM_* in mod.rs). */
+const volatile u64 driver_begin[DRIVERS] = {};
+const volatile u8 driver_system[DRIVERS] = {};
+
+#define ERRORS 4
+#define CODE_STRING 1 /* a Go string: PostgreSQL's SQLSTATE */
+#define CODE_U16 2 /* a uint16: MySQL's error number */
+/* Known error types: the link-time address of their Error method (fun[0] of an `error` itab),
+ * and where and how their code is written in the value. */
+const volatile u64 error_method[ERRORS] = {};
+const volatile u64 error_code_offset[ERRORS] = {};
+const volatile u8 error_code_kind[ERRORS] = {};
+
+#define QUERY_CAP 1024
+#define CODE_CAP 8
+
+struct sql_event {
+	struct span_header hdr;
+	u8 op;
+	u8 system; /* 0: a driver gotel does not know */
+	u8 failed; /* the function returned an error */
+	u8 code_kind; /* how `code` is written: CODE_*, 0 for none */
+	u16 query_len;
+	u16 code_len;
+	char code[CODE_CAP];
+	char query[QUERY_CAP];
+};
+
+struct sql_call {
+	u64 start_ns;
+	u64 query;
+	u64 query_len;
+	u64 bias;
+	struct span_ctx ctx;
+	u8 parent_span_id[8];
+	u8 op;
+	u8 system;
+	u8 _pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct goroutine_key);
+	__type(value, struct sql_call);
+} sql_calls SEC(".maps");
+
+/* The driver of each *DB seen, for prepared statements, which reach no connection first. */
+struct db_key {
+	u32 pid;
+	u32 _pad;
+	u64 db;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct db_key);
+	__type(value, u8);
+} sql_db_systems SEC(".maps");
+
+/* The load bias of this process's executable, from the probe of `op`. */
+static __always_inline u64 load_bias(struct pt_regs *ctx, u8 op)
+{
+	/* ip is the probed address, or just past its breakpoint: the bias is page-aligned. */
+	return op < SQL_OPS ? (ctx->ip - entry_address[op]) & ~0xfffULL : 0;
+}
+
+/* The database system of the driver whose connection is the driverConn at `dc`. */
+static __always_inline u8 dc_system(u64 dc, u64 bias)
+{
+	u64 itab = dc ? read_u64(dc + off_dc_ci) : 0;
+	u64 begin = itab ? read_u64(itab + 24) - bias : 0; /* itab.fun[0] */
+	for (int i = 0; i < DRIVERS; i++)
+		if (begin && begin == driver_begin[i])
+			return driver_system[i];
+	return 0;
+}
+
+static __always_inline int sql_enter(struct pt_regs *ctx, u8 op, u64 db, u64 dc, u64 query,
+				     u64 query_len)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!pid_traced(pid))
+		return 0;
+	u64 bias = load_bias(ctx, op);
+	struct db_key dbk = { .pid = pid, .db = db };
+	u8 system = dc ? dc_system(dc, bias) : 0;
+	if (dc && db) {
+		bpf_map_update_elem(&sql_db_systems, &dbk, &system, BPF_ANY);
+	} else if (db) {
+		u8 *known = bpf_map_lookup_elem(&sql_db_systems, &dbk);
+		system = known ? *known : 0;
+	}
+	if (op == SQL_PREPARE)
+		return 0;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct sql_call call = {
+		.start_ns = bpf_ktime_get_ns(),
+		.query = query,
+		.query_len = query_len,
+		.bias = bias,
+		.op = op,
+		.system = system,
+	};
+	struct span_ctx *parent = goroutine_span(&key);
+	if (parent) {
+		__builtin_memcpy(call.ctx.trace_id, parent->trace_id, sizeof(call.ctx.trace_id));
+		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
+	} else {
+		random_id(call.ctx.trace_id, sizeof(call.ctx.trace_id));
+	}
+	random_id(call.ctx.span_id, sizeof(call.ctx.span_id));
+	call.ctx.sampled = sample(call.ctx.trace_id, parent != 0, parent && parent->sampled);
+	bpf_map_update_elem(&sql_calls, &key, &call, BPF_ANY);
+	return 0;
+}
+
+/* func (db *DB) queryDC(ctx, txctx context.Context, dc *driverConn, releaseConn func(error),
+ *                       query string, args []any) (*Rows, error) */
+SEC("uprobe")
+int sql_query_enter(struct pt_regs *ctx)
+{
+	return sql_enter(ctx, SQL_QUERY, GO_ARG1(ctx), GO_ARG6(ctx), GO_ARG8(ctx), GO_ARG9(ctx));
+}
+
+/* func (db *DB) execDC(ctx context.Context, dc *driverConn, release func(error), query string,
+ *                      args []any) (Result, error) */
+SEC("uprobe")
+int sql_exec_enter(struct pt_regs *ctx)
+{
+	return sql_enter(ctx, SQL_EXEC, GO_ARG1(ctx), GO_ARG4(ctx), GO_ARG6(ctx), GO_ARG7(ctx));
+}
+
+/* func (db *DB) prepareDC(ctx context.Context, dc *driverConn, release func(error),
+ *                         cg stmtConnGrabber, query string) (*Stmt, error) */
+SEC("uprobe")
+int sql_prepare_enter(struct pt_regs *ctx)
+{
+	return sql_enter(ctx, SQL_PREPARE, GO_ARG1(ctx), GO_ARG4(ctx), 0, 0);
+}
+
+/* func (db *DB) beginDC(ctx context.Context, dc *driverConn, release func(error),
+ *                       opts *TxOptions) (*Tx, error) */
+SEC("uprobe")
+int sql_begin_enter(struct pt_regs *ctx)
+{
+	return sql_enter(ctx, SQL_BEGIN, GO_ARG1(ctx), GO_ARG4(ctx), 0, 0);
+}
+
+/* func (s *Stmt) QueryContext / ExecContext(ctx context.Context, args ...any) */
+static __always_inline int sql_stmt_enter(struct pt_regs *ctx, u8 op)
+{
+	u64 stmt = GO_ARG1(ctx);
+	struct {
+		u64 ptr;
+		u64 len;
+	} query = {};
+	bpf_probe_read_user(&query, sizeof(query), (void *)(stmt + off_stmt_query));
+	return sql_enter(ctx, op, read_u64(stmt + off_stmt_db), 0, query.ptr, query.len);
+}
+
+SEC("uprobe")
+int sql_stmt_query_enter(struct pt_regs *ctx)
+{
+	return sql_stmt_enter(ctx, SQL_STMT_QUERY);
+}
+
+SEC("uprobe")
+int sql_stmt_exec_enter(struct pt_regs *ctx)
+{
+	return sql_stmt_enter(ctx, SQL_STMT_EXEC);
+}
+
+/* func (tx *Tx) Commit() error; func (tx *Tx) rollback(discardConn bool) error */
+static __always_inline int sql_tx_enter(struct pt_regs *ctx, u8 op)
+{
+	u64 tx = GO_ARG1(ctx);
+	/* Every transaction's own goroutine rolls back once it is done, and a deferred Rollback
+	 * after Commit does too: both return ErrTxDone at once, and are no operation. */
+	u32 done = 0;
+	bpf_probe_read_user(&done, sizeof(done), (void *)(tx + off_tx_done));
+	if (op == SQL_ROLLBACK && done)
+		return 0;
+	u64 dc = read_u64(tx + off_tx_dc);
+	return sql_enter(ctx, op, dc ? read_u64(dc + off_dc_db) : 0, dc, 0, 0);
+}
+
+SEC("uprobe")
+int sql_commit_enter(struct pt_regs *ctx)
+{
+	return sql_tx_enter(ctx, SQL_COMMIT);
+}
+
+SEC("uprobe")
+int sql_rollback_enter(struct pt_regs *ctx)
+{
+	return sql_tx_enter(ctx, SQL_ROLLBACK);
+}
+
+/* Ends the goroutine's call with the error (itab, data) its function returned. */
+static __always_inline int sql_return(struct pt_regs *ctx, u64 err_itab, u64 err_data)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct sql_call *call = bpf_map_lookup_elem(&sql_calls, &key);
+	if (!call) {
+		if (pid_traced(pid))
+			count(STAT_NO_ENTRY);
+		return 0;
+	}
+	if (!call->ctx.sampled) {
+		bpf_map_delete_elem(&sql_calls, &key);
+		return 0;
+	}
+	struct sql_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(STAT_RINGBUF_FULL);
+		bpf_map_delete_elem(&sql_calls, &key);
+		return 0;
+	}
+	fill_span_header(&e->hdr, pid, call->start_ns, call->ctx.trace_id, call->ctx.span_id,
+			 call->parent_span_id);
+	e->op = call->op;
+	e->system = call->system;
+	e->failed = err_itab != 0;
+	e->code_kind = 0;
+	e->code_len = 0;
+	if (err_itab) {
+		u64 method = read_u64(err_itab + 24) - call->bias; /* itab.fun[0]: Error */
+		for (int i = 0; i < ERRORS; i++) {
+			if (!method || method != error_method[i])
+				continue;
+			e->code_kind = error_code_kind[i];
+			u64 at = err_data + error_code_offset[i];
+			if (error_code_kind[i] == CODE_STRING) {
+				e->code_len = read_go_string(e->code, CODE_CAP, at);
+			} else if (!bpf_probe_read_user(e->code, 2, (void *)at)) {
+				e->code_len = 2;
+			}
+			break;
+		}
+	}
+	e->query_len = copy_user_bytes(e->query, QUERY_CAP, call->query, (s64)call->query_len);
+	bpf_map_delete_elem(&sql_calls, &key);
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));
+	return 0;
+}
+
+/* One pair of return programs per error register pair: a uprobe_multi link for all RETs where
+ * the kernel has it (6.6+), one uprobe per RET otherwise. */
+#define SQL_RETURN(name, itab, data)                            \
+	SEC("uprobe.multi")                                     \
+	int name##_multi(struct pt_regs *ctx)                   \
+	{                                                       \
+		return sql_return(ctx, itab(ctx), data(ctx));   \
+	}                                                       \
+	SEC("uprobe")                                           \
+	int name##_single(struct pt_regs *ctx)                  \
+	{                                                       \
+		return sql_return(ctx, itab(ctx), data(ctx));   \
+	}
+
+SQL_RETURN(sql_return_arg1, GO_ARG1, GO_ARG2)
+SQL_RETURN(sql_return_arg2, GO_ARG2, GO_ARG3)
+SQL_RETURN(sql_return_arg3, GO_ARG3, GO_ARG4)
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,158 @@
+//! `struct sql_event` (database_sql.bpf.c): one database operation.
+
+use trace::{MonotonicClock, Span};
+
+use crate::event::{EventBytes, Fields, SpanEvent, SpanHeader};
+
+/// What the probed function was (SQL_* in the C).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Query,
+    Exec,
+    StmtQuery,
+    StmtExec,
+    Begin,
+    Commit,
+    Rollback,
+}
+
+impl Operation {
+    fn from_u8(op: u8) -> Option<Self> {
+        Some(match op {
+            1 => Operation::Query,
+            2 => Operation::Exec,
+            3 => Operation::StmtQuery,
+            4 => Operation::StmtExec,
+            5 => Operation::Begin,
+            6 => Operation::Commit,
+            7 => Operation::Rollback,
+            _ => return None,
+        })
+    }
+
+    fn to_u8(self) -> u8 {
+        self as u8 + 1
+    }
+}
+
+/// The error code a known driver's error carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// PostgreSQL's SQLSTATE ("42P01").
+    Text(String),
+    /// MySQL's error number (1146).
+    Number(u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlEvent {
+    pub header: SpanHeader,
+    /// None when the value read is not an operation (see `implausible`).
+    pub op: Option<Operation>,
+    /// The driver's database system (`SYSTEM_*` in mod.rs), 0 when the driver is unknown.
+    pub system: u8,
+    pub failed: bool,
+    pub code: Option<ErrorCode>,
+    /// As the program captured it: at most QUERY_CAP bytes.
+    pub query: String,
+}
+
+const QUERY: (usize, usize, usize) = (60, 72, 1024);
+const CODE: (usize, usize, usize) = (62, 64, 8);
+const CODE_STRING: u8 = 1;
+const CODE_U16: u8 = 2;
+
+/// The bytes the BPF program would write for `e`.
+pub fn encode(e: &SqlEvent) -> Vec<u8> {
+    let mut b = EventBytes::new(SqlEvent::SIZE, super::KIND, &e.header);
+    b.put(56, &[e.op.map_or(0, Operation::to_u8), e.system, u8::from(e.failed)]);
+    match &e.code {
+        Some(ErrorCode::Text(code)) => {
+            b.put(59, &[CODE_STRING]);
+            b.strings(&[(CODE.0, CODE.1, CODE.2, code)]);
+        }
+        Some(ErrorCode::Number(n)) => {
+            b.put(59, &[CODE_U16]);
+            b.put(CODE.0, &2u16.to_le_bytes());
+            b.put(CODE.1, &n.to_le_bytes());
+        }
+        None => {}
+    }
+    b.strings(&[(QUERY.0, QUERY.1, QUERY.2, &e.query)]);
+    b.0
+}
+
+impl SpanEvent for SqlEvent {
+    /// sizeof(struct sql_event).
+    const SIZE: usize = 1096;
+
+    fn decode(bytes: &[u8]) -> Self {
+        let f = Fields(bytes);
+        let code_len = usize::from(f.u16(CODE.0)).min(CODE.2);
+        let code = match f.u8(59) {
+            CODE_STRING if code_len > 0 => Some(ErrorCode::Text(f.string(CODE.0, CODE.1, CODE.2))),
+            CODE_U16 if code_len == 2 => Some(ErrorCode::Number(f.u16(CODE.1))),
+            _ => None,
+        };
+        SqlEvent {
+            header: SpanHeader::decode(&f),
+            op: Operation::from_u8(f.u8(56)),
+            system: f.u8(57),
+            failed: f.u8(58) != 0,
+            code,
+            query: f.string(QUERY.0, QUERY.1, QUERY.2),
+        }
+    }
+
+    fn implausible(&self) -> Option<String> {
+        match self.op {
+            None => Some("a database event of no known operation".into()),
+            Some(_) if usize::from(self.system) > super::SYSTEMS.len() => {
+                Some(format!("database system {} is none gotel knows", self.system))
+            }
+            Some(_) => None,
+        }
+    }
+
+    fn span(self, clock: &MonotonicClock) -> Span {
+        super::span::span(self, clock)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample(op: Operation, query: &str) -> SqlEvent {
+        SqlEvent {
+            header: crate::event::test_header(),
+            op: Some(op),
+            system: 1,
+            failed: false,
+            code: None,
+            query: query.into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_with_each_kind_of_code() {
+        let e = sample(Operation::Query, "SELECT name FROM users WHERE id = $1");
+        assert_eq!(SqlEvent::decode(&encode(&e)), e);
+        let pg =
+            SqlEvent { failed: true, code: Some(ErrorCode::Text("42P01".into())), ..e.clone() };
+        assert_eq!(SqlEvent::decode(&encode(&pg)), pg);
+        let my = SqlEvent { failed: true, code: Some(ErrorCode::Number(1146)), ..e };
+        assert_eq!(SqlEvent::decode(&encode(&my)), my);
+    }
+
+    #[test]
+    fn unknown_operations_and_systems_are_implausible() {
+        let mut e = sample(Operation::Exec, "");
+        assert_eq!(e.implausible(), None);
+        e.system = 200;
+        assert!(e.implausible().is_some());
+        let mut bytes = encode(&sample(Operation::Exec, ""));
+        bytes[56] = 42;
+        assert!(SqlEvent::decode(&bytes).implausible().is_some());
+    }
+}

@@ -1,0 +1,244 @@
+//! database/sql client spans, whatever the driver: a CLIENT span per query, exec, prepared
+//! statement execution, and transaction begin, commit and rollback (`database_sql.bpf.c`).
+//!
+//! Every such operation goes through one of seven functions, with the same signatures from Go
+//! 1.19 to 1.27 and none calling another: `(*DB).queryDC` and `execDC` (DB, Conn and Tx
+//! queries), `(*Stmt).QueryContext` and `ExecContext`, `(*DB).beginDC`, `(*Tx).Commit` and
+//! `(*Tx).rollback` (`Rollback` is always inlined). `(*DB).prepareDC` is probed only to learn
+//! the driver of the DB a statement will run on. The span ends where the function returns:
+//! a query's rows are read after it.
+
+pub mod event;
+mod query;
+mod span;
+
+use std::mem::MaybeUninit;
+
+use goinfo::GoBinary;
+use offsets::{FieldOffset, FieldSpec, Layouts};
+
+use crate::instrumentations::goroutines;
+use crate::load::{bpf_object, load};
+use crate::plan::offset_of;
+use crate::{
+    AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Plan, Report,
+    Target,
+};
+
+bpf_object!("database_sql", DatabaseSqlSkelBuilder);
+
+pub struct DatabaseSql;
+
+const NAME: &str = "database/sql";
+/// `struct span_header`'s kind for this instrumentation's events.
+const KIND: u32 = 5;
+
+/// The probed functions in the order of the program's SQL_* operations (1-based), with the
+/// return program for the registers each returns its error in (ARG1-2, ARG2-3, ARG3-4).
+const FUNCTIONS: &[(&str, u8)] = &[
+    ("database/sql.(*DB).queryDC", 2),
+    ("database/sql.(*DB).execDC", 3),
+    ("database/sql.(*Stmt).QueryContext", 2),
+    ("database/sql.(*Stmt).ExecContext", 3),
+    ("database/sql.(*DB).beginDC", 2),
+    ("database/sql.(*Tx).Commit", 1),
+    ("database/sql.(*Tx).rollback", 1),
+];
+const PREPARE: &str = "database/sql.(*DB).prepareDC";
+
+/// The database systems spans name (db.system.name), by the program's system number, 1-based.
+const SYSTEMS: &[&str] = &["postgresql", "mysql", "sqlite"];
+
+/// Drivers told apart by their connection type's Begin method: the first of driver.Conn's,
+/// so the itab of a connection's driver.Conn points at it.
+const DRIVERS: &[(&str, u8)] = &[
+    ("github.com/lib/pq.(*conn).Begin", 1),
+    ("github.com/jackc/pgx/v5/stdlib.(*Conn).Begin", 1),
+    ("github.com/jackc/pgx/v4/stdlib.(*Conn).Begin", 1),
+    ("github.com/go-sql-driver/mysql.(*mysqlConn).Begin", 2),
+    ("modernc.org/sqlite.(*conn).Begin", 3),
+];
+
+const PQ: &str = "github.com/lib/pq";
+const PGCONN: &str = "github.com/jackc/pgx/v5";
+const MYSQL: &str = "github.com/go-sql-driver/mysql";
+
+/// Error types whose code a span reports: their Error method, the field holding the code, and
+/// whether that is a string (SQLSTATE) or a number.
+const ERRORS: &[(&str, FieldSpec, ErrorCodeKind)] = &[
+    ("github.com/lib/pq.(*Error).Error", field(PQ, "github.com/lib/pq.Error", "Code"), TEXT),
+    (
+        "github.com/jackc/pgx/v5/pgconn.(*PgError).Error",
+        field(PGCONN, "github.com/jackc/pgx/v5/pgconn.PgError", "Code"),
+        TEXT,
+    ),
+    (
+        "github.com/go-sql-driver/mysql.(*MySQLError).Error",
+        field(MYSQL, "github.com/go-sql-driver/mysql.MySQLError", "Number"),
+        NUMBER,
+    ),
+];
+
+type ErrorCodeKind = u8;
+const TEXT: ErrorCodeKind = 1;
+const NUMBER: ErrorCodeKind = 2;
+
+const fn field(module: &'static str, s: &'static str, f: &'static str) -> FieldSpec {
+    FieldSpec { module, struct_name: s, field: f, required: false }
+}
+
+/// The fields the program reads: database/sql's own, and the drivers' error codes (optional:
+/// without one, a failed span says `_OTHER`).
+const FIELDS: &[FieldSpec] = &[
+    FieldSpec::std("database/sql.driverConn", "db", true),
+    FieldSpec::std("database/sql.driverConn", "ci", true),
+    FieldSpec::std("database/sql.Stmt", "db", true),
+    FieldSpec::std("database/sql.Stmt", "query", true),
+    FieldSpec::std("database/sql.Tx", "dc", true),
+    FieldSpec::std("database/sql.Tx", "done", true),
+    ERRORS[0].1,
+    ERRORS[1].1,
+    ERRORS[2].1,
+];
+
+impl Instrumentation for DatabaseSql {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn target(&self) -> Target {
+        Target::Std
+    }
+
+    fn fields(&self) -> &'static [FieldSpec] {
+        FIELDS
+    }
+
+    fn depends(&self) -> Depends {
+        // A query's parent is the span its goroutine, or an ancestor, works for.
+        Depends { requires: &[goroutines::NAME], ..Depends::default() }
+    }
+
+    fn plan(&self, bin: &GoBinary, layouts: &Layouts) -> Result<Box<dyn Plan>, String> {
+        let functions = FUNCTIONS
+            .iter()
+            .map(|(name, _)| FunctionPlan::new(bin, name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let prepare = FunctionPlan::entry_only(bin, PREPARE)?;
+        let fields = offsets::resolve(bin, layouts, FIELDS)?;
+        let address = |name: &str| bin.function(name).ok().map(|f| f.address);
+        let drivers = DRIVERS.iter().filter_map(|(m, system)| Some((address(m)?, *system, *m)));
+        let errors = ERRORS.iter().filter_map(|(method, code, kind)| {
+            let at = offset_of(&fields, code.struct_name, code.field)?;
+            Some((address(method)?, at, *kind))
+        });
+        Ok(Box::new(DatabaseSqlPlan {
+            functions,
+            prepare,
+            drivers: drivers.collect(),
+            errors: errors.collect(),
+            fields,
+        }))
+    }
+
+    fn events(&self) -> Option<Events> {
+        Some(Events::of::<event::SqlEvent>(KIND))
+    }
+}
+
+#[derive(Debug)]
+struct DatabaseSqlPlan {
+    /// FUNCTIONS' plans, in their order.
+    functions: Vec<FunctionPlan>,
+    prepare: FunctionPlan,
+    /// (link-time address of a driver's Begin, its system, the method) for the drivers in the
+    /// binary.
+    drivers: Vec<(u64, u8, &'static str)>,
+    /// (link-time address of an Error method, offset of the code, kind) likewise.
+    errors: Vec<(u64, u64, ErrorCodeKind)>,
+    fields: Vec<FieldOffset>,
+}
+
+/// "github.com/lib/pq" of "github.com/lib/pq.(*conn).Begin".
+fn package_of(function: &str) -> &str {
+    let last_slash = function.rfind('/').map_or(0, |i| i + 1);
+    function[last_slash..].find('.').map_or(function, |dot| &function[..last_slash + dot])
+}
+
+impl Plan for DatabaseSqlPlan {
+    fn report(&self) -> Report<'_> {
+        let mut functions: Vec<&FunctionPlan> = self.functions.iter().collect();
+        functions.push(&self.prepare);
+        let drivers: Vec<&str> =
+            self.drivers.iter().map(|(_, _, method)| package_of(method)).collect();
+        let note = match drivers.as_slice() {
+            [] => "no driver gotel knows: spans say other_sql".to_string(),
+            known => format!("drivers {}", known.join(", ")),
+        };
+        Report { note: Some(note), functions, fields: &self.fields }
+    }
+
+    fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {
+        let offset = |s, f| offset_of(&self.fields, s, f).unwrap_or(0);
+        let placement = to.options.placement;
+        let mut storage = MaybeUninit::uninit();
+        let skel = load::<skel::DatabaseSqlSkelBuilder>(&mut storage, to, |ro| {
+            ro.off_dc_db = offset("database/sql.driverConn", "db");
+            ro.off_dc_ci = offset("database/sql.driverConn", "ci");
+            ro.off_stmt_db = offset("database/sql.Stmt", "db");
+            ro.off_stmt_query = offset("database/sql.Stmt", "query");
+            ro.off_tx_dc = offset("database/sql.Tx", "dc");
+            ro.off_tx_done = offset("database/sql.Tx", "done");
+            for (op, f) in self.functions.iter().enumerate() {
+                ro.entry_address[op + 1] = f.entry_point(placement).1;
+            }
+            ro.entry_address[FUNCTIONS.len() + 1] = self.prepare.entry_point(placement).1;
+            let drivers = self.drivers.iter().take(ro.driver_begin.len());
+            for (i, &(begin, system, _)) in drivers.enumerate() {
+                (ro.driver_begin[i], ro.driver_system[i]) = (begin, system);
+            }
+            let errors = self.errors.iter().take(ro.error_method.len());
+            for (i, &(method, at, kind)) in errors.enumerate() {
+                ro.error_method[i] = method;
+                (ro.error_code_offset[i], ro.error_code_kind[i]) = (at, kind);
+            }
+        })?;
+        let p = &skel.progs;
+        let enters = [
+            &p.sql_query_enter,
+            &p.sql_exec_enter,
+            &p.sql_stmt_query_enter,
+            &p.sql_stmt_exec_enter,
+            &p.sql_begin_enter,
+            &p.sql_commit_enter,
+            &p.sql_rollback_enter,
+        ];
+        let returns = [
+            (&p.sql_return_arg1_multi, &p.sql_return_arg1_single),
+            (&p.sql_return_arg2_multi, &p.sql_return_arg2_single),
+            (&p.sql_return_arg3_multi, &p.sql_return_arg3_single),
+        ];
+        let mut attached = Attached::new(to);
+        for ((f, enter), (_, error_in)) in self.functions.iter().zip(enters).zip(FUNCTIONS) {
+            let (multi, single) = returns[usize::from(*error_in) - 1];
+            attached.function(f, enter, multi, single)?;
+        }
+        attached.entry_line(&self.prepare, &p.sql_prepare_enter)?;
+        Ok(attached)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_methods_package_is_its_path_up_to_the_type() {
+        assert_eq!(package_of("github.com/lib/pq.(*conn).Begin"), "github.com/lib/pq");
+        assert_eq!(package_of("modernc.org/sqlite.(*conn).Begin"), "modernc.org/sqlite");
+        assert_eq!(
+            package_of("github.com/jackc/pgx/v5/stdlib.(*Conn).Begin"),
+            "github.com/jackc/pgx/v5/stdlib"
+        );
+    }
+}
