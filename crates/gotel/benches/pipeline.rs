@@ -7,7 +7,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use probes::event::SpanHeader;
 use probes::instrumentations::net_http::server::event::{encode, HttpServerEvent};
-use probes::Assembler;
+use probes::{Assembler, SpanOptions};
 use trace::{AgentIdentity, ResourceCache};
 
 fn raw_events(n: usize) -> Vec<Vec<u8>> {
@@ -41,7 +41,8 @@ fn raw_events(n: usize) -> Vec<Vec<u8>> {
 fn pipeline(c: &mut Criterion) {
     const BATCH: usize = 512;
     let events = raw_events(BATCH);
-    let mut assembler = Assembler::new(ResourceCache::new(AgentIdentity::from_env(None)));
+    let resources = ResourceCache::new(AgentIdentity::from_env(None));
+    let mut assembler = Assembler::new(resources, SpanOptions::default());
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.measurement_time(Duration::from_secs(5));

@@ -130,7 +130,7 @@ impl Pipeline {
         }
         let identity = AgentIdentity::from_env(args.service_name.clone());
         Ok(Pipeline {
-            assembler: Assembler::new(ResourceCache::new(identity)),
+            assembler: Assembler::new(ResourceCache::new(identity), args.span_options()),
             console,
             otlp,
             spans: 0,

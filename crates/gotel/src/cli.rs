@@ -137,11 +137,35 @@ pub struct AgentArgs {
     /// code allows; far cheaper on VMs) or entry-ret (function entry and every RET).
     #[arg(long, default_value = "emulated", value_parser = parse_placement)]
     pub probe_placement: Placement,
+    /// db.query.text of database spans: sanitized (every literal replaced by ?, the default)
+    /// or raw (as the application wrote it, values included: they may be secrets).
+    #[arg(long, env = "GOTEL_DB_QUERY_TEXT", default_value = "sanitized",
+          value_parser = parse_query_text)]
+    pub db_query_text: QueryText,
+}
+
+/// How database spans show their queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryText {
+    Sanitized,
+    Raw,
+}
+
+fn parse_query_text(s: &str) -> Result<QueryText, String> {
+    match s {
+        "sanitized" => Ok(QueryText::Sanitized),
+        "raw" => Ok(QueryText::Raw),
+        other => Err(format!("{other:?}: use sanitized or raw")),
+    }
 }
 
 impl AgentArgs {
     pub fn inject_mode(&self) -> InjectMode {
         self.inject_traceparent.unwrap_or(InjectMode::Remote)
+    }
+
+    pub fn span_options(&self) -> probes::SpanOptions {
+        probes::SpanOptions { raw_db_queries: self.db_query_text == QueryText::Raw }
     }
 }
 

@@ -160,6 +160,29 @@ fn every_operation_go1_27_pie_stripped() {
     every_operation("go1.27-pie-stripped");
 }
 
+/// With --db-query-text raw, queries keep their values.
+#[test]
+fn raw_query_text_when_asked() {
+    let Some(()) = privileged() else { return };
+    let pg = Postgres::start("raw");
+    let collector = Collector::start("dbsql-raw");
+    let port = free_port();
+    let fx = fixture("dbsql-go1.26");
+    let (addr, dsn) = (format!("127.0.0.1:{port}"), pg.dsn());
+    let args =
+        ["run", "--db-query-text", "raw", "--", fx.to_str().unwrap(), "-addr", &addr, "-dsn", &dsn];
+    let gotel = gotel(&args, Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    gotel.wait_for_log("attached database/sql", WAIT);
+    assert_eq!(http_get(port, "/exec").0, 200);
+    let update =
+        collector.wait_for_span(|s| s.name() == "UPDATE users", WAIT).expect("the UPDATE's span");
+    assert_eq!(
+        update.attr_str("db.query.text").as_deref(),
+        Some("UPDATE users SET name = 'grace' WHERE id = 2")
+    );
+}
+
 /// 200 requests at once, each making one query: every query span arrives, under its own
 /// request's span.
 #[test]

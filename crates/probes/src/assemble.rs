@@ -7,7 +7,7 @@ use std::sync::Arc;
 use trace::{MonotonicClock, ProcessResource, ResourceCache, Span};
 
 use crate::event::{self, DecodeError};
-use crate::{instrumentations, Events};
+use crate::{instrumentations, Events, SpanOptions};
 
 /// Why a sample gave no span.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,10 +25,11 @@ pub struct Assembler {
     resources: ResourceCache,
     /// Every instrumentation's events, at the index of their kind.
     by_kind: Vec<Option<Events>>,
+    options: SpanOptions,
 }
 
 impl Assembler {
-    pub fn new(resources: ResourceCache) -> Self {
+    pub fn new(resources: ResourceCache, options: SpanOptions) -> Self {
         let mut by_kind = Vec::new();
         for events in instrumentations::ALL.iter().filter_map(|i| i.events()) {
             let at = events.kind as usize;
@@ -37,7 +38,7 @@ impl Assembler {
             }
             by_kind[at] = Some(events);
         }
-        Assembler { clock: MonotonicClock::new(), resources, by_kind }
+        Assembler { clock: MonotonicClock::new(), resources, by_kind, options }
     }
 
     pub fn assemble(&mut self, bytes: &[u8]) -> Result<(Arc<ProcessResource>, Span), EventError> {
@@ -54,7 +55,7 @@ impl Assembler {
         }
         let pid = event::Fields(bytes).u32(4); // span_header.pid
         self.clock.refresh_if_stale();
-        let span = (events.span)(bytes, &self.clock)
+        let span = (events.span)(bytes, &self.clock, &self.options)
             .map_err(|why| EventError::Implausible { pid, why })?;
         Ok((self.resources.get(pid), span))
     }
@@ -70,7 +71,8 @@ mod tests {
     use crate::instrumentations::net_http::server::event::{encode, tests::sample};
 
     fn assembler() -> Assembler {
-        Assembler::new(ResourceCache::new(trace::AgentIdentity::from_env(None)))
+        let resources = ResourceCache::new(trace::AgentIdentity::from_env(None));
+        Assembler::new(resources, SpanOptions::default())
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use trace::{KeyValue, MonotonicClock, Span, SpanKind, Status};
 
-use crate::Events;
+use crate::{Events, SpanOptions};
 
 /// sizeof(struct span_header).
 pub const HEADER_SIZE: usize = 56;
@@ -76,7 +76,7 @@ pub(crate) trait SpanEvent: Sized {
     fn implausible(&self) -> Option<String>;
     /// The span, per the instrumentation's semantic conventions. Takes the event by value: its
     /// strings move into the span rather than being copied.
-    fn span(self, clock: &MonotonicClock) -> Span;
+    fn span(self, clock: &MonotonicClock, options: &SpanOptions) -> Span;
 }
 
 impl Events {
@@ -86,11 +86,15 @@ impl Events {
     }
 }
 
-fn span_of<E: SpanEvent>(bytes: &[u8], clock: &MonotonicClock) -> Result<Span, String> {
+fn span_of<E: SpanEvent>(
+    bytes: &[u8],
+    clock: &MonotonicClock,
+    options: &SpanOptions,
+) -> Result<Span, String> {
     let e = E::decode(bytes);
     match e.implausible() {
         Some(why) => Err(why),
-        None => Ok(e.span(clock)),
+        None => Ok(e.span(clock, options)),
     }
 }
 

@@ -76,7 +76,15 @@ pub struct Events {
     pub size: usize,
     /// One event of at least `size` bytes -> its span, or why its values cannot be what the
     /// fields hold (the sign of wrong offsets).
-    pub span: fn(&[u8], &MonotonicClock) -> Result<Span, String>,
+    pub span: fn(&[u8], &MonotonicClock, &SpanOptions) -> Result<Span, String>,
+}
+
+/// What the user chose about what spans carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpanOptions {
+    /// db.query.text as the application wrote it, literals included, instead of with every
+    /// literal replaced by `?`: values in queries may be secrets or personal data.
+    pub raw_db_queries: bool,
 }
 
 /// Why an instrumentation does not apply to an executable.

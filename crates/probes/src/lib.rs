@@ -23,7 +23,8 @@ mod shared;
 pub use assemble::{Assembler, EventError};
 pub use attach::Attached;
 pub use instrumentation::{
-    AttachContext, Depends, Events, Instrumentation, Plan, Report, Skip, Target, REGISTER_ABI,
+    AttachContext, Depends, Events, Instrumentation, Plan, Report, Skip, SpanOptions, Target,
+    REGISTER_ABI,
 };
 pub use plan::{FunctionPlan, Placement};
 pub use registry::{declared_fields, plan_all, Planned, Selection};

@@ -3,6 +3,7 @@
 use trace::{MonotonicClock, Span};
 
 use crate::event::{EventBytes, Fields, SpanEvent, SpanHeader};
+use crate::SpanOptions;
 
 /// What the probed function was (SQL_* in the C).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,8 +115,8 @@ impl SpanEvent for SqlEvent {
         }
     }
 
-    fn span(self, clock: &MonotonicClock) -> Span {
-        super::span::span(self, clock)
+    fn span(self, clock: &MonotonicClock, options: &SpanOptions) -> Span {
+        super::span::span(self, clock, options)
     }
 }
 

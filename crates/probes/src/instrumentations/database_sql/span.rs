@@ -9,8 +9,9 @@ use trace::{KeyValue, MonotonicClock, Span, SpanKind, Status};
 use super::event::{ErrorCode, Operation, SqlEvent};
 use super::query::{operation_and_collection, sanitize};
 use super::SYSTEMS;
+use crate::SpanOptions;
 
-pub(super) fn span(e: SqlEvent, clock: &MonotonicClock) -> Span {
+pub(super) fn span(e: SqlEvent, clock: &MonotonicClock, options: &SpanOptions) -> Span {
     let system = match usize::from(e.system).checked_sub(1).and_then(|i| SYSTEMS.get(i)) {
         Some(system) => system,
         None => "other_sql",
@@ -24,7 +25,8 @@ pub(super) fn span(e: SqlEvent, clock: &MonotonicClock) -> Span {
         _ => operation_and_collection(&e.query),
     };
     if !e.query.is_empty() {
-        attrs.push(KeyValue::new("db.query.text", sanitize(&e.query)));
+        let text = if options.raw_db_queries { e.query.clone() } else { sanitize(&e.query) };
+        attrs.push(KeyValue::new("db.query.text", text));
     }
     let name: Cow<'static, str> = match (&operation, &collection) {
         (Some(op), Some(collection)) => format!("{op} {collection}").into(),
@@ -67,10 +69,15 @@ mod tests {
         s.attribute(k)
     }
 
+    /// The span with the default options: queries sanitized.
+    fn sanitized(e: SqlEvent) -> Span {
+        span(e, &MonotonicClock::new(), &SpanOptions::default())
+    }
+
     #[test]
     fn a_query_is_named_by_operation_and_collection_with_its_text_sanitized() {
         let q = "SELECT name FROM users WHERE id = $1 AND name <> 'bob'";
-        let s = span(sample(Operation::Query, q), &MonotonicClock::new());
+        let s = sanitized(sample(Operation::Query, q));
         assert_eq!((s.name.as_ref(), s.kind), ("SELECT users", SpanKind::Client));
         assert_eq!(attr(&s, "db.system.name"), Some(&"postgresql".into()));
         assert_eq!(
@@ -83,16 +90,24 @@ mod tests {
     }
 
     #[test]
+    fn raw_text_only_when_asked() {
+        let q = "UPDATE users SET name = 'bob' WHERE id = 2";
+        let raw = SpanOptions { raw_db_queries: true };
+        let s = span(sample(Operation::Exec, q), &MonotonicClock::new(), &raw);
+        assert_eq!(attr(&s, "db.query.text"), Some(&q.to_string().into()));
+    }
+
+    #[test]
     fn transactions_and_unknown_drivers() {
         let mut e = sample(Operation::Commit, "");
         e.system = 0;
-        let s = span(e, &MonotonicClock::new());
+        let s = sanitized(e);
         assert_eq!(s.name, "COMMIT");
         assert_eq!(attr(&s, "db.system.name"), Some(&"other_sql".into()));
         assert!(attr(&s, "db.query.text").is_none());
-        let s = span(sample(Operation::Exec, "VACUUM"), &MonotonicClock::new());
+        let s = sanitized(sample(Operation::Exec, "VACUUM"));
         assert_eq!(s.name, "VACUUM");
-        let s = span(sample(Operation::Exec, "?"), &MonotonicClock::new());
+        let s = sanitized(sample(Operation::Exec, "?"));
         assert_eq!(s.name, "postgresql", "no operation: the system names it");
     }
 
@@ -100,13 +115,13 @@ mod tests {
     fn a_refused_query_is_an_error_with_the_drivers_code() {
         let mut e = sample(Operation::Exec, "DELETE FROM missing");
         (e.failed, e.code) = (true, Some(ErrorCode::Text("42P01".into())));
-        let s = span(e, &MonotonicClock::new());
+        let s = sanitized(e);
         assert!(matches!(s.status, Status::Error { .. }));
         assert_eq!(attr(&s, "db.response.status_code"), Some(&"42P01".to_string().into()));
         assert_eq!(attr(&s, "error.type"), Some(&"42P01".to_string().into()));
         let mut e = sample(Operation::Query, "SELECT 1");
         e.failed = true;
-        let s = span(e, &MonotonicClock::new());
+        let s = sanitized(e);
         assert_eq!(attr(&s, "error.type"), Some(&"_OTHER".into()));
     }
 }

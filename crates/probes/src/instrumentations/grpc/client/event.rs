@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use trace::{MonotonicClock, Span};
 
 use crate::event::{EventBytes, Fields, SpanEvent, SpanHeader};
+use crate::SpanOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrpcClientEvent {
@@ -65,7 +66,7 @@ impl SpanEvent for GrpcClientEvent {
         })
     }
 
-    fn span(self, clock: &MonotonicClock) -> Span {
+    fn span(self, clock: &MonotonicClock, _: &SpanOptions) -> Span {
         super::span::span(self, clock)
     }
 }

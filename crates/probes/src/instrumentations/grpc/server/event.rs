@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use trace::{MonotonicClock, Span};
 
 use crate::event::{EventBytes, Fields, SpanEvent, SpanHeader};
+use crate::SpanOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrpcServerEvent {
@@ -63,7 +64,7 @@ impl SpanEvent for GrpcServerEvent {
         })
     }
 
-    fn span(self, clock: &MonotonicClock) -> Span {
+    fn span(self, clock: &MonotonicClock, _: &SpanOptions) -> Span {
         super::span::span(self, clock)
     }
 }

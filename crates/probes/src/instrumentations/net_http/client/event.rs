@@ -3,6 +3,7 @@
 use trace::{MonotonicClock, Span};
 
 use crate::event::{EventBytes, Fields, SpanEvent, SpanHeader};
+use crate::SpanOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpClientEvent {
@@ -72,7 +73,7 @@ impl SpanEvent for HttpClientEvent {
         bad.then(|| format!("HTTP method {:?} is not a method", self.method))
     }
 
-    fn span(self, clock: &MonotonicClock) -> Span {
+    fn span(self, clock: &MonotonicClock, _: &SpanOptions) -> Span {
         super::span::span(self, clock)
     }
 }

@@ -3,6 +3,7 @@
 use trace::{MonotonicClock, Span};
 
 use crate::event::{EventBytes, Fields, SpanEvent, SpanHeader};
+use crate::SpanOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpServerEvent {
@@ -82,7 +83,7 @@ impl SpanEvent for HttpServerEvent {
         None
     }
 
-    fn span(self, clock: &MonotonicClock) -> Span {
+    fn span(self, clock: &MonotonicClock, _: &SpanOptions) -> Span {
         super::span::span(self, clock)
     }
 }
