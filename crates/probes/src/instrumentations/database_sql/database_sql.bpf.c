@@ -4,7 +4,7 @@
  * driver), a probe at each RET ends it with the error the function returns. The driver is told
  * by its connection's type: the first method of the driver.Conn itab (Begin), compared with the
  * known drivers' methods; likewise a known error type by its Error method. */
-#include "gotel.h"
+#include "conn.h"
 
 /* The operation, one per probed function; the function returns its error in the registers its
  * return program reads. */
@@ -30,9 +30,17 @@ const volatile u64 entry_address[SQL_OPS] = {};
 
 #define DRIVERS 4
 /* Known drivers: the link-time address of their connection type's Begin method (fun[0] of its
- * driver.Conn itab) and the database system they talk to (SYSTEM_* in mod.rs). */
+ * driver.Conn itab) and the database system they talk to (SYSTEMS in mod.rs); and the way from
+ * their connection to its net.Conn: pointers at the first hops' offsets, then the net.Conn at
+ * the last one (0 hops: unknown). */
+#define CONN_HOPS 3
 const volatile u64 driver_begin[DRIVERS] = {};
 const volatile u8 driver_system[DRIVERS] = {};
+const volatile u64 driver_conn_hop[DRIVERS][CONN_HOPS] = {};
+const volatile u8 driver_conn_hops[DRIVERS] = {};
+/* net.(*TCPConn).Close, fun[0] of a net.Conn itab for a *net.TCPConn: only a plain TCP
+ * connection's socket is read (a TLS one holds it elsewhere). */
+const volatile u64 tcpconn_close = 0;
 
 #define ERRORS 4
 #define CODE_STRING 1 /* a Go string: PostgreSQL's SQLSTATE */
@@ -54,8 +62,20 @@ struct sql_event {
 	u8 code_kind; /* how `code` is written: CODE_*, 0 for none */
 	u16 query_len;
 	u16 code_len;
+	u8 has_peer;
+	u8 _pad[7];
 	char code[CODE_CAP];
+	struct conn_key peer; /* the database's address is the server's */
 	char query[QUERY_CAP];
+};
+
+/* What a DB's connections are known to be: its driver's system, and the server its last
+ * connection seen went to (a DB's pool dials one data source). */
+struct db_facts {
+	u8 system;
+	u8 has_peer;
+	u8 _pad[6];
+	struct conn_key peer;
 };
 
 struct sql_call {
@@ -66,8 +86,8 @@ struct sql_call {
 	struct span_ctx ctx;
 	u8 parent_span_id[8];
 	u8 op;
-	u8 system;
-	u8 _pad[6];
+	u8 _pad[7];
+	struct db_facts facts;
 };
 
 struct {
@@ -88,8 +108,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct db_key);
-	__type(value, u8);
-} sql_db_systems SEC(".maps");
+	__type(value, struct db_facts);
+} sql_dbs SEC(".maps");
 
 /* The load bias of this process's executable, from the probe of `op`. */
 static __always_inline u64 load_bias(struct pt_regs *ctx, u8 op)
@@ -98,15 +118,37 @@ static __always_inline u64 load_bias(struct pt_regs *ctx, u8 op)
 	return op < SQL_OPS ? (ctx->ip - entry_address[op]) & ~0xfffULL : 0;
 }
 
-/* The database system of the driver whose connection is the driverConn at `dc`. */
-static __always_inline u8 dc_system(u64 dc, u64 bias)
+/* What the driverConn at `dc` tells: its driver's system and, for a plain TCP connection, the
+ * server it is connected to. */
+static __always_inline void dc_facts(u64 dc, u64 bias, struct db_facts *facts)
 {
-	u64 itab = dc ? read_u64(dc + off_dc_ci) : 0;
+	u64 itab = read_u64(dc + off_dc_ci);
 	u64 begin = itab ? read_u64(itab + 24) - bias : 0; /* itab.fun[0] */
-	for (int i = 0; i < DRIVERS; i++)
-		if (begin && begin == driver_begin[i])
-			return driver_system[i];
-	return 0;
+	int driver = -1;
+	for (int i = 0; i < DRIVERS; i++) {
+		if (begin && begin == driver_begin[i]) {
+			driver = i;
+			break;
+		}
+	}
+	if (driver < 0)
+		return;
+	facts->system = driver_system[driver];
+	u8 hops = driver_conn_hops[driver];
+	if (!hops || hops > CONN_HOPS)
+		return;
+	u64 at = read_u64(dc + off_dc_ci + 8); /* the driver's connection */
+	for (int h = 0; h < CONN_HOPS - 1; h++) {
+		if (h + 1 < hops && at)
+			at = read_u64(at + driver_conn_hop[driver][h]);
+	}
+	if (!at)
+		return;
+	u64 net_conn = at + driver_conn_hop[driver][hops - 1];
+	u64 conn_itab = read_u64(net_conn);
+	if (!conn_itab || !tcpconn_close || read_u64(conn_itab + 24) - bias != tcpconn_close)
+		return;
+	facts->has_peer = go_conn_key(read_u64(net_conn + 8), true, &facts->peer);
 }
 
 static __always_inline int sql_enter(struct pt_regs *ctx, u8 op, u64 db, u64 dc, u64 query,
@@ -117,24 +159,25 @@ static __always_inline int sql_enter(struct pt_regs *ctx, u8 op, u64 db, u64 dc,
 		return 0;
 	u64 bias = load_bias(ctx, op);
 	struct db_key dbk = { .pid = pid, .db = db };
-	u8 system = dc ? dc_system(dc, bias) : 0;
-	if (dc && db) {
-		bpf_map_update_elem(&sql_db_systems, &dbk, &system, BPF_ANY);
-	} else if (db) {
-		u8 *known = bpf_map_lookup_elem(&sql_db_systems, &dbk);
-		system = known ? *known : 0;
-	}
-	if (op == SQL_PREPARE)
-		return 0;
-	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
 	struct sql_call call = {
-		.start_ns = bpf_ktime_get_ns(),
 		.query = query,
 		.query_len = query_len,
 		.bias = bias,
 		.op = op,
-		.system = system,
 	};
+	if (dc) {
+		dc_facts(dc, bias, &call.facts);
+		if (db)
+			bpf_map_update_elem(&sql_dbs, &dbk, &call.facts, BPF_ANY);
+	} else if (db) {
+		struct db_facts *known = bpf_map_lookup_elem(&sql_dbs, &dbk);
+		if (known)
+			call.facts = *known;
+	}
+	if (op == SQL_PREPARE)
+		return 0;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	call.start_ns = bpf_ktime_get_ns();
 	struct span_ctx *parent = goroutine_span(&key);
 	if (parent) {
 		__builtin_memcpy(call.ctx.trace_id, parent->trace_id, sizeof(call.ctx.trace_id));
@@ -254,7 +297,9 @@ static __always_inline int sql_return(struct pt_regs *ctx, u64 err_itab, u64 err
 	fill_span_header(&e->hdr, pid, call->start_ns, call->ctx.trace_id, call->ctx.span_id,
 			 call->parent_span_id);
 	e->op = call->op;
-	e->system = call->system;
+	e->system = call->facts.system;
+	e->has_peer = call->facts.has_peer;
+	__builtin_memcpy(&e->peer, &call->facts.peer, sizeof(e->peer));
 	e->failed = err_itab != 0;
 	e->code_kind = 0;
 	e->code_len = 0;

@@ -1,5 +1,7 @@
 //! `struct sql_event` (database_sql.bpf.c): one database operation.
 
+use std::net::IpAddr;
+
 use trace::{MonotonicClock, Span};
 
 use crate::event::{EventBytes, Fields, SpanEvent, SpanHeader};
@@ -56,10 +58,15 @@ pub struct SqlEvent {
     pub code: Option<ErrorCode>,
     /// As the program captured it: at most QUERY_CAP bytes.
     pub query: String,
+    /// (server address, client port, server port) of the connection, when it could be read.
+    pub peer: Option<(IpAddr, u16, u16)>,
 }
 
-const QUERY: (usize, usize, usize) = (60, 72, 1024);
-const CODE: (usize, usize, usize) = (62, 64, 8);
+const QUERY: (usize, usize, usize) = (60, 120, 1024);
+const CODE: (usize, usize, usize) = (62, 72, 8);
+/// Where the `struct conn_key` is, and the slot of the server's address in it: read from the
+/// client's side.
+const CONN: (usize, usize) = (80, 16);
 const CODE_STRING: u8 = 1;
 const CODE_U16: u8 = 2;
 
@@ -79,13 +86,17 @@ pub fn encode(e: &SqlEvent) -> Vec<u8> {
         }
         None => {}
     }
+    if let Some(peer) = e.peer {
+        b.put(64, &[1]);
+        b.conn(CONN.0, CONN.1, peer);
+    }
     b.strings(&[(QUERY.0, QUERY.1, QUERY.2, &e.query)]);
     b.0
 }
 
 impl SpanEvent for SqlEvent {
     /// sizeof(struct sql_event).
-    const SIZE: usize = 1096;
+    const SIZE: usize = 1144;
 
     fn decode(bytes: &[u8]) -> Self {
         let f = Fields(bytes);
@@ -102,6 +113,7 @@ impl SpanEvent for SqlEvent {
             failed: f.u8(58) != 0,
             code,
             query: f.string(QUERY.0, QUERY.1, QUERY.2),
+            peer: (f.u8(64) != 0).then(|| f.conn(CONN.0, CONN.1)).flatten(),
         }
     }
 
@@ -132,6 +144,7 @@ pub(crate) mod tests {
             failed: false,
             code: None,
             query: query.into(),
+            peer: Some(("127.0.0.1".parse().unwrap(), 41000, 5432)),
         }
     }
 
@@ -142,7 +155,7 @@ pub(crate) mod tests {
         let pg =
             SqlEvent { failed: true, code: Some(ErrorCode::Text("42P01".into())), ..e.clone() };
         assert_eq!(SqlEvent::decode(&encode(&pg)), pg);
-        let my = SqlEvent { failed: true, code: Some(ErrorCode::Number(1146)), ..e };
+        let my = SqlEvent { failed: true, code: Some(ErrorCode::Number(1146)), peer: None, ..e };
         assert_eq!(SqlEvent::decode(&encode(&my)), my);
     }
 

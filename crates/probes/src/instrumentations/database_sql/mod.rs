@@ -19,7 +19,7 @@ use offsets::{FieldOffset, FieldSpec, Layouts};
 
 use crate::instrumentations::goroutines;
 use crate::load::{bpf_object, load};
-use crate::plan::offset_of;
+use crate::plan::{conn_offsets, offset_of};
 use crate::{
     AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Plan, Report,
     Target,
@@ -49,18 +49,47 @@ const PREPARE: &str = "database/sql.(*DB).prepareDC";
 /// The database systems spans name (db.system.name), by the program's system number, 1-based.
 const SYSTEMS: &[&str] = &["postgresql", "mysql", "sqlite"];
 
-/// Drivers told apart by their connection type's Begin method: the first of driver.Conn's,
-/// so the itab of a connection's driver.Conn points at it.
-const DRIVERS: &[(&str, u8)] = &[
-    ("github.com/lib/pq.(*conn).Begin", 1),
-    ("github.com/jackc/pgx/v5/stdlib.(*Conn).Begin", 1),
-    ("github.com/jackc/pgx/v4/stdlib.(*Conn).Begin", 1),
-    ("github.com/go-sql-driver/mysql.(*mysqlConn).Begin", 2),
-    ("modernc.org/sqlite.(*conn).Begin", 3),
+/// A driver gotel knows.
+struct Driver {
+    /// Its connection type's Begin method: the first of driver.Conn's, so the itab of a
+    /// connection's driver.Conn points at it.
+    begin: &'static str,
+    /// Its SYSTEMS number.
+    system: u8,
+    /// From its connection to the net.Conn it talks on: pointer fields, then the net.Conn
+    /// field. Empty: the address is not read.
+    conn: &'static [FieldSpec],
+}
+
+const DRIVERS: &[Driver] = &[
+    Driver {
+        begin: "github.com/lib/pq.(*conn).Begin",
+        system: 1,
+        conn: &[field(PQ, "github.com/lib/pq.conn", "c")],
+    },
+    Driver {
+        begin: "github.com/jackc/pgx/v5/stdlib.(*Conn).Begin",
+        system: 1,
+        conn: &[
+            field(PGX, "github.com/jackc/pgx/v5/stdlib.Conn", "conn"),
+            field(PGX, "github.com/jackc/pgx/v5.Conn", "pgConn"),
+            field(PGX, "github.com/jackc/pgx/v5/pgconn.PgConn", "conn"),
+        ],
+    },
+    Driver { begin: "github.com/jackc/pgx/v4/stdlib.(*Conn).Begin", system: 1, conn: &[] },
+    Driver {
+        begin: "github.com/go-sql-driver/mysql.(*mysqlConn).Begin",
+        system: 2,
+        conn: &[field(MYSQL, "github.com/go-sql-driver/mysql.mysqlConn", "netConn")],
+    },
+    Driver { begin: "modernc.org/sqlite.(*conn).Begin", system: 3, conn: &[] },
 ];
 
+/// fun[0] of a net.Conn itab whose value is a *net.TCPConn (Close is net.Conn's first method).
+const TCPCONN_CLOSE: &str = "net.(*TCPConn).Close";
+
 const PQ: &str = "github.com/lib/pq";
-const PGCONN: &str = "github.com/jackc/pgx/v5";
+const PGX: &str = "github.com/jackc/pgx/v5";
 const MYSQL: &str = "github.com/go-sql-driver/mysql";
 
 /// Error types whose code a span reports: their Error method, the field holding the code, and
@@ -69,7 +98,7 @@ const ERRORS: &[(&str, FieldSpec, ErrorCodeKind)] = &[
     ("github.com/lib/pq.(*Error).Error", field(PQ, "github.com/lib/pq.Error", "Code"), TEXT),
     (
         "github.com/jackc/pgx/v5/pgconn.(*PgError).Error",
-        field(PGCONN, "github.com/jackc/pgx/v5/pgconn.PgError", "Code"),
+        field(PGX, "github.com/jackc/pgx/v5/pgconn.PgError", "Code"),
         TEXT,
     ),
     (
@@ -87,8 +116,9 @@ const fn field(module: &'static str, s: &'static str, f: &'static str) -> FieldS
     FieldSpec { module, struct_name: s, field: f, required: false }
 }
 
-/// The fields the program reads: database/sql's own, and the drivers' error codes (optional:
-/// without one, a failed span says `_OTHER`).
+/// The fields the program reads: database/sql's own, the socket's (conn.h), and the drivers'
+/// (optional: without an error code, a failed span says `_OTHER`; without the way to the
+/// connection, a span has no server address).
 const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("database/sql.driverConn", "db", true),
     FieldSpec::std("database/sql.driverConn", "ci", true),
@@ -96,9 +126,18 @@ const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("database/sql.Stmt", "query", true),
     FieldSpec::std("database/sql.Tx", "dc", true),
     FieldSpec::std("database/sql.Tx", "done", true),
+    FieldSpec::std("net.TCPConn", "conn", false),
+    FieldSpec::std("net.conn", "fd", false),
+    FieldSpec::std("net.netFD", "pfd", false),
+    FieldSpec::std("internal/poll.FD", "Sysfd", false),
     ERRORS[0].1,
     ERRORS[1].1,
     ERRORS[2].1,
+    DRIVERS[0].conn[0],
+    DRIVERS[1].conn[0],
+    DRIVERS[1].conn[1],
+    DRIVERS[1].conn[2],
+    DRIVERS[3].conn[0],
 ];
 
 impl Instrumentation for DatabaseSql {
@@ -127,7 +166,16 @@ impl Instrumentation for DatabaseSql {
         let prepare = FunctionPlan::entry_only(bin, PREPARE)?;
         let fields = offsets::resolve(bin, layouts, FIELDS)?;
         let address = |name: &str| bin.function(name).ok().map(|f| f.address);
-        let drivers = DRIVERS.iter().filter_map(|(m, system)| Some((address(m)?, *system, *m)));
+        let drivers = DRIVERS.iter().filter_map(|d| {
+            // Every hop known, or none used.
+            let hops: Option<Vec<u64>> =
+                d.conn.iter().map(|f| offset_of(&fields, f.struct_name, f.field)).collect();
+            Some(LinkedDriver {
+                begin: address(d.begin)?,
+                driver: d,
+                conn: hops.unwrap_or_default(),
+            })
+        });
         let errors = ERRORS.iter().filter_map(|(method, code, kind)| {
             let at = offset_of(&fields, code.struct_name, code.field)?;
             Some((address(method)?, at, *kind))
@@ -137,6 +185,7 @@ impl Instrumentation for DatabaseSql {
             prepare,
             drivers: drivers.collect(),
             errors: errors.collect(),
+            tcpconn_close: address(TCPCONN_CLOSE),
             fields,
         }))
     }
@@ -151,12 +200,29 @@ struct DatabaseSqlPlan {
     /// FUNCTIONS' plans, in their order.
     functions: Vec<FunctionPlan>,
     prepare: FunctionPlan,
-    /// (link-time address of a driver's Begin, its system, the method) for the drivers in the
-    /// binary.
-    drivers: Vec<(u64, u8, &'static str)>,
+    /// The drivers in the binary.
+    drivers: Vec<LinkedDriver>,
     /// (link-time address of an Error method, offset of the code, kind) likewise.
     errors: Vec<(u64, u64, ErrorCodeKind)>,
+    /// Link-time address of TCPCONN_CLOSE; None: no server address is read.
+    tcpconn_close: Option<u64>,
     fields: Vec<FieldOffset>,
+}
+
+/// A known driver the binary links.
+#[derive(Debug)]
+struct LinkedDriver {
+    /// Link-time address of its Begin.
+    begin: u64,
+    driver: &'static Driver,
+    /// Offsets of its `conn` fields; empty when one is unknown.
+    conn: Vec<u64>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.begin)
+    }
 }
 
 /// "github.com/lib/pq" of "github.com/lib/pq.(*conn).Begin".
@@ -169,8 +235,7 @@ impl Plan for DatabaseSqlPlan {
     fn report(&self) -> Report<'_> {
         let mut functions: Vec<&FunctionPlan> = self.functions.iter().collect();
         functions.push(&self.prepare);
-        let drivers: Vec<&str> =
-            self.drivers.iter().map(|(_, _, method)| package_of(method)).collect();
+        let drivers: Vec<&str> = self.drivers.iter().map(|d| package_of(d.driver.begin)).collect();
         let note = match drivers.as_slice() {
             [] => "no driver gotel knows: spans say other_sql".to_string(),
             known => format!("drivers {}", known.join(", ")),
@@ -193,9 +258,19 @@ impl Plan for DatabaseSqlPlan {
                 ro.entry_address[op + 1] = f.entry_point(placement).1;
             }
             ro.entry_address[FUNCTIONS.len() + 1] = self.prepare.entry_point(placement).1;
-            let drivers = self.drivers.iter().take(ro.driver_begin.len());
-            for (i, &(begin, system, _)) in drivers.enumerate() {
-                (ro.driver_begin[i], ro.driver_system[i]) = (begin, system);
+            for (i, d) in self.drivers.iter().take(ro.driver_begin.len()).enumerate() {
+                (ro.driver_begin[i], ro.driver_system[i]) = (d.begin, d.driver.system);
+                if let (Some(close), Some(conn_offsets)) =
+                    (self.tcpconn_close, conn_offsets(&self.fields))
+                {
+                    ro.tcpconn_close = close;
+                    (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
+                    ro.has_conn_offsets = true;
+                    for (h, &at) in d.conn.iter().take(ro.driver_conn_hop[i].len()).enumerate() {
+                        ro.driver_conn_hop[i][h] = at;
+                        ro.driver_conn_hops[i] = h as u8 + 1;
+                    }
+                }
             }
             let errors = self.errors.iter().take(ro.error_method.len());
             for (i, &(method, at, kind)) in errors.enumerate() {

@@ -39,6 +39,11 @@ pub(super) fn span(e: SqlEvent, clock: &MonotonicClock, options: &SpanOptions) -
     if let Some(collection) = collection {
         attrs.push(KeyValue::new("db.collection.name", collection));
     }
+    if let Some((address, _, port)) = e.peer {
+        // The socket's peer: the conventions' server.address when no host name is known.
+        attrs.push(KeyValue::new("server.address", address.to_string()));
+        attrs.push(KeyValue::new("server.port", i64::from(port)));
+    }
     let status = if e.failed {
         let code = match e.code {
             Some(ErrorCode::Text(code)) => Some(code),
@@ -86,6 +91,8 @@ mod tests {
         );
         assert_eq!(attr(&s, "db.operation.name"), Some(&"SELECT".to_string().into()));
         assert_eq!(attr(&s, "db.collection.name"), Some(&"users".to_string().into()));
+        assert_eq!(attr(&s, "server.address"), Some(&"127.0.0.1".to_string().into()));
+        assert_eq!(attr(&s, "server.port"), Some(&5432.into()));
         assert_eq!(s.status, Status::Unset);
     }
 
