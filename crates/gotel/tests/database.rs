@@ -1,5 +1,6 @@
-//! database/sql client spans, end to end: the dbsql fixture (lib/pq) against a real, private
-//! PostgreSQL server, spans checked at a real OpenTelemetry Collector.
+//! database/sql client spans, end to end: the dbsql fixture (lib/pq and pgx's stdlib driver,
+//! both linked) against a real, private PostgreSQL server, spans checked at a real
+//! OpenTelemetry Collector.
 
 mod support;
 
@@ -41,15 +42,17 @@ fn pair(name: &str, text: Option<&str>) -> (String, Option<String>) {
     (name.to_string(), text.map(str::to_string))
 }
 
-/// Every kind of database work the fixture does, on a build with `go`.
-fn every_operation(go: &str) {
+/// Every kind of database work the fixture does, on a build with `go`, through `driver`
+/// (postgres: lib/pq; pgx: pgx's stdlib).
+fn every_operation(go: &str, driver: &str) {
     let Some(()) = privileged() else { return };
-    let pg = Postgres::start(go);
-    let collector = Collector::start(&format!("dbsql-{go}"));
+    let pg = Postgres::start(&format!("{go}-{driver}"));
+    let collector = Collector::start(&format!("dbsql-{go}-{driver}"));
     let port = free_port();
     let fx = fixture(&format!("dbsql-{go}"));
     let (addr, dsn) = (format!("127.0.0.1:{port}"), pg.dsn());
-    let args = ["run", "--", fx.to_str().unwrap(), "-addr", &addr, "-dsn", &dsn];
+    let fx = fx.to_str().unwrap();
+    let args = ["run", "--", fx, "-addr", &addr, "-dsn", &dsn, "-driver", driver];
     let gotel = gotel(&args, Some(&collector), &[("OTEL_SERVICE_NAME", "shop")]);
     wait_for_port(port, WAIT);
     gotel.wait_for_log("attached database/sql", WAIT);
@@ -139,30 +142,40 @@ fn every_operation(go: &str) {
 }
 
 #[test]
-fn every_operation_go1_19() {
-    every_operation("go1.19");
+fn every_operation_lib_pq_go1_19() {
+    every_operation("go1.19", "postgres");
 }
 
 #[test]
-fn every_operation_go1_26_stripped() {
-    every_operation("go1.26-stripped");
+fn every_operation_lib_pq_go1_22_stripped() {
+    every_operation("go1.22-stripped", "postgres");
 }
 
 #[test]
-fn every_operation_go1_22_stripped() {
-    every_operation("go1.22-stripped");
+fn every_operation_lib_pq_go1_26_stripped() {
+    every_operation("go1.26-stripped", "postgres");
 }
 
 #[test]
-fn every_operation_go1_27() {
-    every_operation("go1.27");
+fn every_operation_lib_pq_go1_27() {
+    every_operation("go1.27", "postgres");
 }
 
 /// Loaded at a random address: the drivers' and errors' methods are told apart at their
 /// link-time addresses less the load bias.
 #[test]
-fn every_operation_go1_27_pie_stripped() {
-    every_operation("go1.27-pie-stripped");
+fn every_operation_lib_pq_go1_27_pie_stripped() {
+    every_operation("go1.27-pie-stripped", "postgres");
+}
+
+#[test]
+fn every_operation_pgx_go1_19_stripped() {
+    every_operation("go1.19-stripped", "pgx");
+}
+
+#[test]
+fn every_operation_pgx_go1_27() {
+    every_operation("go1.27", "pgx");
 }
 
 /// With --db-query-text raw, queries keep their values.
