@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Side-by-side cost of tracing Go HTTP services. Two workloads:
+"""Side-by-side cost of tracing Go HTTP services. Three workloads:
 
   server  one service, GET /c: one SERVER span per request (the per-server-request target)
   chain   service A's /one makes one call to service B: three spans (A server, A client,
           B server)
+  db      one service (fixtures/dbsql, lib/pq), GET /query: one SELECT on a private
+          PostgreSQL the benchmark starts, two spans (server, database); the SDK has no
+          service for it
 
 and five configurations, interleaved round by round (A B C D E A B C D E ...) so that drift
 hits all of them alike:
@@ -33,24 +36,25 @@ Usage: scripts/bench-http.py [--rounds N] [--seconds S] [--workloads server,chai
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request
 
-from benchlib import REPO, free_port, status_kib, wait_port
+from benchlib import REPO, Postgres, free_port, status_kib, wait_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 OHA = os.path.join(REPO, "target/tools/oha/bin/oha")
 GOTEL = os.path.join(REPO, "target/release/gotel")
 CHAIN = os.path.join(REPO, "target/fixtures/chain-go1.26")
+DBSQL = os.path.join(REPO, "target/fixtures/dbsql-go1.26")
 SDK = os.path.join(REPO, "target/bench/sdkchain")
 OTEL_AUTO = os.path.join(REPO, "target/bench/otel-auto")
 COLLECTOR = os.path.join(REPO, "target/tools/otelcol-gotel")
 
 # name -> (path requested, spans per request); "chain" runs B, then A calling B
-WORKLOADS = {"server": ("/c", 1), "chain": ("/one", 3)}
+WORKLOADS = {"server": ("/c", 1), "chain": ("/one", 3), "db": ("/query", 2)}
 CONFIGS = ["baseline", "gotel", "gotel-entry-ret", "otel-sdk", "otel-auto"]
 
 
 def fixed_rate(args, workload):
     """The request rate of the fixed-rate phase."""
-    return args.rate_chain if workload == "chain" else args.rate_server
+    return {"chain": args.rate_chain, "db": args.rate_db}.get(workload, args.rate_server)
 
 
 def cpu_seconds(pid):
@@ -142,10 +146,13 @@ def start_otel_auto(pid, env):
     return agent
 
 
-def run_one(args, collector, workload, name):
+def run_one(args, collector, workload, name, postgres):
     path, spans_per_request = WORKLOADS[workload]
     otlp_env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}")
-    binary = SDK if name == "otel-sdk" else CHAIN
+    if workload == "db" and name == "otel-sdk":
+        return {"error": "no SDK service for the db workload"}
+    binary = SDK if name == "otel-sdk" else DBSQL if workload == "db" else CHAIN
+    service_args = ["-dsn", postgres.dsn()] if workload == "db" else []
     agents = []
     if name.startswith("gotel"):
         extra = ["--probe-placement", "entry-ret"] if name == "gotel-entry-ret" else []
@@ -158,8 +165,8 @@ def run_one(args, collector, workload, name):
     env = otlp_env if name == "otel-sdk" else os.environ
     services = []
     b_port = free_port()
-    services.append(subprocess.Popen([binary, "-addr", f"127.0.0.1:{b_port}"], env=env,
-                                     stderr=subprocess.DEVNULL))
+    services.append(subprocess.Popen([binary, "-addr", f"127.0.0.1:{b_port}"] + service_args,
+                                     env=env, stderr=subprocess.DEVNULL))
     port = b_port
     if workload == "chain":
         port = free_port()
@@ -252,6 +259,7 @@ def main():
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--rate-server", type=int, default=3000, help="fixed rate, server workload")
     ap.add_argument("--rate-chain", type=int, default=1500, help="fixed rate, chain workload")
+    ap.add_argument("--rate-db", type=int, default=1000, help="fixed rate, db workload")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--gotel-other", metavar="PATH",
@@ -264,7 +272,7 @@ def main():
         configs.append("gotel-other")
     if "gotel-other" in configs and not args.gotel_other:
         sys.exit("the configuration gotel-other needs --gotel-other PATH")
-    needed = [GOTEL, CHAIN, COLLECTOR, OHA] + ([SDK] if "otel-sdk" in configs else []) + \
+    needed = [GOTEL, CHAIN, COLLECTOR, OHA] + ([DBSQL] if "db" in workloads else []) + ([SDK] if "otel-sdk" in configs else []) + \
         ([OTEL_AUTO] if "otel-auto" in configs else []) + \
         ([args.gotel_other] if args.gotel_other else [])
     for f in needed:
@@ -275,18 +283,21 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="gotel-bench-")
     collector = Collector(tmp)
+    postgres = Postgres() if "db" in workloads else None
     results = {w: {c: [] for c in configs} for w in workloads}
     try:
         for r in range(args.rounds):
             for w in workloads:
                 for name in configs:
-                    row = run_one(args, collector, w, name)
+                    row = run_one(args, collector, w, name, postgres)
                     results[w][name].append(row)
                     print(f"round {r + 1} {w:6} {name:15} " + " ".join(
                         f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                         flush=True)
     finally:
         collector.proc.kill()
+        if postgres:
+            postgres.stop()
     for w in workloads:
         report(w, results[w], args)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
