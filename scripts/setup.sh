@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything gotel's build, demo and tests need on a fresh Debian bookworm machine:
 # clang/llvm 19 for the BPF C programs, libbpf-sys build deps, extra Go toolchains for the
-# fixtures, wrk for load, and PostgreSQL for the database tests. Idempotent: a second run only
-# checks.
+# fixtures, wrk for load, and PostgreSQL and MariaDB for the database tests. Idempotent: a
+# second run only checks.
 set -euo pipefail
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
@@ -34,8 +34,9 @@ debian_archive_uri() {
   printf '%s\n' "${uris%%$'\n'*}"
 }
 
-# postgresql: the real server the database tests start private instances of.
-need_pkgs=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make wrk iproute2 python3-venv postgresql
+# postgresql, mariadb-server: the real servers the database tests start private instances of.
+need_pkgs=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make wrk iproute2 python3-venv
+  postgresql mariadb-server
   golang-1.19-go golang-1.21-go golang-1.22-go golang-1.23-go golang-1.24-go golang-1.26-go golang-1.27-go)
 
 missing=()

@@ -1,6 +1,6 @@
-//! database/sql client spans, end to end: the dbsql fixture (lib/pq and pgx's stdlib driver,
-//! both linked) against a real, private PostgreSQL server, spans checked at a real
-//! OpenTelemetry Collector.
+//! database/sql client spans, end to end: the dbsql fixture (lib/pq, pgx's stdlib driver and
+//! go-sql-driver/mysql, all linked) against real, private PostgreSQL and MariaDB servers,
+//! spans checked at a real OpenTelemetry Collector.
 
 mod support;
 
@@ -42,15 +42,61 @@ fn pair(name: &str, text: Option<&str>) -> (String, Option<String>) {
     (name.to_string(), text.map(str::to_string))
 }
 
+/// What differs between databases: the fixture's statements (as sanitized) and the codes.
+struct Dialect {
+    system: &'static str,
+    /// The fixture's -driver names using it.
+    drivers: &'static [&'static str],
+    select_from: &'static str,
+    select_one: &'static str,
+    insert_startup: &'static str,
+    insert_tx: &'static str,
+    /// Of `DELETE FROM missing`.
+    no_such_table: &'static str,
+}
+
+const POSTGRES: Dialect = Dialect {
+    system: "postgresql",
+    drivers: &["postgres", "pgx"],
+    select_from: "SELECT name FROM users WHERE id >= $1 ORDER BY id",
+    select_one: "SELECT name FROM users WHERE id = $1",
+    insert_startup: "INSERT INTO users VALUES (?, ?), (?, ?) ON CONFLICT DO NOTHING",
+    insert_tx: "INSERT INTO users VALUES (?, ?) ON CONFLICT DO NOTHING",
+    no_such_table: "42P01",
+};
+
+const MYSQL: Dialect = Dialect {
+    system: "mysql",
+    drivers: &["mysql"],
+    select_from: "SELECT name FROM users WHERE id >= ? ORDER BY id",
+    select_one: "SELECT name FROM users WHERE id = ?",
+    insert_startup: "INSERT IGNORE INTO users VALUES (?, ?), (?, ?)",
+    insert_tx: "INSERT IGNORE INTO users VALUES (?, ?)",
+    no_such_table: "1146",
+};
+
+/// A private server for `driver`: (what keeps it running, its port, the fixture's -dsn).
+fn database(driver: &str, tag: &str) -> (Box<dyn std::any::Any>, u16, String, &'static Dialect) {
+    if MYSQL.drivers.contains(&driver) {
+        let db = Mariadb::start(tag);
+        let (port, dsn) = (db.port, db.dsn());
+        (Box::new(db), port, dsn, &MYSQL)
+    } else {
+        let db = Postgres::start(tag);
+        let (port, dsn) = (db.port, db.dsn());
+        (Box::new(db), port, dsn, &POSTGRES)
+    }
+}
+
 /// Every kind of database work the fixture does, on a build with `go`, through `driver`
-/// (postgres: lib/pq; pgx: pgx's stdlib).
+/// (postgres: lib/pq; pgx: pgx's stdlib; mysql: go-sql-driver/mysql).
 fn every_operation(go: &str, driver: &str) {
     let Some(()) = privileged() else { return };
-    let pg = Postgres::start(&format!("{go}-{driver}"));
+    let (_db, db_port, dsn, d) = database(driver, &format!("{go}-{driver}"));
     let collector = Collector::start(&format!("dbsql-{go}-{driver}"));
     let port = free_port();
     let fx = fixture(&format!("dbsql-{go}"));
-    let (addr, dsn) = (format!("127.0.0.1:{port}"), pg.dsn());
+    let addr = format!("127.0.0.1:{port}");
     let fx = fx.to_str().unwrap();
     let args = ["run", "--", fx, "-addr", &addr, "-dsn", &dsn, "-driver", driver];
     let gotel = gotel(&args, Some(&collector), &[("OTEL_SERVICE_NAME", "shop")]);
@@ -75,10 +121,7 @@ fn every_operation(go: &str, driver: &str) {
                 "CREATE users",
                 Some("CREATE TABLE IF NOT EXISTS users (id int PRIMARY KEY, name text NOT NULL)")
             ),
-            pair(
-                "INSERT users",
-                Some("INSERT INTO users VALUES (?, ?), (?, ?) ON CONFLICT DO NOTHING")
-            ),
+            pair("INSERT users", Some(d.insert_startup)),
         ]
     );
     // A stripped PIE's type descriptors are not read (their pointers are relocated at load):
@@ -86,14 +129,14 @@ fn every_operation(go: &str, driver: &str) {
     // error's code is known.
     let pie = go.ends_with("pie-stripped");
     for s in spans.iter().filter(|s| s.kind() == CLIENT) {
-        assert_eq!(s.attr_str("db.system.name").as_deref(), Some("postgresql"), "{s:#?}");
+        assert_eq!(s.attr_str("db.system.name").as_deref(), Some(d.system), "{s:#?}");
         assert_eq!(s.resource_str("service.name").as_deref(), Some("shop"));
         let server = (s.attr_str("server.address"), s.attr_int("server.port"));
-        let expected = (!pie).then(|| ("127.0.0.1".to_string(), i64::from(pg.port)));
+        let expected = (!pie).then(|| ("127.0.0.1".to_string(), i64::from(db_port)));
         assert_eq!(server.0.zip(server.1), expected, "{s:#?}");
     }
 
-    let select = "SELECT name FROM users WHERE id >= $1 ORDER BY id";
+    let select = d.select_from;
     let query = request(&spans, "/query", None);
     assert_eq!(named(&query), [pair("SELECT users", Some(select))]);
     assert_eq!(query[0].attr_str("db.operation.name").as_deref(), Some("SELECT"));
@@ -106,7 +149,7 @@ fn every_operation(go: &str, driver: &str) {
         [pair("UPDATE users", Some("UPDATE users SET name = ? WHERE id = ?"))]
     );
 
-    let insert = "INSERT INTO users VALUES (?, ?) ON CONFLICT DO NOTHING";
+    let insert = d.insert_tx;
     let commit = request(&spans, "/tx", None);
     assert_eq!(
         named(&commit),
@@ -119,7 +162,7 @@ fn every_operation(go: &str, driver: &str) {
         [pair("BEGIN", None), pair("INSERT users", Some(insert)), pair("ROLLBACK", None)]
     );
 
-    let by_id = "SELECT name FROM users WHERE id = $1";
+    let by_id = d.select_one;
     let stmt = request(&spans, "/stmt", None);
     assert_eq!(
         named(&stmt),
@@ -136,7 +179,7 @@ fn every_operation(go: &str, driver: &str) {
     let fail = request(&spans, "/fail", None);
     assert_eq!(named(&fail), [pair("DELETE missing", Some("DELETE FROM missing WHERE id = ?"))]);
     assert_eq!(fail[0].status_code(), 2, "an error");
-    let code = (!pie).then_some("42P01");
+    let code = (!pie).then_some(d.no_such_table);
     assert_eq!(fail[0].attr_str("db.response.status_code").as_deref(), code);
     assert_eq!(fail[0].attr_str("error.type").as_deref(), Some(code.unwrap_or("_OTHER")));
 }
@@ -176,6 +219,16 @@ fn every_operation_pgx_go1_19_stripped() {
 #[test]
 fn every_operation_pgx_go1_27() {
     every_operation("go1.27", "pgx");
+}
+
+#[test]
+fn every_operation_mysql_go1_21() {
+    every_operation("go1.21", "mysql");
+}
+
+#[test]
+fn every_operation_mysql_go1_26_stripped() {
+    every_operation("go1.26-stripped", "mysql");
 }
 
 /// With --db-query-text raw, queries keep their values.

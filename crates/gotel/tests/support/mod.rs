@@ -586,3 +586,76 @@ fn postgres_bin_dir() -> PathBuf {
     });
     dirs.pop().expect("no PostgreSQL server in /usr/lib/postgresql: run scripts/setup.sh")
 }
+
+/// A private MariaDB server on a loopback port, with a user `gotel` that needs no password
+/// and a database `gotel`; stopped and removed on drop. It runs as the `mysql` user Debian's
+/// package made.
+pub struct Mariadb {
+    pub port: u16,
+    proc: Option<Proc>,
+    _dir: TempDir,
+}
+
+impl Mariadb {
+    pub fn start(tag: &str) -> Mariadb {
+        let dir = TempDir::new(&format!("mariadb-{tag}"));
+        let data = dir.0.join("data");
+        let socket = dir.0.join("mysqld.sock");
+        let chown = Command::new("chown").args(["mysql:mysql"]).arg(&dir.0).status();
+        assert!(chown.is_ok_and(|s| s.success()), "chown {} to mysql", dir.0.display());
+        let out = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=mysql", "--skip-test-db"])
+            .args(["--auth-root-authentication-method=socket"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("run mariadb-install-db (scripts/setup.sh installs mariadb-server)");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let child = Command::new("mariadbd")
+            .args(["--no-defaults", "--user=mysql", "--bind-address=127.0.0.1"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", dir.0.join("mysqld.pid").display()))
+            .arg(format!("--port={port}"))
+            .args(["--max-connections=300", "--innodb-buffer-pool-size=16M", "--skip-log-bin"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mariadbd");
+        let proc = Proc::new(child);
+        wait_for_port(port, Duration::from_secs(30));
+        let sql =
+            "CREATE USER 'gotel'@'%'; GRANT ALL ON *.* TO 'gotel'@'%'; CREATE DATABASE gotel;";
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "--user=root"])
+            .arg(format!("--socket={}", socket.display()))
+            .args(["-e", sql])
+            .output()
+            .expect("run mariadb");
+        assert!(out.status.success(), "mariadb: {}", String::from_utf8_lossy(&out.stderr));
+        Mariadb { port, proc: Some(proc), _dir: dir }
+    }
+
+    /// A go-sql-driver/mysql data source name for the `gotel` database.
+    pub fn dsn(&self) -> String {
+        format!("gotel@tcp(127.0.0.1:{})/gotel", self.port)
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            // SIGTERM is MariaDB's clean shutdown; Proc's own drop kills what is left.
+            // SAFETY: kill only sends a signal to our own child.
+            unsafe { libc::kill(proc.pid() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(proc.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
