@@ -211,6 +211,22 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
             }
         }
     }
+    // A field no build described would be unknown at every version: keep the old database.
+    let undescribed: Vec<String> = std_fields
+        .iter()
+        .map(FieldSpec::key)
+        .filter(|key| module.fields.get(key).is_none_or(|ranges| ranges.is_empty()))
+        .collect();
+    if !undescribed.is_empty() {
+        let failures: Vec<String> =
+            module.failed.iter().map(|(v, e)| format!("{v}: {e}")).collect();
+        bail!(
+            "no toolchain described {}; {} left as it was (failed builds: {})",
+            undescribed.join(", "),
+            out.display(),
+            if failures.is_empty() { "none".to_string() } else { failures.join("; ") }
+        );
+    }
     let json = db.to_json();
     std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
     let m = &db.modules[STD];
