@@ -6,7 +6,8 @@
 //! queries), `(*Stmt).QueryContext` and `ExecContext`, `(*DB).beginDC`, `(*Tx).Commit` and
 //! `(*Tx).rollback` (`Rollback` is always inlined). `(*DB).prepareDC` is probed only to learn
 //! the driver of the DB a statement will run on. The span ends where the function returns:
-//! a query's rows are read after it.
+//! a query's rows are read after it. Registers, offsets and caveats per Go version:
+//! `fixtures/dbsql/RESEARCH.md`.
 
 pub mod event;
 mod query;
