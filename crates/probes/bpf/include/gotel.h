@@ -211,6 +211,31 @@ static __always_inline void random_id(u8 *id, int len)
 		id[len - 1] = 1;
 }
 
+/* The context of a span starting now on goroutine `key`: a child of the span the goroutine
+ * works for (whose id goes to `parent_span_id`), else the root of a new trace; sampled as the
+ * sampler decides for it. */
+static __always_inline void start_span_ctx(const struct goroutine_key *key, struct span_ctx *ctx,
+					   u8 *parent_span_id)
+{
+	struct span_ctx *parent = goroutine_span(key);
+	if (parent) {
+		__builtin_memcpy(ctx->trace_id, parent->trace_id, sizeof(ctx->trace_id));
+		__builtin_memcpy(parent_span_id, parent->span_id, sizeof(parent->span_id));
+	} else {
+		random_id(ctx->trace_id, sizeof(ctx->trace_id));
+	}
+	random_id(ctx->span_id, sizeof(ctx->span_id));
+	ctx->sampled = sample(ctx->trace_id, parent != 0, parent && parent->sampled);
+}
+
+/* The load bias of a position-independent executable, from the run-time address of a probe
+ * whose link-time address is `link_address`: ip is the probed address, or just past its
+ * breakpoint, and the bias is page-aligned. */
+static __always_inline u64 load_bias(const struct pt_regs *ctx, u64 link_address)
+{
+	return (ctx->ip - link_address) & ~0xfffULL;
+}
+
 static __always_inline u64 read_u64(u64 addr)
 {
 	u64 v = 0;

@@ -97,7 +97,8 @@ struct {
 	__type(value, struct sql_call);
 } sql_calls SEC(".maps");
 
-/* The driver of each *DB seen, for prepared statements, which reach no connection first. */
+/* What each *DB seen is known to be (db_facts), for prepared statements, which reach no
+ * connection first. */
 struct db_key {
 	u32 pid;
 	u32 _pad;
@@ -110,13 +111,6 @@ struct {
 	__type(key, struct db_key);
 	__type(value, struct db_facts);
 } sql_dbs SEC(".maps");
-
-/* The load bias of this process's executable, from the probe of `op`. */
-static __always_inline u64 load_bias(struct pt_regs *ctx, u8 op)
-{
-	/* ip is the probed address, or just past its breakpoint: the bias is page-aligned. */
-	return op < SQL_OPS ? (ctx->ip - entry_address[op]) & ~0xfffULL : 0;
-}
 
 /* What the driverConn at `dc` tells: its driver's system and, for a plain TCP connection, the
  * server it is connected to. */
@@ -157,7 +151,7 @@ static __always_inline int sql_enter(struct pt_regs *ctx, u8 op, u64 db, u64 dc,
 	u32 pid = bpf_get_current_pid_tgid() >> 32;
 	if (!pid_traced(pid))
 		return 0;
-	u64 bias = load_bias(ctx, op);
+	u64 bias = op < SQL_OPS ? load_bias(ctx, entry_address[op]) : 0;
 	struct db_key dbk = { .pid = pid, .db = db };
 	struct sql_call call = {
 		.query = query,
@@ -178,15 +172,7 @@ static __always_inline int sql_enter(struct pt_regs *ctx, u8 op, u64 db, u64 dc,
 		return 0;
 	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
 	call.start_ns = bpf_ktime_get_ns();
-	struct span_ctx *parent = goroutine_span(&key);
-	if (parent) {
-		__builtin_memcpy(call.ctx.trace_id, parent->trace_id, sizeof(call.ctx.trace_id));
-		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
-	} else {
-		random_id(call.ctx.trace_id, sizeof(call.ctx.trace_id));
-	}
-	random_id(call.ctx.span_id, sizeof(call.ctx.span_id));
-	call.ctx.sampled = sample(call.ctx.trace_id, parent != 0, parent && parent->sampled);
+	start_span_ctx(&key, &call.ctx, call.parent_span_id);
 	bpf_map_update_elem(&sql_calls, &key, &call, BPF_ANY);
 	return 0;
 }

@@ -34,9 +34,7 @@ static __always_inline bool works_for_no_span(struct pt_regs *ctx, u64 newg)
 {
 	if (!off_g_gopc)
 		return false;
-	/* ip is the probed address, or just past its breakpoint: the bias is page-aligned. */
-	u64 bias = (ctx->ip - queue_call_address) & ~0xfffULL;
-	u64 pc = read_u64(newg + off_g_gopc) - bias;
+	u64 pc = read_u64(newg + off_g_gopc) - load_bias(ctx, queue_call_address);
 	for (int i = 0; i < NO_SPAN_STARTERS; i++)
 		if (pc >= no_span_starter_begin[i] && pc < no_span_starter_end[i])
 			return true;

@@ -64,15 +64,7 @@ int http_client_enter(struct pt_regs *ctx)
 		u8 one = 1;
 		bpf_map_update_elem(&client_pids, &pid, &one, BPF_ANY);
 	}
-	struct span_ctx *parent = goroutine_span(&key);
-	if (parent) {
-		__builtin_memcpy(call.ctx.trace_id, parent->trace_id, sizeof(call.ctx.trace_id));
-		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
-	} else {
-		random_id(call.ctx.trace_id, sizeof(call.ctx.trace_id));
-	}
-	random_id(call.ctx.span_id, sizeof(call.ctx.span_id));
-	call.ctx.sampled = sample(call.ctx.trace_id, parent != 0, parent && parent->sampled);
+	start_span_ctx(&key, &call.ctx, call.parent_span_id);
 	bpf_map_update_elem(&client_calls, &key, &call, BPF_ANY);
 	return 0;
 }
