@@ -259,18 +259,21 @@ impl Plan for DatabaseSqlPlan {
                 ro.entry_address[op + 1] = f.entry_point(placement).1;
             }
             ro.entry_address[FUNCTIONS.len() + 1] = self.prepare.entry_point(placement).1;
+            // The servers' addresses need the socket's offsets and TCPConn's Close to check
+            // the net.Conn is plain TCP.
+            let sockets = self.tcpconn_close.zip(conn_offsets(&self.fields));
+            if let Some((close, conn_offsets)) = sockets {
+                ro.tcpconn_close = close;
+                (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
+                ro.has_conn_offsets = true;
+            }
             for (i, d) in self.drivers.iter().take(ro.driver_begin.len()).enumerate() {
                 (ro.driver_begin[i], ro.driver_system[i]) = (d.begin, d.driver.system);
-                if let (Some(close), Some(conn_offsets)) =
-                    (self.tcpconn_close, conn_offsets(&self.fields))
-                {
-                    ro.tcpconn_close = close;
-                    (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
-                    ro.has_conn_offsets = true;
-                    for (h, &at) in d.conn.iter().take(ro.driver_conn_hop[i].len()).enumerate() {
-                        ro.driver_conn_hop[i][h] = at;
-                        ro.driver_conn_hops[i] = h as u8 + 1;
-                    }
+                // A way cut short would lead elsewhere: the whole path, or no address.
+                let hops = &mut ro.driver_conn_hop[i];
+                if sockets.is_some() && d.conn.len() <= hops.len() {
+                    hops[..d.conn.len()].copy_from_slice(&d.conn);
+                    ro.driver_conn_hops[i] = d.conn.len() as u8;
                 }
             }
             let errors = self.errors.iter().take(ro.error_method.len());
@@ -307,6 +310,14 @@ impl Plan for DatabaseSqlPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_drivers_and_errors_field_is_declared() {
+        let used = DRIVERS.iter().flat_map(|d| d.conn).chain(ERRORS.iter().map(|e| &e.1));
+        for f in used {
+            assert!(FIELDS.contains(f), "{} is not in FIELDS: it would never be resolved", f.key());
+        }
+    }
 
     #[test]
     fn a_methods_package_is_its_path_up_to_the_type() {
