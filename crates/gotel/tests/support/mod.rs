@@ -133,6 +133,19 @@ impl Proc {
         }
     }
 
+    /// If it still runs: sends `signal` and waits for the exit, at most `within`, never
+    /// panicking (for drops, where what is left is killed after).
+    pub fn stop(&mut self, signal: i32, within: Duration) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill only sends a signal to our own child.
+            unsafe { libc::kill(self.pid() as i32, signal) };
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     /// The pids of this process's children.
     pub fn children(&self) -> Vec<u32> {
         let path = format!("/proc/{0}/task/{0}/children", self.pid());
@@ -147,14 +160,7 @@ impl Proc {
 impl Drop for Proc {
     /// SIGTERM first, so a `gotel run` stops its program too; SIGKILL if that does not do.
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: kill only sends a signal to our own child.
-            unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        self.stop(libc::SIGTERM, Duration::from_secs(5));
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -560,12 +566,7 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         if let Some(mut proc) = self.proc.take() {
             // SIGINT: fast shutdown, which ends the backends too (SIGTERM waits for clients).
-            // SAFETY: kill only sends a signal to our own child.
-            unsafe { libc::kill(proc.pid() as i32, libc::SIGINT) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(proc.0.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            proc.stop(libc::SIGINT, Duration::from_secs(10));
         }
     }
 }
@@ -650,12 +651,7 @@ impl Drop for Mariadb {
     fn drop(&mut self) {
         if let Some(mut proc) = self.proc.take() {
             // SIGTERM is MariaDB's clean shutdown; Proc's own drop kills what is left.
-            // SAFETY: kill only sends a signal to our own child.
-            unsafe { libc::kill(proc.pid() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(proc.0.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            proc.stop(libc::SIGTERM, Duration::from_secs(20));
         }
     }
 }
