@@ -1,10 +1,14 @@
 //! `cargo xtask offsets`: regenerates crates/offsets/data/offsets.json.
 //!
 //! For every Go toolchain on the machine it builds a tiny program that links the code behind
-//! every struct the instrumentations declare, reads the field offsets from its DWARF with
-//! goinfo, and merges equal offsets into version ranges. Incremental (versions already in the
-//! database are skipped unless --full), parallel (--jobs), and tolerant: a toolchain that fails
-//! to build is recorded with its error, not fatal.
+//! every standard-library struct the instrumentations declare; for every release of every
+//! tracked module (`tracked.rs`) on the module proxy, one that links that module's. It reads
+//! the field offsets from each build's DWARF with goinfo and merges equal offsets into version
+//! ranges. Incremental (versions already in the database are skipped unless --full), parallel
+//! (--jobs), and tolerant: a version that fails to build is recorded with its error, not fatal.
+
+mod build;
+mod tracked;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,9 +18,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use goinfo::GoBinary;
 use offsets::db::{Database, ModuleOffsets, SCHEMA, STD};
 use offsets::FieldSpec;
+
+use build::{read_offsets, Program};
+use tracked::{Tracked, TRACKED};
 
 #[derive(Parser)]
 struct Cli {
@@ -34,7 +40,8 @@ enum Task {
         /// Parallel builds.
         #[arg(long, default_value_t = 2)]
         jobs: usize,
-        /// Go toolchain roots (default: /usr/lib/go-1.* and /usr/local/go).
+        /// Go toolchain roots (default: /usr/lib/go-1.* and /usr/local/go); modules are built
+        /// with the last.
         #[arg(long = "goroot")]
         goroots: Vec<PathBuf>,
         /// Where the database lives.
@@ -104,39 +111,30 @@ fn go_version(goroot: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// Builds the std probe with `goroot` and reads every declared std field from its DWARF.
-fn probe_std(goroot: &Path, fields: &[FieldSpec]) -> anyhow::Result<BTreeMap<String, Option<u64>>> {
-    let dir = std::env::temp_dir().join(format!(
-        "gotel-offsets-{}-{}",
-        std::process::id(),
-        goroot.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("go.mod"), "module gotel.dev/offsets/probe\n\ngo 1.17\n")?;
-    std::fs::write(dir.join("main.go"), STD_PROBE)?;
-    let out = Command::new(goroot.join("bin/go"))
-        .args(["build", "-trimpath", "-o", "probe", "."])
-        .current_dir(&dir)
-        .env("GOROOT", goroot)
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .output()
-        .context("running go build")?;
-    if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&dir);
-        bail!("go build failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+/// One build to make: a Go version of the standard library, or a release of a module.
+struct Job {
+    module: &'static str,
+    version: String,
+    goroot: PathBuf,
+    /// None for the standard library.
+    tracked: Option<&'static Tracked>,
+    /// A module version the proxy did not list: skipped, not failed, if it cannot be got.
+    guessed: bool,
+}
+
+impl Job {
+    fn run(&self, fields: &[FieldSpec]) -> anyhow::Result<BTreeMap<String, Option<u64>>> {
+        let program = match self.tracked {
+            None => Program { require: None, main_go: STD_PROBE },
+            Some(t) => Program {
+                require: Some(format!("{}@{}", t.module, self.version)),
+                main_go: t.main_go,
+            },
+        };
+        let mine: Vec<FieldSpec> =
+            fields.iter().filter(|f| f.module == self.module).copied().collect();
+        read_offsets(&self.goroot, &program, &mine)
     }
-    let bin = GoBinary::open(dir.join("probe"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let bin = bin?;
-    let mut structs: Vec<&str> = fields.iter().map(|f| f.struct_name).collect();
-    structs.dedup();
-    let layouts = bin.struct_layouts(&structs)?;
-    Ok(fields
-        .iter()
-        .map(|f| (f.key(), layouts.get(f.struct_name).and_then(|s| s.get(f.field)).copied()))
-        .collect())
 }
 
 fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> anyhow::Result<()> {
@@ -145,101 +143,167 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
         Ok(text) if !full => Database::from_json(&text)?,
         _ => Database { schema: SCHEMA, modules: BTreeMap::new() },
     };
-    let std_fields: Vec<FieldSpec> = probes::declared_fields();
+    let fields: Vec<FieldSpec> = probes::declared_fields();
+    let mut modules: Vec<&'static str> = fields.iter().map(|f| f.module).collect();
+    modules.sort_unstable();
+    modules.dedup();
+    let untracked: Vec<&str> = modules
+        .iter()
+        .copied()
+        .filter(|m| *m != STD && !TRACKED.iter().any(|t| t.module == *m))
+        .collect();
+    if !untracked.is_empty() {
+        println!(
+            "[offsets] not tracked, their fields come from the binary alone: {}",
+            untracked.join(", ")
+        );
+    }
+    modules.retain(|m| !untracked.contains(m));
 
-    // A field declared since the last run needs every version probed again.
-    let known: Vec<String> = match db.modules.get(STD) {
-        Some(m) if std_fields.iter().all(|f| m.fields.contains_key(&f.key())) => m.versions.clone(),
-        Some(_) => {
-            println!("[offsets] new fields declared: probing every toolchain again");
-            Vec::new()
+    // A field declared since the last run needs every version of its module probed again.
+    let known = |module: &str| -> Vec<String> {
+        match db.modules.get(module) {
+            Some(m)
+                if fields
+                    .iter()
+                    .filter(|f| f.module == module)
+                    .all(|f| m.fields.contains_key(&f.key())) =>
+            {
+                m.versions.clone()
+            }
+            Some(_) => {
+                println!("[offsets] {module}: new fields declared: probing every version again");
+                Vec::new()
+            }
+            None => Vec::new(),
         }
-        None => Vec::new(),
     };
-    let mut work = Vec::new();
-    for root in toolchains(goroots) {
+    let roots = toolchains(goroots);
+    let Some(newest_go) = roots.last().cloned() else {
+        bail!("no Go toolchain found");
+    };
+    let mut work: Vec<Job> = Vec::new();
+    let std_known = known(STD);
+    for root in roots {
         let version = go_version(&root)?;
-        if known.contains(&version) {
+        if std_known.contains(&version) {
             println!("[offsets] std {version}: already in the database ({})", root.display());
-        } else if !work.iter().any(|(v, _): &(String, PathBuf)| *v == version) {
-            work.push((version, root));
+        } else if !work.iter().any(|j| j.version == version) {
+            work.push(Job { module: STD, version, goroot: root, tracked: None, guessed: false });
         }
     }
+    for t in TRACKED {
+        let module_known = known(t.module);
+        let releases = tracked::releases(&newest_go, t)?;
+        let total = releases.len();
+        let new: Vec<_> =
+            releases.into_iter().filter(|r| !module_known.contains(&r.version)).collect();
+        println!("[offsets] {}: {total} release(s) from {}, {} new", t.module, t.oldest, new.len());
+        work.extend(new.into_iter().map(|r| Job {
+            module: t.module,
+            version: r.version,
+            goroot: newest_go.clone(),
+            tracked: Some(t),
+            guessed: r.guessed,
+        }));
+    }
+
     let total = work.len();
-    println!("[offsets] probing {total} Go toolchain(s) with {jobs} job(s)");
+    println!("[offsets] {total} build(s) with {jobs} job(s)");
+    // Popped from the end: the standard library's first, whose builds are slowest to repeat.
+    work.reverse();
     let queue = Mutex::new(work);
     let results = Mutex::new(Vec::new());
     let done = Mutex::new(0usize);
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| loop {
-                let Some((version, root)) = queue.lock().unwrap().pop() else {
+                let Some(job) = queue.lock().unwrap().pop() else {
                     break;
                 };
                 let t = Instant::now();
-                let result = probe_std(&root, &std_fields);
+                let result = job.run(&fields);
                 let n = {
                     let mut d = done.lock().unwrap();
                     *d += 1;
                     *d
                 };
+                let what = format!("({n}/{total}) {} {}", job.module, job.version);
                 match &result {
-                    Ok(fields) => println!(
-                        "[offsets] ({n}/{total}) std {version}: {} fields in {:.1}s",
-                        fields.values().filter(|o| o.is_some()).count(),
+                    Ok(found) => println!(
+                        "[offsets] {what}: {} fields in {:.1}s",
+                        found.values().filter(|o| o.is_some()).count(),
                         t.elapsed().as_secs_f64()
                     ),
-                    Err(e) => println!("[offsets] ({n}/{total}) std {version}: FAILED: {e:#}"),
+                    Err(e) if job.guessed => println!("[offsets] {what}: not to be had ({e:#})"),
+                    Err(e) => println!("[offsets] {what}: FAILED: {e:#}"),
                 }
-                results.lock().unwrap().push((version, result));
+                results.lock().unwrap().push((job, result));
             });
         }
     });
 
-    let module = db.modules.entry(STD.to_string()).or_insert_with(ModuleOffsets::default);
-    // Fields no instrumentation declares any more leave the database with their last reader.
-    let before = module.fields.len();
-    module.fields.retain(|key, _| std_fields.iter().any(|f| f.key() == *key));
-    if module.fields.len() < before {
-        println!("[offsets] dropped {} field(s) no longer declared", before - module.fields.len());
-    }
-    for (version, result) in results.into_inner().unwrap() {
+    // Modules no instrumentation reads any more leave the database, as do fields.
+    db.modules.retain(|m, _| modules.contains(&m.as_str()));
+    for (job, result) in results.into_inner().unwrap() {
+        let module =
+            db.modules.entry(job.module.to_string()).or_insert_with(ModuleOffsets::default);
         match result {
-            Ok(fields) => module.record(&version, &fields),
+            Ok(found) => module.record(&job.version, &found),
+            Err(_) if job.guessed => {}
             Err(e) => {
-                module.failed.insert(version, format!("{e:#}"));
+                module.failed.insert(job.version, format!("{e:#}"));
             }
         }
     }
-    // A field no build described would be unknown at every version: keep the old database.
-    let undescribed: Vec<String> = std_fields
-        .iter()
-        .map(FieldSpec::key)
-        .filter(|key| module.fields.get(key).is_none_or(|ranges| ranges.is_empty()))
-        .collect();
+    let mut undescribed = Vec::new();
+    for (name, module) in db.modules.iter_mut() {
+        let mine: Vec<String> =
+            fields.iter().filter(|f| f.module == name).map(FieldSpec::key).collect();
+        let before = module.fields.len();
+        module.fields.retain(|key, _| mine.contains(key));
+        if module.fields.len() < before {
+            println!(
+                "[offsets] {name}: dropped {} field(s) no longer declared",
+                before - module.fields.len()
+            );
+        }
+        // A field no build described would be unknown at every version: keep the old database.
+        for key in mine {
+            if module
+                .fields
+                .get(&key)
+                .is_none_or(|ranges| ranges.iter().all(|r| r.offset.is_none()))
+            {
+                let failures: Vec<String> =
+                    module.failed.iter().map(|(v, e)| format!("{v}: {e}")).collect();
+                undescribed.push(format!(
+                    "{key} (failed builds: {})",
+                    if failures.is_empty() { "none".to_string() } else { failures.join("; ") }
+                ));
+            }
+        }
+    }
     if !undescribed.is_empty() {
-        let failures: Vec<String> =
-            module.failed.iter().map(|(v, e)| format!("{v}: {e}")).collect();
-        bail!(
-            "no toolchain described {}; {} left as it was (failed builds: {})",
-            undescribed.join(", "),
-            out.display(),
-            if failures.is_empty() { "none".to_string() } else { failures.join("; ") }
-        );
+        bail!("no build described {}; {} left as it was", undescribed.join(", "), out.display());
     }
     let json = db.to_json();
     std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
-    let m = &db.modules[STD];
+    for (name, m) in &db.modules {
+        println!(
+            "[offsets] {name}: {} ({} versions, {} failed), {} fields",
+            match (m.versions.first(), m.versions.last()) {
+                (Some(a), Some(b)) => format!("{a} .. {b}"),
+                _ => "none".into(),
+            },
+            m.versions.len(),
+            m.failed.len(),
+            m.fields.len(),
+        );
+    }
     println!(
-        "[offsets] {}: std for Go {} ({} versions, {} failed), {} fields, {} bytes, in {:.1}s",
+        "[offsets] {}: {} bytes, in {:.1}s",
         out.display(),
-        match (m.versions.first(), m.versions.last()) {
-            (Some(a), Some(b)) => format!("{a} .. {b}"),
-            _ => "none".into(),
-        },
-        m.versions.len(),
-        m.failed.len(),
-        m.fields.len(),
         json.len(),
         started.elapsed().as_secs_f64()
     );

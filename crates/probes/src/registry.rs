@@ -3,7 +3,7 @@
 //! database must cover. Nothing outside `instrumentations/` names an instrumentation.
 
 use goinfo::GoBinary;
-use offsets::{FieldSpec, Layouts, STD};
+use offsets::{FieldSpec, Layouts};
 
 use crate::instrumentations::ALL;
 use crate::plan::version_at_least;
@@ -22,7 +22,7 @@ pub struct Planned {
 /// attaching). Pure.
 pub fn plan_all(bin: &GoBinary) -> Vec<Planned> {
     // DWARF and the type descriptors are read once, for every instrumentation's fields.
-    let layouts = Layouts::load(bin, &fields(|_| true));
+    let layouts = Layouts::load(bin, &declared_fields());
     ALL.iter()
         .map(|&instrumentation| {
             let plan = supported(bin, instrumentation.target())
@@ -119,17 +119,12 @@ impl<'p> Selection<'p> {
     }
 }
 
-/// Every standard-library struct field any instrumentation reads: what the offsets database
-/// must cover. (Other modules' fields come from the binary itself.)
+/// Every struct field any instrumentation reads, the standard library's and modules': what
+/// the offsets database must cover; each once, in the registry's order.
 pub fn declared_fields() -> Vec<FieldSpec> {
-    fields(|f| f.module == STD)
-}
-
-/// The fields of every instrumentation that `keep` keeps, each once, in the registry's order.
-fn fields(keep: impl Fn(&FieldSpec) -> bool) -> Vec<FieldSpec> {
     let mut all: Vec<FieldSpec> = Vec::new();
     for spec in ALL.iter().flat_map(|i| i.fields()) {
-        if keep(spec) && !all.contains(spec) {
+        if !all.contains(spec) {
             all.push(*spec);
         }
     }
@@ -235,12 +230,12 @@ mod tests {
     }
 
     #[test]
-    fn declared_fields_are_the_standard_librarys_each_once() {
+    fn declared_fields_are_each_there_once() {
         let fields = declared_fields();
-        assert!(fields.iter().all(|f| f.module == STD));
         for (i, f) in fields.iter().enumerate() {
             assert!(!fields[i + 1..].contains(f), "{} twice", f.key());
         }
         assert!(fields.iter().any(|f| f.key() == "net/http.Request.Method"));
+        assert!(fields.iter().any(|f| f.module == "github.com/lib/pq"));
     }
 }
