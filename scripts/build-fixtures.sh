@@ -2,8 +2,8 @@
 # Builds every Go fixture with every Go toolchain found (Debian's /usr/lib/go-1.NN and the
 # machine's /usr/local/go), plain and stripped (-s -w), into target/fixtures/NAME-go1.NN[-stripped].
 # The newest toolchain also builds httpserver-go1.NN-gopath in GOPATH mode (buildinfo with no
-# modules), and chain-go1.NN-pie-stripped and dbsql-go1.NN-pie-stripped, position-independent
-# (loaded at a random address).
+# modules), and chain-, dbsql- and redis-go1.NN-pie-stripped, position-independent (loaded at a
+# random address).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${GOTEL_FIXTURES_DIR:-$repo/target/fixtures}
@@ -54,7 +54,7 @@ for fixture in "$repo"/fixtures/*/; do
     gobuild "$root" "$fixture" -ldflags="-s -w" -o "$bin-stripped" .
   done
   short=$(short_version "$newest")
-  if [ "$name" = chain ] || [ "$name" = dbsql ]; then
+  if [ "$name" = chain ] || [ "$name" = dbsql ] || [ "$name" = redis ]; then
     bin="$out/$name-go$short-pie-stripped"
     if stale "$bin" "$fixture"; then
       echo "[fixtures] $name as a stripped PIE with go$short"

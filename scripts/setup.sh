@@ -34,9 +34,10 @@ debian_archive_uri() {
   printf '%s\n' "${uris%%$'\n'*}"
 }
 
-# postgresql, mariadb-server: the real servers the database tests start private instances of.
+# postgresql, mariadb-server, redis-server: the real servers the database tests start private
+# instances of.
 need_pkgs=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make wrk iproute2 python3-venv
-  postgresql mariadb-server
+  postgresql mariadb-server redis-server
   golang-1.19-go golang-1.21-go golang-1.22-go golang-1.23-go golang-1.24-go golang-1.26-go golang-1.27-go)
 
 missing=()

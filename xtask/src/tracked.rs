@@ -93,6 +93,48 @@ func main() {
 }
 "#,
     },
+    Tracked {
+        module: "github.com/redis/go-redis/v9",
+        oldest: "v9.0.0",
+        main_go: r#"package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/redis/go-redis/v9"
+)
+
+func main() {
+	if len(os.Args) > 99 {
+		c := redis.NewClient(&redis.Options{Addr: os.Args[1]})
+		fmt.Println(c.Get(context.Background(), os.Args[2]).Err())
+	}
+}
+"#,
+    },
+    Tracked {
+        module: "github.com/go-redis/redis/v8",
+        oldest: "v8.11.0",
+        main_go: r#"package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/go-redis/redis/v8"
+)
+
+func main() {
+	if len(os.Args) > 99 {
+		c := redis.NewClient(&redis.Options{Addr: os.Args[1]})
+		fmt.Println(c.Get(context.Background(), os.Args[2]).Err())
+	}
+}
+"#,
+    },
 ];
 
 /// A version to probe; a guessed one may not exist, and is skipped if it cannot be downloaded.

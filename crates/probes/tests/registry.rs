@@ -40,6 +40,8 @@ fn an_http_service_gets_server_client_and_their_goroutine_ancestry() {
             "gRPC server: google.golang.org/grpc is not in the binary",
             "gRPC client: google.golang.org/grpc is not in the binary",
             "database/sql: database/sql.(*DB).queryDC is not in the binary",
+            "go-redis v9: github.com/redis/go-redis/v9 is not in the binary",
+            "go-redis v8: github.com/go-redis/redis/v8 is not in the binary",
         ]
     );
 }
@@ -53,11 +55,31 @@ fn a_database_client_gets_database_sql_and_goroutine_ancestry() {
     }
 }
 
+/// Both go-redis majors linked: both attach, whichever the program uses.
+#[test]
+fn a_redis_client_gets_both_go_redis_majors_and_goroutine_ancestry() {
+    for name in ["redis-go1.19", "redis-go1.27-pie-stripped", "redis/redis-v9.23.0-stripped"] {
+        let Some((attach, _)) = selected(name) else { return };
+        assert_eq!(
+            attach,
+            ["net/http server", "go-redis v9", "go-redis v8", "goroutine ancestry"],
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn a_grpc_service_gets_http_grpc_and_goroutine_ancestry() {
     for name in ["grpc/grpc-v1.40.0", "grpc/grpc-v1.85.0-stripped"] {
         let Some((attach, skipped)) = selected(name) else { return };
-        assert_eq!(skipped, ["database/sql: database/sql.(*DB).queryDC is not in the binary"]);
+        assert_eq!(
+            skipped,
+            [
+                "database/sql: database/sql.(*DB).queryDC is not in the binary",
+                "go-redis v9: github.com/redis/go-redis/v9 is not in the binary",
+                "go-redis v8: github.com/go-redis/redis/v8 is not in the binary",
+            ]
+        );
         assert_eq!(
             attach,
             [

@@ -269,6 +269,23 @@ impl Collector {
         }
     }
 
+    /// Waits until at least `n` spans matching `counted` arrived; returns every span.
+    pub fn wait_for_span_count(
+        &self,
+        counted: impl Fn(&ReceivedSpan) -> bool,
+        n: usize,
+        within: Duration,
+    ) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + within;
+        loop {
+            let spans = self.spans();
+            if spans.iter().filter(|s| counted(s)).count() >= n || Instant::now() >= deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until a span matching `wanted` arrived. Spans of one request may come in
     /// different export batches, so a test looking for a related span must wait for it too.
     pub fn wait_for_span(
@@ -652,6 +669,45 @@ impl Drop for Mariadb {
         if let Some(mut proc) = self.proc.take() {
             // SIGTERM is MariaDB's clean shutdown; Proc's own drop kills what is left.
             proc.stop(libc::SIGTERM, Duration::from_secs(20));
+        }
+    }
+}
+
+/// A private Redis server on a loopback port, persisting nothing, with its working directory
+/// under a temporary directory; stopped on drop.
+pub struct Redis {
+    pub port: u16,
+    proc: Option<Proc>,
+    _dir: TempDir,
+}
+
+impl Redis {
+    pub fn start(tag: &str) -> Redis {
+        let dir = TempDir::new(&format!("redis-{tag}"));
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (scripts/setup.sh installs redis-server)");
+        let proc = Proc::new(child);
+        wait_for_port(port, Duration::from_secs(30));
+        Redis { port, proc: Some(proc), _dir: dir }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.stop(libc::SIGTERM, Duration::from_secs(10));
         }
     }
 }

@@ -6,6 +6,7 @@
 //! conventions; then a `mod` line and an entry in `ALL` below.
 
 pub mod database_sql;
+pub mod go_redis;
 pub mod goroutines;
 pub mod grpc;
 pub mod net_http;
@@ -19,6 +20,8 @@ pub static ALL: &[&dyn Instrumentation] = &[
     &grpc::server::GrpcServer,
     &grpc::client::GrpcClient,
     &database_sql::DatabaseSql,
+    &go_redis::V9,
+    &go_redis::V8,
     &goroutines::Goroutines,
 ];
 
