@@ -4,9 +4,10 @@
   server  one service, GET /c: one SERVER span per request (the per-server-request target)
   chain   service A's /one makes one call to service B: three spans (A server, A client,
           B server)
-  db      one service (fixtures/dbsql, lib/pq), GET /query: one SELECT on a private
-          PostgreSQL the benchmark starts, two spans (server, database); the SDK has no
-          service for it
+  db      one service (bench/dbservice), GET /query: one SELECT on a private PostgreSQL
+          (database/sql, lib/pq) and one GET on a private Redis (go-redis v9), both started
+          by the benchmark; three spans (server, query, command). Its otel-sdk configuration
+          is the same binary run with -sdk: otelhttp, otelsql and redisotel
 
 and five configurations, interleaved round by round (A B C D E A B C D E ...) so that drift
 hits all of them alike:
@@ -36,19 +37,19 @@ Usage: scripts/bench-http.py [--rounds N] [--seconds S] [--workloads server,chai
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request
 
-from benchlib import REPO, Postgres, free_port, status_kib, wait_port
+from benchlib import REPO, Postgres, Redis, free_port, status_kib, wait_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 OHA = os.path.join(REPO, "target/tools/oha/bin/oha")
 GOTEL = os.path.join(REPO, "target/release/gotel")
 CHAIN = os.path.join(REPO, "target/fixtures/chain-go1.26")
-DBSQL = os.path.join(REPO, "target/fixtures/dbsql-go1.26")
+DBSERVICE = os.path.join(REPO, "target/bench/dbservice")
 SDK = os.path.join(REPO, "target/bench/sdkchain")
 OTEL_AUTO = os.path.join(REPO, "target/bench/otel-auto")
 COLLECTOR = os.path.join(REPO, "target/tools/otelcol-gotel")
 
 # name -> (path requested, spans per request); "chain" runs B, then A calling B
-WORKLOADS = {"server": ("/c", 1), "chain": ("/one", 3), "db": ("/query", 2)}
+WORKLOADS = {"server": ("/c", 1), "chain": ("/one", 3), "db": ("/query", 3)}
 CONFIGS = ["baseline", "gotel", "gotel-entry-ret", "otel-sdk", "otel-auto"]
 
 
@@ -146,13 +147,17 @@ def start_otel_auto(pid, env):
     return agent
 
 
-def run_one(args, collector, workload, name, postgres):
+def run_one(args, collector, workload, name, stores):
     path, spans_per_request = WORKLOADS[workload]
     otlp_env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}")
-    if workload == "db" and name == "otel-sdk":
-        return {"error": "no SDK service for the db workload"}
-    binary = SDK if name == "otel-sdk" else DBSQL if workload == "db" else CHAIN
-    service_args = ["-dsn", postgres.dsn()] if workload == "db" else []
+    if workload == "db":
+        postgres, redis = stores
+        binary = DBSERVICE
+        service_args = ["-dsn", postgres.dsn(), "-redis", redis.addr()] + \
+            (["-sdk"] if name == "otel-sdk" else [])
+    else:
+        binary = SDK if name == "otel-sdk" else CHAIN
+        service_args = []
     agents = []
     if name.startswith("gotel"):
         extra = ["--probe-placement", "entry-ret"] if name == "gotel-entry-ret" else []
@@ -272,7 +277,7 @@ def main():
         configs.append("gotel-other")
     if "gotel-other" in configs and not args.gotel_other:
         sys.exit("the configuration gotel-other needs --gotel-other PATH")
-    needed = [GOTEL, CHAIN, COLLECTOR, OHA] + ([DBSQL] if "db" in workloads else []) + ([SDK] if "otel-sdk" in configs else []) + \
+    needed = [GOTEL, CHAIN, COLLECTOR, OHA] + ([DBSERVICE] if "db" in workloads else []) + ([SDK] if "otel-sdk" in configs else []) + \
         ([OTEL_AUTO] if "otel-auto" in configs else []) + \
         ([args.gotel_other] if args.gotel_other else [])
     for f in needed:
@@ -283,21 +288,21 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="gotel-bench-")
     collector = Collector(tmp)
-    postgres = Postgres() if "db" in workloads else None
+    stores = (Postgres(), Redis()) if "db" in workloads else None
     results = {w: {c: [] for c in configs} for w in workloads}
     try:
         for r in range(args.rounds):
             for w in workloads:
                 for name in configs:
-                    row = run_one(args, collector, w, name, postgres)
+                    row = run_one(args, collector, w, name, stores)
                     results[w][name].append(row)
                     print(f"round {r + 1} {w:6} {name:15} " + " ".join(
                         f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                         flush=True)
     finally:
         collector.proc.kill()
-        if postgres:
-            postgres.stop()
+        for store in stores or ():
+            store.stop()
     for w in workloads:
         report(w, results[w], args)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)

@@ -67,3 +67,26 @@ class Postgres:
         self.proc.send_signal(signal.SIGINT)  # fast shutdown: backends end too
         self.proc.wait(timeout=30)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Redis:
+    """A private Redis server on a loopback port persisting nothing; stop() ends it."""
+
+    def __init__(self):
+        import subprocess, tempfile
+        self.dir = tempfile.mkdtemp(prefix="gotel-bench-redis-")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, 30)
+
+    def addr(self):
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        import shutil
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)

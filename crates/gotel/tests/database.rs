@@ -132,6 +132,14 @@ fn every_operation(go: &str, driver: &str) {
         let server = (s.attr_str("server.address"), s.attr_int("server.port"));
         let expected = Some(("127.0.0.1".to_string(), i64::from(db_port)));
         assert_eq!(server.0.zip(server.1), expected, "{s:#?}");
+        // The database the DSN names, where the driver's connection keeps it (lib/pq keeps
+        // it in a map of options only).
+        let namespace = match driver {
+            "pgx" => Some("postgres"),
+            "mysql" => Some("gotel"),
+            _ => None,
+        };
+        assert_eq!(s.attr_str("db.namespace").as_deref(), namespace, "{s:#?}");
     }
 
     let select = d.select_from;

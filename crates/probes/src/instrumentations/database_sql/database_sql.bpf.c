@@ -38,6 +38,12 @@ const volatile u64 driver_begin[DRIVERS] = {};
 const volatile u8 driver_system[DRIVERS] = {};
 const volatile u64 driver_conn_hop[DRIVERS][CONN_HOPS] = {};
 const volatile u8 driver_conn_hops[DRIVERS] = {};
+/* The way from a known driver's connection to the name of the database it is connected to:
+ * pointers at the hops' offsets, then a Go string at driver_ns_at (0 hops: unknown). */
+#define NS_HOPS 2
+const volatile u64 driver_ns_hop[DRIVERS][NS_HOPS] = {};
+const volatile u8 driver_ns_hops[DRIVERS] = {};
+const volatile u64 driver_ns_at[DRIVERS] = {};
 /* net.(*TCPConn).Close, fun[0] of a net.Conn itab for a *net.TCPConn: only a plain TCP
  * connection's socket is read (a TLS one holds it elsewhere). */
 const volatile u64 tcpconn_close = 0;
@@ -53,6 +59,7 @@ const volatile u8 error_code_kind[ERRORS] = {};
 
 #define QUERY_CAP 1024
 #define CODE_CAP 8
+#define NS_CAP 64
 
 struct sql_event {
 	struct span_header hdr;
@@ -67,6 +74,9 @@ struct sql_event {
 	char code[CODE_CAP];
 	struct conn_key peer; /* the database's address is the server's */
 	char query[QUERY_CAP];
+	u16 ns_len;
+	u8 _pad2[6];
+	char ns[NS_CAP]; /* the database's name: db.namespace */
 };
 
 /* What a DB's connections are known to be: its driver's system, and the server its last
@@ -74,8 +84,10 @@ struct sql_event {
 struct db_facts {
 	u8 system;
 	u8 has_peer;
-	u8 _pad[6];
+	u16 ns_len;
+	u8 _pad[4];
 	struct conn_key peer;
+	char ns[NS_CAP];
 };
 
 struct sql_call {
@@ -128,6 +140,16 @@ static __always_inline void dc_facts(u64 dc, u64 bias, struct db_facts *facts)
 	if (driver < 0)
 		return;
 	facts->system = driver_system[driver];
+	u8 ns_hops = driver_ns_hops[driver];
+	if (ns_hops && ns_hops <= NS_HOPS) {
+		u64 at = read_u64(dc + off_dc_ci + 8);
+		for (int h = 0; h < NS_HOPS; h++) {
+			if (h < ns_hops && at)
+				at = read_u64(at + driver_ns_hop[driver][h]);
+		}
+		if (at)
+			facts->ns_len = read_go_string(facts->ns, NS_CAP, at + driver_ns_at[driver]);
+	}
 	u8 hops = driver_conn_hops[driver];
 	if (!hops || hops > CONN_HOPS)
 		return;
@@ -286,6 +308,8 @@ static __always_inline int sql_return(struct pt_regs *ctx, u64 err_itab, u64 err
 	e->system = call->facts.system;
 	e->has_peer = call->facts.has_peer;
 	__builtin_memcpy(&e->peer, &call->facts.peer, sizeof(e->peer));
+	e->ns_len = call->facts.ns_len;
+	__builtin_memcpy(e->ns, call->facts.ns, sizeof(e->ns));
 	e->failed = err_itab != 0;
 	e->code_kind = 0;
 	e->code_len = 0;

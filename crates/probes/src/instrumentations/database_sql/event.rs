@@ -60,6 +60,8 @@ pub struct SqlEvent {
     pub query: String,
     /// (server address, client port, server port) of the connection, when it could be read.
     pub peer: Option<(IpAddr, u16, u16)>,
+    /// The database's name, where the driver's connection tells it.
+    pub namespace: String,
 }
 
 const QUERY: (usize, usize, usize) = (60, 120, 1024);
@@ -67,6 +69,7 @@ const CODE: (usize, usize, usize) = (62, 72, 8);
 /// Where the `struct conn_key` is, and the slot of the server's address in it: read from the
 /// client's side.
 const CONN: (usize, usize) = (80, 16);
+const NAMESPACE: (usize, usize, usize) = (1144, 1152, 64);
 const CODE_STRING: u8 = 1;
 const CODE_U16: u8 = 2;
 
@@ -90,13 +93,16 @@ pub fn encode(e: &SqlEvent) -> Vec<u8> {
         b.put(64, &[1]);
         b.conn(CONN.0, CONN.1, peer);
     }
-    b.strings(&[(QUERY.0, QUERY.1, QUERY.2, &e.query)]);
+    b.strings(&[
+        (QUERY.0, QUERY.1, QUERY.2, &e.query),
+        (NAMESPACE.0, NAMESPACE.1, NAMESPACE.2, &e.namespace),
+    ]);
     b.0
 }
 
 impl SpanEvent for SqlEvent {
     /// sizeof(struct sql_event).
-    const SIZE: usize = 1144;
+    const SIZE: usize = 1216;
 
     fn decode(bytes: &[u8]) -> Self {
         let f = Fields(bytes);
@@ -114,6 +120,7 @@ impl SpanEvent for SqlEvent {
             code,
             query: f.string(QUERY.0, QUERY.1, QUERY.2),
             peer: (f.u8(64) != 0).then(|| f.conn(CONN.0, CONN.1)).flatten(),
+            namespace: f.string(NAMESPACE.0, NAMESPACE.1, NAMESPACE.2),
         }
     }
 
@@ -145,6 +152,7 @@ pub(crate) mod tests {
             code: None,
             query: query.into(),
             peer: Some(("127.0.0.1".parse().unwrap(), 41000, 5432)),
+            namespace: "shop".into(),
         }
     }
 

@@ -60,13 +60,27 @@ struct Driver {
     /// From its connection to the net.Conn it talks on: pointer fields, then the net.Conn
     /// field. Empty: the address is not read.
     conn: &'static [FieldSpec],
+    /// From its connection to the database's name (db.namespace).
+    namespace: Namespace,
 }
+
+/// Pointer fields to follow from a driver's connection, then the fields whose offsets add up
+/// to the name's string in the struct reached (an embedded struct's, then its field's).
+/// Empty: the name is not read.
+struct Namespace {
+    hops: &'static [FieldSpec],
+    at: &'static [FieldSpec],
+}
+
+const NO_NAMESPACE: Namespace = Namespace { hops: &[], at: &[] };
 
 const DRIVERS: &[Driver] = &[
     Driver {
         begin: "github.com/lib/pq.(*conn).Begin",
         system: 1,
         conn: &[field(PQ, "github.com/lib/pq.conn", "c")],
+        // lib/pq keeps the database's name only in a map of connection options.
+        namespace: NO_NAMESPACE,
     },
     Driver {
         begin: "github.com/jackc/pgx/v5/stdlib.(*Conn).Begin",
@@ -76,14 +90,38 @@ const DRIVERS: &[Driver] = &[
             field(PGX, "github.com/jackc/pgx/v5.Conn", "pgConn"),
             field(PGX, "github.com/jackc/pgx/v5/pgconn.PgConn", "conn"),
         ],
+        namespace: Namespace {
+            hops: &[
+                field(PGX, "github.com/jackc/pgx/v5/stdlib.Conn", "conn"),
+                field(PGX, "github.com/jackc/pgx/v5.Conn", "config"),
+            ],
+            at: &[
+                field(PGX, "github.com/jackc/pgx/v5.ConnConfig", "Config"),
+                field(PGX, "github.com/jackc/pgx/v5/pgconn.Config", "Database"),
+            ],
+        },
     },
-    Driver { begin: "github.com/jackc/pgx/v4/stdlib.(*Conn).Begin", system: 1, conn: &[] },
+    Driver {
+        begin: "github.com/jackc/pgx/v4/stdlib.(*Conn).Begin",
+        system: 1,
+        conn: &[],
+        namespace: NO_NAMESPACE,
+    },
     Driver {
         begin: "github.com/go-sql-driver/mysql.(*mysqlConn).Begin",
         system: 2,
         conn: &[field(MYSQL, "github.com/go-sql-driver/mysql.mysqlConn", "netConn")],
+        namespace: Namespace {
+            hops: &[field(MYSQL, "github.com/go-sql-driver/mysql.mysqlConn", "cfg")],
+            at: &[field(MYSQL, "github.com/go-sql-driver/mysql.Config", "DBName")],
+        },
     },
-    Driver { begin: "modernc.org/sqlite.(*conn).Begin", system: 3, conn: &[] },
+    Driver {
+        begin: "modernc.org/sqlite.(*conn).Begin",
+        system: 3,
+        conn: &[],
+        namespace: NO_NAMESPACE,
+    },
 ];
 
 /// fun[0] of a net.Conn itab whose value is a *net.TCPConn (Close is net.Conn's first method).
@@ -139,6 +177,12 @@ const FIELDS: &[FieldSpec] = &[
     DRIVERS[1].conn[1],
     DRIVERS[1].conn[2],
     DRIVERS[3].conn[0],
+    DRIVERS[1].namespace.hops[0],
+    DRIVERS[1].namespace.hops[1],
+    DRIVERS[1].namespace.at[0],
+    DRIVERS[1].namespace.at[1],
+    DRIVERS[3].namespace.hops[0],
+    DRIVERS[3].namespace.at[0],
 ];
 
 impl Instrumentation for DatabaseSql {
@@ -171,10 +215,18 @@ impl Instrumentation for DatabaseSql {
             // Every hop known, or none used.
             let hops: Option<Vec<u64>> =
                 d.conn.iter().map(|f| offset_of(&fields, f.struct_name, f.field)).collect();
+            let offsets = |fs: &[FieldSpec]| -> Option<Vec<u64>> {
+                fs.iter().map(|f| offset_of(&fields, f.struct_name, f.field)).collect()
+            };
+            let namespace = offsets(d.namespace.hops)
+                .zip(offsets(d.namespace.at))
+                .filter(|(hops, _)| !hops.is_empty())
+                .map(|(hops, at)| (hops, at.iter().sum()));
             Some(LinkedDriver {
                 begin: address(d.begin)?,
                 driver: d,
                 conn: hops.unwrap_or_default(),
+                namespace,
             })
         });
         let errors = ERRORS.iter().filter_map(|(method, code, kind)| {
@@ -218,6 +270,8 @@ struct LinkedDriver {
     driver: &'static Driver,
     /// Offsets of its `conn` fields; empty when one is unknown.
     conn: Vec<u64>,
+    /// (pointer hops, offset of the name) of its `namespace`; None when one is unknown.
+    namespace: Option<(Vec<u64>, u64)>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -275,6 +329,13 @@ impl Plan for DatabaseSqlPlan {
                     hops[..d.conn.len()].copy_from_slice(&d.conn);
                     ro.driver_conn_hops[i] = d.conn.len() as u8;
                 }
+                if let Some((path, at)) = d.namespace.as_ref() {
+                    let hops = &mut ro.driver_ns_hop[i];
+                    if path.len() <= hops.len() {
+                        hops[..path.len()].copy_from_slice(path);
+                        (ro.driver_ns_hops[i], ro.driver_ns_at[i]) = (path.len() as u8, *at);
+                    }
+                }
             }
             let errors = self.errors.iter().take(ro.error_method.len());
             for (i, &(method, at, kind)) in errors.enumerate() {
@@ -313,7 +374,10 @@ mod tests {
 
     #[test]
     fn every_drivers_and_errors_field_is_declared() {
-        let used = DRIVERS.iter().flat_map(|d| d.conn).chain(ERRORS.iter().map(|e| &e.1));
+        let used = DRIVERS
+            .iter()
+            .flat_map(|d| d.conn.iter().chain(d.namespace.hops).chain(d.namespace.at))
+            .chain(ERRORS.iter().map(|e| &e.1));
         for f in used {
             assert!(FIELDS.contains(f), "{} is not in FIELDS: it would never be resolved", f.key());
         }

@@ -39,6 +39,9 @@ pub(super) fn span(e: SqlEvent, clock: &MonotonicClock, options: &SpanOptions) -
     if let Some(collection) = collection {
         attrs.push(KeyValue::new("db.collection.name", collection));
     }
+    if !e.namespace.is_empty() {
+        attrs.push(KeyValue::new("db.namespace", e.namespace.clone()));
+    }
     if let Some((address, _, port)) = e.peer {
         // The socket's peer: the conventions' server.address when no host name is known.
         attrs.push(KeyValue::new("server.address", address.to_string()));
@@ -93,6 +96,7 @@ mod tests {
         assert_eq!(attr(&s, "db.collection.name"), Some(&"users".to_string().into()));
         assert_eq!(attr(&s, "server.address"), Some(&"127.0.0.1".to_string().into()));
         assert_eq!(attr(&s, "server.port"), Some(&5432.into()));
+        assert_eq!(attr(&s, "db.namespace"), Some(&"shop".to_string().into()));
         assert_eq!(s.status, Status::Unset);
     }
 
@@ -107,11 +111,12 @@ mod tests {
     #[test]
     fn transactions_and_unknown_drivers() {
         let mut e = sample(Operation::Commit, "");
-        e.system = 0;
+        (e.system, e.namespace) = (0, String::new());
         let s = sanitized(e);
         assert_eq!(s.name, "COMMIT");
         assert_eq!(attr(&s, "db.system.name"), Some(&"other_sql".into()));
         assert!(attr(&s, "db.query.text").is_none());
+        assert!(attr(&s, "db.namespace").is_none(), "a driver that does not tell");
         let s = sanitized(sample(Operation::Exec, "VACUUM"));
         assert_eq!(s.name, "VACUUM");
         let s = sanitized(sample(Operation::Exec, "?"));
