@@ -277,7 +277,7 @@ def main():
         configs.append("gotel-other")
     if "gotel-other" in configs and not args.gotel_other:
         sys.exit("the configuration gotel-other needs --gotel-other PATH")
-    needed = [GOTEL, CHAIN, COLLECTOR, OHA] + ([DBSERVICE] if "db" in workloads else []) + ([SDK] if "otel-sdk" in configs else []) + \
+    needed = [GOTEL, CHAIN, COLLECTOR, OHA] + ([DBSERVICE] if "db" in workloads else []) + ([SDK] if "otel-sdk" in configs and set(workloads) - {"db"} else []) + \
         ([OTEL_AUTO] if "otel-auto" in configs else []) + \
         ([args.gotel_other] if args.gotel_other else [])
     for f in needed:

@@ -3,7 +3,7 @@
 //! MULTI/EXEC transaction with its commands in `db.query.text` (`go_redis.bpf.c`).
 //!
 //! Every command a `Client`, `Conn` or `Tx` runs goes through `(*baseClient).process` (from
-//! v9.23 through `processStartingAt`, `process` being inlined), once per command whatever its
+//! v9.23 through `processStartingAt`, which `process` calls), once per command whatever its
 //! retries; every pipeline and transaction through `generalProcessPipeline` (v8, and v9 up to
 //! v9.22) or `processPipeline` and `processTxPipeline` (v9.23 on). A transaction is a pipeline
 //! whose commands go-redis wrapped in MULTI and EXEC. The server's address and the database
@@ -77,8 +77,11 @@ pub static V8: GoRedis = GoRedis {
     fields: go_redis_fields!("github.com/go-redis/redis/v8"),
 };
 
-/// The command function, by the names it has had (the first the binary has is probed).
-const COMMAND: &[&str] = &["(*baseClient).process", "(*baseClient).processStartingAt"];
+/// The command function, by the names it has had (the first the binary has is probed). From
+/// v9.23 `process` only calls `processStartingAt`, and the method value the hooks call
+/// (`process-fm`) may inline it even where a `process` symbol is left: the callee is the one
+/// every command reaches.
+const COMMAND: &[&str] = &["(*baseClient).processStartingAt", "(*baseClient).process"];
 /// The one function every pipeline and transaction goes through, where there is one...
 const PIPELINE: &str = "(*baseClient).generalProcessPipeline";
 /// ...else these two, for pipelines and transactions.
