@@ -7,7 +7,8 @@
 # with the oldest installed toolchain that version's go.mod allows: the Go an application of
 # that era was built with. Set GOTEL_MODULE_GOROOT to build every version with one toolchain
 # instead. A binary newer than every fixture source (*.go, go.mod, go.sum) is not rebuilt.
-# Needs the Go module proxy the first time.
+# Needs the Go module proxy the first time. Several modules' matrices of one fixture share its
+# directory, named by version alone: their versions must not coincide.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -ge 3 ] || { echo "usage: $0 FIXTURE MODULE VERSION..." >&2; exit 2; }

@@ -51,15 +51,18 @@ const UNTRACKED: &[&str] =
 #[test]
 fn the_database_agrees_with_dwarf_on_every_fixture() {
     let db = offsets::embedded().unwrap();
-    let fixtures: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
-        .into_iter()
-        .flatten()
+    // The top directory's builds per Go version and the drivers' and go-redis's version
+    // matrices (scripts/test.sh).
+    let dirs = [fixtures_dir(), fixtures_dir().join("dbsql"), fixtures_dir().join("redis")];
+    let fixtures: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten())
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            // Plain builds (with DWARF) of the server, of the chain, which links the client, and
-            // of the database service, which links the drivers.
+            // Plain builds (with DWARF) of the server, of the chain, which links the client, of
+            // the database service, which links the drivers, and of the Redis service.
             let name = p.file_name().unwrap().to_string_lossy().to_string();
-            ["httpserver-go", "chain-go", "dbsql-go"]
+            ["httpserver-go", "chain-go", "dbsql-go", "redis-go", "dbsql-v", "redis-v"]
                 .iter()
                 .any(|prefix| name.strip_prefix(prefix).is_some_and(|v| !v.contains('-')))
         })
