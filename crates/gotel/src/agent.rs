@@ -73,9 +73,14 @@ pub fn instrument(
         );
     }
     let injection = selection.injection();
-    let attached = selection
-        .attach(attach_path, shared, options)
-        .with_context(|| format!("attaching to {}", exe.display()))?;
+    let (attached, failed) = selection.attach(attach_path, shared, options);
+    for (name, e) in &failed {
+        tracing::warn!("{}: {name} failed to attach, the others trace on: {e:#}", exe.display());
+    }
+    if attached.is_empty() {
+        let reasons: Vec<String> = failed.iter().map(|(n, e)| format!("{n}: {e:#}")).collect();
+        anyhow::bail!("attaching to {}: {}", exe.display(), reasons.join("; "));
+    }
     drop(plans);
     drop(bin);
     // The binary and its DWARF were read into the heap; hand that memory back to the system

@@ -95,27 +95,26 @@ impl<'p> Selection<'p> {
         self.attach.iter().any(|(i, _)| i.depends().injection)
     }
 
-    /// Attaches every selected plan to `path`; the first failure stops it (what was attached
-    /// is detached as it drops).
+    /// Attaches every selected plan to `path`, each on its own: one that fails (its program
+    /// refused by this kernel, say) leaves the others tracing. Returns what attached and what
+    /// failed, by name.
     pub fn attach(
         &self,
         path: &std::path::Path,
         shared: &SharedMaps,
         options: AttachOptions,
-    ) -> Result<Vec<Attached>, Error> {
-        self.attach
-            .iter()
-            .map(|(i, plan)| {
-                let event_kind = i.events().map_or(0, |e| e.kind);
-                plan.attach(&AttachContext {
-                    instrumentation: i.name(),
-                    event_kind,
-                    path,
-                    shared,
-                    options,
-                })
-            })
-            .collect()
+    ) -> (Vec<Attached>, Vec<(&'static str, Error)>) {
+        let mut attached = Vec::with_capacity(self.attach.len());
+        let mut failed = Vec::new();
+        for (i, plan) in &self.attach {
+            let event_kind = i.events().map_or(0, |e| e.kind);
+            let to = AttachContext { instrumentation: i.name(), event_kind, path, shared, options };
+            match plan.attach(&to) {
+                Ok(a) => attached.push(a),
+                Err(e) => failed.push((i.name(), e)),
+            }
+        }
+        (attached, failed)
     }
 }
 
