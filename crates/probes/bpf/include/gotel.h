@@ -211,13 +211,12 @@ static __always_inline void random_id(u8 *id, int len)
 		id[len - 1] = 1;
 }
 
-/* The context of a span starting now on goroutine `key`: a child of the span the goroutine
- * works for (whose id goes to `parent_span_id`), else the root of a new trace; sampled as the
- * sampler decides for it. */
-static __always_inline void start_span_ctx(const struct goroutine_key *key, struct span_ctx *ctx,
+/* The context of a span starting now: a child of `parent` (whose id goes to
+ * `parent_span_id`), else, with none, the root of a new trace; sampled as the sampler decides
+ * for it. */
+static __always_inline void child_span_ctx(const struct span_ctx *parent, struct span_ctx *ctx,
 					   u8 *parent_span_id)
 {
-	struct span_ctx *parent = goroutine_span(key);
 	if (parent) {
 		__builtin_memcpy(ctx->trace_id, parent->trace_id, sizeof(ctx->trace_id));
 		__builtin_memcpy(parent_span_id, parent->span_id, sizeof(parent->span_id));
@@ -226,6 +225,14 @@ static __always_inline void start_span_ctx(const struct goroutine_key *key, stru
 	}
 	random_id(ctx->span_id, sizeof(ctx->span_id));
 	ctx->sampled = sample(ctx->trace_id, parent != 0, parent && parent->sampled);
+}
+
+/* The context of a span starting now on goroutine `key`: a child of the span the goroutine
+ * works for, else the root of a new trace. */
+static __always_inline void start_span_ctx(const struct goroutine_key *key, struct span_ctx *ctx,
+					   u8 *parent_span_id)
+{
+	child_span_ctx(goroutine_span(key), ctx, parent_span_id);
 }
 
 /* The load bias of a position-independent executable, from the run-time address of a probe

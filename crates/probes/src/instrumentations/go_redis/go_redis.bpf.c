@@ -129,16 +129,10 @@ static __always_inline int redis_enter(struct pt_regs *ctx, u8 op, u32 function,
 	call->op = op;
 	call->bias = function < FUNCTIONS ? load_bias(ctx, entry_address[function]) : 0;
 	__builtin_memset(call->parent_span_id, 0, sizeof(call->parent_span_id));
-	if (depth > 0) {
-		/* Inside the command that needed it: its child. */
-		struct redis_call *outer = &calls->call[0];
-		__builtin_memcpy(call->ctx.trace_id, outer->ctx.trace_id, sizeof(call->ctx.trace_id));
-		__builtin_memcpy(call->parent_span_id, outer->ctx.span_id, sizeof(outer->ctx.span_id));
-		random_id(call->ctx.span_id, sizeof(call->ctx.span_id));
-		call->ctx.sampled = outer->ctx.sampled;
-	} else {
+	if (depth > 0) /* inside the command that needed it: its child */
+		child_span_ctx(&calls->call[0].ctx, &call->ctx, call->parent_span_id);
+	else
 		start_span_ctx(&key, &call->ctx, call->parent_span_id);
-	}
 	calls->depth = depth + 1;
 	return 0;
 }
