@@ -113,7 +113,6 @@ fn go_version(goroot: &Path) -> anyhow::Result<String> {
 
 /// One build to make: a Go version of the standard library, or a release of a module.
 struct Job {
-    module: &'static str,
     version: String,
     goroot: PathBuf,
     /// None for the standard library.
@@ -123,6 +122,10 @@ struct Job {
 }
 
 impl Job {
+    fn module(&self) -> &'static str {
+        self.tracked.map_or(STD, |t| t.module)
+    }
+
     fn run(&self, fields: &[FieldSpec]) -> anyhow::Result<BTreeMap<String, Option<u64>>> {
         let program = match self.tracked {
             None => Program { require: None, main_go: STD_PROBE },
@@ -132,7 +135,7 @@ impl Job {
             },
         };
         let mine: Vec<FieldSpec> =
-            fields.iter().filter(|f| f.module == self.module).copied().collect();
+            fields.iter().filter(|f| f.module == self.module()).copied().collect();
         read_offsets(&self.goroot, &program, &mine)
     }
 }
@@ -189,7 +192,7 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
         if std_known.contains(&version) {
             println!("[offsets] std {version}: already in the database ({})", root.display());
         } else if !work.iter().any(|j| j.version == version) {
-            work.push(Job { module: STD, version, goroot: root, tracked: None, guessed: false });
+            work.push(Job { version, goroot: root, tracked: None, guessed: false });
         }
     }
     for t in TRACKED {
@@ -200,7 +203,6 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
             releases.into_iter().filter(|r| !module_known.contains(&r.version)).collect();
         println!("[offsets] {}: {total} release(s) from {}, {} new", t.module, t.oldest, new.len());
         work.extend(new.into_iter().map(|r| Job {
-            module: t.module,
             version: r.version,
             goroot: newest_go.clone(),
             tracked: Some(t),
@@ -228,7 +230,7 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
                     *d += 1;
                     *d
                 };
-                let what = format!("({n}/{total}) {} {}", job.module, job.version);
+                let what = format!("({n}/{total}) {} {}", job.module(), job.version);
                 match &result {
                     Ok(found) => println!(
                         "[offsets] {what}: {} fields in {:.1}s",
@@ -247,7 +249,7 @@ fn regenerate(full: bool, jobs: usize, goroots: Vec<PathBuf>, out: &Path) -> any
     db.modules.retain(|m, _| modules.contains(&m.as_str()));
     for (job, result) in results.into_inner().unwrap() {
         let module =
-            db.modules.entry(job.module.to_string()).or_insert_with(ModuleOffsets::default);
+            db.modules.entry(job.module().to_string()).or_insert_with(ModuleOffsets::default);
         match result {
             Ok(found) => module.record(&job.version, &found),
             Err(_) if job.guessed => {}

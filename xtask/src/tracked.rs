@@ -16,6 +16,37 @@ pub struct Tracked {
     pub main_go: &'static str,
 }
 
+/// go-redis of either major version: the same program, with the module's import path.
+macro_rules! go_redis {
+    ($module:literal, $oldest:literal) => {
+        Tracked {
+            module: $module,
+            oldest: $oldest,
+            main_go: concat!(
+                r#"package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	""#,
+                $module,
+                r#""
+)
+
+func main() {
+	if len(os.Args) > 99 {
+		c := redis.NewClient(&redis.Options{Addr: os.Args[1]})
+		fmt.Println(c.Get(context.Background(), os.Args[2]).Err())
+	}
+}
+"#
+            ),
+        }
+    };
+}
+
 pub const TRACKED: &[Tracked] = &[
     Tracked {
         module: "github.com/lib/pq",
@@ -93,48 +124,8 @@ func main() {
 }
 "#,
     },
-    Tracked {
-        module: "github.com/redis/go-redis/v9",
-        oldest: "v9.0.0",
-        main_go: r#"package main
-
-import (
-	"context"
-	"fmt"
-	"os"
-
-	"github.com/redis/go-redis/v9"
-)
-
-func main() {
-	if len(os.Args) > 99 {
-		c := redis.NewClient(&redis.Options{Addr: os.Args[1]})
-		fmt.Println(c.Get(context.Background(), os.Args[2]).Err())
-	}
-}
-"#,
-    },
-    Tracked {
-        module: "github.com/go-redis/redis/v8",
-        oldest: "v8.11.0",
-        main_go: r#"package main
-
-import (
-	"context"
-	"fmt"
-	"os"
-
-	"github.com/go-redis/redis/v8"
-)
-
-func main() {
-	if len(os.Args) > 99 {
-		c := redis.NewClient(&redis.Options{Addr: os.Args[1]})
-		fmt.Println(c.Get(context.Background(), os.Args[2]).Err())
-	}
-}
-"#,
-    },
+    go_redis!("github.com/redis/go-redis/v9", "v9.0.0"),
+    go_redis!("github.com/go-redis/redis/v8", "v8.11.0"),
 ];
 
 /// A version to probe; a guessed one may not exist, and is skipped if it cannot be downloaded.
