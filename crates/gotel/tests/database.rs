@@ -24,13 +24,7 @@ fn request<'a>(
                 && s.attr_str("url.query").as_deref() == query
         })
         .unwrap_or_else(|| panic!("no server span for {path} in {spans:#?}"));
-    let mut children: Vec<&ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.hex("parentSpanId") == server.hex("spanId"))
-        .inspect(|s| assert_eq!(s.hex("traceId"), server.hex("traceId")))
-        .collect();
-    children.sort_by_key(|s| s.nanos("startTimeUnixNano"));
-    children
+    children_of(spans, server)
 }
 
 /// (name, db.query.text) of each span.
@@ -302,20 +296,8 @@ fn concurrent_queries_keep_their_parents() {
     wait_for_port(port, WAIT);
     gotel.wait_for_log("attached database/sql", WAIT);
     const N: usize = 200;
-    let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            (0..N).map(|_| s.spawn(move || http_get(port, "/goroutine").0)).collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let statuses = concurrent_gets(port, "/goroutine", N);
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     let spans = collector.wait_for_spans(2 + 2 * N, WAIT);
-    let servers: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.kind() == 2).collect();
-    assert_eq!(servers.len(), N);
-    for server in servers {
-        let queries: Vec<&ReceivedSpan> =
-            spans.iter().filter(|s| s.hex("parentSpanId") == server.hex("spanId")).collect();
-        assert_eq!(queries.len(), 1, "one query under each request");
-        assert_eq!(queries[0].name(), "SELECT users");
-        assert_eq!(queries[0].hex("traceId"), server.hex("traceId"));
-    }
+    assert_one_child_per_request(&spans, N, "SELECT users");
 }

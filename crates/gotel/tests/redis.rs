@@ -22,13 +22,7 @@ fn request<'a>(spans: &'a [ReceivedSpan], path: &str) -> Vec<&'a ReceivedSpan> {
         .iter()
         .find(|s| s.kind() == SERVER && s.attr_str("url.path").as_deref() == Some(path))
         .unwrap_or_else(|| panic!("no server span for {path} in {spans:#?}"));
-    let mut children: Vec<&ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.hex("parentSpanId") == server.hex("spanId"))
-        .inspect(|s| assert_eq!(s.hex("traceId"), server.hex("traceId")))
-        .collect();
-    children.sort_by_key(|s| s.nanos("startTimeUnixNano"));
-    children
+    children_of(spans, server)
 }
 
 /// (name, db.query.text) of each span.
@@ -194,21 +188,9 @@ fn concurrent_commands_keep_their_parents() {
     wait_for_port(port, WAIT);
     gotel.wait_for_log("attached go-redis v9", WAIT);
     const N: usize = 200;
-    let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            (0..N).map(|_| s.spawn(move || http_get(port, "/goroutine").0)).collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let statuses = concurrent_gets(port, "/goroutine", N);
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     let spans =
         collector.wait_for_span_count(|s| s.kind() == SERVER || s.name() == "GET", 2 * N, WAIT);
-    let servers: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.kind() == SERVER).collect();
-    assert_eq!(servers.len(), N);
-    for server in servers {
-        let gets: Vec<&ReceivedSpan> =
-            spans.iter().filter(|s| s.hex("parentSpanId") == server.hex("spanId")).collect();
-        assert_eq!(gets.len(), 1, "one command under each request");
-        assert_eq!(gets[0].name(), "GET");
-        assert_eq!(gets[0].hex("traceId"), server.hex("traceId"));
-    }
+    assert_one_child_per_request(&spans, N, "GET");
 }

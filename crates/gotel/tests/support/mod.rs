@@ -419,6 +419,36 @@ pub fn raise_fd_limit() {
 }
 
 /// Sends one HTTP/1.1 request on a new connection; returns (status, body).
+/// `n` GETs of `path` to `port` at once, each on its own thread and connection: their statuses.
+pub fn concurrent_gets(port: u16, path: &str, n: usize) -> Vec<u16> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n).map(|_| s.spawn(move || http_get(port, path).0)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// The spans whose parent is `parent`, in start order; each is checked to be in its trace.
+pub fn children_of<'a>(spans: &'a [ReceivedSpan], parent: &ReceivedSpan) -> Vec<&'a ReceivedSpan> {
+    let mut children: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.hex("parentSpanId") == parent.hex("spanId"))
+        .inspect(|s| assert_eq!(s.hex("traceId"), parent.hex("traceId")))
+        .collect();
+    children.sort_by_key(|s| s.nanos("startTimeUnixNano"));
+    children
+}
+
+/// There are `n` SERVER spans, and under each exactly one span, named `name`, in its trace.
+pub fn assert_one_child_per_request(spans: &[ReceivedSpan], n: usize, name: &str) {
+    let servers: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.kind() == 2).collect();
+    assert_eq!(servers.len(), n);
+    for server in servers {
+        let children = children_of(spans, server);
+        assert_eq!(children.len(), 1, "one {name} under each request");
+        assert_eq!(children[0].name(), name);
+    }
+}
+
 pub fn http_get(port: u16, path_and_query: &str) -> (u16, String) {
     http_get_with(port, path_and_query, &[])
 }
