@@ -79,11 +79,13 @@ func main() {
         main_go: r#"package main
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"os"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib"
 )
@@ -95,6 +97,10 @@ func main() {
 		if err := db.Ping(); errors.As(err, &e) {
 			fmt.Println(e.Code)
 		}
+		conn, _ := pgx.Connect(context.Background(), os.Args[1])
+		b := &pgx.Batch{}
+		b.Queue(os.Args[2])
+		fmt.Println(conn.SendBatch(context.Background(), b).Close())
 	}
 }
 "#,

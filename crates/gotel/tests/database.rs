@@ -1,6 +1,6 @@
-//! database/sql client spans, end to end: the dbsql fixture (lib/pq, pgx's stdlib driver and
-//! go-sql-driver/mysql, all linked) against real, private PostgreSQL and MariaDB servers,
-//! spans checked at a real OpenTelemetry Collector.
+//! Database client spans, end to end: the dbsql fixture (lib/pq, pgx's stdlib driver and
+//! go-sql-driver/mysql through database/sql, and pgx's own pgxpool, all linked) against real,
+//! private PostgreSQL and MariaDB servers, spans checked at a real OpenTelemetry Collector.
 
 mod support;
 
@@ -257,6 +257,116 @@ fn every_operation_mysql_oldest_and_newest() {
     every_operation("dbsql/dbsql-v1.10.1-stripped", "mysql");
 }
 
+/// pgx's own API through a pgxpool.Pool (-driver pgxpool): every kind of work, one span each,
+/// with no database/sql in the way.
+fn pgx_native(build: &str) {
+    let Some(()) = privileged() else { return };
+    let tag = format!("{}-pgxpool", build.replace('/', "-"));
+    let pg = Postgres::start(&tag);
+    let collector = Collector::start(&tag);
+    let port = free_port();
+    let fx = fixture(build);
+    let (addr, dsn) = (format!("127.0.0.1:{port}"), pg.dsn());
+    let fx = fx.to_str().unwrap();
+    let args = ["run", "--", fx, "-addr", &addr, "-dsn", &dsn, "-driver", "pgxpool"];
+    let gotel = gotel(&args, Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    gotel.wait_for_log("attached pgx", WAIT);
+
+    let paths = ["/query", "/queryrow", "/exec", "/tx", "/tx?rollback=1", "/batch", "/goroutine"];
+    for path in paths {
+        assert_eq!(http_get(port, path).0, 200, "{path}");
+    }
+    assert_eq!(http_get(port, "/fail").0, 500);
+    assert_eq!(http_get(port, "/fail-rows").0, 500);
+    // 9 server spans, 1 + 1 + 1 + 3 + 3 + 1 + 1 + 1 + 1 database spans, 2 at start-up.
+    let spans = collector.wait_for_spans(9 + 13 + 2, WAIT);
+
+    let mut startup: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| s.kind() == CLIENT && s.hex("parentSpanId").is_empty()).collect();
+    startup.sort_by_key(|s| s.nanos("startTimeUnixNano"));
+    assert_eq!(
+        named(&startup),
+        [
+            pair(
+                "CREATE users",
+                Some("CREATE TABLE IF NOT EXISTS users (id int PRIMARY KEY, name text NOT NULL)")
+            ),
+            pair("INSERT users", Some(POSTGRES.insert_startup)),
+        ]
+    );
+    let wrapped = build.contains("dbsql-v5.0.");
+    for s in spans.iter().filter(|s| s.kind() == CLIENT) {
+        assert_eq!(s.attr_str("db.system.name").as_deref(), Some("postgresql"), "{s:#?}");
+        assert_eq!(s.attr_str("db.namespace").as_deref(), Some("postgres"), "{s:#?}");
+        let server = s.attr_str("server.address").zip(s.attr_int("server.port"));
+        // pgx 5.0 to 5.3 wrap the socket (nbconn), which is not read.
+        let expected = (!wrapped).then(|| ("127.0.0.1".to_string(), i64::from(pg.port)));
+        assert_eq!(server, expected, "{s:#?}");
+    }
+
+    let select = POSTGRES.select_from;
+    let query = request(&spans, "/query", None);
+    assert_eq!(named(&query), [pair("SELECT users", Some(select))]);
+    assert_eq!(query[0].status_code(), 0);
+    let by_id = POSTGRES.select_one;
+    assert_eq!(named(&request(&spans, "/queryrow", None)), [pair("SELECT users", Some(by_id))]);
+    assert_eq!(
+        named(&request(&spans, "/exec", None)),
+        [pair("UPDATE users", Some("UPDATE users SET name = ? WHERE id = ?"))]
+    );
+    let insert = POSTGRES.insert_tx;
+    assert_eq!(
+        named(&request(&spans, "/tx", None)),
+        [
+            pair("BEGIN", Some("begin")),
+            pair("INSERT users", Some(insert)),
+            pair("COMMIT", Some("commit"))
+        ],
+        "a deferred Rollback after Commit is no operation, and no span"
+    );
+    assert_eq!(
+        named(&request(&spans, "/tx", Some("rollback=1"))),
+        [
+            pair("BEGIN", Some("begin")),
+            pair("INSERT users", Some(insert)),
+            pair("ROLLBACK", Some("rollback"))
+        ]
+    );
+    let batch = request(&spans, "/batch", None);
+    let statements = format!("{by_id}; {by_id}; UPDATE users SET name = ? WHERE id = ?");
+    assert_eq!(named(&batch), [pair("BATCH", Some(&statements))]);
+    assert_eq!(batch[0].attr_int("db.operation.batch.size"), Some(3));
+    assert_eq!(named(&request(&spans, "/goroutine", None)), [pair("SELECT users", Some(select))]);
+
+    let fail = request(&spans, "/fail", None);
+    assert_eq!(named(&fail), [pair("DELETE missing", Some("DELETE FROM missing WHERE id = ?"))]);
+    assert_eq!(fail[0].status_code(), 2, "an error");
+    assert_eq!(fail[0].attr_str("db.response.status_code").as_deref(), Some("42P01"));
+    // A division by zero is met on the first row: the error comes when the rows close.
+    let late = request(&spans, "/fail-rows", None);
+    assert_eq!(named(&late), [pair("SELECT users", Some("SELECT ? / (id - id) FROM users"))]);
+    assert_eq!(late[0].status_code(), 2, "an error");
+    assert_eq!(late[0].attr_str("error.type").as_deref(), Some("22012"));
+}
+
+#[test]
+fn pgx_native_go1_26() {
+    pgx_native("dbsql-go1.26");
+}
+
+#[test]
+fn pgx_native_go1_27_pie_stripped() {
+    pgx_native("dbsql-go1.27-pie-stripped");
+}
+
+/// The oldest and newest pgx v5 (scripts/test.sh builds them), stripped.
+#[test]
+fn pgx_native_oldest_and_newest() {
+    pgx_native("dbsql/dbsql-v5.0.0-stripped");
+    pgx_native("dbsql/dbsql-v5.13.0-stripped");
+}
+
 /// With --db-query-text raw, queries keep their values.
 #[test]
 fn raw_query_text_when_asked() {
@@ -295,6 +405,29 @@ fn concurrent_queries_keep_their_parents() {
     let gotel = gotel(&args, Some(&collector), &[]);
     wait_for_port(port, WAIT);
     gotel.wait_for_log("attached database/sql", WAIT);
+    const N: usize = 200;
+    let statuses = concurrent_gets(port, "/goroutine", N);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let spans = collector.wait_for_spans(2 + 2 * N, WAIT);
+    assert_one_child_per_request(&spans, N, "SELECT users");
+}
+
+/// The same through pgxpool, whose queries end when their rows close: 200 at once, none lost
+/// or under another request.
+#[test]
+fn concurrent_pgx_queries_keep_their_parents() {
+    let Some(()) = privileged() else { return };
+    raise_fd_limit();
+    let pg = Postgres::start("concurrent-pgxpool");
+    let collector = Collector::start("dbsql-concurrent-pgxpool");
+    let port = free_port();
+    let fx = fixture("dbsql-go1.26");
+    let (addr, dsn) = (format!("127.0.0.1:{port}"), pg.dsn());
+    let args =
+        ["run", "--", fx.to_str().unwrap(), "-addr", &addr, "-dsn", &dsn, "-driver", "pgxpool"];
+    let gotel = gotel(&args, Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    gotel.wait_for_log("attached pgx", WAIT);
     const N: usize = 200;
     let statuses = concurrent_gets(port, "/goroutine", N);
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");

@@ -1,6 +1,6 @@
 //! Maps shared by every loaded instrumentation: one ring buffer for all span events, the set of
-//! traced pids, the counters, and the spans goroutines and connections carry. Created once;
-//! each object reuses their file descriptors.
+//! traced pids, the counters, the spans goroutines and connections carry, and the database
+//! calls goroutines are in. Created once; each object reuses their file descriptors.
 
 use std::os::fd::AsFd;
 
@@ -16,6 +16,7 @@ const MAX_TRACED_PIDS: u32 = 16384;
 const STAT_COUNT: u32 = 2;
 const CTX_MAX: u32 = 65536;
 const SERVER_CALLS_MAX: u32 = 32768;
+const DB_CALLS_MAX: u32 = 32768;
 
 /// The agent's view of what the BPF side counted (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,6 +37,7 @@ pub struct SharedMaps {
     conn_published: MapHandle,
     stream_ctx: MapHandle,
     client_pids: MapHandle,
+    db_calls: MapHandle,
 }
 
 impl SharedMaps {
@@ -62,6 +64,7 @@ impl SharedMaps {
             conn_published: create(MapType::Array, "conn_published", 4, 8, 1)?,
             stream_ctx: create(MapType::LruHash, "stream_ctx", 48, 32, CTX_MAX)?,
             client_pids: create(MapType::LruHash, "client_pids", 4, 1, MAX_TRACED_PIDS)?,
+            db_calls: create(MapType::LruHash, "db_calls", 16, 1, DB_CALLS_MAX)?,
         })
     }
 
@@ -108,6 +111,7 @@ impl SharedMaps {
                 "conn_published" => &self.conn_published,
                 "stream_ctx" => &self.stream_ctx,
                 "client_pids" => &self.client_pids,
+                "db_calls" => &self.db_calls,
                 _ => continue,
             };
             open.reuse_fd(shared.as_fd())

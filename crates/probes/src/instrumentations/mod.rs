@@ -10,6 +10,7 @@ pub mod go_redis;
 pub mod goroutines;
 pub mod grpc;
 pub mod net_http;
+pub mod pgx;
 
 use crate::Instrumentation;
 
@@ -20,6 +21,7 @@ pub static ALL: &[&dyn Instrumentation] = &[
     &grpc::server::GrpcServer,
     &grpc::client::GrpcClient,
     &database_sql::DatabaseSql,
+    &pgx::Pgx,
     &go_redis::V9,
     &go_redis::V8,
     &goroutines::Goroutines,

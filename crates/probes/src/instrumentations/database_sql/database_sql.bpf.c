@@ -5,6 +5,7 @@
  * by its connection's type: the first method of the driver.Conn itab (Begin), compared with the
  * known drivers' methods; likewise a known error type by its Error method. */
 #include "conn.h"
+#include "db_calls.h"
 
 /* The operation, one per probed function; the function returns its error in the registers its
  * return program reads. */
@@ -47,6 +48,9 @@ const volatile u64 driver_ns_at[DRIVERS] = {};
 /* net.(*TCPConn).Close, fun[0] of a net.Conn itab for a *net.TCPConn: only a plain TCP
  * connection's socket is read (a TLS one holds it elsewhere). */
 const volatile u64 tcpconn_close = 0;
+/* Whether a driver that another traced library also sees is linked (pgx's stdlib): then calls
+ * are marked in db_calls while in flight. */
+const volatile bool mark_db_calls = false;
 
 #define ERRORS 4
 #define CODE_STRING 1 /* a Go string: PostgreSQL's SQLSTATE */
@@ -196,6 +200,10 @@ static __always_inline int sql_enter(struct pt_regs *ctx, u8 op, u64 db, u64 dc,
 	call.start_ns = bpf_ktime_get_ns();
 	start_span_ctx(&key, &call.ctx, call.parent_span_id);
 	bpf_map_update_elem(&sql_calls, &key, &call, BPF_ANY);
+	if (mark_db_calls) {
+		u8 in_call = 1;
+		bpf_map_update_elem(&db_calls, &key, &in_call, BPF_ANY);
+	}
 	return 0;
 }
 
@@ -286,6 +294,8 @@ static __always_inline int sql_return(struct pt_regs *ctx, u64 err_itab, u64 err
 {
 	u32 pid = bpf_get_current_pid_tgid() >> 32;
 	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	if (mark_db_calls)
+		bpf_map_delete_elem(&db_calls, &key);
 	struct sql_call *call = bpf_map_lookup_elem(&sql_calls, &key);
 	if (!call) {
 		if (pid_traced(pid))

@@ -11,7 +11,7 @@
 
 pub mod event;
 mod query;
-mod span;
+pub(crate) mod span;
 
 use std::mem::MaybeUninit;
 
@@ -321,6 +321,8 @@ impl Plan for DatabaseSqlPlan {
                 (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
                 ro.has_conn_offsets = true;
             }
+            // pgx's own probes must see that its stdlib driver's statements are ours.
+            ro.mark_db_calls = self.drivers.iter().any(|d| d.driver.begin.starts_with(PGX));
             for (i, d) in self.drivers.iter().take(ro.driver_begin.len()).enumerate() {
                 (ro.driver_begin[i], ro.driver_system[i]) = (d.begin, d.driver.system);
                 // A way cut short would lead elsewhere: the whole path, or no address.
