@@ -40,18 +40,24 @@ fn an_http_service_gets_server_client_and_their_goroutine_ancestry() {
             "gRPC server: google.golang.org/grpc is not in the binary",
             "gRPC client: google.golang.org/grpc is not in the binary",
             "database/sql: database/sql.(*DB).queryDC is not in the binary",
+            "pgx: github.com/jackc/pgx/v5 is not in the binary",
             "go-redis v9: github.com/redis/go-redis/v9 is not in the binary",
             "go-redis v8: github.com/go-redis/redis/v8 is not in the binary",
         ]
     );
 }
 
-/// A server that makes no HTTP calls: its queries alone require goroutine ancestry.
+/// A server that makes no HTTP calls: its queries alone require goroutine ancestry. pgx is
+/// linked, for its stdlib driver and its own API: both attach.
 #[test]
-fn a_database_client_gets_database_sql_and_goroutine_ancestry() {
-    for name in ["dbsql-go1.19", "dbsql-go1.27-pie-stripped"] {
+fn a_database_client_gets_database_sql_pgx_and_goroutine_ancestry() {
+    for name in ["dbsql-go1.19", "dbsql-go1.27-pie-stripped", "dbsql/dbsql-v5.0.0-stripped"] {
         let Some((attach, _)) = selected(name) else { return };
-        assert_eq!(attach, ["net/http server", "database/sql", "goroutine ancestry"], "{name}");
+        assert_eq!(
+            attach,
+            ["net/http server", "database/sql", "pgx", "goroutine ancestry"],
+            "{name}"
+        );
     }
 }
 
@@ -76,6 +82,7 @@ fn a_grpc_service_gets_http_grpc_and_goroutine_ancestry() {
             skipped,
             [
                 "database/sql: database/sql.(*DB).queryDC is not in the binary",
+                "pgx: github.com/jackc/pgx/v5 is not in the binary",
                 "go-redis v9: github.com/redis/go-redis/v9 is not in the binary",
                 "go-redis v8: github.com/go-redis/redis/v8 is not in the binary",
             ]
