@@ -238,9 +238,24 @@ impl Pipeline {
         }
         if let Some(i) = injection.map(Injection::stats) {
             summary += &format!(
-                ", traceparent injected into {} requests ({} not HTTP/1.x, {} no room, {} dropped)",
-                i.injected, i.skipped_not_http1, i.skipped_no_room, i.dropped
+                ", traceparent injected into {} requests ({} not HTTP/1.x, {} no room, {} \
+                 dropped) and {} HTTP/2 streams",
+                i.injected, i.skipped_not_http1, i.skipped_no_room, i.dropped, i.h2_injected
             );
+            let left_alone: Vec<String> = [
+                (i.skipped_has_traceparent, "with a traceparent of their own"),
+                (i.h2_skipped_split, "HEADERS frames cut across sends"),
+                (i.h2_skipped_too_big, "HEADERS frames too big"),
+                (i.h2_skipped_padded, "HEADERS frames padded"),
+                (i.h2_lost, "HTTP/2 sockets whose frames made no sense"),
+            ]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+            if !left_alone.is_empty() {
+                summary += &format!(" (left alone: {})", left_alone.join(", "));
+            }
         }
         if self.bad_events > 0 {
             summary += &format!(", {} unreadable or implausible events", self.bad_events);
@@ -314,7 +329,9 @@ pub fn start_propagation(
                   incoming traceparent headers";
     let injection = match mode {
         _ if !instrumented.wants_injection() => {
-            tracing::info!("propagation: {always}; no HTTP client traced, nothing to inject into");
+            tracing::info!(
+                "propagation: {always}; no HTTP or gRPC client traced, nothing to inject into"
+            );
             return None;
         }
         InjectMode::Off => {
@@ -329,8 +346,8 @@ pub fn start_propagation(
         Ok(i) => {
             let peers = if mode == InjectMode::All { "every peer" } else { "peers on other hosts" };
             tracing::info!(
-                "propagation: {always}; traceparent injected into plaintext HTTP/1.1 requests to \
-                 {peers} (sockops on {})",
+                "propagation: {always}; traceparent injected into plaintext HTTP/1.1 requests \
+                 and gRPC calls over h2c to {peers} (sockops on {})",
                 i.cgroup.display()
             );
             Some(i)

@@ -98,52 +98,12 @@ fn traceparent_reaches_an_uninstrumented_server_and_nothing_else_changes() {
     );
 }
 
-/// A network namespace with a veth pair: another host, as far as the client can tell.
-struct OtherHost {
-    name: String,
-    host_veth: String,
-}
-
-impl OtherHost {
-    const OURS: &'static str = "10.203.7.1";
-    const THEIRS: &'static str = "10.203.7.2";
-
-    fn create() -> OtherHost {
-        let id = std::process::id() % 100_000;
-        let (name, host_veth, peer) =
-            (format!("gotel-t{id}"), format!("gth{id}"), format!("gtp{id}"));
-        let ip = |args: &str| {
-            let ok = std::process::Command::new("ip")
-                .args(args.split_whitespace())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "ip {args}");
-        };
-        ip(&format!("netns add {name}"));
-        ip(&format!("link add {host_veth} type veth peer name {peer}"));
-        ip(&format!("link set {peer} netns {name}"));
-        ip(&format!("addr add {}/30 dev {host_veth}", Self::OURS));
-        ip(&format!("link set {host_veth} up"));
-        ip(&format!("netns exec {name} ip addr add {}/30 dev {peer}", Self::THEIRS));
-        ip(&format!("netns exec {name} ip link set {peer} up"));
-        ip(&format!("netns exec {name} ip link set lo up"));
-        OtherHost { name, host_veth }
-    }
-}
-
-impl Drop for OtherHost {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_veth]).status();
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
 /// The default mode injects where the peer is on another host: a server in another network
 /// namespace, not instrumented, receives the traceparent; loopback peers do not.
 #[test]
 fn by_default_only_requests_to_other_hosts_get_a_traceparent() {
     let Some(()) = privileged() else { return };
-    let host = OtherHost::create();
+    let host = OtherHost::create(7);
     let fx = fixture("chain-go1.26");
     // The remote server: the same fixture, not traced (gotel run traces only its own child).
     let remote_port = free_port();
@@ -151,7 +111,7 @@ fn by_default_only_requests_to_other_hosts_get_a_traceparent() {
         std::process::Command::new("ip")
             .args(["netns", "exec", &host.name])
             .arg(&fx)
-            .args(["-addr", &format!("{}:{remote_port}", OtherHost::THEIRS)])
+            .args(["-addr", &format!("{}:{remote_port}", host.theirs)])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
@@ -162,7 +122,7 @@ fn by_default_only_requests_to_other_hosts_get_a_traceparent() {
     let addr = format!("127.0.0.1:{port}");
     let _gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
     wait_for_port(port, WAIT);
-    let remote_url = format!("http://{}:{remote_port}/headers", OtherHost::THEIRS);
+    let remote_url = format!("http://{}:{remote_port}/headers", host.theirs);
     let deadline = std::time::Instant::now() + WAIT;
     let (status, echoed) = loop {
         let r = http_get(port, &format!("/fetch?url={remote_url}"));

@@ -741,3 +741,55 @@ impl Drop for Redis {
         }
     }
 }
+
+/// A network namespace with a veth pair: another host, as far as the client can tell. Each
+/// test that makes one picks its own `subnet` (10.203.subnet.0/30), so tests run in parallel.
+pub struct OtherHost {
+    pub name: String,
+    host_veth: String,
+    /// Our address on the pair, and theirs.
+    pub ours: String,
+    pub theirs: String,
+}
+
+impl OtherHost {
+    pub fn create(subnet: u8) -> OtherHost {
+        let id = std::process::id() % 10_000;
+        let (name, host_veth, peer) = (
+            format!("gotel-t{id}-{subnet}"),
+            format!("gth{id}x{subnet}"),
+            format!("gtp{id}x{subnet}"),
+        );
+        let (ours, theirs) = (format!("10.203.{subnet}.1"), format!("10.203.{subnet}.2"));
+        let ip = |args: &str| {
+            let ok = std::process::Command::new("ip")
+                .args(args.split_whitespace())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip {args}");
+        };
+        ip(&format!("netns add {name}"));
+        ip(&format!("link add {host_veth} type veth peer name {peer}"));
+        ip(&format!("link set {peer} netns {name}"));
+        ip(&format!("addr add {ours}/30 dev {host_veth}"));
+        ip(&format!("link set {host_veth} up"));
+        ip(&format!("netns exec {name} ip addr add {theirs}/30 dev {peer}"));
+        ip(&format!("netns exec {name} ip link set {peer} up"));
+        ip(&format!("netns exec {name} ip link set lo up"));
+        OtherHost { name, host_veth, ours, theirs }
+    }
+
+    /// `exe` with `args`, run on the other host.
+    pub fn command(&self, exe: &Path) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(exe);
+        cmd
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_veth]).status();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}

@@ -60,8 +60,13 @@ struct span_ctx {
 	u8 trace_id[16];
 	u8 span_id[8];
 	u8 sampled;
-	u8 _pad[7];
+	u8 flags; /* SPAN_* */
+	u8 _pad[6];
 };
+
+/* A client span's request carries a traceparent of its own (an SDK in the process put it
+ * there, or its caller did): outgoing injection adds none. */
+#define SPAN_HAS_TRACEPARENT 1
 
 /* Indices of the counters in `stats`. */
 enum stat {

@@ -1,9 +1,16 @@
 /* Propagation to other hosts with no write into any process: a sockops program on the cgroup
  * v2 root puts the client sockets of traced processes into a sockhash when they connect (to
- * another host, unless loopback is asked for), and an sk_msg program inserts a W3C
- * `traceparent:` line after the request line of the plaintext HTTP/1.1 request that the
- * client span on that connection (conn_ctx) is sending. Anything unexpected means no insert:
- * a request is never altered unless the new line can be written whole. */
+ * another host, unless loopback is asked for), and an sk_msg program adds a W3C traceparent as
+ * the kernel sends them:
+ * - plaintext HTTP/1.1: a `traceparent:` line after the request line of the request that the
+ *   client span on that connection (conn_ctx) is sending;
+ * - HTTP/2 without TLS (gRPC h2c): a header field at the end of the HEADERS frame that opens a
+ *   stream a gRPC client span published (stream_ctx, by connection and stream id). A byte
+ *   cursor follows every frame the socket sends from its connection preface on, so a frame is
+ *   only ever recognised where one starts; at any inconsistency the socket is left alone for
+ *   good.
+ * Anything unexpected means no insert: bytes are never altered unless the addition can be
+ * written whole. */
 #include "conn.h"
 
 const volatile bool inject_loopback = false;
@@ -37,8 +44,41 @@ enum inject_stat {
 	SKIPPED_NOT_HTTP1, /* the message did not start with an HTTP/1.x request line */
 	SKIPPED_NO_ROOM, /* the kernel would not make room for the line */
 	DROPPED_WRITE_FAILED, /* room was made but could not be written: message dropped */
+	SKIPPED_HAS_TRACEPARENT, /* the call's header fields carry one already */
+	H2_INJECTED,
+	H2_SKIPPED_SPLIT, /* the HEADERS frame was cut across sends, or continued */
+	H2_SKIPPED_TOO_BIG, /* the field would take the frame past 16384 bytes */
+	H2_SKIPPED_PADDED, /* a padded HEADERS frame: left alone */
+	H2_LOST, /* the frames made no sense: the socket is left alone from then on */
 	INJECT_STAT_MAX,
 };
+
+/* Where a socket's bytes are, so far: what it turned out to speak, and for HTTP/2 where its
+ * next frame starts. */
+#define CURSOR_NEW 0 /* nothing sent yet */
+#define CURSOR_HTTP1 1
+#define CURSOR_H2 2
+#define CURSOR_LOST 3 /* HTTP/2 frames that made no sense: never touched again */
+
+#define H2_FRAME_HEADER 9
+
+struct cursor {
+	u64 sent; /* bytes the socket has sent, fields added included */
+	u64 next_frame; /* where in those the next frame header starts */
+	u8 state;
+	u8 partial_len; /* bytes of a frame header the last message ended in the middle of */
+	u8 partial[H2_FRAME_HEADER];
+	u8 _pad[5];
+};
+
+/* Connection -> its cursor, from its establishment. A socket without one (evicted) gets the
+ * HTTP/1.1 treatment only, which reads each request's line afresh. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, struct cursor);
+} cursors SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -109,6 +149,8 @@ int inject_sockops(struct bpf_sock_ops *skops)
 		struct conn_key key;
 		key_from(&key, family, skops->local_ip4, skops->remote_ip4, local6, remote6,
 			 skops->local_port, skops->remote_port);
+		struct cursor fresh = {};
+		bpf_map_update_elem(&cursors, &key, &fresh, BPF_ANY);
 		bpf_sock_hash_update(skops, &inject_socks, &key, BPF_NOEXIST);
 	}
 	return 1;
@@ -122,27 +164,39 @@ static __always_inline char hex_digit(u8 v)
 	return v < 10 ? '0' + v : 'a' + v - 10;
 }
 
-SEC("sk_msg")
-int inject_sk_msg(struct sk_msg_md *msg)
+/* Writes the 55 characters of a traceparent value for `span` at `out`. */
+static __always_inline void traceparent_value(char *out, const struct span_ctx *span)
 {
-	u32 family = msg->family;
-	u32 local6[4] = { msg->local_ip6[0], msg->local_ip6[1], msg->local_ip6[2],
-			  msg->local_ip6[3] };
-	u32 remote6[4] = { msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2],
-			   msg->remote_ip6[3] };
-	struct conn_key key;
-	key_from(&key, family, msg->local_ip4, msg->remote_ip4, local6, remote6, msg->local_port,
-		 msg->remote_port);
-	struct span_ctx *span = bpf_map_lookup_elem(&conn_ctx, &key);
+	out[0] = '0';
+	out[1] = '0';
+	out[2] = '-';
+	for (int i = 0; i < 16; i++) {
+		out[3 + 2 * i] = hex_digit(span->trace_id[i] >> 4);
+		out[4 + 2 * i] = hex_digit(span->trace_id[i] & 0xf);
+	}
+	out[35] = '-';
+	for (int i = 0; i < 8; i++) {
+		out[36 + 2 * i] = hex_digit(span->span_id[i] >> 4);
+		out[37 + 2 * i] = hex_digit(span->span_id[i] & 0xf);
+	}
+	out[52] = '-';
+	out[53] = '0';
+	out[54] = span->sampled ? '1' : '0';
+}
+
+/* Plaintext HTTP/1.1: the traceparent line after the request line. */
+static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *key)
+{
+	struct span_ctx *span = bpf_map_lookup_elem(&conn_ctx, key);
 	if (!span)
 		return SK_PASS;
 	u64 span_id;
 	__builtin_memcpy(&span_id, span->span_id, 8);
-	u64 *done = bpf_map_lookup_elem(&handled, &key);
+	u64 *done = bpf_map_lookup_elem(&handled, key);
 	if (done && *done == span_id)
 		return SK_PASS; /* the rest of a request already handled: its body */
 	/* Decided once per request: whatever happens below, later messages are its body. */
-	bpf_map_update_elem(&handled, &key, &span_id, BPF_ANY);
+	bpf_map_update_elem(&handled, key, &span_id, BPF_ANY);
 
 	u32 len = msg->size < LINE_MAX ? msg->size : LINE_MAX;
 	if (len < 16 || bpf_msg_pull_data(msg, 0, len, 0)) {
@@ -171,23 +225,12 @@ int inject_sk_msg(struct sk_msg_md *msg)
 		return SK_PASS;
 	}
 
-	char line[HEADER_LEN] = "traceparent: 00-";
-	for (int i = 0; i < 16; i++) {
-		line[16 + 2 * i] = hex_digit(span->trace_id[i] >> 4);
-		line[17 + 2 * i] = hex_digit(span->trace_id[i] & 0xf);
-	}
-	line[48] = '-';
-	for (int i = 0; i < 8; i++) {
-		line[49 + 2 * i] = hex_digit(span->span_id[i] >> 4);
-		line[50 + 2 * i] = hex_digit(span->span_id[i] & 0xf);
-	}
-	line[65] = '-';
-	line[66] = '0';
-	line[67] = span->sampled ? '1' : '0';
+	u32 at = eol + 2;
+	char line[HEADER_LEN] = "traceparent: ";
+	traceparent_value(line + 13, span);
 	line[68] = '\r';
 	line[69] = '\n';
 
-	u32 at = eol + 2;
 	if (bpf_msg_push_data(msg, at, HEADER_LEN, 0)) {
 		inject_count(SKIPPED_NO_ROOM);
 		return SK_PASS;
@@ -205,6 +248,293 @@ int inject_sk_msg(struct sk_msg_md *msg)
 	}
 	__builtin_memcpy(data, line, HEADER_LEN);
 	inject_count(INJECTED);
+	return SK_PASS;
+}
+
+/* HTTP/2 */
+#define H2_DATA 0
+#define H2_HEADERS 1
+#define H2_PRIORITY 2
+#define H2_RST_STREAM 3
+#define H2_SETTINGS 4
+#define H2_PUSH_PROMISE 5
+#define H2_PING 6
+#define H2_GOAWAY 7
+#define H2_WINDOW_UPDATE 8
+#define H2_CONTINUATION 9
+#define H2_END_HEADERS 0x4
+#define H2_PADDED 0x8
+#define H2_MAX_FRAME 16384 /* no peer may take less */
+#define H2_FRAMES_PER_MSG 8192 /* a 64 KiB send of the smallest frames grpc-go writes */
+/* A literal header field without indexing, its name literal too, so neither side's HPACK
+ * table changes: 0x00, 11, "traceparent", 55, the value. */
+#define H2_FIELD_LEN 69
+#define H2_PREFACE_LEN 24
+
+struct frame_header {
+	u32 len;
+	u8 type;
+	u8 flags;
+	u32 stream;
+};
+
+static __always_inline struct frame_header parse_frame_header(const u8 *h)
+{
+	struct frame_header f = {
+		.len = ((u32)h[0] << 16) | ((u32)h[1] << 8) | h[2],
+		.type = h[3],
+		.flags = h[4],
+		.stream = (((u32)h[5] << 24) | ((u32)h[6] << 16) | ((u32)h[7] << 8) | h[8]) &
+			  0x7fffffff,
+	};
+	return f;
+}
+
+/* Whether a client could have sent this frame: a cursor that lost its place reads noise,
+ * which this tells apart soon (types, stream ids and fixed lengths must fit). */
+static __always_inline bool frame_plausible(const struct frame_header *f)
+{
+	switch (f->type) {
+	case H2_DATA:
+	case H2_HEADERS:
+	case H2_CONTINUATION:
+		return f->stream != 0;
+	case H2_PRIORITY:
+		return f->stream != 0 && f->len == 5;
+	case H2_RST_STREAM:
+		return f->stream != 0 && f->len == 4;
+	case H2_SETTINGS:
+		return f->stream == 0 && f->len % 6 == 0;
+	case H2_PING:
+		return f->stream == 0 && f->len == 8;
+	case H2_GOAWAY:
+		return f->stream == 0 && f->len >= 8;
+	case H2_WINDOW_UPDATE:
+		return f->len == 4;
+	default: /* PUSH_PROMISE is the server's; anything else grpc-go never sends */
+		return false;
+	}
+}
+
+/* The HEADERS frame at `off` (payload `f->len` bytes) opens a stream: if a client span
+ * published it, its traceparent field goes at the end of the header block. Returns the bytes
+ * added (0 or H2_FIELD_LEN), or -1 when the message must be dropped. */
+static __always_inline int h2_headers(struct sk_msg_md *msg, const struct conn_key *key, u32 off,
+				      const struct frame_header *f)
+{
+	struct stream_conn_key sk = { .conn = *key, .stream_id = f->stream };
+	struct span_ctx *published = bpf_map_lookup_elem(&stream_ctx, &sk);
+	if (!published)
+		return 0;
+	struct span_ctx span = *published;
+	/* Found once: a later HEADERS frame of the stream (trailers) gets nothing. */
+	bpf_map_delete_elem(&stream_ctx, &sk);
+	if (span.flags & SPAN_HAS_TRACEPARENT) {
+		inject_count(SKIPPED_HAS_TRACEPARENT);
+		return 0;
+	}
+	if (!(f->flags & H2_END_HEADERS) || off + H2_FRAME_HEADER + f->len > msg->size) {
+		inject_count(H2_SKIPPED_SPLIT);
+		return 0;
+	}
+	if (f->flags & H2_PADDED) {
+		inject_count(H2_SKIPPED_PADDED);
+		return 0;
+	}
+	if (f->len + H2_FIELD_LEN > H2_MAX_FRAME) {
+		inject_count(H2_SKIPPED_TOO_BIG);
+		return 0;
+	}
+	char field[H2_FIELD_LEN] = "\x00\x0btraceparent\x37";
+	traceparent_value(field + 14, &span);
+	u32 at = off + H2_FRAME_HEADER + f->len;
+	if (bpf_msg_push_data(msg, at, H2_FIELD_LEN, 0)) {
+		inject_count(SKIPPED_NO_ROOM);
+		return 0;
+	}
+	/* From here the frame has a gap: fill it and fix the length, or drop the message. */
+	if (bpf_msg_pull_data(msg, at, at + H2_FIELD_LEN, 0))
+		goto drop;
+	u8 *data = msg->data;
+	if (data + H2_FIELD_LEN > (u8 *)msg->data_end)
+		goto drop;
+	__builtin_memcpy(data, field, H2_FIELD_LEN);
+	if (bpf_msg_pull_data(msg, off, off + 3, 0))
+		goto drop;
+	data = msg->data;
+	if (data + 3 > (u8 *)msg->data_end)
+		goto drop;
+	u32 len = f->len + H2_FIELD_LEN;
+	data[0] = len >> 16;
+	data[1] = len >> 8;
+	data[2] = len;
+	inject_count(H2_INJECTED);
+	return H2_FIELD_LEN;
+drop:
+	inject_count(DROPPED_WRITE_FAILED);
+	return -1;
+}
+
+static __always_inline int h2_lost(struct cursor *cur)
+{
+	if (cur->state != CURSOR_LOST)
+		inject_count(H2_LOST);
+	cur->state = CURSOR_LOST;
+	return SK_PASS;
+}
+
+/* One message's walk over its frames, a frame per bpf_loop step: the verifier checks the
+ * step once, not once per frame. */
+struct h2_walk {
+	struct sk_msg_md *msg;
+	struct cursor *cur;
+	u64 start; /* where the message starts in the socket's bytes */
+	struct conn_key key;
+	int verdict;
+	bool walked; /* every frame header that starts in the message was read */
+};
+
+static long h2_frame(u64 index, void *ctx)
+{
+	struct h2_walk *w = ctx;
+	struct sk_msg_md *msg = w->msg;
+	struct cursor *cur = w->cur;
+	u32 size = msg->size; /* grows with each field added */
+	if (cur->next_frame >= w->start + size) {
+		w->walked = true;
+		return 1;
+	}
+	u32 off = cur->next_frame - w->start;
+	if (off + H2_FRAME_HEADER > size) {
+		/* The header goes on in the next message: keep what is here. */
+		u32 have = size - off;
+		if (bpf_msg_pull_data(msg, off, size, 0)) {
+			h2_lost(cur);
+			return 1;
+		}
+		u8 *data = msg->data;
+		for (int b = 0; b < H2_FRAME_HEADER - 1; b++) {
+			if (b < have && data + b + 1 <= (u8 *)msg->data_end)
+				cur->partial[b] = data[b];
+		}
+		cur->partial_len = have;
+		w->walked = true;
+		return 1;
+	}
+	if (bpf_msg_pull_data(msg, off, off + H2_FRAME_HEADER, 0)) {
+		h2_lost(cur);
+		return 1;
+	}
+	u8 *data = msg->data;
+	if (data + H2_FRAME_HEADER > (u8 *)msg->data_end) {
+		h2_lost(cur);
+		return 1;
+	}
+	struct frame_header f = parse_frame_header(data);
+	if (!frame_plausible(&f)) {
+		h2_lost(cur);
+		return 1;
+	}
+	int added = 0;
+	if (f.type == H2_HEADERS)
+		added = h2_headers(msg, &w->key, off, &f);
+	if (added < 0) {
+		w->verdict = SK_DROP;
+		return 1;
+	}
+	cur->next_frame += H2_FRAME_HEADER + f.len + added;
+	return 0;
+}
+
+/* Follows the frames of one message from the socket's cursor on. */
+static __always_inline int inject_h2(struct sk_msg_md *msg, const struct conn_key *key,
+				     struct cursor *cur)
+{
+	u64 start = cur->sent; /* where this message starts in the socket's bytes */
+	u32 size = msg->size;
+	if (cur->partial_len) {
+		/* The rest of a frame header the last message ended in. */
+		u32 have = cur->partial_len, need = H2_FRAME_HEADER - have;
+		if (have >= H2_FRAME_HEADER || need > size)
+			return h2_lost(cur); /* a header cut twice: never seen from grpc-go */
+		if (bpf_msg_pull_data(msg, 0, need, 0))
+			return h2_lost(cur);
+		u8 *data = msg->data;
+		u8 h[H2_FRAME_HEADER];
+		for (int i = 0; i < H2_FRAME_HEADER; i++) {
+			if (i < have)
+				h[i] = cur->partial[i];
+			else if (data + (i - have) + 1 <= (u8 *)msg->data_end)
+				h[i] = data[i - have];
+			else
+				return h2_lost(cur);
+		}
+		struct frame_header f = parse_frame_header(h);
+		if (!frame_plausible(&f))
+			return h2_lost(cur);
+		if (f.type == H2_HEADERS) {
+			struct stream_conn_key sk = { .conn = *key, .stream_id = f.stream };
+			if (bpf_map_lookup_elem(&stream_ctx, &sk)) {
+				bpf_map_delete_elem(&stream_ctx, &sk);
+				inject_count(H2_SKIPPED_SPLIT);
+			}
+		}
+		cur->next_frame += H2_FRAME_HEADER + f.len;
+		cur->partial_len = 0;
+	}
+	struct h2_walk w = { .msg = msg, .cur = cur, .start = start, .key = *key, .verdict = SK_PASS };
+	bpf_loop(H2_FRAMES_PER_MSG, h2_frame, &w, 0);
+	if (w.verdict != SK_PASS)
+		return w.verdict;
+	if (!w.walked)
+		return h2_lost(cur); /* more frames than followed: the place is lost */
+	size = msg->size;
+	cur->sent = start + size;
+	return SK_PASS;
+}
+
+/* The connection preface every HTTP/2 client starts with. */
+static __always_inline bool starts_with_preface(struct sk_msg_md *msg)
+{
+	if (msg->size < H2_PREFACE_LEN || bpf_msg_pull_data(msg, 0, H2_PREFACE_LEN, 0))
+		return false;
+	u8 *data = msg->data;
+	if (data + H2_PREFACE_LEN > (u8 *)msg->data_end)
+		return false;
+	const char preface[H2_PREFACE_LEN + 1] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+	for (int i = 0; i < H2_PREFACE_LEN; i++) {
+		if (data[i] != (u8)preface[i])
+			return false;
+	}
+	return true;
+}
+
+SEC("sk_msg")
+int inject_sk_msg(struct sk_msg_md *msg)
+{
+	u32 family = msg->family;
+	u32 local6[4] = { msg->local_ip6[0], msg->local_ip6[1], msg->local_ip6[2],
+			  msg->local_ip6[3] };
+	u32 remote6[4] = { msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2],
+			   msg->remote_ip6[3] };
+	struct conn_key key;
+	key_from(&key, family, msg->local_ip4, msg->remote_ip4, local6, remote6, msg->local_port,
+		 msg->remote_port);
+	struct cursor *cur = bpf_map_lookup_elem(&cursors, &key);
+	if (!cur)
+		return inject_http1(msg, &key);
+	if (cur->state == CURSOR_NEW) {
+		if (starts_with_preface(msg)) {
+			cur->state = CURSOR_H2;
+			cur->next_frame = H2_PREFACE_LEN;
+		} else {
+			cur->state = CURSOR_HTTP1;
+		}
+	}
+	if (cur->state == CURSOR_H2)
+		return inject_h2(msg, &key, cur);
+	if (cur->state == CURSOR_HTTP1)
+		return inject_http1(msg, &key);
 	return SK_PASS;
 }
 

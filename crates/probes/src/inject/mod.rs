@@ -1,6 +1,7 @@
 //! Outgoing `traceparent` at the socket layer (`inject.bpf.c`), so a server on another
-//! host, instrumented or not, continues the trace. Nothing is written into any process: the
-//! line is inserted into the plaintext HTTP/1.1 request as the kernel sends it.
+//! host, instrumented or not, continues the trace. Nothing is written into any process: a
+//! line is inserted into the plaintext HTTP/1.1 request, or a header field into the HEADERS
+//! frame of a gRPC call over h2c, as the kernel sends it.
 
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
@@ -36,17 +37,32 @@ impl InjectMode {
     }
 }
 
-/// What the sk_msg program did, summed over CPUs.
+/// What the sk_msg program did, summed over CPUs (`enum inject_stat`, in its order).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InjectStats {
+    /// HTTP/1.1 requests that got a line.
     pub injected: u64,
     /// The request was not plaintext HTTP/1.x: left alone.
     pub skipped_not_http1: u64,
-    /// The kernel would not make room for the line: left alone.
+    /// The kernel would not make room for the line or field: left alone.
     pub skipped_no_room: u64,
     /// Room was made but could not be filled: the message was dropped rather than corrupted.
     pub dropped: u64,
+    /// The gRPC call's metadata had a traceparent of its own: none added.
+    pub skipped_has_traceparent: u64,
+    /// HTTP/2 HEADERS frames that got a field.
+    pub h2_injected: u64,
+    /// HEADERS frames cut across sends or continued in CONTINUATION frames: left alone.
+    pub h2_skipped_split: u64,
+    /// HEADERS frames the field would take past 16384 bytes.
+    pub h2_skipped_too_big: u64,
+    /// Padded HEADERS frames.
+    pub h2_skipped_padded: u64,
+    /// HTTP/2 sockets whose frames made no sense at some point: left alone from then on.
+    pub h2_lost: u64,
 }
+
+const STAT_COUNT: u32 = 10;
 
 /// The running injection: dropping it detaches the programs and releases every socket.
 pub struct Injection {
@@ -75,8 +91,9 @@ impl Injection {
             .ok_or_else(|| Error::Internal { what: "no cgroup v2 hierarchy is mounted".into() })?;
         let bpf = |what: &str| crate::bpf_error("traceparent injection", &cgroup, what);
         let opts = crate::shared::libbpf_sys_opts();
-        let stats = MapHandle::create(MapType::PercpuArray, Some("inject_stats"), 4, 8, 4, &opts)
-            .map_err(bpf("create map inject_stats"))?;
+        let stats =
+            MapHandle::create(MapType::PercpuArray, Some("inject_stats"), 4, 8, STAT_COUNT, &opts)
+                .map_err(bpf("create map inject_stats"))?;
         let sockets =
             MapHandle::create(MapType::Sockhash, Some("inject_socks"), 40, 4, 65536, &opts)
                 .map_err(bpf("create map inject_socks"))?;
@@ -113,6 +130,12 @@ impl Injection {
             skipped_not_http1: sum(1),
             skipped_no_room: sum(2),
             dropped: sum(3),
+            skipped_has_traceparent: sum(4),
+            h2_injected: sum(5),
+            h2_skipped_split: sum(6),
+            h2_skipped_too_big: sum(7),
+            h2_skipped_padded: sum(8),
+            h2_lost: sum(9),
         }
     }
 }

@@ -20,6 +20,10 @@ const volatile bool status_on_client_stream = false;
 const volatile u64 off_cs_attempt = 0;
 const volatile u64 off_attempt_stream = 0;
 const volatile u64 off_cc_target = 0; /* ClientConn.target (string) */
+/* For outgoing traceparent injection over h2c (inject.bpf.c), whose probes are attached only
+ * then: headerFrame.hf (clientHeaders.hf from 1.85), the []hpack.HeaderField the stream's
+ * HEADERS frame is encoded from. */
+const volatile u64 off_header_frame_hf = 0;
 
 #define TARGET_CAP 128
 
@@ -46,6 +50,7 @@ struct client_call {
 	struct stream_conn_key conn;
 	u8 has_conn;
 	u8 sampled;
+	u8 in_new_stream; /* between NewStream's entry and its return */
 	u8 trace_id[16];
 	u8 span_id[8];
 	u8 parent_span_id[8];
@@ -97,17 +102,134 @@ int grpc_client_start(struct pt_regs *ctx)
 	return 0;
 }
 
+/* A call's stream whose HEADERS frame is about to be written: by its header fields' array,
+ * which the loopy writer hands to writeHeader with the stream id. */
+struct pending_headers_key {
+	u32 pid;
+	u32 _pad;
+	u64 hf;
+};
+
+struct pending_headers {
+	struct stream_conn_key conn;
+	struct span_ctx span;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct pending_headers_key);
+	__type(value, struct pending_headers);
+} grpc_pending_headers SEC(".maps");
+
+/* func newHTTP2Client(connectCtx, ctx context.Context, addr resolver.Address, ...): it dials
+ * the connection, so a process marked here has it enrolled for injection when it connects. */
+SEC("uprobe")
+int grpc_client_dial(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!pid_traced(pid) || bpf_map_lookup_elem(&client_pids, &pid))
+		return 0;
+	u8 one = 1;
+	bpf_map_update_elem(&client_pids, &pid, &one, BPF_ANY);
+	return 0;
+}
+
+/* func (t *http2Client) NewStream(ctx, callHdr *CallHdr): t in ARG1. The connection is known
+ * before the stream is queued for the loopy writer. */
+SEC("uprobe")
+int grpc_client_new_stream(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct client_call *call = bpf_map_lookup_elem(&grpc_client_starting, &key);
+	if (!call)
+		return 0;
+	call->in_new_stream = 1;
+	u64 tcpconn = read_u64(GO_ARG1(ctx) + off_http2client_conn_data);
+	call->has_conn = go_conn_key(tcpconn, true, &call->conn.conn);
+	return 0;
+}
+
+#define HEADER_FIELD_SIZE 40 /* hpack.HeaderField: Name, Value string; Sensitive bool */
+#define HEADER_FIELDS_SCANNED 24
+
+/* Whether the header fields at `hf` (n of them) have a traceparent: an SDK in the process, or
+ * metadata the caller passed on, put it there. */
+static __always_inline bool has_traceparent(u64 hf, s64 n)
+{
+	for (int i = 0; i < HEADER_FIELDS_SCANNED; i++) {
+		if (i >= n)
+			return false;
+		struct {
+			u64 ptr;
+			u64 len;
+		} name = {};
+		bpf_probe_read_user(&name, sizeof(name), (void *)(hf + i * HEADER_FIELD_SIZE));
+		char text[11] = {};
+		if (name.len == 11 && !bpf_probe_read_user(text, sizeof(text), (void *)name.ptr) &&
+		    !__builtin_memcmp(text, "traceparent", 11))
+			return true;
+	}
+	return n > HEADER_FIELDS_SCANNED; /* not known: as good as yes */
+}
+
+/* func (c *controlBuffer) executeAndPut(f func() bool, it cbItem) (bool, error): within
+ * NewStream, `it` (data in ARG4) is the stream's *headerFrame. */
+SEC("uprobe")
+int grpc_client_put(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct client_call *call = bpf_map_lookup_elem(&grpc_client_starting, &key);
+	u64 frame = GO_ARG4(ctx);
+	if (!call || !call->in_new_stream || !call->has_conn || !frame)
+		return 0;
+	struct {
+		u64 ptr;
+		s64 len;
+	} hf = {};
+	bpf_probe_read_user(&hf, sizeof(hf), (void *)(frame + off_header_frame_hf));
+	if (!hf.ptr)
+		return 0;
+	struct pending_headers_key pk = { .pid = pid, .hf = hf.ptr };
+	struct pending_headers pending = { .conn = call->conn };
+	pending.span = span_ctx_of(call->trace_id, call->span_id, call->sampled);
+	if (has_traceparent(hf.ptr, hf.len))
+		pending.span.flags |= SPAN_HAS_TRACEPARENT;
+	bpf_map_update_elem(&grpc_pending_headers, &pk, &pending, BPF_ANY);
+	return 0;
+}
+
+/* func (l *loopyWriter) writeHeader(streamID uint32, endStream bool, hf []hpack.HeaderField,
+ * onWrite func()): streamID in ARG2, hf in ARG4-6. Runs on the loopy writer's goroutine, just
+ * before the frame is encoded and written: the stream's span is published for sk_msg. */
+SEC("uprobe")
+int grpc_client_write_header(struct pt_regs *ctx)
+{
+	struct pending_headers_key pk = { .pid = bpf_get_current_pid_tgid() >> 32,
+					  .hf = GO_ARG4(ctx) };
+	struct pending_headers *pending = bpf_map_lookup_elem(&grpc_pending_headers, &pk);
+	if (!pending)
+		return 0; /* a server's headers, or a stream not traced */
+	pending->conn.stream_id = (u32)GO_ARG2(ctx);
+	bpf_map_update_elem(&stream_ctx, &pending->conn, &pending->span, BPF_ANY);
+	bpf_map_delete_elem(&grpc_pending_headers, &pk);
+	return 0;
+}
+
 /* func (t *http2Client) NewStream(ctx, callHdr *CallHdr) (*ClientStream, error), at its RETs:
  * the stream in ARG1. Its id was assigned on this goroutine, under the transport's lock. */
 static __always_inline int grpc_client_stream(struct pt_regs *ctx)
 {
 	u32 pid = bpf_get_current_pid_tgid() >> 32;
 	u64 stream = GO_ARG1(ctx);
-	if (!stream)
-		return 0;
 	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
 	struct client_call *call = bpf_map_lookup_elem(&grpc_client_starting, &key);
 	if (!call)
+		return 0;
+	call->in_new_stream = 0;
+	if (!stream)
 		return 0;
 	u64 fields = stream_fields(stream);
 	bpf_probe_read_user(&call->conn.stream_id, sizeof(u32), (void *)(fields + off_stream_id));

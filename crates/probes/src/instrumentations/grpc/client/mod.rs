@@ -1,6 +1,9 @@
 //! gRPC client spans (google.golang.org/grpc): a CLIENT span per call, unary or streaming,
 //! from newClientStream to the clientStream's finish (`grpc_client.bpf.c`), published under its
-//! (connection, HTTP/2 stream) for a server on the same host.
+//! (connection, HTTP/2 stream) for a server on the same host and, with injection on, for the
+//! traceparent field sk_msg adds to its HEADERS frame (`inject.bpf.c`): that is published by
+//! the loopy writer's `writeHeader`, before the frame is written, from what `executeAndPut`
+//! saw queued within NewStream.
 
 pub mod event;
 mod span;
@@ -41,7 +44,7 @@ impl Instrumentation for GrpcClient {
 
     fn depends(&self) -> Depends {
         // A client span's parent is the span its goroutine, or an ancestor, works for.
-        Depends { requires: &[goroutines::NAME], ..Depends::default() }
+        Depends { requires: &[goroutines::NAME], injection: true, ..Depends::default() }
     }
 
     fn plan(&self, bin: &GoBinary, layouts: &Layouts) -> Result<Box<dyn Plan>, String> {
@@ -56,6 +59,20 @@ impl Instrumentation for GrpcClient {
 const NEW_CLIENT_STREAM: &str = "google.golang.org/grpc.newClientStream";
 const NEW_STREAM: &str = "google.golang.org/grpc/internal/transport.(*http2Client).NewStream";
 const FINISH: &str = "google.golang.org/grpc.(*clientStream).finish";
+/// What injection over h2c probes besides: where connections are dialled (renamed in 1.77),
+/// where NewStream queues its HEADERS frame, and where the loopy writer writes it.
+const DIAL: &[&str] = &[
+    "google.golang.org/grpc/internal/transport.newHTTP2Client",
+    "google.golang.org/grpc/internal/transport.NewHTTP2Client",
+];
+const PUT: &str = "google.golang.org/grpc/internal/transport.(*controlBuffer).executeAndPut";
+const WRITE_HEADER: &str = "google.golang.org/grpc/internal/transport.(*loopyWriter).writeHeader";
+/// The item NewStream queues for its HEADERS frame, by the names it has had (clientHeaders
+/// from 1.85): its `hf` is what the frame is encoded from.
+const HEADER_FRAME: &[&str] = &[
+    "google.golang.org/grpc/internal/transport.headerFrame",
+    "google.golang.org/grpc/internal/transport.clientHeaders",
+];
 
 const CLIENT_STREAM: &str = "google.golang.org/grpc/internal/transport.ClientStream";
 const HTTP2_CLIENT: &str = "google.golang.org/grpc/internal/transport.http2Client";
@@ -75,6 +92,8 @@ const FIELDS: &[FieldSpec] = &[
     field(MODULE, CS_ATTEMPT, "s", false), // before 1.71
     field(MODULE, CS_ATTEMPT, "transportStream", false), // 1.71+
     field(MODULE, CLIENT_CONN, "target", true),
+    field(MODULE, HEADER_FRAME[0], "hf", false),
+    field(MODULE, HEADER_FRAME[1], "hf", false),
     field(MODULE, STATUS, "s", true),
     field(GENPROTO, SPB_STATUS, "Code", true),
     field(GENPROTO, SPB_STATUS, "Message", true),
@@ -104,6 +123,9 @@ struct GrpcClientPlan {
     start: FunctionPlan,
     new_stream: FunctionPlan,
     finish: FunctionPlan,
+    /// (dial, executeAndPut, writeHeader, offset of the queued item's hf) for injection over
+    /// h2c, or why it cannot be.
+    h2_injection: Result<(FunctionPlan, FunctionPlan, FunctionPlan, u64), String>,
     layout: StreamLayout,
     fields: Vec<FieldOffset>,
 }
@@ -141,7 +163,18 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
             attempt_stream: f(CS_ATTEMPT, "s").ok_or_else(|| missing("csAttempt.s"))?,
         },
     };
-    Ok(GrpcClientPlan { grpc_version, start, new_stream, finish, layout, fields })
+    let h2_injection = (|| {
+        let dial = FunctionPlan::first_of(bin, DIAL)
+            .ok_or_else(|| format!("{} is not in the binary", DIAL[0]))?;
+        let put = FunctionPlan::entry_only(bin, PUT)?;
+        let write_header = FunctionPlan::entry_only(bin, WRITE_HEADER)?;
+        let hf = HEADER_FRAME.iter().find_map(|s| f(s, "hf"));
+        match (hf, f(HTTP2_CLIENT, "conn")) {
+            (Some(hf), Some(_)) => Ok((dial, put, write_header, hf)),
+            _ => Err(format!("headerFrame.hf or http2Client.conn not found (grpc {grpc_version})")),
+        }
+    })();
+    Ok(GrpcClientPlan { grpc_version, start, new_stream, finish, h2_injection, layout, fields })
 }
 
 impl Plan for GrpcClientPlan {
@@ -170,6 +203,9 @@ impl Plan for GrpcClientPlan {
             ro.off_status_s = offset(STATUS, "s");
             ro.off_spb_code = offset(SPB_STATUS, "Code");
             ro.off_spb_message = offset(SPB_STATUS, "Message");
+            if let (Ok((.., hf)), true) = (&self.h2_injection, to.options.inject) {
+                ro.off_header_frame_hf = *hf;
+            }
             if let (Some(conn), Some(conn_offsets)) =
                 (optional(HTTP2_CLIENT, "conn"), conn_offsets(&self.fields))
             {
@@ -194,6 +230,18 @@ impl Plan for GrpcClientPlan {
             self.new_stream.return_offsets.len(),
             self.finish.function.name,
         ));
+        match (&self.h2_injection, to.options.inject) {
+            (Ok((dial, put, write_header, _)), true) => {
+                attached.entry_line(dial, &p.grpc_client_dial)?;
+                attached.entry_line(&self.new_stream, &p.grpc_client_new_stream)?;
+                attached.entry_line(put, &p.grpc_client_put)?;
+                attached.entry_line(write_header, &p.grpc_client_write_header)?;
+            }
+            (Err(why), true) => {
+                attached.probes.push(format!("no traceparent injection over h2c: {why}"));
+            }
+            (_, false) => {}
+        }
         Ok(attached)
     }
 }

@@ -1,0 +1,129 @@
+//! Traces across hosts, one gotel per host: separate agents with separate BPF state, the other
+//! host a network namespace behind a veth pair. gRPC over h2c: the HEADERS frame a client call
+//! sends carries the traceparent its gotel adds, and the server's gotel continues the trace.
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+const SERVER: i64 = 2;
+const CLIENT: i64 = 3;
+
+/// Waits until something listens at `addr` (on the other host).
+fn wait_for_addr(addr: &str) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens at {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn grpc_spans(collector: &Collector, kind: i64, n: usize) -> Vec<ReceivedSpan> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let spans: Vec<ReceivedSpan> = collector
+            .spans()
+            .into_iter()
+            .filter(|s| s.attr_str("rpc.system").is_some() && s.kind() == kind)
+            .collect();
+        if spans.len() >= n || Instant::now() > deadline {
+            return spans;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A gRPC server on another host under its own gotel (`attach --exe` on a private copy), and
+/// `client_args` run through another gotel on this one: (the client's gotel log, the spans).
+fn across_hosts(
+    fixture_name: &str,
+    subnet: u8,
+    client_args: &[&str],
+    calls: usize,
+) -> (String, Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
+    let host = OtherHost::create(subnet);
+    let tag = format!("cross-{fixture_name}-{subnet}");
+    let collector = Collector::start(&tag);
+    let dir = TempDir::new(&tag);
+    let server_exe = dir.0.join("greeter-server");
+    let client_exe = fixture(&format!("grpc/{fixture_name}"));
+    std::fs::copy(&client_exe, &server_exe).unwrap();
+    let server_gotel =
+        gotel(&["attach", "--exe", server_exe.to_str().unwrap()], Some(&collector), &[]);
+    server_gotel.wait_for_log("tracing every process", WAIT);
+    let addr = format!("{}:{}", host.theirs, free_port());
+    let _server = Proc::new(
+        host.command(&server_exe)
+            .args(["-serve", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_addr(&addr);
+    let mut args = vec!["run", "--", client_exe.to_str().unwrap(), "-client", &addr];
+    args.extend_from_slice(client_args);
+    let mut client = gotel(&args, Some(&collector), &[]);
+    let status = client.signal_and_wait(0, WAIT); // no signal: it ends with its calls
+    assert!(status.success(), "{:?}", client.log());
+    let servers = grpc_spans(&collector, SERVER, calls);
+    let clients = grpc_spans(&collector, CLIENT, calls);
+    (client.log().join("\n"), servers, clients)
+}
+
+/// 200 calls at once on one connection to a server on another host: every server span is the
+/// child of its own client span, in its trace.
+fn h2c_calls_continue_the_trace(fixture_name: &str, subnet: u8) {
+    let Some(()) = privileged() else { return };
+    raise_fd_limit();
+    let args = ["-n", "200", "-concurrency", "200"];
+    let (log, servers, clients) = across_hosts(fixture_name, subnet, &args, 200);
+    assert_eq!((servers.len(), clients.len()), (200, 200), "one span per call and side");
+    assert!(log.contains("and 200 HTTP/2 streams"), "{log}");
+    assert!(!log.contains("left alone"), "{log}");
+    let client_ids: HashSet<(String, String)> =
+        clients.iter().map(|s| (s.hex("traceId"), s.hex("spanId"))).collect();
+    assert_eq!(client_ids.len(), 200, "distinct client spans");
+    let parents: HashSet<(String, String)> =
+        servers.iter().map(|s| (s.hex("traceId"), s.hex("parentSpanId"))).collect();
+    assert_eq!(parents, client_ids, "each server span is its own client span's child");
+    assert!(servers.iter().all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)));
+}
+
+#[test]
+fn h2c_across_hosts_grpc_v1_40() {
+    h2c_calls_continue_the_trace("grpc-v1.40.0", 11);
+}
+
+#[test]
+fn h2c_across_hosts_grpc_v1_85() {
+    h2c_calls_continue_the_trace("grpc-v1.85.0", 12);
+}
+
+#[test]
+fn h2c_across_hosts_grpc_v1_77_stripped() {
+    h2c_calls_continue_the_trace("grpc-v1.77.0-stripped", 13);
+}
+
+/// A call whose metadata has a traceparent already gets no second one: the server continues
+/// the caller's trace.
+#[test]
+fn h2c_a_traceparent_of_the_callers_own_is_kept() {
+    let Some(()) = privileged() else { return };
+    let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let args = ["-n", "5", "-traceparent", theirs];
+    let (log, servers, _) = across_hosts("grpc-v1.85.0", 14, &args, 5);
+    assert_eq!(servers.len(), 5);
+    assert!(log.contains("and 0 HTTP/2 streams"), "{log}");
+    assert!(log.contains("5 with a traceparent of their own"), "{log}");
+    for s in &servers {
+        assert_eq!(s.hex("traceId"), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(s.hex("parentSpanId"), "00f067aa0ba902b7");
+    }
+}
