@@ -82,6 +82,23 @@ fn database(driver: &str, tag: &str) -> (Box<dyn std::any::Any>, u16, String, &'
     }
 }
 
+/// The fixture's start-up statements: roots, as no request was being served.
+fn assert_startup_statements(spans: &[ReceivedSpan], d: &Dialect) {
+    let mut startup: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| s.kind() == CLIENT && s.hex("parentSpanId").is_empty()).collect();
+    startup.sort_by_key(|s| s.nanos("startTimeUnixNano"));
+    assert_eq!(
+        named(&startup),
+        [
+            pair(
+                "CREATE users",
+                Some("CREATE TABLE IF NOT EXISTS users (id int PRIMARY KEY, name text NOT NULL)")
+            ),
+            pair("INSERT users", Some(d.insert_startup)),
+        ]
+    );
+}
+
 /// Every kind of database work the fixture does, with the fixture build `build` (under
 /// target/fixtures), through `driver`
 /// (postgres: lib/pq; pgx: pgx's stdlib; mysql: go-sql-driver/mysql).
@@ -106,20 +123,7 @@ fn every_operation(build: &str, driver: &str) {
     // 7 server spans, 1 + 1 + 3 + 3 + 2 + 1 + 1 database spans, 2 at start-up.
     let spans = collector.wait_for_spans(7 + 12 + 2, WAIT);
 
-    // The fixture's start-up statements: roots, as no request was being served.
-    let mut startup: Vec<&ReceivedSpan> =
-        spans.iter().filter(|s| s.kind() == CLIENT && s.hex("parentSpanId").is_empty()).collect();
-    startup.sort_by_key(|s| s.nanos("startTimeUnixNano"));
-    assert_eq!(
-        named(&startup),
-        [
-            pair(
-                "CREATE users",
-                Some("CREATE TABLE IF NOT EXISTS users (id int PRIMARY KEY, name text NOT NULL)")
-            ),
-            pair("INSERT users", Some(d.insert_startup)),
-        ]
-    );
+    assert_startup_statements(&spans, d);
     // Even in a stripped PIE, whose type descriptors are not read, the drivers' fields are
     // known: from the offsets database, by module version.
     for s in spans.iter().filter(|s| s.kind() == CLIENT) {
@@ -282,19 +286,7 @@ fn pgx_native(build: &str) {
     // 9 server spans, 1 + 1 + 1 + 3 + 3 + 1 + 1 + 1 + 1 database spans, 2 at start-up.
     let spans = collector.wait_for_spans(9 + 13 + 2, WAIT);
 
-    let mut startup: Vec<&ReceivedSpan> =
-        spans.iter().filter(|s| s.kind() == CLIENT && s.hex("parentSpanId").is_empty()).collect();
-    startup.sort_by_key(|s| s.nanos("startTimeUnixNano"));
-    assert_eq!(
-        named(&startup),
-        [
-            pair(
-                "CREATE users",
-                Some("CREATE TABLE IF NOT EXISTS users (id int PRIMARY KEY, name text NOT NULL)")
-            ),
-            pair("INSERT users", Some(POSTGRES.insert_startup)),
-        ]
-    );
+    assert_startup_statements(&spans, &POSTGRES);
     let wrapped = build.contains("dbsql-v5.0.");
     for s in spans.iter().filter(|s| s.kind() == CLIENT) {
         assert_eq!(s.attr_str("db.system.name").as_deref(), Some("postgresql"), "{s:#?}");
