@@ -233,9 +233,13 @@ static __always_inline int grpc_client_stream(struct pt_regs *ctx)
 		return 0;
 	u64 fields = stream_fields(stream);
 	bpf_probe_read_user(&call->conn.stream_id, sizeof(u32), (void *)(fields + off_stream_id));
-	u64 ct = read_u64((ct_on_client_stream ? stream : fields) + off_ct + (ct_is_interface ? 8 : 0));
-	u64 tcpconn = ct ? read_u64(ct + off_http2client_conn_data) : 0;
-	call->has_conn = go_conn_key(tcpconn, true, &call->conn.conn);
+	/* With injection on, NewStream's entry found the connection already. */
+	if (!call->has_conn) {
+		u64 ct = read_u64((ct_on_client_stream ? stream : fields) + off_ct +
+				  (ct_is_interface ? 8 : 0));
+		u64 tcpconn = ct ? read_u64(ct + off_http2client_conn_data) : 0;
+		call->has_conn = go_conn_key(tcpconn, true, &call->conn.conn);
+	}
 	if (call->has_conn) {
 		/* The server span at the other end of this stream, on this host, is our child. */
 		struct span_ctx span = span_ctx_of(call->trace_id, call->span_id, call->sampled);
