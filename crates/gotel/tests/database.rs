@@ -382,21 +382,20 @@ fn raw_query_text_when_asked() {
     );
 }
 
-/// 200 requests at once, each making one query: every query span arrives, under its own
-/// request's span.
-#[test]
-fn concurrent_queries_keep_their_parents() {
+/// 200 requests at once through `driver`, each making one query: every query span arrives,
+/// under its own request's span.
+fn concurrent_queries(driver: &str, attached: &str) {
     let Some(()) = privileged() else { return };
     raise_fd_limit();
-    let pg = Postgres::start("concurrent");
-    let collector = Collector::start("dbsql-concurrent");
+    let pg = Postgres::start(&format!("concurrent-{driver}"));
+    let collector = Collector::start(&format!("dbsql-concurrent-{driver}"));
     let port = free_port();
     let fx = fixture("dbsql-go1.26");
     let (addr, dsn) = (format!("127.0.0.1:{port}"), pg.dsn());
-    let args = ["run", "--", fx.to_str().unwrap(), "-addr", &addr, "-dsn", &dsn];
+    let args = ["run", "--", fx.to_str().unwrap(), "-addr", &addr, "-dsn", &dsn, "-driver", driver];
     let gotel = gotel(&args, Some(&collector), &[]);
     wait_for_port(port, WAIT);
-    gotel.wait_for_log("attached database/sql", WAIT);
+    gotel.wait_for_log(attached, WAIT);
     const N: usize = 200;
     let statuses = concurrent_gets(port, "/goroutine", N);
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
@@ -404,25 +403,13 @@ fn concurrent_queries_keep_their_parents() {
     assert_one_child_per_request(&spans, N, "SELECT users");
 }
 
-/// The same through pgxpool, whose queries end when their rows close: 200 at once, none lost
-/// or under another request.
+#[test]
+fn concurrent_queries_keep_their_parents() {
+    concurrent_queries("postgres", "attached database/sql");
+}
+
+/// The same through pgxpool, whose queries end when their rows close.
 #[test]
 fn concurrent_pgx_queries_keep_their_parents() {
-    let Some(()) = privileged() else { return };
-    raise_fd_limit();
-    let pg = Postgres::start("concurrent-pgxpool");
-    let collector = Collector::start("dbsql-concurrent-pgxpool");
-    let port = free_port();
-    let fx = fixture("dbsql-go1.26");
-    let (addr, dsn) = (format!("127.0.0.1:{port}"), pg.dsn());
-    let args =
-        ["run", "--", fx.to_str().unwrap(), "-addr", &addr, "-dsn", &dsn, "-driver", "pgxpool"];
-    let gotel = gotel(&args, Some(&collector), &[]);
-    wait_for_port(port, WAIT);
-    gotel.wait_for_log("attached pgx", WAIT);
-    const N: usize = 200;
-    let statuses = concurrent_gets(port, "/goroutine", N);
-    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
-    let spans = collector.wait_for_spans(2 + 2 * N, WAIT);
-    assert_one_child_per_request(&spans, N, "SELECT users");
+    concurrent_queries("pgxpool", "attached pgx");
 }
