@@ -89,8 +89,12 @@ impl<W: Write> Console<W> {
             SpanKind::Client => "CLIENT",
             SpanKind::Internal => "INTERNAL",
         };
-        let attrs: Vec<String> =
+        let mut attrs: Vec<String> =
             SHOWN.iter().filter_map(|k| span.attribute(k).map(|v| format!("{k}={v}"))).collect();
+        // A client span whose request carried a traceparent of its own: the trace it joins.
+        attrs.extend(
+            span.links.iter().map(|l| format!("link={}-{}", hex(&l.trace_id), hex(&l.span_id))),
+        );
         format!(
             "{} {} {:<6} {:<28} {} {:>9}  {}",
             self.paint("36", resource.service_name()),
@@ -197,6 +201,7 @@ mod tests {
             ],
             status: Status::Unset,
             trace_state: String::new(),
+            links: Vec::new(),
         }
     }
 

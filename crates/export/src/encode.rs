@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
-use trace::{AttributeValue, KeyValue, ProcessResource, Span, SpanKind, Status};
+use trace::{AttributeValue, KeyValue, Link, ProcessResource, Span, SpanKind, Status};
 
 const LEN: u8 = 2; // wire type: length-delimited
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
+const FIXED32: u8 = 5;
 
 fn tag(field: u8, wire: u8) -> u8 {
     field << 3 | wire
@@ -99,8 +100,24 @@ fn status_len(message: &str) -> usize {
     message + 2
 }
 
+/// Span.Link { trace_id = 1; span_id = 2; flags = 6 (fixed32: the W3C trace flags) }
+fn link_len(l: &Link) -> usize {
+    field_len(16) + field_len(8) + if l.sampled { 5 } else { 0 }
+}
+
+fn put_link(out: &mut Vec<u8>, l: &Link) {
+    put_header(out, 13, link_len(l));
+    put_bytes(out, 1, &l.trace_id);
+    put_bytes(out, 2, &l.span_id);
+    if l.sampled {
+        out.push(tag(6, FIXED32));
+        out.extend_from_slice(&1u32.to_le_bytes());
+    }
+}
+
 /// Span: trace_id 1, span_id 2, trace_state 3, parent_span_id 4, name 5, kind 6,
-/// start 7, end 8 (fixed64), attributes 9, status 15. Empty fields are left out, as proto3 does.
+/// start 7, end 8 (fixed64), attributes 9, links 13, status 15. Empty fields are left out, as
+/// proto3 does.
 fn span_len(s: &Span) -> usize {
     let mut n = field_len(16) + field_len(8);
     if !s.trace_state.is_empty() {
@@ -115,6 +132,7 @@ fn span_len(s: &Span) -> usize {
     n += 2; // kind: tag and a one-byte varint
     n += 2 * 9; // start and end: tag and 8 bytes
     n += s.attributes.iter().map(|kv| field_len(key_value_len(kv.key, &kv.value))).sum::<usize>();
+    n += s.links.iter().map(|l| field_len(link_len(l))).sum::<usize>();
     if let Status::Error { message } = &s.status {
         n += field_len(status_len(message));
     }
@@ -141,6 +159,9 @@ fn put_span(out: &mut Vec<u8>, s: &Span, len: usize) {
     out.extend_from_slice(&s.end_unix_nanos.to_le_bytes());
     for KeyValue { key, value } in &s.attributes {
         put_key_value(out, 9, key, value);
+    }
+    for link in &s.links {
+        put_link(out, link);
     }
     if let Status::Error { message } = &s.status {
         put_header(out, 15, status_len(message));
@@ -233,6 +254,16 @@ mod tests {
                 start_time_unix_nano: s.start_unix_nanos,
                 end_time_unix_nano: s.end_unix_nanos,
                 attributes: s.attributes.iter().map(|a| kv(a.key, &a.value)).collect(),
+                links: s
+                    .links
+                    .iter()
+                    .map(|l| pb::span::Link {
+                        trace_id: l.trace_id.to_vec(),
+                        span_id: l.span_id.to_vec(),
+                        flags: u32::from(l.sampled),
+                        ..Default::default()
+                    })
+                    .collect(),
                 status: match &s.status {
                     Status::Unset => None,
                     Status::Error { message } => {
@@ -294,6 +325,9 @@ mod tests {
             ],
             status,
             trace_state: if id == 3 { "vendor=x".into() } else { String::new() },
+            links: (0..id % 3)
+                .map(|n| Link { trace_id: [n; 16], span_id: [id; 8], sampled: n == 1 })
+                .collect(),
         }
     }
 

@@ -539,6 +539,7 @@ mod tests {
             attributes: vec![],
             status: trace::Status::Unset,
             trace_state: String::new(),
+            links: Vec::new(),
         };
         exporter.offer(vec![(resource.clone(), span.clone()); 100]);
         let (_, queue_full, _) = exporter.stats_snapshot();

@@ -124,13 +124,20 @@ fn h2c_a_traceparent_of_the_callers_own_is_kept() {
     let Some(()) = privileged() else { return };
     let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let args = ["-n", "5", "-traceparent", theirs];
-    let (log, servers, _) = across_hosts("grpc-v1.85.0", 14, &args, 5);
-    assert_eq!(servers.len(), 5);
+    let (log, servers, clients) = across_hosts("grpc-v1.85.0", 14, &args, 5);
+    assert_eq!((servers.len(), clients.len()), (5, 5));
     assert!(log.contains("and 0 HTTP/2 streams"), "{log}");
     assert!(log.contains("5 with a traceparent of their own"), "{log}");
     for s in &servers {
         assert_eq!(s.hex("traceId"), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(s.hex("parentSpanId"), "00f067aa0ba902b7");
+    }
+    // gotel's client spans link to the context the call carried: the traces stay joined.
+    for c in &clients {
+        let links = c.span["links"].as_array().cloned().unwrap_or_default();
+        assert_eq!(links.len(), 1, "{:?}", c.span);
+        assert_eq!(links[0]["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(links[0]["spanId"], "00f067aa0ba902b7");
     }
 }
 

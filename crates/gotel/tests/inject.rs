@@ -51,6 +51,44 @@ fn send_through_gotel(
     (recorder.requests()[before..].to_vec(), spans)
 }
 
+/// The chain fixture on another host, not traced (gotel run traces only its own child): its
+/// /headers echoes the headers a request arrived with.
+struct Remote {
+    headers_url: String,
+    _server: Proc,
+    _host: OtherHost,
+}
+
+impl Remote {
+    fn start(subnet: u8) -> Remote {
+        let host = OtherHost::create(subnet);
+        let port = free_port();
+        let server = Proc::new(
+            host.command(&fixture("chain-go1.26"))
+                .args(["-addr", &format!("{}:{port}", host.theirs)])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let headers_url = format!("http://{}:{port}/headers", host.theirs);
+        Remote { headers_url, _server: server, _host: host }
+    }
+
+    /// Has the traced chain fixture at `port` fetch /headers (with `query` added to its
+    /// /fetch call), waiting for the remote server to start: what the server received.
+    fn fetch_headers(&self, port: u16, query: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let (status, body) = http_get(port, &format!("/fetch?url={}{query}", self.headers_url));
+            if status == 200 {
+                return body;
+            }
+            assert!(std::time::Instant::now() < deadline, "{status}: {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 fn without_traceparent(raw: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(raw);
     let Some(start) = text.find("\r\ntraceparent: ") else { return raw.to_vec() };
@@ -103,35 +141,15 @@ fn traceparent_reaches_an_uninstrumented_server_and_nothing_else_changes() {
 #[test]
 fn by_default_only_requests_to_other_hosts_get_a_traceparent() {
     let Some(()) = privileged() else { return };
-    let host = OtherHost::create(7);
-    let fx = fixture("chain-go1.26");
-    // The remote server: the same fixture, not traced (gotel run traces only its own child).
-    let remote_port = free_port();
-    let _remote = Proc::new(
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &host.name])
-            .arg(&fx)
-            .args(["-addr", &format!("{}:{remote_port}", host.theirs)])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let remote = Remote::start(7);
     let local = Recorder::start();
     let collector = Collector::start("inject-remote");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    let fx = fixture("chain-go1.26");
     let _gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
     wait_for_port(port, WAIT);
-    let remote_url = format!("http://{}:{remote_port}/headers", host.theirs);
-    let deadline = std::time::Instant::now() + WAIT;
-    let (status, echoed) = loop {
-        let r = http_get(port, &format!("/fetch?url={remote_url}"));
-        if r.0 == 200 || std::time::Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(100)); // the remote server is starting
-    };
-    assert_eq!(status, 200, "{echoed}");
+    let echoed = remote.fetch_headers(port, "");
     let line = echoed
         .lines()
         .find_map(|l| l.strip_prefix("Traceparent: "))
@@ -151,4 +169,35 @@ fn by_default_only_requests_to_other_hosts_get_a_traceparent() {
         !to_loopback[0].head.contains("traceparent"),
         "loopback peers are linked, not injected"
     );
+}
+
+/// A request that carries a traceparent already (an SDK in the program set it) gets no second
+/// one: the server on the other host receives exactly the program's, and gotel's client span
+/// links to the context it names, so the two traces stay joined.
+#[test]
+fn a_request_with_a_traceparent_of_its_own_gets_no_second_one() {
+    let Some(()) = privileged() else { return };
+    let remote = Remote::start(8);
+    let collector = Collector::start("inject-own");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let fx = fixture("chain-go1.26");
+    let mut gotel =
+        gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let echoed = remote.fetch_headers(port, &format!("&traceparent={theirs}"));
+    let received: Vec<&str> =
+        echoed.lines().filter_map(|l| l.strip_prefix("Traceparent: ")).collect();
+    assert_eq!(received, [theirs], "exactly the program's own traceparent: {echoed}");
+    let spans = collector.wait_for_spans(2, WAIT);
+    let client = spans.iter().find(|s| s.kind() == 3).expect("a client span");
+    let links = client.span["links"].as_array().cloned().unwrap_or_default();
+    assert_eq!(links.len(), 1, "{:?}", client.span);
+    assert_eq!(links[0]["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(links[0]["spanId"], "00f067aa0ba902b7");
+    gotel.signal_and_wait(libc::SIGTERM, WAIT);
+    let log = gotel.log().join("\n");
+    assert!(log.contains("traceparent injected into 0 requests"), "{log}");
+    assert!(log.contains("1 with a traceparent of their own"), "{log}");
 }

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use trace::{KeyValue, MonotonicClock, Span, SpanKind, Status};
+use trace::{KeyValue, Link, MonotonicClock, Span, SpanKind, Status};
 
 use crate::{Events, SpanOptions};
 
@@ -61,6 +61,7 @@ impl SpanHeader {
             attributes,
             status,
             trace_state: String::new(),
+            links: Vec::new(),
         }
     }
 }
@@ -141,6 +142,14 @@ impl Fields<'_> {
         let address = self.address(at + slot, self.u32(at + 36))?;
         Some((address, self.u16(at + 32), self.u16(at + 34)))
     }
+    /// A `struct span_link` (traceparent.h) at `at`, if it holds one.
+    pub(crate) fn link(&self, at: usize) -> Option<Link> {
+        (self.u8(at + 24) != 0).then(|| Link {
+            trace_id: self.array(at),
+            span_id: self.array(at + 16),
+            sampled: self.u8(at + 25) != 0,
+        })
+    }
     fn address(&self, at: usize, family: u32) -> Option<IpAddr> {
         let a: [u8; 16] = self.array(at);
         match family {
@@ -181,6 +190,15 @@ impl EventBytes {
             let n = s.len().min(cap);
             self.put(len_at, &(n as u16).to_le_bytes());
             self.put(at, &s.as_bytes()[..n]);
+        }
+    }
+
+    /// A `struct span_link` at `at` (see `Fields::link`).
+    pub(crate) fn link(&mut self, at: usize, link: Option<Link>) {
+        if let Some(l) = link {
+            self.put(at, &l.trace_id);
+            self.put(at + 16, &l.span_id);
+            self.put(at + 24, &[1, u8::from(l.sampled)]);
         }
     }
 

@@ -10,4 +10,4 @@ pub use clock::MonotonicClock;
 pub use resource::{
     parse_resource_attributes, AgentIdentity, ProcessHints, ProcessResource, ResourceCache,
 };
-pub use span::{AttributeValue, KeyValue, Span, SpanKind, Status};
+pub use span::{AttributeValue, KeyValue, Link, Span, SpanKind, Status};

@@ -81,6 +81,18 @@ pub struct Span {
     pub status: Status,
     /// W3C tracestate from the caller, kept as received.
     pub trace_state: String,
+    /// Other spans this one is causally related to but not a child of.
+    pub links: Vec<Link>,
+}
+
+/// A span of another (or the same) trace: for a client span, the context a traceparent the
+/// program already carried named, which the server at the other end continues instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The W3C sampled flag the linked context carried.
+    pub sampled: bool,
 }
 
 impl Span {

@@ -83,6 +83,30 @@ static __always_inline bool parse_traceparent(const u8 *t, struct incoming *out)
 	return true;
 }
 
+/* A span context a request already carried, for the client span sending it to link to (the
+ * server at the other end continues that one). */
+struct span_link {
+	u8 trace_id[16];
+	u8 span_id[8];
+	u8 present;
+	u8 sampled;
+	u8 _pad[6];
+};
+
+/* Parses the 55-character traceparent at `value` (user memory) into `out`. */
+static __always_inline void link_traceparent(u64 value, struct span_link *out)
+{
+	u8 text[TRACEPARENT_LEN];
+	struct incoming parsed = {};
+	if (!value || bpf_probe_read_user(text, sizeof(text), (void *)value) ||
+	    !parse_traceparent(text, &parsed))
+		return;
+	__builtin_memcpy(out->trace_id, parsed.ctx.trace_id, sizeof(out->trace_id));
+	__builtin_memcpy(out->span_id, parsed.ctx.span_id, sizeof(out->span_id));
+	out->sampled = parsed.sampled;
+	out->present = 1;
+}
+
 /* One search of a Header map: where to look, and what was found. bpf_loop runs each bucket or
  * group through a callback the verifier checks once, instead of once per unrolled copy: the
  * unrolled walk took half a second to load, which every new executable waited for. */

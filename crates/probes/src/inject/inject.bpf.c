@@ -44,7 +44,7 @@ enum inject_stat {
 	SKIPPED_NOT_HTTP1, /* the message did not start with an HTTP/1.x request line */
 	SKIPPED_NO_ROOM, /* the kernel would not make room for the line */
 	DROPPED_WRITE_FAILED, /* room was made but could not be written: message dropped */
-	SKIPPED_HAS_TRACEPARENT, /* the call's header fields carry one already */
+	SKIPPED_HAS_TRACEPARENT, /* the request or call carries one already */
 	H2_INJECTED,
 	H2_SKIPPED_SPLIT, /* the HEADERS frame was cut across sends, or continued */
 	H2_SKIPPED_TOO_BIG, /* the field would take the frame past 16384 bytes */
@@ -197,6 +197,10 @@ static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *
 		return SK_PASS; /* the rest of a request already handled: its body */
 	/* Decided once per request: whatever happens below, later messages are its body. */
 	bpf_map_update_elem(&handled, key, &span_id, BPF_ANY);
+	if (span->flags & SPAN_HAS_TRACEPARENT) {
+		inject_count(SKIPPED_HAS_TRACEPARENT);
+		return SK_PASS;
+	}
 
 	u32 len = msg->size < LINE_MAX ? msg->size : LINE_MAX;
 	if (len < 16 || bpf_msg_pull_data(msg, 0, len, 0)) {

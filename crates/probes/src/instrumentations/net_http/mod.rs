@@ -2,6 +2,7 @@
 //! semconv 1.23) both follow.
 
 pub mod client;
+mod header_map;
 pub mod server;
 
 use std::borrow::Cow;

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use trace::{MonotonicClock, Span};
+use trace::{Link, MonotonicClock, Span};
 
 use crate::event::{EventBytes, Fields, SpanEvent, SpanHeader};
 use crate::SpanOptions;
@@ -18,6 +18,8 @@ pub struct GrpcClientEvent {
     pub stream_id: u32,
     /// (server address, client port, server port) of the connection, when it could be read.
     pub peer: Option<(IpAddr, u16, u16)>,
+    /// The context of a traceparent the call's metadata carried already, with injection on.
+    pub link: Option<Link>,
 }
 
 const METHOD: (usize, usize, usize) = (66, 112, 128);
@@ -26,6 +28,8 @@ const MESSAGE: (usize, usize, usize) = (70, 368, 128);
 /// Where the `struct conn_key` is, and the slot of the server's address in it: read from the
 /// client's side, the connection's key holds the server second.
 const CONN: (usize, usize) = (72, 16);
+/// `struct span_link`.
+const LINK: usize = 496;
 
 /// The bytes the BPF program would write for `e`.
 pub fn encode(e: &GrpcClientEvent) -> Vec<u8> {
@@ -38,12 +42,13 @@ pub fn encode(e: &GrpcClientEvent) -> Vec<u8> {
     }
     let s = |(len_at, at, cap), v| (len_at, at, cap, v);
     b.strings(&[s(METHOD, &e.method), s(TARGET, &e.target), s(MESSAGE, &e.status_message)]);
+    b.link(LINK, e.link);
     b.0
 }
 
 impl SpanEvent for GrpcClientEvent {
     /// sizeof(struct grpc_client_event).
-    const SIZE: usize = 496;
+    const SIZE: usize = 528;
 
     fn decode(bytes: &[u8]) -> Self {
         let f = Fields(bytes);
@@ -56,6 +61,7 @@ impl SpanEvent for GrpcClientEvent {
             method: string(METHOD),
             target: string(TARGET),
             status_message: string(MESSAGE),
+            link: f.link(LINK),
         }
     }
 
@@ -85,6 +91,7 @@ mod tests {
             target: "dns:///greeter:50051".into(),
             stream_id: 3,
             peer: Some(("::1".parse().unwrap(), 40001, 50051)),
+            link: Some(Link { trace_id: [4; 16], span_id: [5; 8], sampled: false }),
         };
         assert_eq!(GrpcClientEvent::decode(&encode(&e)), e);
         assert_eq!(e.implausible(), None);

@@ -4,6 +4,7 @@
  * (*clientStream).finish, which may run on another goroutine: the call is found there through
  * its transport stream. */
 #include "conn.h"
+#include "traceparent.h"
 #include "../grpc.h"
 
 /* NewStream returns a *Stream (grpc < 1.69) or a *ClientStream embedding one (grpc.h). */
@@ -40,6 +41,7 @@ struct grpc_client_event {
 	char method[METHOD_CAP];
 	char target[TARGET_CAP];
 	char message[MESSAGE_CAP];
+	struct span_link link;
 };
 
 struct client_call {
@@ -54,6 +56,7 @@ struct client_call {
 	u8 trace_id[16];
 	u8 span_id[8];
 	u8 parent_span_id[8];
+	struct span_link link; /* a traceparent the call's metadata carried already */
 };
 
 /* Calls by the goroutine that started them, until their stream exists; then by stream. */
@@ -155,21 +158,24 @@ int grpc_client_new_stream(struct pt_regs *ctx)
 #define HEADER_FIELDS_SCANNED 24
 
 /* Whether the header fields at `hf` (n of them) have a traceparent: an SDK in the process, or
- * metadata the caller passed on, put it there. */
-static __always_inline bool has_traceparent(u64 hf, s64 n)
+ * metadata the caller passed on, put it there. Its value, if it has the length of one, is
+ * parsed into `link`. */
+static __always_inline bool has_traceparent(u64 hf, s64 n, struct span_link *link)
 {
 	for (int i = 0; i < HEADER_FIELDS_SCANNED; i++) {
 		if (i >= n)
 			return false;
 		struct {
-			u64 ptr;
-			u64 len;
-		} name = {};
-		bpf_probe_read_user(&name, sizeof(name), (void *)(hf + i * HEADER_FIELD_SIZE));
+			u64 name, name_len, value, value_len;
+		} field = {};
+		bpf_probe_read_user(&field, sizeof(field), (void *)(hf + i * HEADER_FIELD_SIZE));
 		char text[11] = {};
-		if (name.len == 11 && !bpf_probe_read_user(text, sizeof(text), (void *)name.ptr) &&
-		    !__builtin_memcmp(text, "traceparent", 11))
+		if (field.name_len == 11 && !bpf_probe_read_user(text, sizeof(text), (void *)field.name) &&
+		    !__builtin_memcmp(text, "traceparent", 11)) {
+			if (field.value_len >= TRACEPARENT_LEN)
+				link_traceparent(field.value, link);
 			return true;
+		}
 	}
 	return n > HEADER_FIELDS_SCANNED; /* not known: as good as yes */
 }
@@ -195,7 +201,7 @@ int grpc_client_put(struct pt_regs *ctx)
 	struct pending_headers_key pk = { .pid = pid, .hf = hf.ptr };
 	struct pending_headers pending = { .conn = call->conn };
 	pending.span = span_ctx_of(call->trace_id, call->span_id, call->sampled);
-	if (has_traceparent(hf.ptr, hf.len))
+	if (has_traceparent(hf.ptr, hf.len, &call->link))
 		pending.span.flags |= SPAN_HAS_TRACEPARENT;
 	bpf_map_update_elem(&grpc_pending_headers, &pk, &pending, BPF_ANY);
 	return 0;
@@ -315,6 +321,7 @@ int grpc_client_finish(struct pt_regs *ctx)
 	e->method_len = copy_user_bytes(e->method, METHOD_CAP, call->method, (s64)call->method_len);
 	e->target_len = copy_user_bytes(e->target, TARGET_CAP, read_u64(call->cc + off_cc_target),
 					(s64)read_u64(call->cc + off_cc_target + 8));
+	e->link = call->link;
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));
 done:
 	if (stream)

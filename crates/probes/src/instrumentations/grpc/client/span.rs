@@ -32,7 +32,9 @@ pub(super) fn span(e: GrpcClientEvent, clock: &MonotonicClock) -> Span {
     } else {
         Status::Unset
     };
-    e.header.span(clock, name, SpanKind::Client, attrs, status)
+    let mut span = e.header.span(clock, name, SpanKind::Client, attrs, status);
+    span.links.extend(e.link);
+    span
 }
 
 #[cfg(test)]
@@ -51,6 +53,7 @@ mod tests {
             target: "dns:///greeter.shop:50051".into(),
             stream_id: 1,
             peer: Some(("10.1.2.3".parse().unwrap(), 40000, 50051)),
+            link: None,
         };
         let s = span(e.clone(), &clock);
         assert_eq!(s.name, "demo.Greeter/SayHello");

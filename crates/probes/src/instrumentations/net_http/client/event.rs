@@ -1,6 +1,6 @@
 //! `struct http_client_event` (http_client.bpf.c): one call made by net/http's Transport.
 
-use trace::{MonotonicClock, Span};
+use trace::{Link, MonotonicClock, Span};
 
 use crate::event::{EventBytes, Fields, SpanEvent, SpanHeader};
 use crate::SpanOptions;
@@ -21,6 +21,8 @@ pub struct HttpClientEvent {
     pub host: String,
     pub path: String,
     pub query: String,
+    /// The context of a traceparent the request carried already, with injection on.
+    pub link: Option<Link>,
 }
 
 /// (length offset, bytes offset, capacity) of each captured string.
@@ -29,6 +31,8 @@ const SCHEME: (usize, usize, usize) = (66, 92, 16);
 const HOST: (usize, usize, usize) = (68, 108, 128);
 const PATH: (usize, usize, usize) = (70, 236, 256);
 const QUERY: (usize, usize, usize) = (72, 492, 256);
+/// `struct span_link`.
+const LINK: usize = 748;
 
 /// The bytes the BPF program would write for `e`.
 pub fn encode(e: &HttpClientEvent) -> Vec<u8> {
@@ -43,12 +47,13 @@ pub fn encode(e: &HttpClientEvent) -> Vec<u8> {
         s(PATH, &e.path),
         s(QUERY, &e.query),
     ]);
+    b.link(LINK, e.link);
     b.0
 }
 
 impl SpanEvent for HttpClientEvent {
     /// sizeof(struct http_client_event), padded to 8.
-    const SIZE: usize = 752;
+    const SIZE: usize = 784;
 
     fn decode(bytes: &[u8]) -> Self {
         let f = Fields(bytes);
@@ -64,6 +69,7 @@ impl SpanEvent for HttpClientEvent {
             host: string(HOST),
             path: string(PATH),
             query: string(QUERY),
+            link: f.link(LINK),
         }
     }
 
@@ -95,6 +101,7 @@ mod tests {
             host: "b.internal:8080".into(),
             path: "/orders".into(),
             query: "id=1".into(),
+            link: Some(Link { trace_id: [7; 16], span_id: [8; 8], sampled: true }),
         };
         assert_eq!(HttpClientEvent::decode(&encode(&e)), e);
         assert_eq!(e.implausible(), None);

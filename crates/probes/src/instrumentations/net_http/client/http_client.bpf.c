@@ -1,6 +1,7 @@
 /* net/http client spans: uprobes at the entry and RETs of net/http.(*Transport).roundTrip.
  * The span is a child of whatever span the calling goroutine works for (goroutine_span). */
 #include "conn.h"
+#include "traceparent.h"
 
 const volatile u64 off_req_method = 0;
 const volatile u64 off_req_url = 0;
@@ -15,6 +16,8 @@ const volatile u64 off_resp_proto_minor = 0;
 const volatile bool mark_client_pids = false;
 /* persistConn.conn's data word: the *net.TCPConn of a plain connection. */
 const volatile u64 off_pconn_conn_data = 0;
+/* With injection on: look for a traceparent the request carries already (traceparent.h). */
+const volatile bool check_own_traceparent = false;
 
 #define METHOD_CAP 16
 #define SCHEME_CAP 16
@@ -35,6 +38,7 @@ struct http_client_event {
 	char host[HOST_CAP];
 	char path[PATH_CAP];
 	char query[QUERY_CAP];
+	struct span_link link;
 };
 
 struct client_call {
@@ -42,6 +46,7 @@ struct client_call {
 	u64 req;
 	struct span_ctx ctx;
 	u8 parent_span_id[8];
+	struct span_link link;
 };
 
 struct {
@@ -79,6 +84,16 @@ int http_client_conn(struct pt_regs *ctx)
 	struct client_call *call = bpf_map_lookup_elem(&client_calls, &key);
 	if (!call)
 		return 0;
+	if (check_own_traceparent) {
+		/* Set by an SDK in the process, or passed on from its caller: injection adds none,
+		 * and the span links to the context it names. */
+		struct incoming own;
+		incoming_traceparent(call->req, &own);
+		if (own.value) {
+			call->ctx.flags |= SPAN_HAS_TRACEPARENT;
+			link_traceparent(own.value, &call->link);
+		}
+	}
 	u64 tcpconn = read_u64(GO_ARG1(ctx) /* pc */ + off_pconn_conn_data);
 	struct conn_key conn;
 	if (go_conn_key(tcpconn, true, &conn)) {
@@ -124,6 +139,7 @@ static __always_inline int http_client_return(struct pt_regs *ctx)
 	e->host_len = url ? read_go_string(e->host, HOST_CAP, url + off_url_host) : 0;
 	e->path_len = url ? read_go_string(e->path, PATH_CAP, url + off_url_path) : 0;
 	e->query_len = url ? read_go_string(e->query, QUERY_CAP, url + off_url_raw_query) : 0;
+	e->link = call->link;
 
 	bpf_map_delete_elem(&client_calls, &key);
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));

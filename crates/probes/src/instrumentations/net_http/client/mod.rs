@@ -10,6 +10,7 @@ use std::mem::MaybeUninit;
 use goinfo::GoBinary;
 use offsets::{FieldOffset, FieldSpec, Layouts};
 
+use super::header_map::{configure_header_map, header_map, with_header_fields, HeaderMap};
 use crate::instrumentations::goroutines;
 use crate::load::{bpf_object, load};
 use crate::plan::{conn_offsets, offset_of};
@@ -50,7 +51,8 @@ impl Instrumentation for HttpClient {
         let round_trip = FunctionPlan::new(bin, ROUND_TRIP)?;
         let fields = offsets::resolve(bin, layouts, FIELDS)?;
         let pconn_round_trip = FunctionPlan::first_of(bin, &[PCONN_ROUND_TRIP]);
-        Ok(Box::new(HttpClientPlan { round_trip, pconn_round_trip, fields }))
+        let header_map = header_map(bin, &fields);
+        Ok(Box::new(HttpClientPlan { round_trip, pconn_round_trip, fields, header_map }))
     }
 
     fn events(&self) -> Option<Events> {
@@ -58,7 +60,7 @@ impl Instrumentation for HttpClient {
     }
 }
 
-const FIELDS: &[FieldSpec] = &[
+const FIELDS: &[FieldSpec] = with_header_fields![
     FieldSpec::std("net/http.Request", "Method", true),
     FieldSpec::std("net/http.Request", "URL", true),
     FieldSpec::std("net/url.URL", "Scheme", true),
@@ -74,6 +76,7 @@ const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("net.conn", "fd", false),
     FieldSpec::std("net.netFD", "pfd", false),
     FieldSpec::std("internal/poll.FD", "Sysfd", false),
+    // And Request.Header's, for a traceparent the request carries already.
 ];
 
 #[derive(Debug, Clone)]
@@ -82,6 +85,9 @@ struct HttpClientPlan {
     /// Where the connection is known, for same-host parents; None: not linked.
     pconn_round_trip: Option<FunctionPlan>,
     fields: Vec<FieldOffset>,
+    /// None: a traceparent the request carries already is not seen, and injection may add a
+    /// second.
+    header_map: Option<HeaderMap>,
 }
 
 impl Plan for HttpClientPlan {
@@ -110,6 +116,10 @@ impl Plan for HttpClientPlan {
                 ro.off_pconn_conn_data = conn + 8; // an interface's data word follows its itab
                 (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
                 ro.has_conn_offsets = true;
+            }
+            if to.options.inject {
+                ro.check_own_traceparent = self.header_map.is_some();
+                configure_header_map!(ro, self.header_map);
             }
         })?;
         let p = &skel.progs;

@@ -46,7 +46,9 @@ pub(super) fn span(e: HttpClientEvent, clock: &MonotonicClock) -> Span {
         Status::Unset
     };
     let name = known.unwrap_or("HTTP").into();
-    e.header.span(clock, name, SpanKind::Client, attrs, status)
+    let mut span = e.header.span(clock, name, SpanKind::Client, attrs, status);
+    span.links.extend(e.link);
+    span
 }
 
 #[cfg(test)]
@@ -77,6 +79,7 @@ mod tests {
             host: host.into(),
             path: "/orders".into(),
             query: "id=7".into(),
+            link: None,
         }
     }
 

@@ -10,6 +10,7 @@ use std::mem::MaybeUninit;
 use goinfo::GoBinary;
 use offsets::{FieldOffset, FieldSpec, Layouts};
 
+use super::header_map::{configure_header_map, header_map, with_header_fields, HeaderMap};
 use crate::load::{bpf_object, load};
 use crate::plan::{conn_offsets, offset_of};
 use crate::{
@@ -56,7 +57,7 @@ impl Instrumentation for HttpServer {
 }
 
 /// The fields the program reads. Optional ones only enrich the span.
-const FIELDS: &[FieldSpec] = &[
+const FIELDS: &[FieldSpec] = with_header_fields![
     FieldSpec::std("net/http.Request", "Method", true),
     FieldSpec::std("net/http.Request", "URL", true),
     FieldSpec::std("net/http.Request", "ProtoMajor", true),
@@ -78,26 +79,8 @@ const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("net.conn", "fd", false),
     FieldSpec::std("net.netFD", "pfd", false),
     FieldSpec::std("internal/poll.FD", "Sysfd", false),
-    // Request headers, for an incoming traceparent: a bucket map before Go 1.24, swiss after.
-    FieldSpec::std("net/http.Request", "Header", false),
-    FieldSpec::std("runtime.hmap", "B", false),
-    FieldSpec::std("runtime.hmap", "buckets", false),
-    FieldSpec::std("internal/runtime/maps.Map", "dirPtr", false),
-    FieldSpec::std("internal/runtime/maps.Map", "dirLen", false),
-    FieldSpec::std("internal/runtime/maps.table", "groups", false),
-    FieldSpec::std("internal/runtime/maps.groupsReference", "data", false),
-    FieldSpec::std("internal/runtime/maps.groupsReference", "lengthMask", false),
+    // And Request.Header's, for an incoming traceparent.
 ];
-
-/// How Request.Header is laid out in memory, as the BPF side reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HeaderMap {
-    /// runtime.hmap: B and buckets.
-    Buckets { b: u64, buckets: u64 },
-    /// internal/runtime/maps: Map.dirPtr, Map.dirLen, table.groups, groupsReference.data and
-    /// .lengthMask.
-    Swiss { dir_ptr: u64, dir_len: u64, groups: u64, data: u64, length_mask: u64 },
-}
 
 /// Everything needed to attach to one executable, resolved without privileges.
 #[derive(Debug, Clone)]
@@ -137,36 +120,6 @@ fn copy_bytes(fields: &[FieldOffset], struct_name: &str) -> u64 {
         .map(|o| o + 16)
         .max()
         .unwrap_or(0)
-}
-
-fn header_map(bin: &GoBinary, fields: &[FieldOffset]) -> Option<HeaderMap> {
-    let f = |s, f| offset_of(fields, s, f);
-    f("net/http.Request", "Header")?;
-    let no_swiss = bin
-        .build_info()
-        .settings
-        .iter()
-        .any(|(k, v)| k == "GOEXPERIMENT" && v.split(',').any(|e| e == "noswissmap"));
-    let swiss = || {
-        Some(HeaderMap::Swiss {
-            dir_ptr: f("internal/runtime/maps.Map", "dirPtr")?,
-            dir_len: f("internal/runtime/maps.Map", "dirLen")?,
-            groups: f("internal/runtime/maps.table", "groups")?,
-            data: f("internal/runtime/maps.groupsReference", "data")?,
-            length_mask: f("internal/runtime/maps.groupsReference", "lengthMask")?,
-        })
-    };
-    let buckets = || {
-        Some(HeaderMap::Buckets {
-            b: f("runtime.hmap", "B")?,
-            buckets: f("runtime.hmap", "buckets")?,
-        })
-    };
-    if no_swiss {
-        buckets()
-    } else {
-        swiss().or_else(buckets)
-    }
 }
 
 impl Plan for HttpServerPlan {
@@ -243,21 +196,6 @@ impl HttpServerPlan {
             (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
             ro.has_conn_offsets = true;
         }
-        if let Some(header) = offset("net/http.Request", "Header") {
-            ro.off_req_header = header;
-            match self.header_map {
-                Some(HeaderMap::Buckets { b, buckets }) => {
-                    ro.map_layout = 1;
-                    (ro.off_hmap_b, ro.off_hmap_buckets) = (b, buckets);
-                }
-                Some(HeaderMap::Swiss { dir_ptr, dir_len, groups, data, length_mask }) => {
-                    ro.map_layout = 2;
-                    (ro.off_swiss_dir_ptr, ro.off_swiss_dir_len) = (dir_ptr, dir_len);
-                    ro.off_table_groups = groups;
-                    (ro.off_groups_data, ro.off_groups_length_mask) = (data, length_mask);
-                }
-                None => {}
-            }
-        }
+        configure_header_map!(ro, self.header_map);
     }
 }
