@@ -343,6 +343,15 @@ pub fn start_propagation(
         _ => Injection::start(shared, mode),
     };
     match injection {
+        Ok(i) if i.receive_side.as_ref().is_ok_and(|c| !c.woken) => {
+            tracing::warn!(
+                "propagation: {always}; outgoing injection off: on this kernel a socket in a \
+                 sockhash missed the wakeup for data it was waiting for (the sockmap receive \
+                 regression reported for 6.6.128+, 6.12.75+, 6.18.14+, 6.19+): enrolling \
+                 client sockets could stall their programs"
+            );
+            None
+        }
         Ok(i) => {
             let peers = if mode == InjectMode::All { "every peer" } else { "peers on other hosts" };
             tracing::info!(
@@ -350,6 +359,17 @@ pub fn start_propagation(
                  and gRPC calls over h2c to {peers} (sockops on {})",
                 i.cgroup.display()
             );
+            match &i.receive_side {
+                Ok(c) if !c.fionread_right => tracing::warn!(
+                    "this kernel answers ioctl(FIONREAD) with 0 on sockets in a sockhash (the \
+                     sockmap receive regression of 6.6.128+, 6.12.75+, 6.18.14+, 6.19+): \
+                     client sockets enrolled for injection read it so; Go's runtime never asks, \
+                     and wakeups were seen to arrive; --inject-traceparent=off if a traced \
+                     program calls it"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("the sockhash's receive side could not be checked: {e}"),
+            }
             Some(i)
         }
         Err(e) => {

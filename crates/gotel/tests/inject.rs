@@ -89,6 +89,18 @@ impl Remote {
     }
 }
 
+/// The chain fixture on this host under `gotel run`, exporting to a collector of its own:
+/// (the collector, gotel, the fixture's port).
+fn traced_chain(tag: &str) -> (Collector, Proc, u16) {
+    let collector = Collector::start(tag);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let fx = fixture("chain-go1.26");
+    let gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    (collector, gotel, port)
+}
+
 fn without_traceparent(raw: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(raw);
     let Some(start) = text.find("\r\ntraceparent: ") else { return raw.to_vec() };
@@ -143,12 +155,7 @@ fn by_default_only_requests_to_other_hosts_get_a_traceparent() {
     let Some(()) = privileged() else { return };
     let remote = Remote::start(7);
     let local = Recorder::start();
-    let collector = Collector::start("inject-remote");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let fx = fixture("chain-go1.26");
-    let _gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
-    wait_for_port(port, WAIT);
+    let (collector, _gotel, port) = traced_chain("inject-remote");
     let echoed = remote.fetch_headers(port, "");
     let line = echoed
         .lines()
@@ -178,13 +185,7 @@ fn by_default_only_requests_to_other_hosts_get_a_traceparent() {
 fn a_request_with_a_traceparent_of_its_own_gets_no_second_one() {
     let Some(()) = privileged() else { return };
     let remote = Remote::start(8);
-    let collector = Collector::start("inject-own");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let fx = fixture("chain-go1.26");
-    let mut gotel =
-        gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
-    wait_for_port(port, WAIT);
+    let (collector, mut gotel, port) = traced_chain("inject-own");
     let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let echoed = remote.fetch_headers(port, &format!("&traceparent={theirs}"));
     let received: Vec<&str> =
@@ -200,4 +201,27 @@ fn a_request_with_a_traceparent_of_its_own_gets_no_second_one() {
     let log = gotel.log().join("\n");
     assert!(log.contains("traceparent injected into 0 requests"), "{log}");
     assert!(log.contains("1 with a traceparent of their own"), "{log}");
+}
+
+/// Sockets in the injection sockhash, on the kernel under test: a traced Go client's socket to
+/// another host gets every readiness wakeup (1000 request/reply rounds, half read at once so
+/// only the poller's wakeup brings the reply), and ioctl(FIONREAD) answers on it as gotel's own
+/// check at start-up said it would (this machine's kernel answers 0, and gotel warns).
+#[test]
+fn enrolled_sockets_get_their_wakeups_and_fionread_is_as_reported() {
+    let Some(()) = privileged() else { return };
+    let remote = Remote::start(9);
+    let (_collector, mut gotel, port) = traced_chain("inject-readiness");
+    remote.fetch_headers(port, ""); // an HTTP call: the process's sockets are enrolled from now
+    let server = remote.headers_url.trim_start_matches("http://").trim_end_matches("/headers");
+    let (status, report) = http_get(port, &format!("/readiness?addr={server}&n=1000"));
+    assert_eq!(status, 200, "{report}");
+    gotel.signal_and_wait(libc::SIGTERM, WAIT);
+    let log = gotel.log().join("\n");
+    assert!(report.contains("stalls=0 "), "{report}");
+    let warned = log.contains("answers ioctl(FIONREAD) with 0 on sockets in a sockhash");
+    let expected =
+        if warned { "fionread_right=0 fionread_wrong=500" } else { "fionread_right=500" };
+    assert!(report.contains(expected), "gotel's check ({warned}) against {report}\n{log}");
+    assert!(!log.contains("outgoing injection off"), "{log}");
 }

@@ -13,6 +13,9 @@ use libbpf_rs::{Link, MapHandle, MapType, OpenObject};
 use crate::{Error, SharedMaps};
 use skel::InjectSkelBuilder;
 
+mod sockhash_check;
+pub use sockhash_check::SockhashCheck;
+
 crate::load::bpf_object!("inject");
 
 /// Which connections get a traceparent line.
@@ -67,6 +70,8 @@ const STAT_COUNT: u32 = 10;
 /// The running injection: dropping it detaches the programs and releases every socket.
 pub struct Injection {
     pub cgroup: PathBuf,
+    /// What a socket in the sockhash gets on this kernel, or why that could not be seen.
+    pub receive_side: Result<SockhashCheck, String>,
     stats: MapHandle,
     /// Our own handle on the sockhash: the kernel drops a sockhash's sk_msg program when the
     /// last user reference goes, so it lives as long as the injection.
@@ -120,7 +125,8 @@ impl Injection {
             .inject_sockops
             .attach_cgroup(dir.as_raw_fd())
             .map_err(bpf(&format!("attach sockops to {}", cgroup.display())))?;
-        Ok(Injection { cgroup, stats, _sockets: sockets, _sockops: sockops })
+        let receive_side = sockhash_check::check(&sockets).map_err(|e| e.to_string());
+        Ok(Injection { cgroup, receive_side, stats, _sockets: sockets, _sockops: sockops })
     }
 
     pub fn stats(&self) -> InjectStats {
