@@ -248,6 +248,7 @@ impl Pipeline {
                 (i.h2_skipped_too_big, "HEADERS frames too big"),
                 (i.h2_skipped_padded, "HEADERS frames padded"),
                 (i.h2_lost, "HTTP/2 sockets whose frames made no sense"),
+                (i.h2_partly_sent, "HTTP/2 sockets whose sends were queued in part"),
             ]
             .iter()
             .filter(|(n, _)| *n > 0)

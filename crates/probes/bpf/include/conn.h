@@ -25,6 +25,11 @@ struct sock_common {
 } __attribute__((preserve_access_index));
 struct sock {
 	struct sock_common __sk_common;
+	int sk_wmem_queued;
+	int sk_sndbuf;
+} __attribute__((preserve_access_index));
+struct tcp_sock {
+	u32 write_seq; /* the sequence number of the next byte queued to send */
 } __attribute__((preserve_access_index));
 struct file;
 struct socket {

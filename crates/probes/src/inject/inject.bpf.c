@@ -50,6 +50,7 @@ enum inject_stat {
 	H2_SKIPPED_TOO_BIG, /* the field would take the frame past 16384 bytes */
 	H2_SKIPPED_PADDED, /* a padded HEADERS frame: left alone */
 	H2_LOST, /* the frames made no sense: the socket is left alone from then on */
+	H2_PARTLY_SENT, /* the kernel sent part of a message and handed the rest back: left alone */
 	INJECT_STAT_MAX,
 };
 
@@ -65,10 +66,11 @@ enum inject_stat {
 struct cursor {
 	u64 sent; /* bytes the socket has sent, fields added included */
 	u64 next_frame; /* where in those the next frame header starts */
+	u32 end_seq; /* TCP's write_seq once the last message walked is queued whole */
 	u8 state;
 	u8 partial_len; /* bytes of a frame header the last message ended in the middle of */
 	u8 partial[H2_FRAME_HEADER];
-	u8 _pad[5];
+	u8 _pad[1];
 };
 
 /* Connection -> its cursor, from its establishment. A socket without one (evicted) gets the
@@ -92,6 +94,38 @@ static __always_inline void inject_count(u32 which)
 	u64 *v = bpf_map_lookup_elem(&inject_stats, &which);
 	if (v)
 		*v += 1;
+}
+
+/* What the kernel will do with a message, from its socket: where its first byte goes in the
+ * stream (TCP's write_seq), and how much send buffer is free. A message the kernel cannot
+ * queue whole is partly handed back to the program, which sends the rest again: an addition
+ * in the part handed back would have the program resend bytes already sent. */
+struct send_state {
+	u32 seq;
+	u32 room;
+};
+
+static __always_inline struct send_state send_state(struct sk_msg_md *msg)
+{
+	struct send_state st = {};
+	struct bpf_sock *bsk = msg->sk;
+	if (!bsk)
+		return st;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return st;
+	st.seq = BPF_CORE_READ(tp, write_seq);
+	struct sock *sk = (struct sock *)tp;
+	int queued = BPF_CORE_READ(sk, sk_wmem_queued), sndbuf = BPF_CORE_READ(sk, sk_sndbuf);
+	st.room = sndbuf > queued ? (u32)(sndbuf - queued) : 0;
+	return st;
+}
+
+/* Whether the message, `extra` bytes longer, is sure to be queued whole: room for twice its
+ * size (socket buffers count a buffer's overhead too) and a margin. */
+static __always_inline bool queued_whole(const struct send_state *st, u32 size, u32 extra)
+{
+	return st->room >= 2 * (size + extra) + 4096;
 }
 
 /* Builds the key from a socket's view: the client is local. Ports: local in host order,
@@ -185,7 +219,8 @@ static __always_inline void traceparent_value(char *out, const struct span_ctx *
 }
 
 /* Plaintext HTTP/1.1: the traceparent line after the request line. */
-static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *key)
+static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *key,
+					const struct send_state *st)
 {
 	struct span_ctx *span = bpf_map_lookup_elem(&conn_ctx, key);
 	if (!span)
@@ -229,6 +264,10 @@ static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *
 		return SK_PASS;
 	}
 
+	if (!queued_whole(st, msg->size, HEADER_LEN)) {
+		inject_count(SKIPPED_NO_ROOM);
+		return SK_PASS;
+	}
 	u32 at = eol + 2;
 	char line[HEADER_LEN] = "traceparent: ";
 	traceparent_value(line + 13, span);
@@ -324,7 +363,7 @@ static __always_inline bool frame_plausible(const struct frame_header *f)
  * published it, its traceparent field goes at the end of the header block. Returns the bytes
  * added (0 or H2_FIELD_LEN), or -1 when the message must be dropped. */
 static __always_inline int h2_headers(struct sk_msg_md *msg, const struct conn_key *key, u32 off,
-				      const struct frame_header *f)
+				      const struct frame_header *f, const struct send_state *st)
 {
 	struct stream_conn_key sk = { .conn = *key, .stream_id = f->stream };
 	struct span_ctx *published = bpf_map_lookup_elem(&stream_ctx, &sk);
@@ -347,6 +386,10 @@ static __always_inline int h2_headers(struct sk_msg_md *msg, const struct conn_k
 	}
 	if (f->len + H2_FIELD_LEN > H2_MAX_FRAME) {
 		inject_count(H2_SKIPPED_TOO_BIG);
+		return 0;
+	}
+	if (!queued_whole(st, msg->size, H2_FIELD_LEN)) {
+		inject_count(SKIPPED_NO_ROOM);
 		return 0;
 	}
 	char field[H2_FIELD_LEN] = "\x00\x0btraceparent\x37";
@@ -394,6 +437,7 @@ struct h2_walk {
 	struct cursor *cur;
 	u64 start; /* where the message starts in the socket's bytes */
 	struct conn_key key;
+	struct send_state send;
 	int verdict;
 	bool walked; /* every frame header that starts in the message was read */
 };
@@ -441,7 +485,7 @@ static long h2_frame(u64 index, void *ctx)
 	}
 	int added = 0;
 	if (f.type == H2_HEADERS)
-		added = h2_headers(msg, &w->key, off, &f);
+		added = h2_headers(msg, &w->key, off, &f, &w->send);
 	if (added < 0) {
 		w->verdict = SK_DROP;
 		return 1;
@@ -452,10 +496,17 @@ static long h2_frame(u64 index, void *ctx)
 
 /* Follows the frames of one message from the socket's cursor on. */
 static __always_inline int inject_h2(struct sk_msg_md *msg, const struct conn_key *key,
-				     struct cursor *cur)
+				     struct cursor *cur, const struct send_state *st)
 {
 	u64 start = cur->sent; /* where this message starts in the socket's bytes */
 	u32 size = msg->size;
+	if (st->seq != cur->end_seq) {
+		/* The last message was not queued whole: its rest comes again, and the cursor
+		 * counted it. Rather than guess where frames are, stop here for good. */
+		cur->state = CURSOR_LOST;
+		inject_count(H2_PARTLY_SENT);
+		return SK_PASS;
+	}
 	if (cur->partial_len) {
 		/* The rest of a frame header the last message ended in. */
 		u32 have = cur->partial_len, need = H2_FRAME_HEADER - have;
@@ -486,7 +537,9 @@ static __always_inline int inject_h2(struct sk_msg_md *msg, const struct conn_ke
 		cur->next_frame += H2_FRAME_HEADER + f.len;
 		cur->partial_len = 0;
 	}
-	struct h2_walk w = { .msg = msg, .cur = cur, .start = start, .key = *key, .verdict = SK_PASS };
+	struct h2_walk w = {
+		.msg = msg, .cur = cur, .start = start, .key = *key, .send = *st, .verdict = SK_PASS
+	};
 	bpf_loop(H2_FRAMES_PER_MSG, h2_frame, &w, 0);
 	if (w.verdict != SK_PASS)
 		return w.verdict;
@@ -494,6 +547,7 @@ static __always_inline int inject_h2(struct sk_msg_md *msg, const struct conn_ke
 		return h2_lost(cur); /* more frames than followed: the place is lost */
 	size = msg->size;
 	cur->sent = start + size;
+	cur->end_seq = st->seq + size;
 	return SK_PASS;
 }
 
@@ -524,21 +578,23 @@ int inject_sk_msg(struct sk_msg_md *msg)
 	struct conn_key key;
 	key_from(&key, family, msg->local_ip4, msg->remote_ip4, local6, remote6, msg->local_port,
 		 msg->remote_port);
+	struct send_state st = send_state(msg);
 	struct cursor *cur = bpf_map_lookup_elem(&cursors, &key);
 	if (!cur)
-		return inject_http1(msg, &key);
+		return inject_http1(msg, &key, &st);
 	if (cur->state == CURSOR_NEW) {
 		if (starts_with_preface(msg)) {
 			cur->state = CURSOR_H2;
 			cur->next_frame = H2_PREFACE_LEN;
+			cur->end_seq = st.seq;
 		} else {
 			cur->state = CURSOR_HTTP1;
 		}
 	}
 	if (cur->state == CURSOR_H2)
-		return inject_h2(msg, &key, cur);
+		return inject_h2(msg, &key, cur, &st);
 	if (cur->state == CURSOR_HTTP1)
-		return inject_http1(msg, &key);
+		return inject_http1(msg, &key, &st);
 	return SK_PASS;
 }
 

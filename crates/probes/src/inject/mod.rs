@@ -47,7 +47,8 @@ pub struct InjectStats {
     pub injected: u64,
     /// The request was not plaintext HTTP/1.x: left alone.
     pub skipped_not_http1: u64,
-    /// The kernel would not make room for the line or field: left alone.
+    /// The kernel would not make room for the line or field, or the send buffer was too full
+    /// to be sure the message is queued whole: left alone.
     pub skipped_no_room: u64,
     /// Room was made but could not be filled: the message was dropped rather than corrupted.
     pub dropped: u64,
@@ -63,9 +64,12 @@ pub struct InjectStats {
     pub h2_skipped_padded: u64,
     /// HTTP/2 sockets whose frames made no sense at some point: left alone from then on.
     pub h2_lost: u64,
+    /// HTTP/2 sockets whose kernel queued part of a message and handed the rest back: left
+    /// alone from then on.
+    pub h2_partly_sent: u64,
 }
 
-const STAT_COUNT: u32 = 10;
+const STAT_COUNT: u32 = 11;
 
 /// The running injection: dropping it detaches the programs and releases every socket.
 pub struct Injection {
@@ -142,6 +146,7 @@ impl Injection {
             h2_skipped_too_big: sum(7),
             h2_skipped_padded: sum(8),
             h2_lost: sum(9),
+            h2_partly_sent: sum(10),
         }
     }
 }
