@@ -125,7 +125,7 @@ static __always_inline struct send_state send_state(struct sk_msg_md *msg)
  * size (socket buffers count a buffer's overhead too) and a margin. */
 static __always_inline bool queued_whole(const struct send_state *st, u32 size, u32 extra)
 {
-	return st->room >= 2 * (size + extra) + 4096;
+	return st->room >= 3 * (size + extra) + 8192;
 }
 
 /* Builds the key from a socket's view: the client is local. Ports: local in host order,
