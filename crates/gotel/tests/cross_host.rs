@@ -195,3 +195,44 @@ fn h2c_small_socket_buffers_never_break_a_call() {
     let (log, servers, clients) = across_hosts("grpc-v1.85.0", 16, (&small, &args), 64);
     every_call_accounted(&log, &servers, &clients);
 }
+
+/// nginx on the other host as a proxy in front of a gRPC server (`grpc_pass`, h2c on both
+/// legs): it forwards the field gotel added to the HEADERS frame as metadata, and the server's
+/// gotel continues the trace behind the proxy.
+#[test]
+fn h2c_through_an_nginx_grpc_proxy() {
+    let Some(()) = privileged() else { return };
+    let host = OtherHost::create(17);
+    let collector = Collector::start("cross-nginx");
+    let dir = TempDir::new("cross-nginx");
+    let server_exe = dir.0.join("greeter-server");
+    let client_exe = fixture("grpc/grpc-v1.85.0");
+    std::fs::copy(&client_exe, &server_exe).unwrap();
+    let server_gotel =
+        gotel(&["attach", "--exe", server_exe.to_str().unwrap()], Some(&collector), &[]);
+    server_gotel.wait_for_log("tracing every process", WAIT);
+    let (backend, proxy) = (free_port(), free_port());
+    let _server = Proc::new(
+        host.command(&server_exe)
+            .args(["-serve", &format!("127.0.0.1:{backend}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let server = format!(
+        "listen {}:{proxy} http2; location / {{ grpc_pass grpc://127.0.0.1:{backend}; }}",
+        host.theirs
+    );
+    let _nginx = host.nginx(&dir.0, &server);
+    let addr = format!("{}:{proxy}", host.theirs);
+    wait_for_addr(&addr);
+    let args = ["run", "--", client_exe.to_str().unwrap(), "-client", &addr, "-n", "20"];
+    let mut client = gotel(&args, Some(&collector), &[]);
+    assert!(client.signal_and_wait(0, WAIT).success(), "{:?}", client.log());
+    let log = client.log().join("\n");
+    let (servers, clients) =
+        (grpc_spans(&collector, SERVER, 20), grpc_spans(&collector, CLIENT, 20));
+    let linked = every_call_accounted(&log, &servers, &clients);
+    assert_eq!(linked, 20, "every call through the proxy continues its trace: {log}");
+}

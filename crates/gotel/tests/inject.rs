@@ -54,9 +54,11 @@ fn send_through_gotel(
 /// The chain fixture on another host, not traced (gotel run traces only its own child): its
 /// /headers echoes the headers a request arrived with.
 struct Remote {
+    /// Where the server listens, on the other host.
+    addr: String,
     headers_url: String,
     _server: Proc,
-    _host: OtherHost,
+    host: OtherHost,
 }
 
 impl Remote {
@@ -70,8 +72,9 @@ impl Remote {
                 .spawn()
                 .unwrap(),
         );
-        let headers_url = format!("http://{}:{port}/headers", host.theirs);
-        Remote { headers_url, _server: server, _host: host }
+        let addr = format!("{}:{port}", host.theirs);
+        let headers_url = format!("http://{addr}/headers");
+        Remote { addr, headers_url, _server: server, host }
     }
 
     /// Has the traced chain fixture at `port` fetch /headers (with `query` added to its
@@ -213,8 +216,7 @@ fn enrolled_sockets_get_their_wakeups_and_fionread_is_as_reported() {
     let remote = Remote::start(9);
     let (_collector, mut gotel, port) = traced_chain("inject-readiness");
     remote.fetch_headers(port, ""); // an HTTP call: the process's sockets are enrolled from now
-    let server = remote.headers_url.trim_start_matches("http://").trim_end_matches("/headers");
-    let (status, report) = http_get(port, &format!("/readiness?addr={server}&n=1000"));
+    let (status, report) = http_get(port, &format!("/readiness?addr={}&n=1000", remote.addr));
     assert_eq!(status, 200, "{report}");
     gotel.signal_and_wait(libc::SIGTERM, WAIT);
     let log = gotel.log().join("\n");
@@ -224,4 +226,32 @@ fn enrolled_sockets_get_their_wakeups_and_fionread_is_as_reported() {
         if warned { "fionread_right=0 fionread_wrong=500" } else { "fionread_right=500" };
     assert!(report.contains(expected), "gotel's check ({warned}) against {report}\n{log}");
     assert!(!log.contains("outgoing injection off"), "{log}");
+}
+
+/// nginx on the other host as an HTTP/1.1 reverse proxy in front of the server: the
+/// traceparent line gotel added passes it, once, and names the exported client span.
+#[test]
+fn traceparent_passes_an_nginx_proxy() {
+    let Some(()) = privileged() else { return };
+    let mut remote = Remote::start(10);
+    let dir = TempDir::new("inject-nginx");
+    let proxy = free_port();
+    let server = format!(
+        "listen {}:{proxy}; location / {{ proxy_pass http://{}; }}",
+        remote.host.theirs, remote.addr
+    );
+    let _nginx = remote.host.nginx(&dir.0, &server);
+    remote.headers_url = format!("http://{}:{proxy}/headers", remote.host.theirs);
+    let (collector, _gotel, port) = traced_chain("inject-nginx");
+    let echoed = remote.fetch_headers(port, "");
+    let received: Vec<&str> =
+        echoed.lines().filter_map(|l| l.strip_prefix("Traceparent: ")).collect();
+    assert_eq!(received.len(), 1, "{echoed}");
+    let parts: Vec<&str> = received[0].split('-').collect();
+    let spans = collector.wait_for_spans(2, WAIT);
+    let client =
+        spans.iter().find(|s| s.kind() == 3 && s.hex("spanId") == parts[2]).unwrap_or_else(|| {
+            panic!("the traceparent behind the proxy names no client span: {echoed}")
+        });
+    assert_eq!(client.hex("traceId"), parts[1]);
 }

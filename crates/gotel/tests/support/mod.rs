@@ -779,6 +779,30 @@ impl OtherHost {
         OtherHost { name, host_veth, ours, theirs }
     }
 
+    /// A private nginx on the other host serving one `server { ... }` block (its body), its
+    /// files in `dir`.
+    pub fn nginx(&self, dir: &Path, server: &str) -> Proc {
+        let d = dir.display();
+        let conf = dir.join("nginx.conf");
+        let temp: String = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+            .iter()
+            .map(|t| format!("{t}_temp_path {d}/{t};"))
+            .collect();
+        let text = format!(
+            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{}}\nhttp {{ access_log off; {temp}\nserver {{ {server} }} }}\n"
+        );
+        std::fs::write(&conf, text).unwrap();
+        let child = self
+            .command(Path::new("/usr/sbin/nginx"))
+            .args(["-c", conf.to_str().unwrap(), "-p", &d.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (Debian's nginx-light, from scripts/setup.sh)");
+        Proc::new(child)
+    }
+
     /// `exe` with `args`, run on the other host.
     pub fn command(&self, exe: &Path) -> std::process::Command {
         let mut cmd = std::process::Command::new("ip");
