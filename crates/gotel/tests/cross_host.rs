@@ -39,42 +39,63 @@ fn grpc_spans(collector: &Collector, kind: i64, n: usize) -> Vec<ReceivedSpan> {
     }
 }
 
-/// A gRPC server on another host under its own gotel (`attach --exe` on a private copy), and
-/// `client_args` run through another gotel on this one (`server_args` for the server): (the client's gotel log, the spans).
+/// A gRPC server on another host under its own gotel (`attach --exe` on a private copy),
+/// listening at `listen` there, exporting to a collector of its own that the client side
+/// shares. Dropped in reverse order: the server, its gotel, the host.
+struct Greeter {
+    /// Where the server listens.
+    addr: String,
+    _server: Proc,
+    _gotel: Proc,
+    dir: TempDir,
+    collector: Collector,
+    host: OtherHost,
+}
+
+impl Greeter {
+    fn start(fixture_name: &str, subnet: u8, listen: Option<&str>, args: &[&str]) -> Greeter {
+        let host = OtherHost::create(subnet);
+        let tag = format!("cross-{fixture_name}-{subnet}");
+        let collector = Collector::start(&tag);
+        let dir = TempDir::new(&tag);
+        let exe = dir.0.join("greeter-server");
+        std::fs::copy(fixture(&format!("grpc/{fixture_name}")), &exe).unwrap();
+        let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
+        gotel.wait_for_log("tracing every process", WAIT);
+        let addr = listen.map_or_else(|| format!("{}:{}", host.theirs, free_port()), String::from);
+        let server = Proc::new(
+            host.command(&exe)
+                .args(["-serve", &addr])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        if listen.is_none() {
+            wait_for_addr(&addr);
+        }
+        Greeter { addr, _server: server, _gotel: gotel, dir, collector, host }
+    }
+}
+
+/// The Greeter of `across_hosts`, and `client_args` run through another gotel on this one
+/// (`server_args` for the server): (the client's gotel log, the spans).
 fn across_hosts(
     fixture_name: &str,
     subnet: u8,
     (server_args, client_args): (&[&str], &[&str]),
     calls: usize,
 ) -> (String, Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
-    let host = OtherHost::create(subnet);
-    let tag = format!("cross-{fixture_name}-{subnet}");
-    let collector = Collector::start(&tag);
-    let dir = TempDir::new(&tag);
-    let server_exe = dir.0.join("greeter-server");
+    let greeter = Greeter::start(fixture_name, subnet, None, server_args);
     let client_exe = fixture(&format!("grpc/{fixture_name}"));
-    std::fs::copy(&client_exe, &server_exe).unwrap();
-    let server_gotel =
-        gotel(&["attach", "--exe", server_exe.to_str().unwrap()], Some(&collector), &[]);
-    server_gotel.wait_for_log("tracing every process", WAIT);
-    let addr = format!("{}:{}", host.theirs, free_port());
-    let _server = Proc::new(
-        host.command(&server_exe)
-            .args(["-serve", &addr])
-            .args(server_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_addr(&addr);
-    let mut args = vec!["run", "--", client_exe.to_str().unwrap(), "-client", &addr];
+    let mut args = vec!["run", "--", client_exe.to_str().unwrap(), "-client", &greeter.addr];
     args.extend_from_slice(client_args);
-    let mut client = gotel(&args, Some(&collector), &[]);
+    let mut client = gotel(&args, Some(&greeter.collector), &[]);
     let status = client.signal_and_wait(0, WAIT); // no signal: it ends with its calls
     assert!(status.success(), "{:?}", client.log());
-    let servers = grpc_spans(&collector, SERVER, calls);
-    let clients = grpc_spans(&collector, CLIENT, calls);
+    let servers = grpc_spans(&greeter.collector, SERVER, calls);
+    let clients = grpc_spans(&greeter.collector, CLIENT, calls);
     (client.log().join("\n"), servers, clients)
 }
 
@@ -202,37 +223,58 @@ fn h2c_small_socket_buffers_never_break_a_call() {
 #[test]
 fn h2c_through_an_nginx_grpc_proxy() {
     let Some(()) = privileged() else { return };
-    let host = OtherHost::create(17);
-    let collector = Collector::start("cross-nginx");
-    let dir = TempDir::new("cross-nginx");
-    let server_exe = dir.0.join("greeter-server");
-    let client_exe = fixture("grpc/grpc-v1.85.0");
-    std::fs::copy(&client_exe, &server_exe).unwrap();
-    let server_gotel =
-        gotel(&["attach", "--exe", server_exe.to_str().unwrap()], Some(&collector), &[]);
-    server_gotel.wait_for_log("tracing every process", WAIT);
-    let (backend, proxy) = (free_port(), free_port());
-    let _server = Proc::new(
-        host.command(&server_exe)
-            .args(["-serve", &format!("127.0.0.1:{backend}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let server = format!(
-        "listen {}:{proxy} http2; location / {{ grpc_pass grpc://127.0.0.1:{backend}; }}",
-        host.theirs
-    );
-    let _nginx = host.nginx(&dir.0, &server);
-    let addr = format!("{}:{proxy}", host.theirs);
+    let backend = format!("127.0.0.1:{}", free_port());
+    let greeter = Greeter::start("grpc-v1.85.0", 17, Some(&backend), &[]);
+    let addr = format!("{}:{}", greeter.host.theirs, free_port());
+    let server = format!("listen {addr} http2; location / {{ grpc_pass grpc://{backend}; }}");
+    let _nginx = greeter.host.nginx(&greeter.dir.0, &server);
     wait_for_addr(&addr);
+    let client_exe = fixture("grpc/grpc-v1.85.0");
     let args = ["run", "--", client_exe.to_str().unwrap(), "-client", &addr, "-n", "20"];
-    let mut client = gotel(&args, Some(&collector), &[]);
+    let mut client = gotel(&args, Some(&greeter.collector), &[]);
     assert!(client.signal_and_wait(0, WAIT).success(), "{:?}", client.log());
     let log = client.log().join("\n");
-    let (servers, clients) =
-        (grpc_spans(&collector, SERVER, 20), grpc_spans(&collector, CLIENT, 20));
+    let servers = grpc_spans(&greeter.collector, SERVER, 20);
+    let clients = grpc_spans(&greeter.collector, CLIENT, 20);
     let linked = every_call_accounted(&log, &servers, &clients);
     assert_eq!(linked, 20, "every call through the proxy continues its trace: {log}");
+}
+
+/// Streaming calls across hosts: an HTTP request here makes a server-streaming gRPC call to
+/// the other host (the fixture's /stream), and the streaming server span there is the child of
+/// its client span, itself the child of the HTTP server span.
+#[test]
+fn h2c_streaming_calls_across_hosts() {
+    let Some(()) = privileged() else { return };
+    let greeter = Greeter::start("grpc-v1.85.0", 18, None, &[]);
+    let port = free_port();
+    let front = fixture("grpc/grpc-v1.85.0");
+    let http = format!("127.0.0.1:{port}");
+    let args =
+        ["run", "--", front.to_str().unwrap(), "-http", &http, "-grpc-target", &greeter.addr];
+    let _front = gotel(&args, Some(&greeter.collector), &[]);
+    wait_for_port(port, WAIT);
+    for _ in 0..5 {
+        let (status, body) = http_get(port, "/stream?n=3");
+        assert_eq!(status, 200, "{body}");
+    }
+    let servers = grpc_spans(&greeter.collector, SERVER, 5);
+    let clients = grpc_spans(&greeter.collector, CLIENT, 5);
+    assert_eq!((servers.len(), clients.len()), (5, 5));
+    let http_servers: Vec<ReceivedSpan> = greeter
+        .collector
+        .spans()
+        .into_iter()
+        .filter(|s| s.kind() == SERVER && s.attr_str("rpc.system").is_none())
+        .collect();
+    for s in &servers {
+        assert!(s.name().ends_with("/Count"), "{}", s.name());
+        let client = clients
+            .iter()
+            .find(|c| c.hex("spanId") == s.hex("parentSpanId"))
+            .unwrap_or_else(|| panic!("streaming server span under no client span: {:?}", s.span));
+        assert_eq!(client.hex("traceId"), s.hex("traceId"));
+        let parent = client.hex("parentSpanId");
+        assert!(http_servers.iter().any(|h| h.hex("spanId") == parent), "{:?}", client.span);
+    }
 }
