@@ -3,6 +3,7 @@
 #pragma once
 
 #include "gotel.h"
+#include "traceparent.h"
 
 /* How a stream pointer reaches transport.Stream's fields: grpc up to 1.68 hands out a *Stream;
  * 1.69-1.76 a *ServerStream / *ClientStream embedding a *Stream; 1.77+ one embedding it by value. */
@@ -55,4 +56,46 @@ static __always_inline bool read_grpc_status(u64 status, struct grpc_status *out
 	out->message = read_u64(spb + off_spb_message);
 	out->message_len = read_u64(spb + off_spb_message + 8);
 	return true;
+}
+
+#define HEADER_FIELD_SIZE 40 /* hpack.HeaderField: Name, Value strings; Sensitive bool */
+
+/* A search of a []hpack.HeaderField for the field named "traceparent", a field per bpf_loop
+ * step: a server's incoming metadata, or the metadata a client call sends. */
+struct traceparent_search {
+	u64 fields;
+	s64 len; /* fields to look at */
+	bool named; /* a field of that name is there */
+	u64 value; /* its value's text, when that has a traceparent's length */
+};
+
+static long search_traceparent_field(u32 i, void *ctx)
+{
+	struct traceparent_search *s = ctx;
+	if (i >= s->len)
+		return 1;
+	struct {
+		u64 name, name_len, value, value_len;
+	} field = {};
+	if (bpf_probe_read_user(&field, sizeof(field),
+				(void *)(s->fields + (u64)i * HEADER_FIELD_SIZE)) ||
+	    field.name_len != 11)
+		return 0;
+	char name[11];
+	if (bpf_probe_read_user(name, sizeof(name), (void *)field.name) ||
+	    __builtin_memcmp(name, "traceparent", 11) != 0)
+		return 0;
+	s->named = true;
+	if (field.value_len >= TRACEPARENT_LEN)
+		s->value = field.value;
+	return 1;
+}
+
+/* Looks for traceparent among the first `max` of the `len` fields at `fields`. */
+static __always_inline struct traceparent_search find_traceparent_field(u64 fields, s64 len,
+									 u32 max)
+{
+	struct traceparent_search s = { .fields = fields, .len = len };
+	bpf_loop(max, search_traceparent_field, &s, 0);
+	return s;
 }

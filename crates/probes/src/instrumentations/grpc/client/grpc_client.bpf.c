@@ -4,7 +4,6 @@
  * (*clientStream).finish, which may run on another goroutine: the call is found there through
  * its transport stream. */
 #include "conn.h"
-#include "traceparent.h"
 #include "../grpc.h"
 
 /* NewStream returns a *Stream (grpc < 1.69) or a *ClientStream embedding one (grpc.h). */
@@ -154,7 +153,6 @@ int grpc_client_new_stream(struct pt_regs *ctx)
 	return 0;
 }
 
-#define HEADER_FIELD_SIZE 40 /* hpack.HeaderField: Name, Value string; Sensitive bool */
 #define HEADER_FIELDS_SCANNED 24
 
 /* Whether the header fields at `hf` (n of them) have a traceparent: an SDK in the process, or
@@ -162,22 +160,9 @@ int grpc_client_new_stream(struct pt_regs *ctx)
  * parsed into `link`. */
 static __always_inline bool has_traceparent(u64 hf, s64 n, struct span_link *link)
 {
-	for (int i = 0; i < HEADER_FIELDS_SCANNED; i++) {
-		if (i >= n)
-			return false;
-		struct {
-			u64 name, name_len, value, value_len;
-		} field = {};
-		bpf_probe_read_user(&field, sizeof(field), (void *)(hf + i * HEADER_FIELD_SIZE));
-		char text[11] = {};
-		if (field.name_len == 11 && !bpf_probe_read_user(text, sizeof(text), (void *)field.name) &&
-		    !__builtin_memcmp(text, "traceparent", 11)) {
-			if (field.value_len >= TRACEPARENT_LEN)
-				link_traceparent(field.value, link);
-			return true;
-		}
-	}
-	return n > HEADER_FIELDS_SCANNED; /* not known: as good as yes */
+	struct traceparent_search s = find_traceparent_field(hf, n, HEADER_FIELDS_SCANNED);
+	link_traceparent(s.value, link);
+	return s.named || n > HEADER_FIELDS_SCANNED; /* not all seen: as good as yes */
 }
 
 /* func (c *controlBuffer) executeAndPut(f func() bool, it cbItem) (bool, error): within

@@ -5,7 +5,6 @@
  * the span through a map keyed by the stream. */
 #include "conn.h"
 #include "../grpc.h"
-#include "traceparent.h"
 
 const volatile u64 off_stream_method = 0; /* Stream.method (string) */
 /* The transport argument's data word is the *http2Server; its conn is a net.Conn. */
@@ -18,7 +17,6 @@ const volatile bool frame_in_arg4 = false;
 const volatile u64 off_mhf_headers = 0; /* MetaHeadersFrame.HeadersFrame (*HeadersFrame) */
 const volatile u64 off_hf_stream_id = 0; /* HeadersFrame.FrameHeader + FrameHeader.StreamID */
 const volatile u64 off_mhf_fields = 0; /* MetaHeadersFrame.Fields ([]hpack.HeaderField) */
-#define HEADER_FIELD_SIZE 40 /* hpack.HeaderField: Name, Value strings, Sensitive bool */
 #define MAX_FIELDS 64
 
 
@@ -76,34 +74,6 @@ struct {
 	__type(value, struct span_ctx);
 } grpc_incoming SEC(".maps");
 
-struct field_search {
-	u64 fields;
-	s64 len;
-	u64 value; /* the traceparent's text, once found */
-};
-
-static long search_field(u32 i, void *ctx)
-{
-	struct field_search *s = ctx;
-	if (i >= s->len)
-		return 1;
-	u64 field = s->fields + (u64)i * HEADER_FIELD_SIZE;
-	struct {
-		u64 ptr;
-		s64 len;
-	} str = {};
-	if (bpf_probe_read_user(&str, sizeof(str), (void *)field) || str.len != 11)
-		return 0;
-	char name[11];
-	if (bpf_probe_read_user(name, sizeof(name), (void *)str.ptr) ||
-	    __builtin_memcmp(name, "traceparent", 11) != 0)
-		return 0;
-	if (!bpf_probe_read_user(&str, sizeof(str), (void *)(field + 16)) &&
-	    str.len >= TRACEPARENT_LEN)
-		s->value = str.ptr;
-	return 1;
-}
-
 SEC("uprobe")
 int grpc_server_headers(struct pt_regs *ctx)
 {
@@ -113,11 +83,8 @@ int grpc_server_headers(struct pt_regs *ctx)
 	/* Both read at fixed offsets: the verifier refuses a ctx read at a computed one. */
 	volatile u64 arg2 = GO_ARG2(ctx), arg4 = GO_ARG4(ctx);
 	u64 frame = frame_in_arg4 ? arg4 : arg2;
-	struct field_search s = {
-		.fields = read_u64(frame + off_mhf_fields),
-		.len = (s64)read_u64(frame + off_mhf_fields + 8),
-	};
-	bpf_loop(MAX_FIELDS, search_field, &s, 0);
+	struct traceparent_search s = find_traceparent_field(
+		read_u64(frame + off_mhf_fields), (s64)read_u64(frame + off_mhf_fields + 8), MAX_FIELDS);
 	u8 text[TRACEPARENT_LEN];
 	struct incoming in = {};
 	if (!s.value || bpf_probe_read_user(text, sizeof(text), (void *)s.value) ||
