@@ -121,8 +121,9 @@ static __always_inline struct send_state send_state(struct sk_msg_md *msg)
 	return st;
 }
 
-/* Whether the message, `extra` bytes longer, is sure to be queued whole: room for twice its
- * size (socket buffers count a buffer's overhead too) and a margin. */
+/* Whether the message, `extra` bytes longer, is sure to be queued whole: room for three times
+ * its size (socket buffers count a buffer's overhead too) and 8 KiB; twice and 4 KiB was seen
+ * to fall short with 8 KiB buffers. */
 static __always_inline bool queued_whole(const struct send_state *st, u32 size, u32 extra)
 {
 	return st->room >= 3 * (size + extra) + 8192;
@@ -219,8 +220,7 @@ static __always_inline void traceparent_value(char *out, const struct span_ctx *
 }
 
 /* Plaintext HTTP/1.1: the traceparent line after the request line. */
-static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *key,
-					const struct send_state *st)
+static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *key)
 {
 	struct span_ctx *span = bpf_map_lookup_elem(&conn_ctx, key);
 	if (!span)
@@ -264,7 +264,8 @@ static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *
 		return SK_PASS;
 	}
 
-	if (!queued_whole(st, msg->size, HEADER_LEN)) {
+	struct send_state st = send_state(msg);
+	if (!queued_whole(&st, msg->size, HEADER_LEN)) {
 		inject_count(SKIPPED_NO_ROOM);
 		return SK_PASS;
 	}
@@ -578,24 +579,25 @@ int inject_sk_msg(struct sk_msg_md *msg)
 	struct conn_key key;
 	key_from(&key, family, msg->local_ip4, msg->remote_ip4, local6, remote6, msg->local_port,
 		 msg->remote_port);
-	struct send_state st = send_state(msg);
 	struct cursor *cur = bpf_map_lookup_elem(&cursors, &key);
 	if (!cur)
-		return inject_http1(msg, &key, &st);
+		return inject_http1(msg, &key);
+	bool preface = false;
 	if (cur->state == CURSOR_NEW) {
-		if (starts_with_preface(msg)) {
-			cur->state = CURSOR_H2;
-			cur->next_frame = H2_PREFACE_LEN;
-			cur->end_seq = st.seq;
-		} else {
-			cur->state = CURSOR_HTTP1;
-		}
+		preface = starts_with_preface(msg);
+		cur->state = preface ? CURSOR_H2 : CURSOR_HTTP1;
 	}
-	if (cur->state == CURSOR_H2)
-		return inject_h2(msg, &key, cur, &st);
 	if (cur->state == CURSOR_HTTP1)
-		return inject_http1(msg, &key, &st);
-	return SK_PASS;
+		return inject_http1(msg, &key);
+	if (cur->state != CURSOR_H2)
+		return SK_PASS;
+	/* Read per message only on HTTP/2 sockets, whose cursor follows TCP's write_seq. */
+	struct send_state st = send_state(msg);
+	if (preface) {
+		cur->next_frame = H2_PREFACE_LEN;
+		cur->end_seq = st.seq;
+	}
+	return inject_h2(msg, &key, cur, &st);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -52,7 +52,8 @@ pub struct InjectStats {
     pub skipped_no_room: u64,
     /// Room was made but could not be filled: the message was dropped rather than corrupted.
     pub dropped: u64,
-    /// The gRPC call's metadata had a traceparent of its own: none added.
+    /// The HTTP/1.1 request or the gRPC call's metadata had a traceparent of its own: none
+    /// added.
     pub skipped_has_traceparent: u64,
     /// HTTP/2 HEADERS frames that got a field.
     pub h2_injected: u64,
