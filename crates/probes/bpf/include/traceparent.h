@@ -93,6 +93,15 @@ struct span_link {
 	u8 _pad[6];
 };
 
+/* The link to a traceparent parsed already. */
+static __always_inline void link_to(const struct incoming *parsed, struct span_link *out)
+{
+	__builtin_memcpy(out->trace_id, parsed->ctx.trace_id, sizeof(out->trace_id));
+	__builtin_memcpy(out->span_id, parsed->ctx.span_id, sizeof(out->span_id));
+	out->sampled = parsed->sampled;
+	out->present = 1;
+}
+
 /* Parses the 55-character traceparent at `value` (user memory) into `out`. */
 static __always_inline void link_traceparent(u64 value, struct span_link *out)
 {
@@ -101,10 +110,7 @@ static __always_inline void link_traceparent(u64 value, struct span_link *out)
 	if (!value || bpf_probe_read_user(text, sizeof(text), (void *)value) ||
 	    !parse_traceparent(text, &parsed))
 		return;
-	__builtin_memcpy(out->trace_id, parsed.ctx.trace_id, sizeof(out->trace_id));
-	__builtin_memcpy(out->span_id, parsed.ctx.span_id, sizeof(out->span_id));
-	out->sampled = parsed.sampled;
-	out->present = 1;
+	link_to(&parsed, out);
 }
 
 /* One search of a Header map: where to look, and what was found. bpf_loop runs each bucket or

@@ -89,10 +89,10 @@ int http_client_conn(struct pt_regs *ctx)
 		 * and the span links to the context it names. */
 		struct incoming own;
 		incoming_traceparent(call->req, &own);
-		if (own.value) {
+		if (own.value)
 			call->ctx.flags |= SPAN_HAS_TRACEPARENT;
-			link_traceparent(own.value, &call->link);
-		}
+		if (own.found) /* parsed by the search already */
+			link_to(&own, &call->link);
 	}
 	u64 tcpconn = read_u64(GO_ARG1(ctx) /* pc */ + off_pconn_conn_data);
 	struct conn_key conn;
