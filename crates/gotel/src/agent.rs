@@ -320,6 +320,10 @@ pub fn stopped(flag: &std::sync::atomic::AtomicBool) -> bool {
     flag.load(Ordering::Relaxed)
 }
 
+/// What both warnings about a socket's receive side in the sockhash name as the cause.
+const SOCKMAP_REGRESSION: &str =
+    "the sockmap receive regression reported for 6.6.128+, 6.12.75+, 6.18.14+, 6.19+";
+
 /// Starts outgoing traceparent injection as asked, and says which propagation paths are on.
 pub fn start_propagation(
     shared: &SharedMaps,
@@ -347,9 +351,8 @@ pub fn start_propagation(
         Ok(i) if i.receive_side.as_ref().is_ok_and(|c| !c.woken) => {
             tracing::warn!(
                 "propagation: {always}; outgoing injection off: on this kernel a socket in a \
-                 sockhash missed the wakeup for data it was waiting for (the sockmap receive \
-                 regression reported for 6.6.128+, 6.12.75+, 6.18.14+, 6.19+): enrolling \
-                 client sockets could stall their programs"
+                 sockhash missed the wakeup for data it was waiting for ({SOCKMAP_REGRESSION}): \
+                 enrolling client sockets could stall their programs"
             );
             None
         }
@@ -362,11 +365,10 @@ pub fn start_propagation(
             );
             match &i.receive_side {
                 Ok(c) if !c.fionread_right => tracing::warn!(
-                    "this kernel answers ioctl(FIONREAD) with 0 on sockets in a sockhash (the \
-                     sockmap receive regression of 6.6.128+, 6.12.75+, 6.18.14+, 6.19+): \
-                     client sockets enrolled for injection read it so; Go's runtime never asks, \
-                     and wakeups were seen to arrive; --inject-traceparent=off if a traced \
-                     program calls it"
+                    "this kernel answers ioctl(FIONREAD) with 0 on sockets in a sockhash \
+                     ({SOCKMAP_REGRESSION}): client sockets enrolled for injection read it so; \
+                     Go's runtime never asks, and wakeups were seen to arrive; \
+                     --inject-traceparent=off if a traced program calls it"
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("the sockhash's receive side could not be checked: {e}"),
