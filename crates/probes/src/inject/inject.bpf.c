@@ -360,19 +360,29 @@ static __always_inline bool frame_plausible(const struct frame_header *f)
 	}
 }
 
+/* The span a client published for the stream a HEADERS frame opens, taken once: a later
+ * HEADERS frame of the stream (trailers) finds nothing. */
+static __always_inline bool take_stream_span(const struct conn_key *key, u32 stream,
+					     struct span_ctx *out)
+{
+	struct stream_conn_key sk = { .conn = *key, .stream_id = stream };
+	struct span_ctx *published = bpf_map_lookup_elem(&stream_ctx, &sk);
+	if (!published)
+		return false;
+	*out = *published;
+	bpf_map_delete_elem(&stream_ctx, &sk);
+	return true;
+}
+
 /* The HEADERS frame at `off` (payload `f->len` bytes) opens a stream: if a client span
  * published it, its traceparent field goes at the end of the header block. Returns the bytes
  * added (0 or H2_FIELD_LEN), or -1 when the message must be dropped. */
 static __always_inline int h2_headers(struct sk_msg_md *msg, const struct conn_key *key, u32 off,
 				      const struct frame_header *f, const struct send_state *st)
 {
-	struct stream_conn_key sk = { .conn = *key, .stream_id = f->stream };
-	struct span_ctx *published = bpf_map_lookup_elem(&stream_ctx, &sk);
-	if (!published)
+	struct span_ctx span;
+	if (!take_stream_span(key, f->stream, &span))
 		return 0;
-	struct span_ctx span = *published;
-	/* Found once: a later HEADERS frame of the stream (trailers) gets nothing. */
-	bpf_map_delete_elem(&stream_ctx, &sk);
 	if (span.flags & SPAN_HAS_TRACEPARENT) {
 		inject_count(SKIPPED_HAS_TRACEPARENT);
 		return 0;
@@ -528,13 +538,9 @@ static __always_inline int inject_h2(struct sk_msg_md *msg, const struct conn_ke
 		struct frame_header f = parse_frame_header(h);
 		if (!frame_plausible(&f))
 			return h2_lost(cur);
-		if (f.type == H2_HEADERS) {
-			struct stream_conn_key sk = { .conn = *key, .stream_id = f.stream };
-			if (bpf_map_lookup_elem(&stream_ctx, &sk)) {
-				bpf_map_delete_elem(&stream_ctx, &sk);
-				inject_count(H2_SKIPPED_SPLIT);
-			}
-		}
+		struct span_ctx span;
+		if (f.type == H2_HEADERS && take_stream_span(key, f.stream, &span))
+			inject_count(H2_SKIPPED_SPLIT);
 		cur->next_frame += H2_FRAME_HEADER + f.len;
 		cur->partial_len = 0;
 	}
