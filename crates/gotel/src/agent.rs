@@ -13,7 +13,7 @@ use anyhow::Context;
 use export::console::Console;
 use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
-use probes::inject::{InjectMode, Injection};
+use probes::inject::{InjectMode, Injection, Sides};
 use probes::{Assembler, AttachOptions, Attached, EventError, Selection, SharedMaps};
 use trace::{AgentIdentity, ProcessResource, ResourceCache, Span};
 
@@ -23,13 +23,13 @@ use crate::cli::AgentArgs;
 pub struct Instrumented {
     pub go_version: String,
     attached: Vec<Attached>,
-    /// Something attached makes spans that outgoing traceparent injection carries.
-    injection: bool,
+    /// Which ends of propagation at the socket layer have something to do.
+    injection: Sides,
 }
 
 impl Instrumented {
-    /// Whether outgoing injection has a request to inject into here.
-    pub fn wants_injection(&self) -> bool {
+    /// Which ends of propagation at the socket layer have something to do here.
+    pub fn wants_injection(&self) -> Sides {
         self.injection
     }
 
@@ -242,6 +242,11 @@ impl Pipeline {
                  dropped) and {} HTTP/2 streams",
                 i.injected, i.skipped_not_http1, i.skipped_no_room, i.dropped, i.h2_injected
             );
+            summary += &format!(
+                ", {} TLS requests' spans sent in a TCP option ({} found no option space), {} \
+                 received",
+                i.tls_sent, i.tls_no_space, i.tls_received
+            );
             let left_alone: Vec<String> = [
                 (i.skipped_has_traceparent, "with a traceparent of their own"),
                 (i.h2_skipped_split, "HEADERS frames cut across sends"),
@@ -324,18 +329,15 @@ pub fn stopped(flag: &std::sync::atomic::AtomicBool) -> bool {
 const SOCKMAP_REGRESSION: &str =
     "the sockmap receive regression reported for 6.6.128+, 6.12.75+, 6.18.14+, 6.19+";
 
-/// Starts outgoing traceparent injection as asked, and says which propagation paths are on.
-pub fn start_propagation(
-    shared: &SharedMaps,
-    mode: InjectMode,
-    instrumented: &Instrumented,
-) -> Option<Injection> {
+/// Starts propagation at the socket layer as asked, for `sides`, and says which paths are on.
+pub fn start_propagation(shared: &SharedMaps, mode: InjectMode, sides: Sides) -> Option<Injection> {
     let always = "in-process across goroutines, same host through the TCP connection map, \
                   incoming traceparent headers";
     let injection = match mode {
-        _ if !instrumented.wants_injection() => {
+        _ if sides == Sides::default() => {
             tracing::info!(
-                "propagation: {always}; no HTTP or gRPC client traced, nothing to inject into"
+                "propagation: {always}; no HTTP or gRPC client or server traced, nothing to \
+                 inject into"
             );
             return None;
         }
@@ -345,9 +347,17 @@ pub fn start_propagation(
             );
             return None;
         }
-        _ => Injection::start(shared, mode),
+        _ => Injection::start(shared, mode, sides),
     };
     match injection {
+        Ok(i) if !i.sides.send => {
+            tracing::info!(
+                "propagation: {always}; client spans from other hosts' gotel in a TCP option \
+                 (TLS) (sockops on {})",
+                i.cgroup.display()
+            );
+            Some(i)
+        }
         Ok(i) if i.receive_side.as_ref().is_ok_and(|c| !c.woken) => {
             tracing::warn!(
                 "propagation: {always}; outgoing injection off: on this kernel a socket in a \
@@ -360,7 +370,9 @@ pub fn start_propagation(
             let peers = if mode == InjectMode::All { "every peer" } else { "peers on other hosts" };
             tracing::info!(
                 "propagation: {always}; traceparent injected into plaintext HTTP/1.1 requests \
-                 and gRPC calls over h2c to {peers} (sockops on {})",
+                 and gRPC calls over h2c to {peers}; HTTP/1.1 over TLS carries the client span \
+                 in a TCP option{} (sockops on {})",
+                if i.sides.receive { ", and this host's servers read it" } else { "" },
                 i.cgroup.display()
             );
             match &i.receive_side {

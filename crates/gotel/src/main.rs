@@ -97,7 +97,7 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&path, &path, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&path, &instrumented.go_version);
-    let injection = start_propagation(&shared, agent.inject_mode(), &instrumented);
+    let injection = start_propagation(&shared, agent.inject_mode(), instrumented.wants_injection());
 
     let held = held::spawn_held(&path, name, &program[1..])
         .with_context(|| format!("starting {}", path.display()))?;
@@ -141,7 +141,7 @@ fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
     // /proc/PID/exe reaches the very file the process runs, even if replaced or in a container.
     let instrumented = instrument(&exe_link, &exe_link, &shared, attach_options(agent, true)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
-    let injection = start_propagation(&shared, agent.inject_mode(), &instrumented);
+    let injection = start_propagation(&shared, agent.inject_mode(), instrumented.wants_injection());
     shared.trace_pid(pid)?;
     tracing::info!("tracing pid {pid} ({})", exe.display());
     let signals = stop_on_signals()?;
@@ -162,7 +162,7 @@ fn attach_exe(agent: &AgentArgs, exe: &Path) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(agent)?;
     let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
-    let injection = start_propagation(&shared, agent.inject_mode(), &instrumented);
+    let injection = start_propagation(&shared, agent.inject_mode(), instrumented.wants_injection());
     tracing::info!("tracing every process of {} until Ctrl-C", exe.display());
     let signals = stop_on_signals()?;
     let pipeline = collect(&shared, pipeline, |_| stopped(&signals))?;

@@ -64,6 +64,9 @@ pub struct Depends {
     /// Its spans are what outgoing traceparent injection carries to other hosts: injection
     /// starts only where such an instrumentation is attached.
     pub injection: bool,
+    /// Its server spans take parents that clients on other hosts sent in a TCP header option
+    /// (TLS): the program that reads them starts only where such an instrumentation is.
+    pub receives_tcp_option: bool,
 }
 
 /// The span events of one instrumentation, as its BPF programs write them.

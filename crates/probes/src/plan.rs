@@ -76,6 +76,18 @@ pub(crate) fn conn_offsets(fields: &[FieldOffset]) -> Option<(u64, u64)> {
     ))
 }
 
+/// Sets conn.h's way under a TLS connection (`crypto/tls.Conn.conn`, among the instrumentation's
+/// fields) in a program's rodata, where the offset is known.
+macro_rules! configure_tls_conn {
+    ($ro:expr, $fields:expr) => {
+        if let Some(conn) = $crate::plan::offset_of($fields, "crypto/tls.Conn", "conn") {
+            $ro.off_tlsconn_conn_data = conn + 8; // an interface's data word follows its itab
+            $ro.has_tls_offsets = true;
+        }
+    };
+}
+pub(crate) use configure_tls_conn;
+
 /// Whether a module version ("v1.77.0", "v1.77.0-dev") is at least major.minor.
 pub(crate) fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
     let v = version.trim_start_matches('v');

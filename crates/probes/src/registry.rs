@@ -5,6 +5,7 @@
 use goinfo::GoBinary;
 use offsets::{FieldSpec, Layouts};
 
+use crate::inject::Sides;
 use crate::instrumentations::ALL;
 use crate::plan::version_at_least;
 use crate::{
@@ -90,9 +91,13 @@ impl<'p> Selection<'p> {
         selection
     }
 
-    /// Whether outgoing traceparent injection has anything to carry here.
-    pub fn injection(&self) -> bool {
-        self.attach.iter().any(|(i, _)| i.depends().injection)
+    /// Which ends of propagation at the socket layer have something to do here: clients whose
+    /// spans injection carries, servers that take spans from a TCP option.
+    pub fn injection(&self) -> Sides {
+        Sides {
+            send: self.attach.iter().any(|(i, _)| i.depends().injection),
+            receive: self.attach.iter().any(|(i, _)| i.depends().receives_tcp_option),
+        }
     }
 
     /// Attaches every selected plan to `path`, each on its own: one that fails (its program
@@ -172,13 +177,18 @@ mod tests {
         }
     }
 
-    const SUPPORT: Depends = Depends { requires: &[], only_when_required: true, injection: false };
-    const CLIENT: Depends =
-        Depends { requires: &["support"], only_when_required: false, injection: true };
+    const SUPPORT: Depends = Depends { only_when_required: true, ..NONE };
+    const CLIENT: Depends = Depends { requires: &["support"], injection: true, ..NONE };
+    const NONE: Depends = Depends {
+        requires: &[],
+        only_when_required: false,
+        injection: false,
+        receives_tcp_option: false,
+    };
     static SERVER: Fake = Fake {
         name: "server",
         applies: true,
-        depends: Depends { requires: &[], only_when_required: false, injection: false },
+        depends: Depends { receives_tcp_option: true, ..NONE },
     };
     static CLIENT_ON: Fake = Fake { name: "client", applies: true, depends: CLIENT };
     static CLIENT_OFF: Fake = Fake { name: "client", applies: false, depends: CLIENT };
@@ -209,7 +219,7 @@ mod tests {
         let plans = planned(&[&SERVER, &CLIENT_ON, &SUPPORT_ON]);
         let s = Selection::of(&plans);
         assert_eq!(names(&s), (vec!["server", "client", "support"], vec![]));
-        assert!(s.injection(), "the client carries injection");
+        assert_eq!(s.injection(), Sides { send: true, receive: true }, "client and server");
     }
 
     #[test]
@@ -217,7 +227,7 @@ mod tests {
         let plans = planned(&[&SERVER, &CLIENT_OFF, &SUPPORT_ON]);
         let s = Selection::of(&plans);
         assert_eq!(names(&s), (vec!["server"], vec!["client"]));
-        assert!(!s.injection());
+        assert_eq!(s.injection(), Sides { send: false, receive: true }, "the server alone");
         let plans = planned(&[&SERVER, &CLIENT_OFF, &SUPPORT_OFF]);
         assert_eq!(names(&Selection::of(&plans)), (vec!["server"], vec!["client"]));
     }

@@ -10,7 +10,7 @@ use discovery::k8s::{PodMeta, PodStore};
 use discovery::procfs::{FileId, Proc, ProcessEntry, ProcessId};
 use discovery::rules::{Decision, ProcessFacts, Selector};
 use goinfo::GoBinary;
-use probes::inject::{InjectMode, Injection};
+use probes::inject::{InjectMode, Injection, Sides};
 use probes::{AttachOptions, SharedMaps};
 use trace::{ProcessHints, ResourceCache};
 
@@ -325,9 +325,13 @@ impl<'a> Fleet<'a> {
                 entry.exe.display(),
                 started.elapsed().as_millis()
             );
-            let wants_injection = self.inject != InjectMode::Off && instrumented.wants_injection();
+            let wants_injection = self.inject != InjectMode::Off
+                && instrumented.wants_injection() != Sides::default();
             if self.injection.is_none() && wants_injection {
-                self.injection = start_propagation(self.shared, self.inject, &instrumented);
+                // Both ends from the start: the programs are host-wide, and the processes
+                // that come later may be clients or servers.
+                let both = Sides { send: true, receive: true };
+                self.injection = start_propagation(self.shared, self.inject, both);
             }
             let path = entry.exe.clone();
             let file = AttachedFile { instrumented, path, pids: HashSet::new() };

@@ -126,6 +126,16 @@ const volatile u64 off_tcpconn_fd = 0; /* TCPConn.conn + conn.fd */
 const volatile u64 off_netfd_sysfd = 0; /* netFD.pfd + poll.FD.Sysfd */
 const volatile bool has_conn_offsets = false;
 
+/* crypto/tls.Conn.conn's data word: the *net.TCPConn a TLS connection runs on. */
+const volatile u64 off_tlsconn_conn_data = 0;
+const volatile bool has_tls_offsets = false;
+
+/* The *net.TCPConn under a *tls.Conn, or 0 where that cannot be known. */
+static __always_inline u64 go_conn_under_tls(u64 tlsconn)
+{
+	return has_tls_offsets && tlsconn ? read_u64(tlsconn + off_tlsconn_conn_data) : 0;
+}
+
 /* The connection behind a Go *net.TCPConn; false if it cannot be read. `client_side`: the
  * socket is the client's (local = client), else the server's. */
 static __always_inline bool go_conn_key(u64 tcpconn, bool client_side, struct conn_key *key)

@@ -9,11 +9,18 @@
  *   cursor follows every frame the socket sends from its connection preface on, so a frame is
  *   only ever recognised where one starts; at any inconsistency the socket is left alone for
  *   good.
+ * - TLS (HTTP/1.1): the bytes cannot be edited, so the client span's context rides in a TCP
+ *   header option on the first segment of the request (sockops writes it); the server's
+ *   sockops reads it into conn_ctx, where its server span finds its parent as on one host.
  * Anything unexpected means no insert: bytes are never altered unless the addition can be
  * written whole. */
 #include "conn.h"
 
 const volatile bool inject_loopback = false;
+/* Enrolled sockets that turn out to speak TLS carry their client span in a TCP option. */
+const volatile bool tls_option_send = false;
+/* Accepted sockets look for that option (a server on this host is traced). */
+const volatile bool tls_option_receive = false;
 
 /* Client sockets that may carry a request to inject into. Sockets leave it when they close. */
 struct {
@@ -51,6 +58,9 @@ enum inject_stat {
 	H2_SKIPPED_PADDED, /* a padded HEADERS frame: left alone */
 	H2_LOST, /* the frames made no sense: the socket is left alone from then on */
 	H2_PARTLY_SENT, /* the kernel sent part of a message and handed the rest back: left alone */
+	TLS_SENT, /* TLS requests whose context went out in a TCP option */
+	TLS_NO_SPACE, /* TLS requests a segment had no option space for (once per request) */
+	TLS_RECEIVED, /* contexts that arrived in a TCP option, for a server here */
 	INJECT_STAT_MAX,
 };
 
@@ -60,6 +70,7 @@ enum inject_stat {
 #define CURSOR_HTTP1 1
 #define CURSOR_H2 2
 #define CURSOR_LOST 3 /* HTTP/2 frames that made no sense: never touched again */
+#define CURSOR_TLS 4 /* a TLS ClientHello first: the bytes are left alone, options carry spans */
 
 #define H2_FRAME_HEADER 9
 
@@ -67,6 +78,7 @@ struct cursor {
 	u64 sent; /* bytes the socket has sent, fields added included */
 	u64 next_frame; /* where in those the next frame header starts */
 	u32 end_seq; /* TCP's write_seq once the last message walked is queued whole */
+	u64 tls_no_space; /* TLS: the span a segment last had no option space for */
 	u8 state;
 	u8 partial_len; /* bytes of a frame header the last message ended in the middle of */
 	u8 partial[H2_FRAME_HEADER];
@@ -129,23 +141,38 @@ static __always_inline bool queued_whole(const struct send_state *st, u32 size, 
 	return st->room >= 3 * (size + extra) + 8192;
 }
 
-/* Builds the key from a socket's view: the client is local. Ports: local in host order,
- * remote in network order in the upper half of the word. */
+/* Builds the key from a socket's view: the client is local unless `server_side`. Ports:
+ * local in host order, remote in network order in the upper half of the word. */
 static __always_inline void key_from(struct conn_key *k, u32 family, u32 local_ip4,
 				     u32 remote_ip4, const u32 *local_ip6, const u32 *remote_ip6,
-				     u32 local_port, u32 remote_port)
+				     u32 local_port, u32 remote_port, bool server_side)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	k->family = family;
+	u8 *local = server_side ? k->server_addr : k->client_addr;
+	u8 *remote = server_side ? k->client_addr : k->server_addr;
 	if (family == AF_INET) {
-		__builtin_memcpy(k->client_addr, &local_ip4, 4);
-		__builtin_memcpy(k->server_addr, &remote_ip4, 4);
+		__builtin_memcpy(local, &local_ip4, 4);
+		__builtin_memcpy(remote, &remote_ip4, 4);
 	} else {
-		__builtin_memcpy(k->client_addr, local_ip6, 16);
-		__builtin_memcpy(k->server_addr, remote_ip6, 16);
+		__builtin_memcpy(local, local_ip6, 16);
+		__builtin_memcpy(remote, remote_ip6, 16);
 	}
-	k->client_port = (u16)local_port;
-	k->server_port = (u16)(__builtin_bswap32(remote_port));
+	u16 local_h = (u16)local_port, remote_h = (u16)(__builtin_bswap32(remote_port));
+	k->client_port = server_side ? remote_h : local_h;
+	k->server_port = server_side ? local_h : remote_h;
+}
+
+/* A sockops socket's key; `server_side`: an accepted socket. */
+static __always_inline void sockops_key(struct bpf_sock_ops *skops, struct conn_key *key,
+					bool server_side)
+{
+	u32 local6[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2],
+			  skops->local_ip6[3] };
+	u32 remote6[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
+			   skops->remote_ip6[3] };
+	key_from(key, skops->family, skops->local_ip4, skops->remote_ip4, local6, remote6,
+		 skops->local_port, skops->remote_port, server_side);
 }
 
 static __always_inline bool loopback(u32 family, u32 remote_ip4, const u32 *remote_ip6)
@@ -156,15 +183,152 @@ static __always_inline bool loopback(u32 family, u32 remote_ip4, const u32 *remo
 	       remote_ip6[3] == __builtin_bswap32(1);
 }
 
+/* TLS: a client span's context in a TCP header option, RFC 6994's shared experimental kind
+ * with an experiment id of our own: kind, length, ExID, trace id, span id: 28 bytes, what a
+ * segment has beside the timestamp option. The ExID's low bit is the sampled flag clear. */
+#define TLS_OPT_KIND 253
+#define TLS_OPT_LEN 28
+#define TLS_OPT_EXID_SAMPLED 0x6774
+#define TLS_OPT_EXID_UNSAMPLED 0x6775
+
+static __always_inline void tls_write_flag(struct bpf_sock_ops *skops, bool on)
+{
+	int flags = skops->bpf_sock_ops_cb_flags;
+	int want = on ? flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG :
+			flags & ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+	if (want != flags)
+		bpf_sock_ops_cb_flags_set(skops, want);
+}
+
+/* The client span a TLS socket of ours has yet to send, or none. */
+static __always_inline struct span_ctx *tls_pending(const struct conn_key *key)
+{
+	struct span_ctx *span = bpf_map_lookup_elem(&conn_ctx, key);
+	if (!span)
+		return 0;
+	u64 span_id;
+	__builtin_memcpy(&span_id, span->span_id, 8);
+	u64 *done = bpf_map_lookup_elem(&handled, key);
+	return done && *done == span_id ? 0 : span;
+}
+
+static __always_inline void tls_handled(const struct conn_key *key, const struct span_ctx *span)
+{
+	u64 span_id;
+	__builtin_memcpy(&span_id, span->span_id, 8);
+	bpf_map_update_elem(&handled, key, &span_id, BPF_ANY);
+}
+
+/* HDR_OPT_LEN: room for the option where a segment may carry it. Sockets that turned out to
+ * speak plaintext stop being asked. */
+static __always_inline void tls_reserve(struct bpf_sock_ops *skops)
+{
+	struct conn_key key;
+	sockops_key(skops, &key, false);
+	struct cursor *cur = bpf_map_lookup_elem(&cursors, &key);
+	if (!cur)
+		return; /* not enrolled here (another agent's, or evicted) */
+	if (cur->state != CURSOR_NEW && cur->state != CURSOR_TLS) {
+		tls_write_flag(skops, false);
+		return;
+	}
+	/* The segment size is worked out with the most any segment will carry, so adding the
+	 * option to a full segment never takes it past the path's MTU. */
+	if (skops->args[0] == BPF_WRITE_HDR_TCP_CURRENT_MSS) {
+		bpf_reserve_hdr_opt(skops, TLS_OPT_LEN, 0);
+		return;
+	}
+	if (cur->state != CURSOR_TLS || skops->skb_len == 0)
+		return; /* the handshake, or a bare ACK */
+	struct span_ctx *span = tls_pending(&key);
+	if (!span)
+		return;
+	if (span->flags & SPAN_HAS_TRACEPARENT) {
+		/* Its own traceparent is in the encrypted request: the server reads that. */
+		tls_handled(&key, span);
+		inject_count(SKIPPED_HAS_TRACEPARENT);
+		return;
+	}
+	if (bpf_reserve_hdr_opt(skops, TLS_OPT_LEN, 0)) {
+		/* SACK blocks took the space: the next segment may have it. */
+		u64 span_id;
+		__builtin_memcpy(&span_id, span->span_id, 8);
+		if (cur->tls_no_space != span_id)
+			inject_count(TLS_NO_SPACE);
+		cur->tls_no_space = span_id;
+	}
+}
+
+/* WRITE_HDR_OPT: the option in the space reserved. */
+static __always_inline void tls_write(struct bpf_sock_ops *skops)
+{
+	struct conn_key key;
+	sockops_key(skops, &key, false);
+	struct cursor *cur = bpf_map_lookup_elem(&cursors, &key);
+	if (!cur || cur->state != CURSOR_TLS)
+		return;
+	struct span_ctx *span = tls_pending(&key);
+	if (!span)
+		return; /* the kernel fills the space with NOPs */
+	u16 exid = span->sampled ? TLS_OPT_EXID_SAMPLED : TLS_OPT_EXID_UNSAMPLED;
+	u8 opt[TLS_OPT_LEN] = { TLS_OPT_KIND, TLS_OPT_LEN, exid >> 8, exid & 0xff };
+	__builtin_memcpy(opt + 4, span->trace_id, 16);
+	__builtin_memcpy(opt + 20, span->span_id, 8);
+	if (bpf_store_hdr_opt(skops, opt, sizeof(opt), 0))
+		return;
+	tls_handled(&key, span);
+	inject_count(TLS_SENT);
+}
+
+/* Accepted connection -> the span id of the option last taken from it: a segment cut up by
+ * segmentation offload repeats its options, and a repeat after the server took the context
+ * must not put it back. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, u64);
+} tls_seen SEC(".maps");
+
+/* PARSE_HDR_OPT (a segment with an option the kernel does not know): the client span, for
+ * the server span of the request on this connection. */
+static __always_inline void tls_receive(struct bpf_sock_ops *skops)
+{
+	u8 opt[TLS_OPT_LEN] = { TLS_OPT_KIND, 4, TLS_OPT_EXID_SAMPLED >> 8,
+				TLS_OPT_EXID_SAMPLED & 0xff };
+	bool sampled = true;
+	if (bpf_load_hdr_opt(skops, opt, sizeof(opt), 0) != TLS_OPT_LEN) {
+		__builtin_memset(opt, 0, sizeof(opt));
+		opt[0] = TLS_OPT_KIND;
+		opt[1] = 4;
+		opt[2] = TLS_OPT_EXID_UNSAMPLED >> 8;
+		opt[3] = TLS_OPT_EXID_UNSAMPLED & 0xff;
+		if (bpf_load_hdr_opt(skops, opt, sizeof(opt), 0) != TLS_OPT_LEN)
+			return;
+		sampled = false;
+	}
+	struct conn_key key;
+	sockops_key(skops, &key, true);
+	u64 span_id;
+	__builtin_memcpy(&span_id, opt + 20, 8);
+	u64 *seen = bpf_map_lookup_elem(&tls_seen, &key);
+	if (seen && *seen == span_id)
+		return;
+	bpf_map_update_elem(&tls_seen, &key, &span_id, BPF_ANY);
+	struct span_ctx span = span_ctx_of(opt + 4, opt + 20, sampled);
+	note_conn_published(bpf_ktime_get_ns());
+	bpf_map_update_elem(&conn_ctx, &key, &span, BPF_ANY);
+	inject_count(TLS_RECEIVED);
+}
+
 SEC("sockops")
 int inject_sockops(struct bpf_sock_ops *skops)
 {
 	u32 family = skops->family;
 	if (family != AF_INET && family != AF_INET6)
 		return 1;
-	u64 cookie = bpf_get_socket_cookie(skops);
-	u8 one = 1;
-	if (skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
 		u32 pid = bpf_get_current_pid_tgid() >> 32;
 		if (!bpf_map_lookup_elem(&client_pids, &pid))
 			return 1;
@@ -172,21 +336,49 @@ int inject_sockops(struct bpf_sock_ops *skops)
 				   skops->remote_ip6[3] };
 		if (!inject_loopback && loopback(family, skops->remote_ip4, remote6))
 			return 1;
+		u64 cookie = bpf_get_socket_cookie(skops);
+		u8 one = 1;
 		bpf_map_update_elem(&connecting, &cookie, &one, BPF_ANY);
-	} else if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+		break;
+	}
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+		u64 cookie = bpf_get_socket_cookie(skops);
 		if (!bpf_map_lookup_elem(&connecting, &cookie))
 			return 1;
 		bpf_map_delete_elem(&connecting, &cookie);
-		u32 local6[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2],
-				  skops->local_ip6[3] };
-		u32 remote6[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
-				   skops->remote_ip6[3] };
 		struct conn_key key;
-		key_from(&key, family, skops->local_ip4, skops->remote_ip4, local6, remote6,
-			 skops->local_port, skops->remote_port);
+		sockops_key(skops, &key, false);
 		struct cursor fresh = {};
 		bpf_map_update_elem(&cursors, &key, &fresh, BPF_ANY);
+		/* Whatever an earlier connection between these addresses left. */
+		bpf_map_delete_elem(&handled, &key);
+		bpf_map_delete_elem(&conn_ctx, &key);
 		bpf_sock_hash_update(skops, &inject_socks, &key, BPF_NOEXIST);
+		if (tls_option_send)
+			tls_write_flag(skops, true);
+		break;
+	}
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
+		if (!tls_option_receive)
+			return 1;
+		struct conn_key key;
+		sockops_key(skops, &key, true);
+		bpf_map_delete_elem(&tls_seen, &key);
+		/* Called only for segments with an option the kernel does not know: free else. */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+							 BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG);
+		break;
+	}
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		tls_reserve(skops);
+		break;
+	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+		tls_write(skops);
+		break;
+	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
+		if (tls_option_receive)
+			tls_receive(skops);
+		break;
 	}
 	return 1;
 }
@@ -574,6 +766,17 @@ static __always_inline bool starts_with_preface(struct sk_msg_md *msg)
 	return true;
 }
 
+/* A TLS record of the handshake, as a ClientHello starts: 0x16, version 3.x. */
+static __always_inline bool starts_with_client_hello(struct sk_msg_md *msg)
+{
+	if (msg->size < 5 || bpf_msg_pull_data(msg, 0, 3, 0))
+		return false;
+	u8 *data = msg->data;
+	if (data + 3 > (u8 *)msg->data_end)
+		return false;
+	return data[0] == 0x16 && data[1] == 3 && data[2] >= 1 && data[2] <= 4;
+}
+
 SEC("sk_msg")
 int inject_sk_msg(struct sk_msg_md *msg)
 {
@@ -584,14 +787,15 @@ int inject_sk_msg(struct sk_msg_md *msg)
 			   msg->remote_ip6[3] };
 	struct conn_key key;
 	key_from(&key, family, msg->local_ip4, msg->remote_ip4, local6, remote6, msg->local_port,
-		 msg->remote_port);
+		 msg->remote_port, false);
 	struct cursor *cur = bpf_map_lookup_elem(&cursors, &key);
 	if (!cur)
 		return inject_http1(msg, &key);
 	bool preface = false;
 	if (cur->state == CURSOR_NEW) {
 		preface = starts_with_preface(msg);
-		cur->state = preface ? CURSOR_H2 : CURSOR_HTTP1;
+		cur->state = preface ? CURSOR_H2 : starts_with_client_hello(msg) ? CURSOR_TLS :
+								      CURSOR_HTTP1;
 	}
 	if (cur->state == CURSOR_HTTP1)
 		return inject_http1(msg, &key);

@@ -1,7 +1,8 @@
 //! Outgoing `traceparent` at the socket layer (`inject.bpf.c`), so a server on another
 //! host, instrumented or not, continues the trace. Nothing is written into any process: a
 //! line is inserted into the plaintext HTTP/1.1 request, or a header field into the HEADERS
-//! frame of a gRPC call over h2c, as the kernel sends it.
+//! frame of a gRPC call over h2c, as the kernel sends it; over TLS, the client span rides in a
+//! TCP header option that the server's gotel reads.
 
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
@@ -40,6 +41,16 @@ impl InjectMode {
     }
 }
 
+/// Which ends of propagation at the socket layer this agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sides {
+    /// A client is traced: its sockets to other hosts are enrolled to carry its spans.
+    pub send: bool,
+    /// A server is traced: accepted sockets take the spans other hosts' clients sent in a
+    /// TCP option.
+    pub receive: bool,
+}
+
 /// What the sk_msg program did, summed over CPUs (`enum inject_stat`, in its order).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InjectStats {
@@ -68,13 +79,21 @@ pub struct InjectStats {
     /// HTTP/2 sockets whose kernel queued part of a message and handed the rest back: left
     /// alone from then on.
     pub h2_partly_sent: u64,
+    /// Requests over TLS whose client span went out in a TCP option.
+    pub tls_sent: u64,
+    /// Requests over TLS a segment had no option space for (SACK blocks took it); a later
+    /// segment of the request may still carry it.
+    pub tls_no_space: u64,
+    /// Client spans that arrived in a TCP option, for a server here.
+    pub tls_received: u64,
 }
 
-const STAT_COUNT: u32 = 11;
+const STAT_COUNT: u32 = 14;
 
 /// The running injection: dropping it detaches the programs and releases every socket.
 pub struct Injection {
     pub cgroup: PathBuf,
+    pub sides: Sides,
     /// What a socket in the sockhash gets on this kernel, or why that could not be seen.
     pub receive_side: Result<SockhashCheck, String>,
     stats: MapHandle,
@@ -95,8 +114,8 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 }
 
 impl Injection {
-    /// Loads and attaches the programs, host-wide, for `mode` (not Off).
-    pub fn start(shared: &SharedMaps, mode: InjectMode) -> Result<Injection, Error> {
+    /// Loads and attaches the programs, host-wide, for `mode` (not Off) and `sides`.
+    pub fn start(shared: &SharedMaps, mode: InjectMode, sides: Sides) -> Result<Injection, Error> {
         let cgroup = cgroup2_root()
             .ok_or_else(|| Error::Internal { what: "no cgroup v2 hierarchy is mounted".into() })?;
         let bpf = |what: &str| crate::bpf_error("traceparent injection", &cgroup, what);
@@ -115,6 +134,8 @@ impl Injection {
             .as_deref_mut()
             .ok_or_else(|| Error::Internal { what: "inject object has no .rodata".into() })?;
         ro.inject_loopback = mode == InjectMode::All;
+        ro.tls_option_send = sides.send;
+        ro.tls_option_receive = sides.receive;
         open.maps.inject_stats.reuse_fd(stats.as_fd()).map_err(bpf("reuse map inject_stats"))?;
         open.maps.inject_socks.reuse_fd(sockets.as_fd()).map_err(bpf("reuse map inject_socks"))?;
         shared.reuse_in(&mut open.open_object_mut().maps_mut())?;
@@ -130,8 +151,12 @@ impl Injection {
             .inject_sockops
             .attach_cgroup(dir.as_raw_fd())
             .map_err(bpf(&format!("attach sockops to {}", cgroup.display())))?;
-        let receive_side = sockhash_check::check(&sockets).map_err(|e| e.to_string());
-        Ok(Injection { cgroup, receive_side, stats, _sockets: sockets, _sockops: sockops })
+        let receive_side = if sides.send {
+            sockhash_check::check(&sockets).map_err(|e| e.to_string())
+        } else {
+            Err("no client socket is enrolled here".into())
+        };
+        Ok(Injection { cgroup, sides, receive_side, stats, _sockets: sockets, _sockops: sockops })
     }
 
     pub fn stats(&self) -> InjectStats {
@@ -148,6 +173,9 @@ impl Injection {
             h2_skipped_padded: sum(8),
             h2_lost: sum(9),
             h2_partly_sent: sum(10),
+            tls_sent: sum(11),
+            tls_no_space: sum(12),
+            tls_received: sum(13),
         }
     }
 }

@@ -14,8 +14,10 @@ const volatile u64 off_resp_proto_major = 0;
 const volatile u64 off_resp_proto_minor = 0;
 /* Mark this process in client_pids, for traceparent injection on its connections. */
 const volatile bool mark_client_pids = false;
-/* persistConn.conn's data word: the *net.TCPConn of a plain connection. */
+/* persistConn.conn's data word: the *net.TCPConn of a plain connection, the *tls.Conn of
+ * one where persistConn.tlsState is set. */
 const volatile u64 off_pconn_conn_data = 0;
+const volatile u64 off_pconn_tls_state = 0;
 /* With injection on: look for a traceparent the request carries already (traceparent.h). */
 const volatile bool check_own_traceparent = false;
 
@@ -94,7 +96,10 @@ int http_client_conn(struct pt_regs *ctx)
 		if (own.found) /* parsed by the search already */
 			link_to(&own, &call->link);
 	}
-	u64 tcpconn = read_u64(GO_ARG1(ctx) /* pc */ + off_pconn_conn_data);
+	u64 pc = GO_ARG1(ctx);
+	u64 tcpconn = read_u64(pc + off_pconn_conn_data);
+	if (read_u64(pc + off_pconn_tls_state))
+		tcpconn = go_conn_under_tls(tcpconn);
 	struct conn_key conn;
 	if (go_conn_key(tcpconn, true, &conn)) {
 		note_conn_published(bpf_ktime_get_ns());

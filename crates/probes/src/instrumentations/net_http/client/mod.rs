@@ -13,7 +13,7 @@ use offsets::{FieldOffset, FieldSpec, Layouts};
 use super::header_map::{configure_header_map, header_map, with_header_fields, HeaderMap};
 use crate::instrumentations::goroutines;
 use crate::load::{bpf_object, load};
-use crate::plan::{conn_offsets, offset_of};
+use crate::plan::{configure_tls_conn, conn_offsets, offset_of};
 use crate::{
     AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Plan, Report,
     Target,
@@ -70,8 +70,11 @@ const FIELDS: &[FieldSpec] = with_header_fields![
     FieldSpec::std("net/http.Response", "StatusCode", true),
     FieldSpec::std("net/http.Response", "ProtoMajor", true),
     FieldSpec::std("net/http.Response", "ProtoMinor", true),
-    // The connection, for same-host children: persistConn.conn -> *net.TCPConn -> fd.
+    // The connection, for same-host children: persistConn.conn -> *net.TCPConn -> fd, or
+    // through tls.Conn.conn where persistConn.tlsState is set.
     FieldSpec::std("net/http.persistConn", "conn", false),
+    FieldSpec::std("net/http.persistConn", "tlsState", false),
+    FieldSpec::std("crypto/tls.Conn", "conn", false),
     FieldSpec::std("net.TCPConn", "conn", false),
     FieldSpec::std("net.conn", "fd", false),
     FieldSpec::std("net.netFD", "pfd", false),
@@ -98,7 +101,11 @@ impl Plan for HttpClientPlan {
     fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {
         let optional = |s, f| offset_of(&self.fields, s, f);
         let offset = |s, f| optional(s, f).unwrap_or(0);
-        let linkable = (self.pconn_round_trip.as_ref(), optional("net/http.persistConn", "conn"));
+        let linkable = (
+            self.pconn_round_trip.as_ref(),
+            optional("net/http.persistConn", "conn"),
+            optional("net/http.persistConn", "tlsState"),
+        );
         let conn_offsets = conn_offsets(&self.fields);
         let mut storage = MaybeUninit::uninit();
         let skel = load::<skel::HttpClientSkelBuilder>(&mut storage, to, |ro| {
@@ -112,10 +119,14 @@ impl Plan for HttpClientPlan {
             ro.off_resp_status_code = offset("net/http.Response", "StatusCode");
             ro.off_resp_proto_major = offset("net/http.Response", "ProtoMajor");
             ro.off_resp_proto_minor = offset("net/http.Response", "ProtoMinor");
-            if let ((Some(_), Some(conn)), Some(conn_offsets)) = (linkable, conn_offsets) {
+            if let ((Some(_), Some(conn), Some(tls_state)), Some(conn_offsets)) =
+                (linkable, conn_offsets)
+            {
                 ro.off_pconn_conn_data = conn + 8; // an interface's data word follows its itab
+                ro.off_pconn_tls_state = tls_state;
                 (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
                 ro.has_conn_offsets = true;
+                configure_tls_conn!(ro, &self.fields);
             }
             if to.options.inject {
                 ro.check_own_traceparent = self.header_map.is_some();

@@ -22,7 +22,8 @@ const volatile u64 off_response_status = 0;
 const volatile bool has_h2 = false;
 const volatile u64 off_h2rw_rws = 0;
 const volatile u64 off_h2rws_status = 0;
-/* response.conn (*http.conn), and conn.rwc's data word (*net.TCPConn when plain). */
+/* response.conn (*http.conn), and conn.rwc's data word (*net.TCPConn when plain, *tls.Conn
+ * where the Request has TLS state). */
 const volatile u64 off_response_conn = 0;
 const volatile u64 off_conn_rwc_data = 0;
 
@@ -88,6 +89,8 @@ int http_server_enter(struct pt_regs *ctx)
 	if (conns_published_lately(call.start_ns) && read_u64(call.req + off_req_proto_major) == 1) {
 		u64 hc = read_u64(call.rw_data + off_response_conn);
 		u64 tcpconn = hc ? read_u64(hc + off_conn_rwc_data) : 0;
+		if (read_u64(call.req + off_req_tls))
+			tcpconn = go_conn_under_tls(tcpconn);
 		if (go_conn_key(tcpconn, false, &conn))
 			parent = bpf_map_lookup_elem(&conn_ctx, &conn);
 	}

@@ -12,10 +12,10 @@ use offsets::{FieldOffset, FieldSpec, Layouts};
 
 use super::header_map::{configure_header_map, header_map, with_header_fields, HeaderMap};
 use crate::load::{bpf_object, load};
-use crate::plan::{conn_offsets, offset_of};
+use crate::plan::{configure_tls_conn, conn_offsets, offset_of};
 use crate::{
-    AttachContext, Attached, Error, Events, FunctionPlan, Instrumentation, Placement, Plan, Report,
-    Target,
+    AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Placement,
+    Plan, Report, Target,
 };
 
 bpf_object!("http_server", HttpServerSkelBuilder);
@@ -47,6 +47,11 @@ impl Instrumentation for HttpServer {
         FIELDS
     }
 
+    fn depends(&self) -> Depends {
+        // Requests over TLS from clients on other hosts carry their parent in a TCP option.
+        Depends { receives_tcp_option: true, ..Depends::default() }
+    }
+
     fn plan(&self, bin: &GoBinary, layouts: &Layouts) -> Result<Box<dyn Plan>, String> {
         Ok(Box::new(plan(bin, layouts)?))
     }
@@ -72,13 +77,15 @@ const FIELDS: &[FieldSpec] = with_header_fields![
     // HTTP/2 (Go before 1.27; 1.27 renamed the writer): without them HTTP/2 spans lack a status.
     FieldSpec::std("net/http.http2responseWriter", "rws", false),
     FieldSpec::std("net/http.http2responseWriterState", "status", false),
-    // The connection, for same-host parents: response.conn.rwc -> *net.TCPConn -> fd.
+    // The connection, for same-host parents: response.conn.rwc -> *net.TCPConn -> fd, or
+    // through tls.Conn.conn when the request came over TLS.
     FieldSpec::std("net/http.response", "conn", false),
     FieldSpec::std("net/http.conn", "rwc", false),
     FieldSpec::std("net.TCPConn", "conn", false),
     FieldSpec::std("net.conn", "fd", false),
     FieldSpec::std("net.netFD", "pfd", false),
     FieldSpec::std("internal/poll.FD", "Sysfd", false),
+    FieldSpec::std("crypto/tls.Conn", "conn", false),
     // And Request.Header's, for an incoming traceparent.
 ];
 
@@ -195,6 +202,7 @@ impl HttpServerPlan {
             ro.off_conn_rwc_data = rwc + 8; // an interface's data word follows its itab
             (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
             ro.has_conn_offsets = true;
+            configure_tls_conn!(ro, &self.fields);
         }
         configure_header_map!(ro, self.header_map);
     }
