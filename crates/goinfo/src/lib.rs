@@ -265,16 +265,30 @@ impl GoBinary {
     /// absent. Non-PIE executables only: in a PIE the descriptors' pointers are relocated at
     /// load time.
     pub fn struct_layouts_from_types(&self, wanted: &[&str]) -> Result<StructLayouts, Error> {
+        let (base, region) = self.type_data()?;
+        let offset_embed = matches!(self.build_info.go_semver(), Some((1, minor, _)) if minor < 19);
+        Ok(types::struct_layouts(self, base, region, offset_embed, wanted))
+    }
+
+    /// The type hashes of the pointer types in `wanted` ("*crypto/tls.Conn") from the runtime
+    /// type descriptors: an itab for that dynamic type carries the same hash. Types the binary
+    /// has no descriptor for are absent.
+    pub fn pointer_type_hashes(&self, wanted: &[&str]) -> Result<HashMap<String, u32>, Error> {
+        let (base, region) = self.type_data()?;
+        Ok(types::pointer_type_hashes(self, base, region, wanted))
+    }
+
+    /// The runtime type descriptors: where they start in memory, and their bytes. Go 1.27
+    /// moved them into .go.type; before, they start .rodata.
+    fn type_data(&self) -> Result<(u64, &[u8]), Error> {
         let file = object::File::parse(&*self.data)
             .map_err(|e| Error::NotElf { path: self.path.clone(), reason: e.to_string() })?;
-        // Go 1.27 moved type data into .go.type; before, it starts .rodata.
         let section = file
             .section_by_name(".go.type")
             .or_else(|| file.section_by_name(".rodata"))
             .ok_or_else(|| Error::NoTypes { path: self.path.clone() })?;
         let region = section.data().map_err(|_| Error::NoTypes { path: self.path.clone() })?;
-        let offset_embed = matches!(self.build_info.go_semver(), Some((1, minor, _)) if minor < 19);
-        Ok(types::struct_layouts(self, section.address(), region, offset_embed, wanted))
+        Ok((section.address(), region))
     }
 
     /// Field offsets of the named structs from DWARF. Structs the binary lacks are absent.

@@ -12,7 +12,9 @@ const TYPE_SIZE: usize = 48; // abi.Type on 64-bit
 const STRUCT_TYPE_SIZE: usize = 80; // abi.StructType: Type, PkgPath Name, Fields []StructField
 const FIELD_SIZE: usize = 24; // abi.StructField: Name, Typ, Offset
 const KIND_MASK: u8 = 0x1f;
+const KIND_POINTER: u8 = 22;
 const KIND_STRUCT: u8 = 25;
+const POINTER_TYPE_SIZE: usize = 56; // abi.PtrType: Type, Elem
 const TFLAG_UNCOMMON: u8 = 1;
 const TFLAG_EXTRA_STAR: u8 = 2;
 const TFLAG_NAMED: u8 = 4;
@@ -74,6 +76,58 @@ pub(crate) fn struct_layouts(
         at += 8; // descriptors are pointer-aligned
     }
     out
+}
+
+/// Scans `region` as `struct_layouts` does for the pointer types in `wanted` ("*crypto/tls.Conn")
+/// and returns each one's type hash: what an itab holding that dynamic type carries, so a
+/// program can tell an interface's dynamic type from its itab. Found by name and package
+/// path alone, which need no relocation, so PIE executables qualify.
+pub(crate) fn pointer_type_hashes(
+    mem: &dyn Memory,
+    base: u64,
+    region: &[u8],
+    wanted: &[&str],
+) -> HashMap<String, u32> {
+    // "*crypto/tls.Conn" -> ("crypto/tls", "*tls.Conn"), as the type's own string says it
+    let targets: Vec<(&str, &str, String)> = wanted
+        .iter()
+        .filter_map(|w| {
+            let path = w.strip_prefix('*')?;
+            let slash = path.rfind('/').map_or(0, |i| i + 1);
+            let dot = slash + path[slash..].find('.')?;
+            Some((*w, &path[..dot], format!("*{}", &path[slash..])))
+        })
+        .collect();
+    let mut out = HashMap::new();
+    let mut at = 0usize;
+    while at + POINTER_TYPE_SIZE + 16 <= region.len() && out.len() < targets.len() {
+        let t = &region[at..];
+        let (tflag, kind) = (t[20], t[23] & KIND_MASK);
+        if kind == KIND_POINTER && tflag & (TFLAG_UNCOMMON | TFLAG_EXTRA_STAR) == TFLAG_UNCOMMON {
+            if let Some(full) = pointer_type(mem, base, t, &targets) {
+                out.entry(full.to_string()).or_insert(u32_at(t, 16));
+            }
+        }
+        at += 8;
+    }
+    out
+}
+
+fn pointer_type<'w>(
+    mem: &dyn Memory,
+    base: u64,
+    t: &[u8],
+    targets: &[(&'w str, &str, String)],
+) -> Option<&'w str> {
+    let name_off = u32_at(t, 40) as i32;
+    let name = read_name(mem, base.checked_add_signed(i64::from(name_off))?)?;
+    let candidates: Vec<_> = targets.iter().filter(|(_, _, n)| *n == name).collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    let pkg_off = u32_at(t, POINTER_TYPE_SIZE) as i32;
+    let pkg_path = read_name(mem, base.checked_add_signed(i64::from(pkg_off))?)?;
+    candidates.iter().find(|(_, pkg, _)| *pkg == pkg_path).map(|(full, _, _)| *full)
 }
 
 fn named_struct<'w>(

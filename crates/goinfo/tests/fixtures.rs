@@ -234,6 +234,26 @@ fn type_descriptors_and_pclntab_match_dwarf_and_symtab_when_stripped() {
     }
 }
 
+/// The dynamic types a program tells apart by their itab's hash (`conn.h`): every toolchain's
+/// binaries have descriptors for them, distinct hashes, and stripping changes none.
+#[test]
+fn pointer_type_hashes_are_found_and_survive_stripping() {
+    const TYPES: &[&str] = &["*net.TCPConn", "*crypto/tls.Conn"];
+    for version in built_versions() {
+        let (Some(path), Some(stripped)) = (
+            fixture(&format!("httpserver-{version}")),
+            fixture(&format!("httpserver-{version}-stripped")),
+        ) else {
+            return;
+        };
+        let hashes = GoBinary::open(&path).unwrap().pointer_type_hashes(TYPES).unwrap();
+        assert_eq!(hashes.len(), 2, "{version}: {hashes:?}");
+        assert_ne!(hashes["*net.TCPConn"], hashes["*crypto/tls.Conn"], "{version}");
+        let again = GoBinary::open(&stripped).unwrap().pointer_type_hashes(TYPES).unwrap();
+        assert_eq!(again, hashes, "{version}");
+    }
+}
+
 #[test]
 fn a_gopath_build_has_no_modules_but_everything_else() {
     let Some(name) = built_versions().last().map(|v| format!("httpserver-{v}-gopath")) else {

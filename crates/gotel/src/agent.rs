@@ -244,8 +244,15 @@ impl Pipeline {
             );
             summary += &format!(
                 ", {} TLS requests' spans sent in a TCP option ({} found no option space), {} \
-                 received",
-                i.tls_sent, i.tls_no_space, i.tls_received
+                 received, {} gRPC streams' over TLS sent ({} sharing a segment with a newer \
+                 one, {} queue full), {} received",
+                i.tls_sent,
+                i.tls_no_space,
+                i.tls_received,
+                i.tls_streams_sent,
+                i.tls_streams_shared,
+                probe.tls_streams_full,
+                i.tls_streams_received
             );
             let left_alone: Vec<String> = [
                 (i.skipped_has_traceparent, "with a traceparent of their own"),
@@ -353,7 +360,7 @@ pub fn start_propagation(shared: &SharedMaps, mode: InjectMode, sides: Sides) ->
         Ok(i) if !i.sides.send => {
             tracing::info!(
                 "propagation: {always}; client spans from other hosts' gotel in a TCP option \
-                 (TLS) (sockops on {})",
+                 (HTTP/1.1 and gRPC over TLS) (sockops on {})",
                 i.cgroup.display()
             );
             Some(i)
@@ -371,7 +378,7 @@ pub fn start_propagation(shared: &SharedMaps, mode: InjectMode, sides: Sides) ->
             tracing::info!(
                 "propagation: {always}; traceparent injected into plaintext HTTP/1.1 requests \
                  and gRPC calls over h2c to {peers}; HTTP/1.1 over TLS carries the client span \
-                 in a TCP option{} (sockops on {})",
+                 in a TCP option, gRPC over TLS the span of each stream{} (sockops on {})",
                 if i.sides.receive { ", and this host's servers read it" } else { "" },
                 i.cgroup.display()
             );

@@ -88,6 +88,48 @@ macro_rules! configure_tls_conn {
 }
 pub(crate) use configure_tls_conn;
 
+/// The net.Conn dynamic types `conn.h` sees through to the socket (`go_tcpconn_of`), by the
+/// type hash their itab carries; 0 for one the binary has no descriptor for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnTypes {
+    pub tcp: u32,
+    pub tls: u32,
+    /// grpc's wrapper of a TLS connection that keeps the raw one's SyscallConn.
+    pub syscall: u32,
+}
+
+const TCP_CONN: &str = "*net.TCPConn";
+const TLS_CONN: &str = "*crypto/tls.Conn";
+pub(crate) const SYSCALL_CONN: &str = "google.golang.org/grpc/internal/credentials.syscallConn";
+
+/// The binary's ConnTypes; None where *net.TCPConn has no descriptor (then a connection is
+/// taken to be one, as before TLS was seen through).
+pub(crate) fn conn_types(bin: &GoBinary) -> Option<ConnTypes> {
+    let syscall = format!("*{SYSCALL_CONN}");
+    let hashes = bin.pointer_type_hashes(&[TCP_CONN, TLS_CONN, &syscall]).ok()?;
+    let of = |name: &str| hashes.get(name).copied().unwrap_or(0);
+    Some(ConnTypes { tcp: *hashes.get(TCP_CONN)?, tls: of(TLS_CONN), syscall: of(&syscall) })
+}
+
+/// Sets conn.h's `go_tcpconn_of` constants in a program's rodata: the type hashes, and the
+/// fields it reads under a *tls.Conn and grpc's syscallConn (among `$fields`).
+macro_rules! configure_conn_types {
+    ($ro:expr, $types:expr, $fields:expr) => {
+        if let Some(t) = $types {
+            $ro.hash_tcpconn = t.tcp;
+            $ro.hash_tlsconn = t.tls;
+            $ro.has_conn_types = true;
+            let syscall = $crate::plan::offset_of($fields, $crate::plan::SYSCALL_CONN, "Conn");
+            if let Some(conn) = syscall {
+                $ro.hash_syscallconn = t.syscall;
+                $ro.off_syscallconn_conn = conn;
+            }
+        }
+        $crate::plan::configure_tls_conn!($ro, $fields);
+    };
+}
+pub(crate) use configure_conn_types;
+
 /// Whether a module version ("v1.77.0", "v1.77.0-dev") is at least major.minor.
 pub(crate) fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
     let v = version.trim_start_matches('v');

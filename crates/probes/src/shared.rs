@@ -13,10 +13,11 @@ use crate::Error;
 /// spans/s.
 pub const DEFAULT_RINGBUF_MIB: u32 = 4;
 const MAX_TRACED_PIDS: u32 = 16384;
-const STAT_COUNT: u32 = 2;
+const STAT_COUNT: u32 = 3;
 const CTX_MAX: u32 = 65536;
 const SERVER_CALLS_MAX: u32 = 32768;
 const DB_CALLS_MAX: u32 = 32768;
+const TLS_SOCKETS_MAX: u32 = 16384;
 
 /// The agent's view of what the BPF side counted (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub struct ProbeStats {
     pub ringbuf_full: u64,
     /// Returns seen without their entry (attached while a call was in flight).
     pub returns_without_entry: u64,
+    /// gRPC streams over TLS whose span found its socket's queue for TCP options full.
+    pub tls_streams_full: u64,
 }
 
 pub struct SharedMaps {
@@ -38,6 +41,7 @@ pub struct SharedMaps {
     stream_ctx: MapHandle,
     client_pids: MapHandle,
     db_calls: MapHandle,
+    tls_streams: MapHandle,
 }
 
 impl SharedMaps {
@@ -65,6 +69,8 @@ impl SharedMaps {
             stream_ctx: create(MapType::LruHash, "stream_ctx", 48, 32, CTX_MAX)?,
             client_pids: create(MapType::LruHash, "client_pids", 4, 1, MAX_TRACED_PIDS)?,
             db_calls: create(MapType::LruHash, "db_calls", 16, 1, DB_CALLS_MAX)?,
+            // struct tls_streams (conn.h): head, tail and 8 span_ctx.
+            tls_streams: create(MapType::LruHash, "tls_streams", 40, 264, TLS_SOCKETS_MAX)?,
         })
     }
 
@@ -90,6 +96,7 @@ impl SharedMaps {
         ProbeStats {
             ringbuf_full: sum_per_cpu(&self.stats, 0),
             returns_without_entry: sum_per_cpu(&self.stats, 1),
+            tls_streams_full: sum_per_cpu(&self.stats, 2),
         }
     }
 
@@ -112,6 +119,7 @@ impl SharedMaps {
                 "stream_ctx" => &self.stream_ctx,
                 "client_pids" => &self.client_pids,
                 "db_calls" => &self.db_calls,
+                "tls_streams" => &self.tls_streams,
                 _ => continue,
             };
             open.reuse_fd(shared.as_fd())

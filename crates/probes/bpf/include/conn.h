@@ -136,6 +136,70 @@ static __always_inline u64 go_conn_under_tls(u64 tlsconn)
 	return has_tls_offsets && tlsconn ? read_u64(tlsconn + off_tlsconn_conn_data) : 0;
 }
 
+/* The dynamic types of a net.Conn seen through to the socket, told apart by the type hash
+ * their itab carries (the agent reads the hashes from the binary's type descriptors): the
+ * *net.TCPConn itself, a *tls.Conn over one (tls.Conn.conn), and grpc's syscallConn around
+ * either (its embedded net.Conn). */
+const volatile u32 hash_tcpconn = 0;
+const volatile u32 hash_tlsconn = 0;
+const volatile u32 hash_syscallconn = 0;
+const volatile bool has_conn_types = false;
+const volatile u64 off_syscallconn_conn = 0; /* syscallConn.Conn (net.Conn) */
+
+#define ITAB_HASH 16 /* itab: inter, _type, hash */
+
+/* The *net.TCPConn under the net.Conn (itab, data), or 0 for any other dynamic type; `tls`
+ * set where a *tls.Conn was on the way. Without the hashes, data is taken as the TCPConn. */
+static __always_inline u64 go_tcpconn_of(u64 itab, u64 data, bool *tls)
+{
+	if (!has_conn_types)
+		return data;
+	for (int layer = 0; layer < 3 && itab && data; layer++) {
+		u32 hash = 0;
+		bpf_probe_read_user(&hash, sizeof(hash), (void *)(itab + ITAB_HASH));
+		u64 inner;
+		if (hash == hash_tcpconn)
+			return data;
+		if (hash == hash_tlsconn && hash_tlsconn && has_tls_offsets) {
+			*tls = true;
+			inner = data + off_tlsconn_conn_data - 8;
+		} else if (hash == hash_syscallconn && hash_syscallconn) {
+			inner = data + off_syscallconn_conn;
+		} else {
+			return 0;
+		}
+		itab = read_u64(inner);
+		data = read_u64(inner + 8);
+	}
+	return 0;
+}
+
+/* Gives a span id the stream id's low 16 bits as its first two bytes: a TLS option carries a
+ * trace id and a span id, and the receiver learns the stream from the span id. */
+static __always_inline void tag_with_stream(u8 *span_id, u32 stream_id)
+{
+	span_id[0] = stream_id >> 8;
+	span_id[1] = stream_id;
+}
+
+/* gRPC over TLS: the streams a client socket opened whose spans await a segment to ride on,
+ * oldest first. One writer (the connection's loopy goroutine), one reader (the socket's
+ * transmit path): the writer fills a slot, then moves tail; the reader moves head. */
+#define TLS_STREAM_SLOTS 8
+struct tls_streams {
+	u32 head;
+	u32 tail;
+	struct span_ctx slot[TLS_STREAM_SLOTS];
+};
+
+/* Enrolled TLS client sockets (inject.bpf.c makes the entry) -> their waiting streams. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct conn_key);
+	__type(value, struct tls_streams);
+} tls_streams SEC(".maps");
+
 /* The connection behind a Go *net.TCPConn; false if it cannot be read. `client_side`: the
  * socket is the client's (local = client), else the server's. */
 static __always_inline bool go_conn_key(u64 tcpconn, bool client_side, struct conn_key *key)

@@ -67,11 +67,15 @@ struct span_ctx {
 /* A client span's request carries a traceparent of its own (an SDK in the process put it
  * there, or its caller did): outgoing injection adds none. */
 #define SPAN_HAS_TRACEPARENT 1
+/* A gRPC client span whose stream goes over TLS: its span id starts with the stream id's low
+ * 16 bits (conn.h), and it goes to another host in a TCP option. */
+#define SPAN_OVER_TLS 2
 
 /* Indices of the counters in `stats`. */
 enum stat {
 	STAT_RINGBUF_FULL = 0,
 	STAT_NO_ENTRY, /* a return without a recorded entry (attached mid-call) */
+	STAT_TLS_STREAMS_FULL, /* TLS streams whose socket had TLS_STREAM_SLOTS waiting already */
 	STAT_MAX,
 };
 

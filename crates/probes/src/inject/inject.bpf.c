@@ -9,9 +9,10 @@
  *   cursor follows every frame the socket sends from its connection preface on, so a frame is
  *   only ever recognised where one starts; at any inconsistency the socket is left alone for
  *   good.
- * - TLS (HTTP/1.1): the bytes cannot be edited, so the client span's context rides in a TCP
- *   header option on the first segment of the request (sockops writes it); the server's
- *   sockops reads it into conn_ctx, where its server span finds its parent as on one host.
+ * - TLS: the bytes cannot be edited, so the client span rides in a TCP header option on the
+ *   first segment after it is published (sockops writes it); the server's sockops reads it
+ *   into conn_ctx (HTTP/1.1) or stream_ctx (gRPC: the span id names the stream), where its
+ *   server span finds its parent as from a client on its host.
  * Anything unexpected means no insert: bytes are never altered unless the addition can be
  * written whole. */
 #include "conn.h"
@@ -61,6 +62,9 @@ enum inject_stat {
 	TLS_SENT, /* TLS requests whose context went out in a TCP option */
 	TLS_NO_SPACE, /* TLS requests a segment had no option space for (once per request) */
 	TLS_RECEIVED, /* contexts that arrived in a TCP option, for a server here */
+	TLS_STREAMS_SENT, /* gRPC streams over TLS whose span went out in a TCP option */
+	TLS_STREAMS_RECEIVED, /* and those that arrived */
+	TLS_STREAMS_SHARED, /* streams passed over for a newer one: a segment carries one option */
 	INJECT_STAT_MAX,
 };
 
@@ -101,11 +105,16 @@ struct {
 	__type(value, u64);
 } inject_stats SEC(".maps");
 
-static __always_inline void inject_count(u32 which)
+static __always_inline void inject_count_n(u32 which, u64 n)
 {
 	u64 *v = bpf_map_lookup_elem(&inject_stats, &which);
 	if (v)
-		*v += 1;
+		*v += n;
+}
+
+static __always_inline void inject_count(u32 which)
+{
+	inject_count_n(which, 1);
 }
 
 /* What the kernel will do with a message, from its socket: where its first byte goes in the
@@ -184,12 +193,14 @@ static __always_inline bool loopback(u32 family, u32 remote_ip4, const u32 *remo
 }
 
 /* TLS: a client span's context in a TCP header option, RFC 6994's shared experimental kind
- * with an experiment id of our own: kind, length, ExID, trace id, span id: 28 bytes, what a
- * segment has beside the timestamp option. The ExID's low bit is the sampled flag clear. */
+ * with experiment ids of our own: kind, length, ExID, trace id, span id: 28 bytes, what a
+ * segment has beside the timestamp option. The ExID says what the span is: bit 0 the sampled
+ * flag clear, bit 1 a gRPC stream's (its span id starts with the stream id's low 16 bits). */
 #define TLS_OPT_KIND 253
 #define TLS_OPT_LEN 28
-#define TLS_OPT_EXID_SAMPLED 0x6774
-#define TLS_OPT_EXID_UNSAMPLED 0x6775
+#define TLS_OPT_EXID 0x6774
+#define TLS_OPT_UNSAMPLED 1
+#define TLS_OPT_STREAM 2
 
 static __always_inline void tls_write_flag(struct bpf_sock_ops *skops, bool on)
 {
@@ -200,7 +211,19 @@ static __always_inline void tls_write_flag(struct bpf_sock_ops *skops, bool on)
 		bpf_sock_ops_cb_flags_set(skops, want);
 }
 
-/* The client span a TLS socket of ours has yet to send, or none. */
+/* The newest gRPC stream span a TLS socket of ours has yet to send, or none; `tail` says
+ * where the queue ended. A segment carries one option: the streams queued before the newest
+ * had their HEADERS in this segment or an earlier one, so their option could only come late
+ * (after the server took the stream up), and they are passed over. */
+static __always_inline struct span_ctx *tls_pending_stream(struct tls_streams *q, u32 *tail)
+{
+	*tail = *(volatile u32 *)&q->tail;
+	if (q->head == *tail)
+		return 0;
+	return &q->slot[(*tail - 1) & (TLS_STREAM_SLOTS - 1)];
+}
+
+/* The HTTP/1.1 client span a TLS socket of ours has yet to send, or none. */
 static __always_inline struct span_ctx *tls_pending(const struct conn_key *key)
 {
 	struct span_ctx *span = bpf_map_lookup_elem(&conn_ctx, key);
@@ -240,6 +263,12 @@ static __always_inline void tls_reserve(struct bpf_sock_ops *skops)
 	}
 	if (cur->state != CURSOR_TLS || skops->skb_len == 0)
 		return; /* the handshake, or a bare ACK */
+	struct tls_streams *q = bpf_map_lookup_elem(&tls_streams, &key);
+	u32 tail;
+	if (q && tls_pending_stream(q, &tail)) {
+		bpf_reserve_hdr_opt(skops, TLS_OPT_LEN, 0); /* else the next segment, if any */
+		return;
+	}
 	struct span_ctx *span = tls_pending(&key);
 	if (!span)
 		return;
@@ -267,58 +296,101 @@ static __always_inline void tls_write(struct bpf_sock_ops *skops)
 	struct cursor *cur = bpf_map_lookup_elem(&cursors, &key);
 	if (!cur || cur->state != CURSOR_TLS)
 		return;
-	struct span_ctx *span = tls_pending(&key);
+	struct tls_streams *q = bpf_map_lookup_elem(&tls_streams, &key);
+	u32 tail = 0;
+	struct span_ctx *stream = q ? tls_pending_stream(q, &tail) : 0;
+	struct span_ctx *span = stream ? stream : tls_pending(&key);
 	if (!span)
 		return; /* the kernel fills the space with NOPs */
-	u16 exid = span->sampled ? TLS_OPT_EXID_SAMPLED : TLS_OPT_EXID_UNSAMPLED;
+	u16 exid = TLS_OPT_EXID | (span->sampled ? 0 : TLS_OPT_UNSAMPLED) |
+		   (stream ? TLS_OPT_STREAM : 0);
 	u8 opt[TLS_OPT_LEN] = { TLS_OPT_KIND, TLS_OPT_LEN, exid >> 8, exid & 0xff };
 	__builtin_memcpy(opt + 4, span->trace_id, 16);
 	__builtin_memcpy(opt + 20, span->span_id, 8);
 	if (bpf_store_hdr_opt(skops, opt, sizeof(opt), 0))
 		return;
+	if (stream) {
+		inject_count_n(TLS_STREAMS_SHARED, tail - q->head - 1);
+		q->head = tail; /* after the copy: the slots are the writer's again */
+		inject_count(TLS_STREAMS_SENT);
+		return;
+	}
 	tls_handled(&key, span);
 	inject_count(TLS_SENT);
 }
 
-/* Accepted connection -> the span id of the option last taken from it: a segment cut up by
+/* What an accepted connection's options said last: the span id (a segment cut up by
  * segmentation offload repeats its options, and a repeat after the server took the context
- * must not put it back. */
+ * must not put it back), and the last gRPC stream's full id, from which the next one's is
+ * known from its low 16 bits (a client opens streams in increasing order). */
+struct tls_seen {
+	u64 span_id;
+	u32 stream_id;
+	u32 _pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct conn_key);
-	__type(value, u64);
+	__type(value, struct tls_seen);
 } tls_seen SEC(".maps");
+
+/* Looks for our option with `exid`: true if found whole in `opt`. */
+static __always_inline bool tls_load(struct bpf_sock_ops *skops, u8 *opt, u16 exid)
+{
+	__builtin_memset(opt, 0, TLS_OPT_LEN);
+	opt[0] = TLS_OPT_KIND;
+	opt[1] = 4; /* a 2-byte ExID to match */
+	opt[2] = exid >> 8;
+	opt[3] = exid & 0xff;
+	return bpf_load_hdr_opt(skops, opt, TLS_OPT_LEN, 0) == TLS_OPT_LEN;
+}
 
 /* PARSE_HDR_OPT (a segment with an option the kernel does not know): the client span, for
  * the server span of the request on this connection. */
 static __always_inline void tls_receive(struct bpf_sock_ops *skops)
 {
-	u8 opt[TLS_OPT_LEN] = { TLS_OPT_KIND, 4, TLS_OPT_EXID_SAMPLED >> 8,
-				TLS_OPT_EXID_SAMPLED & 0xff };
-	bool sampled = true;
-	if (bpf_load_hdr_opt(skops, opt, sizeof(opt), 0) != TLS_OPT_LEN) {
-		__builtin_memset(opt, 0, sizeof(opt));
-		opt[0] = TLS_OPT_KIND;
-		opt[1] = 4;
-		opt[2] = TLS_OPT_EXID_UNSAMPLED >> 8;
-		opt[3] = TLS_OPT_EXID_UNSAMPLED & 0xff;
-		if (bpf_load_hdr_opt(skops, opt, sizeof(opt), 0) != TLS_OPT_LEN)
-			return;
-		sampled = false;
+	u8 opt[TLS_OPT_LEN];
+	u16 exid = 0;
+	for (u16 kind = 0; kind < 4; kind++) {
+		if (tls_load(skops, opt, TLS_OPT_EXID | kind)) {
+			exid = TLS_OPT_EXID | kind;
+			break;
+		}
 	}
+	if (!exid)
+		return;
 	struct conn_key key;
 	sockops_key(skops, &key, true);
+	struct tls_seen fresh = {}, *seen = bpf_map_lookup_elem(&tls_seen, &key);
+	if (!seen) {
+		bpf_map_update_elem(&tls_seen, &key, &fresh, BPF_ANY);
+		seen = bpf_map_lookup_elem(&tls_seen, &key);
+		if (!seen)
+			return;
+	}
 	u64 span_id;
 	__builtin_memcpy(&span_id, opt + 20, 8);
-	u64 *seen = bpf_map_lookup_elem(&tls_seen, &key);
-	if (seen && *seen == span_id)
+	if (seen->span_id == span_id)
 		return;
-	bpf_map_update_elem(&tls_seen, &key, &span_id, BPF_ANY);
-	struct span_ctx span = span_ctx_of(opt + 4, opt + 20, sampled);
-	note_conn_published(bpf_ktime_get_ns());
-	bpf_map_update_elem(&conn_ctx, &key, &span, BPF_ANY);
-	inject_count(TLS_RECEIVED);
+	seen->span_id = span_id;
+	struct span_ctx span = span_ctx_of(opt + 4, opt + 20, !(exid & TLS_OPT_UNSAMPLED));
+	if (!(exid & TLS_OPT_STREAM)) {
+		note_conn_published(bpf_ktime_get_ns());
+		bpf_map_update_elem(&conn_ctx, &key, &span, BPF_ANY);
+		inject_count(TLS_RECEIVED);
+		return;
+	}
+	/* The stream whose low 16 bits the span id starts with, next after the last one. */
+	u32 low = ((u32)opt[20] << 8) | opt[21];
+	u32 stream = (seen->stream_id & ~0xffffu) | low;
+	if (stream <= seen->stream_id)
+		stream += 0x10000;
+	seen->stream_id = stream;
+	struct stream_conn_key sk = { .conn = key, .stream_id = stream };
+	bpf_map_update_elem(&stream_ctx, &sk, &span, BPF_ANY);
+	inject_count(TLS_STREAMS_RECEIVED);
 }
 
 SEC("sockops")
@@ -766,6 +838,14 @@ static __always_inline bool starts_with_preface(struct sk_msg_md *msg)
 	return true;
 }
 
+/* An empty tls_streams, to make one from (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct tls_streams);
+} no_streams SEC(".maps");
+
 /* A TLS record of the handshake, as a ClientHello starts: 0x16, version 3.x. */
 static __always_inline bool starts_with_client_hello(struct sk_msg_md *msg)
 {
@@ -796,6 +876,13 @@ int inject_sk_msg(struct sk_msg_md *msg)
 		preface = starts_with_preface(msg);
 		cur->state = preface ? CURSOR_H2 : starts_with_client_hello(msg) ? CURSOR_TLS :
 								      CURSOR_HTTP1;
+		if (cur->state == CURSOR_TLS && tls_option_send) {
+			/* Where a gRPC client queues its streams' spans. */
+			u32 zero = 0;
+			struct tls_streams *empty = bpf_map_lookup_elem(&no_streams, &zero);
+			if (empty)
+				bpf_map_update_elem(&tls_streams, &key, empty, BPF_ANY);
+		}
 	}
 	if (cur->state == CURSOR_HTTP1)
 		return inject_http1(msg, &key);

@@ -86,9 +86,16 @@ pub struct InjectStats {
     pub tls_no_space: u64,
     /// Client spans that arrived in a TCP option, for a server here.
     pub tls_received: u64,
+    /// gRPC streams over TLS whose client span went out in a TCP option.
+    pub tls_streams_sent: u64,
+    /// And those that arrived, for a gRPC server here.
+    pub tls_streams_received: u64,
+    /// gRPC streams over TLS passed over for a newer stream on the same segment: a segment
+    /// carries one option, and theirs would have come after their HEADERS.
+    pub tls_streams_shared: u64,
 }
 
-const STAT_COUNT: u32 = 14;
+const STAT_COUNT: u32 = 17;
 
 /// The running injection: dropping it detaches the programs and releases every socket.
 pub struct Injection {
@@ -176,6 +183,9 @@ impl Injection {
             tls_sent: sum(11),
             tls_no_space: sum(12),
             tls_received: sum(13),
+            tls_streams_sent: sum(14),
+            tls_streams_received: sum(15),
+            tls_streams_shared: sum(16),
         }
     }
 }

@@ -52,6 +52,7 @@ struct client_call {
 	u8 has_conn;
 	u8 sampled;
 	u8 in_new_stream; /* between NewStream's entry and its return */
+	u8 tls; /* the connection is TLS: the span id is tagged with the stream id */
 	u8 trace_id[16];
 	u8 span_id[8];
 	u8 parent_span_id[8];
@@ -137,6 +138,16 @@ int grpc_client_dial(struct pt_regs *ctx)
 	return 0;
 }
 
+/* The connection of the *http2Client `t` (its conn, a net.Conn), into the call. */
+static __always_inline void call_conn(struct client_call *call, u64 t)
+{
+	u64 conn = t + off_http2client_conn_data - 8;
+	bool tls = false;
+	u64 tcpconn = go_tcpconn_of(read_u64(conn), read_u64(conn + 8), &tls);
+	call->has_conn = go_conn_key(tcpconn, true, &call->conn.conn);
+	call->tls = call->has_conn && tls;
+}
+
 /* func (t *http2Client) NewStream(ctx, callHdr *CallHdr): t in ARG1. The connection is known
  * before the stream is queued for the loopy writer. */
 SEC("uprobe")
@@ -148,8 +159,7 @@ int grpc_client_new_stream(struct pt_regs *ctx)
 	if (!call)
 		return 0;
 	call->in_new_stream = 1;
-	u64 tcpconn = read_u64(GO_ARG1(ctx) + off_http2client_conn_data);
-	call->has_conn = go_conn_key(tcpconn, true, &call->conn.conn);
+	call_conn(call, GO_ARG1(ctx));
 	return 0;
 }
 
@@ -188,13 +198,33 @@ int grpc_client_put(struct pt_regs *ctx)
 	pending.span = span_ctx_of(call->trace_id, call->span_id, call->sampled);
 	if (has_traceparent(hf.ptr, hf.len, &call->link))
 		pending.span.flags |= SPAN_HAS_TRACEPARENT;
+	if (call->tls)
+		pending.span.flags |= SPAN_OVER_TLS;
 	bpf_map_update_elem(&grpc_pending_headers, &pk, &pending, BPF_ANY);
 	return 0;
 }
 
+/* Queues a TLS stream's span for the TCP option of its socket's next segment (inject.bpf.c),
+ * where that socket is enrolled; counted when its queue is full. */
+static __always_inline void queue_tls_stream(const struct conn_key *conn,
+					     const struct span_ctx *span)
+{
+	struct tls_streams *q = bpf_map_lookup_elem(&tls_streams, conn);
+	if (!q)
+		return; /* not enrolled: same host, or opened before gotel started */
+	u32 tail = q->tail;
+	if (tail - *(volatile u32 *)&q->head >= TLS_STREAM_SLOTS) {
+		count(STAT_TLS_STREAMS_FULL);
+		return;
+	}
+	q->slot[tail & (TLS_STREAM_SLOTS - 1)] = *span;
+	__sync_fetch_and_add(&q->tail, 1); /* after the slot: the reader may take it now */
+}
+
 /* func (l *loopyWriter) writeHeader(streamID uint32, endStream bool, hf []hpack.HeaderField,
  * onWrite func()): streamID in ARG2, hf in ARG4-6. Runs on the loopy writer's goroutine, just
- * before the frame is encoded and written: the stream's span is published for sk_msg. */
+ * before the frame is encoded and written: the stream's span is published for sk_msg, or
+ * over TLS queued for its socket's TCP option. */
 SEC("uprobe")
 int grpc_client_write_header(struct pt_regs *ctx)
 {
@@ -204,6 +234,11 @@ int grpc_client_write_header(struct pt_regs *ctx)
 	if (!pending)
 		return 0; /* a server's headers, or a stream not traced */
 	pending->conn.stream_id = (u32)GO_ARG2(ctx);
+	if (pending->span.flags & SPAN_OVER_TLS) {
+		tag_with_stream(pending->span.span_id, pending->conn.stream_id);
+		if (!(pending->span.flags & SPAN_HAS_TRACEPARENT))
+			queue_tls_stream(&pending->conn.conn, &pending->span);
+	}
 	bpf_map_update_elem(&stream_ctx, &pending->conn, &pending->span, BPF_ANY);
 	bpf_map_delete_elem(&grpc_pending_headers, &pk);
 	return 0;
@@ -228,9 +263,12 @@ static __always_inline int grpc_client_stream(struct pt_regs *ctx)
 	if (!call->has_conn) {
 		u64 ct = read_u64((ct_on_client_stream ? stream : fields) + off_ct +
 				  (ct_is_interface ? 8 : 0));
-		u64 tcpconn = ct ? read_u64(ct + off_http2client_conn_data) : 0;
-		call->has_conn = go_conn_key(tcpconn, true, &call->conn.conn);
+		if (ct)
+			call_conn(call, ct);
 	}
+	/* As the loopy writer tags the span it publishes, whichever runs first. */
+	if (call->tls)
+		tag_with_stream(call->span_id, call->conn.stream_id);
 	if (call->has_conn) {
 		/* The server span at the other end of this stream, on this host, is our child. */
 		struct span_ctx span = span_ctx_of(call->trace_id, call->span_id, call->sampled);

@@ -16,7 +16,10 @@ use offsets::{FieldOffset, FieldSpec, Layouts};
 use super::{field, StreamEmbedding, GENPROTO, MODULE, SPB_STATUS, STATUS, STREAM};
 use crate::instrumentations::goroutines;
 use crate::load::{bpf_object, load};
-use crate::plan::{conn_offsets, offset_of, version_at_least};
+use crate::plan::{
+    configure_conn_types, conn_offsets, conn_types, offset_of, version_at_least, ConnTypes,
+    SYSCALL_CONN,
+};
 use crate::{
     AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Plan, Report,
 };
@@ -101,6 +104,9 @@ const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("net.conn", "fd", false),
     FieldSpec::std("net.netFD", "pfd", false),
     FieldSpec::std("internal/poll.FD", "Sysfd", false),
+    // Under TLS: grpc's syscallConn around a *tls.Conn around the *net.TCPConn.
+    field(MODULE, SYSCALL_CONN, "Conn", false),
+    FieldSpec::std("crypto/tls.Conn", "conn", false),
 ];
 
 /// Where the stream's transport and final status are, relative to NewStream's result.
@@ -128,6 +134,8 @@ struct GrpcClientPlan {
     h2_injection: Result<(FunctionPlan, FunctionPlan, FunctionPlan, u64), String>,
     layout: StreamLayout,
     fields: Vec<FieldOffset>,
+    /// How a connection's dynamic type is told (conn.h), or None: taken as a *net.TCPConn.
+    conn_types: Option<ConnTypes>,
 }
 
 fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
@@ -174,7 +182,16 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
             _ => Err(format!("headerFrame.hf or http2Client.conn not found (grpc {grpc_version})")),
         }
     })();
-    Ok(GrpcClientPlan { grpc_version, start, new_stream, finish, h2_injection, layout, fields })
+    Ok(GrpcClientPlan {
+        grpc_version,
+        start,
+        new_stream,
+        finish,
+        h2_injection,
+        layout,
+        fields,
+        conn_types: conn_types(bin),
+    })
 }
 
 impl Plan for GrpcClientPlan {
@@ -212,6 +229,7 @@ impl Plan for GrpcClientPlan {
                 ro.off_http2client_conn_data = conn + 8; // an interface's data word follows its itab
                 (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
                 ro.has_conn_offsets = true;
+                configure_conn_types!(ro, self.conn_types, &self.fields);
             }
         })?;
         let p = &skel.progs;

@@ -113,10 +113,12 @@ int grpc_server_enter(struct pt_regs *ctx)
 	};
 	u64 fields = stream_fields(call.stream);
 	bpf_probe_read_user(&call.conn.stream_id, sizeof(u32), (void *)(fields + off_stream_id));
-	u64 tcpconn = read_u64(GO_ARG3(ctx) + off_http2server_conn_data);
+	u64 conn = GO_ARG3(ctx) + off_http2server_conn_data - 8; /* a net.Conn */
+	bool tls = false;
+	u64 tcpconn = go_tcpconn_of(read_u64(conn), read_u64(conn + 8), &tls);
 	call.has_conn = go_conn_key(tcpconn, false, &call.conn.conn);
-	/* A gRPC client on this host that opened this stream is the parent; else a traceparent
-	 * the request carried. */
+	/* A gRPC client that opened this stream, on this host or over TLS from another (its span
+	 * came in a TCP option), is the parent; else a traceparent the request carried. */
 	struct span_ctx *parent = call.has_conn ? bpf_map_lookup_elem(&stream_ctx, &call.conn) : 0;
 	struct incoming_key incoming = {
 		.pid = pid,

@@ -12,8 +12,13 @@ use offsets::{FieldOffset, FieldSpec, Layouts};
 
 use super::{field, StreamEmbedding, GENPROTO, MODULE, SPB_STATUS, STATUS, STREAM};
 use crate::load::{bpf_object, load};
-use crate::plan::{conn_offsets, offset_of, version_at_least};
-use crate::{AttachContext, Attached, Error, Events, FunctionPlan, Instrumentation, Plan, Report};
+use crate::plan::{
+    configure_conn_types, conn_offsets, conn_types, offset_of, version_at_least, ConnTypes,
+    SYSCALL_CONN,
+};
+use crate::{
+    AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Plan, Report,
+};
 
 bpf_object!("grpc_server", GrpcServerSkelBuilder);
 
@@ -34,6 +39,11 @@ impl Instrumentation for GrpcServer {
 
     fn fields(&self) -> &'static [FieldSpec] {
         FIELDS
+    }
+
+    fn depends(&self) -> Depends {
+        // Calls over TLS from clients on other hosts carry their parent in a TCP option.
+        Depends { receives_tcp_option: true, ..Depends::default() }
     }
 
     fn plan(&self, bin: &GoBinary, layouts: &Layouts) -> Result<Box<dyn Plan>, String> {
@@ -86,6 +96,9 @@ const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("net.conn", "fd", false),
     FieldSpec::std("net.netFD", "pfd", false),
     FieldSpec::std("internal/poll.FD", "Sysfd", false),
+    // Under TLS: grpc's syscallConn around a *tls.Conn around the *net.TCPConn.
+    field(MODULE, SYSCALL_CONN, "Conn", false),
+    FieldSpec::std("crypto/tls.Conn", "conn", false),
 ];
 
 /// Where operateHeaders finds the HEADERS frame's stream id and fields.
@@ -106,6 +119,8 @@ struct GrpcServerPlan {
     write_status: FunctionPlan,
     stream: StreamEmbedding,
     fields: Vec<FieldOffset>,
+    /// How a connection's dynamic type is told (conn.h), or None: taken as a *net.TCPConn.
+    conn_types: Option<ConnTypes>,
     /// None: incoming traceparent metadata is not read (and why).
     metadata: Result<Metadata, String>,
 }
@@ -123,7 +138,15 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcServerPlan, String> {
         Some(at) => StreamEmbedding::Pointer { at },
     };
     let metadata = metadata(bin, &fields, &grpc_version);
-    Ok(GrpcServerPlan { grpc_version, handle_stream, write_status, stream, fields, metadata })
+    Ok(GrpcServerPlan {
+        grpc_version,
+        handle_stream,
+        write_status,
+        stream,
+        fields,
+        metadata,
+        conn_types: conn_types(bin),
+    })
 }
 
 fn metadata(
@@ -173,6 +196,7 @@ impl Plan for GrpcServerPlan {
                 ro.off_http2server_conn_data = conn + 8; // an interface's data word follows its itab
                 (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
                 ro.has_conn_offsets = true;
+                configure_conn_types!(ro, self.conn_types, &self.fields);
             }
             if let Ok(m) = &self.metadata {
                 ro.has_metadata = true;
