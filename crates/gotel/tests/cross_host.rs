@@ -372,3 +372,71 @@ fn https_requests_continue_the_trace_across_hosts() {
     assert!(log.contains(&format!("{linked} TLS requests' spans sent in a TCP option")), "{log}");
     assert!(linked >= 200, "{linked}/203 linked: {log}");
 }
+
+/// Server spans that are the child of their own client span (its trace, its id), counted;
+/// the rest must be roots. Panics on any other parent, or on two servers under one client.
+fn linked_or_roots(servers: &[ReceivedSpan], clients: &[ReceivedSpan]) -> usize {
+    assert_eq!(servers.len(), clients.len(), "one span per call and side");
+    let client_ids: HashSet<(String, String)> =
+        clients.iter().map(|s| (s.hex("traceId"), s.hex("spanId"))).collect();
+    let mut parents = HashSet::new();
+    for s in servers {
+        let parent = s.hex("parentSpanId");
+        if parent.is_empty() {
+            continue;
+        }
+        let key = (s.hex("traceId"), parent);
+        assert!(client_ids.contains(&key), "under no client span of its call: {:?}", s.span);
+        assert!(parents.insert(key), "two server spans under one client span");
+    }
+    parents.len()
+}
+
+/// The number in `log` just before `what`.
+fn number_before(log: &str, what: &str) -> usize {
+    let at = log.find(what).unwrap_or_else(|| panic!("no {what:?} in {log}"));
+    log[..at].trim_end().rsplit(' ').next().unwrap().trim_start_matches('(').parse().unwrap()
+}
+
+/// gRPC over TLS, one call at a time: every call's HEADERS go out on a segment of their own,
+/// whose TCP option carries the client span (its id tagged with the stream id), and every
+/// server span on the other host is its client span's child.
+fn grpc_over_tls_one_at_a_time(fixture_name: &str, subnet: u8) {
+    let Some(()) = privileged() else { return };
+    let args = ["-tls", "-n", "50"];
+    let (log, servers, clients) = across_hosts(fixture_name, subnet, (&["-tls"], &args), 50);
+    assert!(servers.iter().all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)), "{log}");
+    let linked = linked_or_roots(&servers, &clients);
+    assert_eq!(linked, 50, "{log}");
+    assert_eq!(number_before(&log, "gRPC streams' over TLS sent"), 50, "{log}");
+}
+
+#[test]
+fn grpc_over_tls_across_hosts_grpc_v1_40() {
+    grpc_over_tls_one_at_a_time("grpc-v1.40.0", 20);
+}
+
+#[test]
+fn grpc_over_tls_across_hosts_grpc_v1_85() {
+    grpc_over_tls_one_at_a_time("grpc-v1.85.0", 21);
+}
+
+/// 200 calls at once on one TLS connection: a segment carries one option, and a burst of
+/// HEADERS shares few segments, so only some calls can be linked. Every call succeeds, each
+/// linked server span is under its own client span (never another's), the rest are roots,
+/// and the exit line accounts for every stream: sent, passed over for a newer one on its
+/// segment, or not queued (queue full).
+#[test]
+fn grpc_over_tls_200_at_once_links_what_segments_carry() {
+    let Some(()) = privileged() else { return };
+    let args = ["-tls", "-n", "200", "-concurrency", "200"];
+    let (log, servers, clients) = across_hosts("grpc-v1.85.0", 22, (&["-tls"], &args), 200);
+    assert!(servers.iter().all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)), "{log}");
+    let linked = linked_or_roots(&servers, &clients);
+    let sent = number_before(&log, "gRPC streams' over TLS sent");
+    let shared = number_before(&log, "sharing a segment");
+    let full = number_before(&log, " queue full)");
+    assert_eq!(sent + shared + full, 200, "every stream accounted for: {log}");
+    assert!(linked <= sent && linked > 0, "{linked} linked, {sent} sent: {log}");
+    eprintln!("complete traces, gRPC over TLS, 200 at once: {linked}/200");
+}
