@@ -237,6 +237,12 @@ impl Pipeline {
             );
         }
         if let Some(i) = injection.map(Injection::stats) {
+            if probe.requests_on_older_connections > 0 {
+                summary += &format!(
+                    ", {} requests on connections opened before gotel started (left alone)",
+                    probe.requests_on_older_connections
+                );
+            }
             summary += &format!(
                 ", traceparent injected into {} requests ({} not HTTP/1.x, {} no room, {} \
                  dropped) and {} HTTP/2 streams",

@@ -255,3 +255,38 @@ fn traceparent_passes_an_nginx_proxy() {
         });
     assert_eq!(client.hex("traceId"), parts[1]);
 }
+
+/// A connection the program opened before gotel started is left alone: the request gotel then
+/// traces on it reaches the server on the other host with no traceparent, and the exit line
+/// counts it. A connection opened after gotel started gets one.
+#[test]
+fn connections_opened_before_gotel_started_are_left_alone_and_counted() {
+    let Some(()) = privileged() else { return };
+    let remote = Remote::start(23);
+    let port = free_port();
+    let mut chain = start_fixture(&fixture("chain-go1.26"), port);
+    wait_for_port(port, WAIT);
+    let first = remote.fetch_headers(port, ""); // opens the kept-alive connection
+    assert!(!first.to_lowercase().contains("traceparent"), "{first}");
+    let collector = Collector::start("inject-older-connection");
+    let pid = chain.pid().to_string();
+    let mut gotel = gotel(&["attach", "--pid", &pid], Some(&collector), &[]);
+    gotel.wait_for_log("propagation:", WAIT);
+    let on_old = remote.fetch_headers(port, "");
+    assert!(!on_old.to_lowercase().contains("traceparent"), "older connection: {on_old}");
+    // Eight at once: new connections are dialled under gotel, and the older one, idle, takes
+    // whichever requests find it free first (one or more).
+    let c = format!("http://{}/c", remote.addr);
+    assert_eq!(http_get(port, &format!("/fanout?url={c}&n=8")), (200, "fanout: 8\n".into()));
+    gotel.signal_and_wait(libc::SIGTERM, WAIT);
+    chain.stop(libc::SIGTERM, WAIT);
+    let log = gotel.log().join("\n");
+    let number_before = |what: &str| -> usize {
+        let at = log.find(what).unwrap_or_else(|| panic!("no {what:?} in {log}"));
+        log[..at].trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let older = number_before("requests on connections opened before gotel started");
+    let injected = number_before("requests (0 not HTTP/1.x");
+    assert!(older >= 1 && injected >= 1, "{log}");
+    assert_eq!(older + injected, 9, "each request injected or counted: {log}");
+}

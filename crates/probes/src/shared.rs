@@ -13,7 +13,7 @@ use crate::Error;
 /// spans/s.
 pub const DEFAULT_RINGBUF_MIB: u32 = 4;
 const MAX_TRACED_PIDS: u32 = 16384;
-const STAT_COUNT: u32 = 3;
+const STAT_COUNT: u32 = 4;
 const CTX_MAX: u32 = 65536;
 const SERVER_CALLS_MAX: u32 = 32768;
 const DB_CALLS_MAX: u32 = 32768;
@@ -28,6 +28,9 @@ pub struct ProbeStats {
     pub returns_without_entry: u64,
     /// gRPC streams over TLS whose span found its socket's queue for TCP options full.
     pub tls_streams_full: u64,
+    /// HTTP requests to other hosts, with injection on, on connections opened before gotel
+    /// started: left alone, nothing added.
+    pub requests_on_older_connections: u64,
 }
 
 pub struct SharedMaps {
@@ -42,6 +45,7 @@ pub struct SharedMaps {
     client_pids: MapHandle,
     db_calls: MapHandle,
     tls_streams: MapHandle,
+    enrolled_conns: MapHandle,
 }
 
 impl SharedMaps {
@@ -71,6 +75,7 @@ impl SharedMaps {
             db_calls: create(MapType::LruHash, "db_calls", 16, 1, DB_CALLS_MAX)?,
             // struct tls_streams (conn.h): head, tail and 8 span_ctx.
             tls_streams: create(MapType::LruHash, "tls_streams", 40, 264, TLS_SOCKETS_MAX)?,
+            enrolled_conns: create(MapType::LruHash, "enrolled_conns", 40, 1, CTX_MAX)?,
         })
     }
 
@@ -97,6 +102,7 @@ impl SharedMaps {
             ringbuf_full: sum_per_cpu(&self.stats, 0),
             returns_without_entry: sum_per_cpu(&self.stats, 1),
             tls_streams_full: sum_per_cpu(&self.stats, 2),
+            requests_on_older_connections: sum_per_cpu(&self.stats, 3),
         }
     }
 
@@ -120,6 +126,7 @@ impl SharedMaps {
                 "client_pids" => &self.client_pids,
                 "db_calls" => &self.db_calls,
                 "tls_streams" => &self.tls_streams,
+                "enrolled_conns" => &self.enrolled_conns,
                 _ => continue,
             };
             open.reuse_fd(shared.as_fd())

@@ -111,6 +111,26 @@ struct {
 	__type(value, struct span_ctx);
 } stream_ctx SEC(".maps");
 
+/* Client connections injection enrolled as they were established (inject.bpf.c): a client
+ * span published on another connection to another host goes out with nothing added. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, u8);
+} enrolled_conns SEC(".maps");
+
+static __always_inline bool server_on_loopback(const struct conn_key *key)
+{
+	if (key->family == AF_INET)
+		return key->server_addr[0] == 127;
+	for (int i = 0; i < 15; i++) {
+		if (key->server_addr[i])
+			return false;
+	}
+	return key->server_addr[15] == 1;
+}
+
 /* Processes whose HTTP client gotel traces (marked by http_client.bpf.c when injection is
  * on): their connections are candidates for a traceparent line (inject.bpf.c). */
 struct {

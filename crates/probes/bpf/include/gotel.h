@@ -76,6 +76,7 @@ enum stat {
 	STAT_RINGBUF_FULL = 0,
 	STAT_NO_ENTRY, /* a return without a recorded entry (attached mid-call) */
 	STAT_TLS_STREAMS_FULL, /* TLS streams whose socket had TLS_STREAM_SLOTS waiting already */
+	STAT_NOT_ENROLLED, /* HTTP requests to another host on a connection injection never saw open */
 	STAT_MAX,
 };
 

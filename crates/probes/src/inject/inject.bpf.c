@@ -426,6 +426,8 @@ int inject_sockops(struct bpf_sock_ops *skops)
 		bpf_map_delete_elem(&handled, &key);
 		bpf_map_delete_elem(&conn_ctx, &key);
 		bpf_sock_hash_update(skops, &inject_socks, &key, BPF_NOEXIST);
+		u8 one = 1;
+		bpf_map_update_elem(&enrolled_conns, &key, &one, BPF_ANY);
 		if (tls_option_send)
 			tls_write_flag(skops, true);
 		break;

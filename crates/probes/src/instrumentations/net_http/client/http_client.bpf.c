@@ -104,6 +104,10 @@ int http_client_conn(struct pt_regs *ctx)
 	if (go_conn_key(tcpconn, true, &conn)) {
 		note_conn_published(bpf_ktime_get_ns());
 		bpf_map_update_elem(&conn_ctx, &conn, &call->ctx, BPF_ANY);
+		/* Opened before gotel started (or before this process was traced): left alone. */
+		if (mark_client_pids && !server_on_loopback(&conn) &&
+		    !bpf_map_lookup_elem(&enrolled_conns, &conn))
+			count(STAT_NOT_ENROLLED);
 	}
 	return 0;
 }
