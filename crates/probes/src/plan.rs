@@ -88,7 +88,7 @@ macro_rules! configure_tls_conn {
 }
 pub(crate) use configure_tls_conn;
 
-/// The net.Conn dynamic types `conn.h` sees through to the socket (`go_tcpconn_of`), by the
+/// The net.Conn dynamic types `conn.h` sees through to the socket (`go_tcpconn_in`), by the
 /// type hash their itab carries; 0 for one the binary has no descriptor for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ConnTypes {
@@ -111,7 +111,7 @@ pub(crate) fn conn_types(bin: &GoBinary) -> Option<ConnTypes> {
     Some(ConnTypes { tcp: *hashes.get(TCP_CONN)?, tls: of(TLS_CONN), syscall: of(&syscall) })
 }
 
-/// Sets conn.h's `go_tcpconn_of` constants in a program's rodata: the type hashes, and the
+/// Sets conn.h's `go_tcpconn_in` constants in a program's rodata: the type hashes, and the
 /// fields it reads under a *tls.Conn and grpc's syscallConn (among `$fields`).
 macro_rules! configure_conn_types {
     ($ro:expr, $types:expr, $fields:expr) => {

@@ -168,28 +168,29 @@ const volatile u64 off_syscallconn_conn = 0; /* syscallConn.Conn (net.Conn) */
 
 #define ITAB_HASH 16 /* itab: inter, _type, hash */
 
-/* The *net.TCPConn under the net.Conn (itab, data), or 0 for any other dynamic type; `tls`
- * set where a *tls.Conn was on the way. Without the hashes, data is taken as the TCPConn. */
-static __always_inline u64 go_tcpconn_of(u64 itab, u64 data, bool *tls)
+/* The *net.TCPConn under the net.Conn (itab, data) at `iface`, or 0 for any other dynamic
+ * type; `tls` set where a *tls.Conn was on the way. Without the hashes, the data word is taken
+ * as the TCPConn. */
+static __always_inline u64 go_tcpconn_in(u64 iface, bool *tls)
 {
 	if (!has_conn_types)
-		return data;
-	for (int layer = 0; layer < 3 && itab && data; layer++) {
+		return read_u64(iface + 8);
+	for (int layer = 0; layer < 3; layer++) {
+		u64 itab = read_u64(iface), data = read_u64(iface + 8);
+		if (!itab || !data)
+			return 0;
 		u32 hash = 0;
 		bpf_probe_read_user(&hash, sizeof(hash), (void *)(itab + ITAB_HASH));
-		u64 inner;
 		if (hash == hash_tcpconn)
 			return data;
 		if (hash == hash_tlsconn && hash_tlsconn && has_tls_offsets) {
 			*tls = true;
-			inner = data + off_tlsconn_conn_data - 8;
+			iface = data + off_tlsconn_conn_data - 8;
 		} else if (hash == hash_syscallconn && hash_syscallconn) {
-			inner = data + off_syscallconn_conn;
+			iface = data + off_syscallconn_conn;
 		} else {
 			return 0;
 		}
-		itab = read_u64(inner);
-		data = read_u64(inner + 8);
 	}
 	return 0;
 }

@@ -184,13 +184,30 @@ static __always_inline void sockops_key(struct bpf_sock_ops *skops, struct conn_
 		 skops->local_port, skops->remote_port, server_side);
 }
 
-static __always_inline bool loopback(u32 family, u32 remote_ip4, const u32 *remote_ip6)
+static __always_inline u64 span_id_of(const struct span_ctx *span)
 {
-	if (family == AF_INET)
-		return (remote_ip4 & 0xff) == 127; /* 127.0.0.0/8, network order */
-	return remote_ip6[0] == 0 && remote_ip6[1] == 0 && remote_ip6[2] == 0 &&
-	       remote_ip6[3] == __builtin_bswap32(1);
+	u64 id;
+	__builtin_memcpy(&id, span->span_id, 8);
+	return id;
 }
+
+/* The HTTP/1.1 client span published on a connection that nothing was decided for yet, or
+ * none: a request's first message, or a TLS socket's first segment after it. */
+static __always_inline struct span_ctx *unhandled_request(const struct conn_key *key)
+{
+	struct span_ctx *span = bpf_map_lookup_elem(&conn_ctx, key);
+	if (!span)
+		return 0;
+	u64 *done = bpf_map_lookup_elem(&handled, key);
+	return done && *done == span_id_of(span) ? 0 : span;
+}
+
+static __always_inline void mark_handled(const struct conn_key *key, const struct span_ctx *span)
+{
+	u64 span_id = span_id_of(span);
+	bpf_map_update_elem(&handled, key, &span_id, BPF_ANY);
+}
+
 
 /* TLS: a client span's context in a TCP header option, RFC 6994's shared experimental kind
  * with experiment ids of our own: kind, length, ExID, trace id, span id: 28 bytes, what a
@@ -223,24 +240,6 @@ static __always_inline struct span_ctx *tls_pending_stream(struct tls_streams *q
 	return &q->slot[(*tail - 1) & (TLS_STREAM_SLOTS - 1)];
 }
 
-/* The HTTP/1.1 client span a TLS socket of ours has yet to send, or none. */
-static __always_inline struct span_ctx *tls_pending(const struct conn_key *key)
-{
-	struct span_ctx *span = bpf_map_lookup_elem(&conn_ctx, key);
-	if (!span)
-		return 0;
-	u64 span_id;
-	__builtin_memcpy(&span_id, span->span_id, 8);
-	u64 *done = bpf_map_lookup_elem(&handled, key);
-	return done && *done == span_id ? 0 : span;
-}
-
-static __always_inline void tls_handled(const struct conn_key *key, const struct span_ctx *span)
-{
-	u64 span_id;
-	__builtin_memcpy(&span_id, span->span_id, 8);
-	bpf_map_update_elem(&handled, key, &span_id, BPF_ANY);
-}
 
 /* HDR_OPT_LEN: room for the option where a segment may carry it. Sockets that turned out to
  * speak plaintext stop being asked. */
@@ -269,22 +268,20 @@ static __always_inline void tls_reserve(struct bpf_sock_ops *skops)
 		bpf_reserve_hdr_opt(skops, TLS_OPT_LEN, 0); /* else the next segment, if any */
 		return;
 	}
-	struct span_ctx *span = tls_pending(&key);
+	struct span_ctx *span = unhandled_request(&key);
 	if (!span)
 		return;
 	if (span->flags & SPAN_HAS_TRACEPARENT) {
 		/* Its own traceparent is in the encrypted request: the server reads that. */
-		tls_handled(&key, span);
+		mark_handled(&key, span);
 		inject_count(SKIPPED_HAS_TRACEPARENT);
 		return;
 	}
 	if (bpf_reserve_hdr_opt(skops, TLS_OPT_LEN, 0)) {
 		/* SACK blocks took the space: the next segment may have it. */
-		u64 span_id;
-		__builtin_memcpy(&span_id, span->span_id, 8);
-		if (cur->tls_no_space != span_id)
+		if (cur->tls_no_space != span_id_of(span))
 			inject_count(TLS_NO_SPACE);
-		cur->tls_no_space = span_id;
+		cur->tls_no_space = span_id_of(span);
 	}
 }
 
@@ -299,7 +296,7 @@ static __always_inline void tls_write(struct bpf_sock_ops *skops)
 	struct tls_streams *q = bpf_map_lookup_elem(&tls_streams, &key);
 	u32 tail = 0;
 	struct span_ctx *stream = q ? tls_pending_stream(q, &tail) : 0;
-	struct span_ctx *span = stream ? stream : tls_pending(&key);
+	struct span_ctx *span = stream ? stream : unhandled_request(&key);
 	if (!span)
 		return; /* the kernel fills the space with NOPs */
 	u16 exid = TLS_OPT_EXID | (span->sampled ? 0 : TLS_OPT_UNSAMPLED) |
@@ -315,7 +312,7 @@ static __always_inline void tls_write(struct bpf_sock_ops *skops)
 		inject_count(TLS_STREAMS_SENT);
 		return;
 	}
-	tls_handled(&key, span);
+	mark_handled(&key, span);
 	inject_count(TLS_SENT);
 }
 
@@ -404,9 +401,9 @@ int inject_sockops(struct bpf_sock_ops *skops)
 		u32 pid = bpf_get_current_pid_tgid() >> 32;
 		if (!bpf_map_lookup_elem(&client_pids, &pid))
 			return 1;
-		u32 remote6[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
-				   skops->remote_ip6[3] };
-		if (!inject_loopback && loopback(family, skops->remote_ip4, remote6))
+		struct conn_key key;
+		sockops_key(skops, &key, false);
+		if (!inject_loopback && server_on_loopback(&key))
 			return 1;
 		u64 cookie = bpf_get_socket_cookie(skops);
 		u8 one = 1;
@@ -488,16 +485,11 @@ static __always_inline void traceparent_value(char *out, const struct span_ctx *
 /* Plaintext HTTP/1.1: the traceparent line after the request line. */
 static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *key)
 {
-	struct span_ctx *span = bpf_map_lookup_elem(&conn_ctx, key);
+	struct span_ctx *span = unhandled_request(key);
 	if (!span)
-		return SK_PASS;
-	u64 span_id;
-	__builtin_memcpy(&span_id, span->span_id, 8);
-	u64 *done = bpf_map_lookup_elem(&handled, key);
-	if (done && *done == span_id)
-		return SK_PASS; /* the rest of a request already handled: its body */
+		return SK_PASS; /* none, or the rest of a request already handled: its body */
 	/* Decided once per request: whatever happens below, later messages are its body. */
-	bpf_map_update_elem(&handled, key, &span_id, BPF_ANY);
+	mark_handled(key, span);
 	if (span->flags & SPAN_HAS_TRACEPARENT) {
 		inject_count(SKIPPED_HAS_TRACEPARENT);
 		return SK_PASS;

@@ -12,7 +12,7 @@
 const volatile u64 off_ct = 0;
 const volatile bool ct_is_interface = false;
 const volatile bool ct_on_client_stream = false;
-const volatile u64 off_http2client_conn_data = 0; /* http2Client.conn + 8 */
+const volatile u64 off_http2client_conn = 0; /* http2Client.conn, a net.Conn */
 /* The status received in the trailers: Stream.status (< 1.69) or ClientStream.status. */
 const volatile u64 off_stream_status = 0;
 const volatile bool status_on_client_stream = false;
@@ -141,9 +141,8 @@ int grpc_client_dial(struct pt_regs *ctx)
 /* The connection of the *http2Client `t` (its conn, a net.Conn), into the call. */
 static __always_inline void call_conn(struct client_call *call, u64 t)
 {
-	u64 conn = t + off_http2client_conn_data - 8;
 	bool tls = false;
-	u64 tcpconn = go_tcpconn_of(read_u64(conn), read_u64(conn + 8), &tls);
+	u64 tcpconn = go_tcpconn_in(t + off_http2client_conn, &tls);
 	call->has_conn = go_conn_key(tcpconn, true, &call->conn.conn);
 	call->tls = call->has_conn && tls;
 }

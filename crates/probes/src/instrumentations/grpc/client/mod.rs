@@ -226,7 +226,7 @@ impl Plan for GrpcClientPlan {
             if let (Some(conn), Some(conn_offsets)) =
                 (optional(HTTP2_CLIENT, "conn"), conn_offsets(&self.fields))
             {
-                ro.off_http2client_conn_data = conn + 8; // an interface's data word follows its itab
+                ro.off_http2client_conn = conn;
                 (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
                 ro.has_conn_offsets = true;
                 configure_conn_types!(ro, self.conn_types, &self.fields);

@@ -8,7 +8,7 @@
 
 const volatile u64 off_stream_method = 0; /* Stream.method (string) */
 /* The transport argument's data word is the *http2Server; its conn is a net.Conn. */
-const volatile u64 off_http2server_conn_data = 0; /* http2Server.conn + 8 */
+const volatile u64 off_http2server_conn = 0; /* http2Server.conn */
 
 /* An incoming traceparent, read from the request's HEADERS frame where the transport decodes
  * it: operateHeaders(t, frame) before grpc 1.60, operateHeaders(t, ctx, frame) after. */
@@ -113,9 +113,8 @@ int grpc_server_enter(struct pt_regs *ctx)
 	};
 	u64 fields = stream_fields(call.stream);
 	bpf_probe_read_user(&call.conn.stream_id, sizeof(u32), (void *)(fields + off_stream_id));
-	u64 conn = GO_ARG3(ctx) + off_http2server_conn_data - 8; /* a net.Conn */
 	bool tls = false;
-	u64 tcpconn = go_tcpconn_of(read_u64(conn), read_u64(conn + 8), &tls);
+	u64 tcpconn = go_tcpconn_in(GO_ARG3(ctx) + off_http2server_conn, &tls);
 	call.has_conn = go_conn_key(tcpconn, false, &call.conn.conn);
 	/* A gRPC client that opened this stream, on this host or over TLS from another (its span
 	 * came in a TCP option), is the parent; else a traceparent the request carried. */
