@@ -25,6 +25,8 @@ bash scripts/build-module-fixtures.sh redis github.com/redis/go-redis/v9 v9.0.0 
 bash scripts/build-module-fixtures.sh redis github.com/go-redis/redis/v8 v8.11.0
 step "OpenTelemetry Collector (pinned, from the Go module proxy)"
 bash scripts/build-collector.sh
+step "interop server's Python libraries (pinned, from PyPI)"
+bash scripts/build-interop.sh
 step "deployment files (Kubernetes manifest, Helm chart, systemd unit)"
 bash scripts/validate-deploy.sh
 step "format and lint"

@@ -250,7 +250,7 @@ impl Pipeline {
             );
             summary += &format!(
                 ", {} TLS requests' spans sent in a TCP option ({} found no option space), {} \
-                 received, {} gRPC streams' over TLS sent ({} sharing a segment with a newer \
+                 received, {} HTTP/2 streams' over TLS sent ({} sharing a segment with a newer \
                  one, {} queue full), {} received",
                 i.tls_sent,
                 i.tls_no_space,
@@ -383,8 +383,9 @@ pub fn start_propagation(shared: &SharedMaps, mode: InjectMode, sides: Sides) ->
             let peers = if mode == InjectMode::All { "every peer" } else { "peers on other hosts" };
             tracing::info!(
                 "propagation: {always}; traceparent injected into plaintext HTTP/1.1 requests \
-                 and gRPC calls over h2c to {peers}; HTTP/1.1 over TLS carries the client span \
-                 in a TCP option, gRPC over TLS the span of each stream{} (sockops on {})",
+                 and h2c streams (gRPC, net/http) to {peers}; HTTP/1.1 over TLS \
+                 carries the client span in a TCP option, HTTP/2 over TLS (gRPC, net/http) the \
+                 span of each stream{} (sockops on {})",
                 if i.sides.receive { ", and this host's servers read it" } else { "" },
                 i.cgroup.display()
             );

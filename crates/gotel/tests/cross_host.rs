@@ -295,16 +295,22 @@ fn h2c_streaming_calls_across_hosts() {
     }
 }
 
-/// The chain fixture serving HTTPS (HTTP/1.1) on another host under its own gotel, and the
-/// chain fixture on this one under another, exporting to the same collector: (the server,
-/// the client's gotel, the client's port).
-fn https_across_hosts(subnet: u8) -> (Greeter, Proc, u16) {
+/// The chain fixture serving on another host under its own gotel (`server_args`: HTTPS with
+/// HTTP/1.1 only, HTTP/2 too, h2c), and the chain fixture on this one (with `client_args`)
+/// under another, exporting to the same collector: (the server, the client's gotel, the
+/// client's port).
+fn chain_across_hosts(
+    subnet: u8,
+    server_args: &[&str],
+    client_args: &[&str],
+) -> (Greeter, Proc, u16) {
     let server =
-        Greeter::serve(&fixture("chain-go1.26"), "https", subnet, None, "-addr", &["-tls"]);
+        Greeter::serve(&fixture("chain-go1.26"), "chain", subnet, None, "-addr", server_args);
     let port = free_port();
     let client_exe = fixture("chain-go1.26");
     let addr = format!("127.0.0.1:{port}");
-    let args = ["run", "--", client_exe.to_str().unwrap(), "-addr", &addr];
+    let mut args = vec!["run", "--", client_exe.to_str().unwrap(), "-addr", &addr];
+    args.extend_from_slice(client_args);
     let client = gotel(&args, Some(&server.collector), &[]);
     wait_for_port(port, WAIT);
     (server, client, port)
@@ -355,7 +361,7 @@ fn https_parents(collector: &Collector, server_port: &str, n: usize) -> Vec<Opti
 #[test]
 fn https_requests_continue_the_trace_across_hosts() {
     let Some(()) = privileged() else { return };
-    let (server, mut client, port) = https_across_hosts(19);
+    let (server, mut client, port) = chain_across_hosts(19, &["-tls"], &[]);
     let url = format!("https://{}/c", server.addr);
     let (status, body) = http_get(port, &format!("/fanout?url={url}&n=200"));
     assert_eq!((status, body.as_str()), (200, "fanout: 200\n"));
@@ -371,6 +377,165 @@ fn https_requests_continue_the_trace_across_hosts() {
     eprintln!("complete traces over TLS: {linked}/203");
     assert!(log.contains(&format!("{linked} TLS requests' spans sent in a TCP option")), "{log}");
     assert!(linked >= 200, "{linked}/203 linked: {log}");
+}
+
+/// HTTP/2 over TLS between net/http's client and server on two hosts: 53 requests one after
+/// another on one connection (three of them 4 MiB POSTs), each of whose HEADERS rides a segment
+/// whose TCP option carries its client span, tagged with the stream id: every server span is
+/// its client span's child. Then 200 at once on that connection: every reply arrives as sent,
+/// a linked server span is under its own client span, never another's, and the exit line
+/// accounts for every stream (sent, passed over for a newer one on its segment, queue full).
+#[test]
+fn http2_over_tls_continues_the_trace_across_hosts() {
+    let Some(()) = privileged() else { return };
+    let (server, mut client, port) = chain_across_hosts(24, &["-tls", "-h2"], &[]);
+    let url = format!("https://{}/c", server.addr);
+    let (status, body) = http_get(port, &format!("/post?url={url}&size=4194304&count=3"));
+    assert_eq!((status, body.as_str()), (200, "posted\n"));
+    let (status, body) = http_get(port, &format!("/post?url={url}&size=10&count=50"));
+    assert_eq!((status, body.as_str()), (200, "posted\n"));
+    let server_port = server.addr.rsplit(':').next().unwrap();
+    let one_at_a_time = https_parents(&server.collector, server_port, 53);
+    let (status, body) = http_get(port, &format!("/fanout?url={url}&n=200"));
+    assert_eq!((status, body.as_str()), (200, "fanout: 200\n"));
+    let parents = https_parents(&server.collector, server_port, 253);
+    client.signal_and_wait(libc::SIGTERM, WAIT);
+    let log = client.log().join("\n");
+    let servers: Vec<ReceivedSpan> = server
+        .collector
+        .spans()
+        .into_iter()
+        .filter(|s| {
+            s.kind() == SERVER && s.attr_str("network.protocol.version").as_deref() == Some("2")
+        })
+        .collect();
+    assert_eq!(servers.len(), 253, "every request went over HTTP/2: {log}");
+    let linked = |p: &[Option<String>]| p.iter().flatten().collect::<HashSet<_>>().len();
+    assert_eq!(linked(&one_at_a_time), 53, "one at a time, all linked: {log}");
+    assert_eq!(parents.iter().flatten().count(), linked(&parents), "two under one client span");
+    let at_once = linked(&parents) - 53;
+    let sent = number_before(&log, "HTTP/2 streams' over TLS sent");
+    let shared = number_before(&log, "sharing a segment");
+    let full = number_before(&log, " queue full)");
+    assert_eq!(sent + shared + full, 253, "every stream accounted for: {log}");
+    assert!(at_once > 0 && at_once + 53 <= sent, "{at_once} linked, {sent} sent: {log}");
+    eprintln!("complete traces, HTTP/2 over TLS: 53/53 one at a time, {at_once}/200 at once");
+}
+
+/// net/http's HTTP/2 without TLS (h2c, Go 1.24's Protocols) on both hosts: each stream's
+/// HEADERS frame gets a traceparent field (the reply from /headers shows the server read it),
+/// 53 one after another all linked, then 200 at once on the connection: every reply as sent,
+/// every stream injected or counted as left alone for want of room, no wrong parent.
+#[test]
+fn net_http_h2c_continues_the_trace_across_hosts() {
+    let Some(()) = privileged() else { return };
+    let (server, mut client, port) = chain_across_hosts(25, &["-h2c"], &["-h2c"]);
+    let url = format!("http://{}/c", server.addr);
+    let (status, body) = http_get(port, &format!("/post?url={url}&size=4194304&count=3"));
+    assert_eq!((status, body.as_str()), (200, "posted\n"));
+    let (status, body) = http_get(port, &format!("/post?url={url}&size=10&count=50"));
+    assert_eq!((status, body.as_str()), (200, "posted\n"));
+    let server_port = server.addr.rsplit(':').next().unwrap();
+    let one_at_a_time = https_parents(&server.collector, server_port, 53);
+    let (status, body) = http_get(port, &format!("/fanout?url={url}&n=200"));
+    assert_eq!((status, body.as_str()), (200, "fanout: 200\n"));
+    let (status, headers) = http_get(port, &format!("/fetch?url=http://{}/headers", server.addr));
+    assert_eq!(status, 200);
+    let parents = https_parents(&server.collector, server_port, 254);
+    client.signal_and_wait(libc::SIGTERM, WAIT);
+    let log = client.log().join("\n");
+    assert!(headers.lines().any(|l| l.starts_with("Traceparent: 00-")), "{headers}");
+    let linked = |p: &[Option<String>]| p.iter().flatten().collect::<HashSet<_>>().len();
+    assert_eq!(linked(&one_at_a_time), 53, "one at a time, all linked: {log}");
+    assert_eq!(parents.iter().flatten().count(), linked(&parents), "two under one client span");
+    let (injected, no_room) =
+        (number_before(&log, "HTTP/2 streams"), number_before(&log, "no room"));
+    assert_eq!(injected + no_room, 254, "every stream injected or counted: {log}");
+    assert_eq!(linked(&parents), injected, "{log}");
+    assert!(!log.contains("made no sense"), "{log}");
+    eprintln!("complete traces, net/http h2c: 53/53 one at a time, {}/200 at once", injected - 54);
+}
+
+/// A W3C-aware server that is neither Go nor gotel's, on another host with no gotel: Python,
+/// grpcio for gRPC over h2c and the standard library for HTTP/1.1, each request's context
+/// read by OpenTelemetry's own propagator. 50 gRPC calls (8 at once) and 50 HTTP requests (at
+/// once) from Go programs under gotel here: every traceparent it received parses, and names
+/// the gotel client span that sent it; every call got one or was counted as left alone.
+#[test]
+fn a_python_server_reads_the_injected_traceparent() {
+    let Some(()) = privileged() else { return };
+    let host = OtherHost::create(26);
+    let dir = TempDir::new("interop");
+    let record = dir.0.join("requests.jsonl");
+    let grpc_addr = format!("{}:{}", host.theirs, free_port());
+    let http_addr = format!("{}:{}", host.theirs, free_port());
+    let (python, script) = interop_server();
+    let _server = Proc::new(
+        host.command(&python)
+            .arg(script)
+            .args(["--grpc", &grpc_addr, "--http", &http_addr])
+            .arg("--record")
+            .arg(&record)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_addr(&grpc_addr);
+    wait_for_addr(&http_addr);
+    let collector = Collector::start("interop");
+
+    let grpc_exe = fixture("grpc/grpc-v1.85.0");
+    let args = ["-client", &grpc_addr, "-n", "50", "-concurrency", "8"];
+    let mut grpc_client = gotel(
+        &[&["run", "--", grpc_exe.to_str().unwrap()], &args[..]].concat(),
+        Some(&collector),
+        &[],
+    );
+    assert!(grpc_client.signal_and_wait(0, WAIT).success(), "{:?}", grpc_client.log());
+    let grpc_log = grpc_client.log().join("\n");
+
+    let port = free_port();
+    let chain_exe = fixture("chain-go1.26");
+    let addr = format!("127.0.0.1:{port}");
+    let mut chain =
+        gotel(&["run", "--", chain_exe.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    let (status, body) = http_get(port, &format!("/fanout?url=http://{http_addr}/c&n=50"));
+    assert_eq!((status, body.as_str()), (200, "fanout: 50\n"));
+    chain.signal_and_wait(libc::SIGTERM, WAIT);
+    let http_log = chain.log().join("\n");
+
+    let clients: HashSet<(String, String)> = collector
+        .wait_for_spans(100, WAIT)
+        .iter()
+        .filter(|s| s.kind() == CLIENT)
+        .map(|s| (s.hex("traceId"), s.hex("spanId")))
+        .collect();
+    assert_eq!(clients.len(), 100, "a client span per call");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (protocol, injected) in [
+        ("grpc", number_before(&grpc_log, "HTTP/2 streams")),
+        ("http", number_before(&http_log, "requests (")),
+    ] {
+        let received: Vec<&serde_json::Value> =
+            records.iter().filter(|r| r["protocol"] == protocol).collect();
+        assert_eq!(received.len(), 50, "{protocol}: every request reached the server");
+        let carried: Vec<_> = received.iter().filter(|r| !r["traceparent"].is_null()).collect();
+        for r in &carried {
+            assert_eq!(r["valid"], true, "{protocol}: the propagator parsed it: {r}");
+            let ids =
+                (r["trace_id"].as_str().unwrap().into(), r["span_id"].as_str().unwrap().into());
+            assert!(clients.contains(&ids), "{protocol}: names no client span of gotel's: {r}");
+        }
+        assert_eq!(carried.len(), injected, "{protocol}: as the exit line counts");
+        assert!(injected >= 38, "{protocol}: {injected}/50 carried a traceparent");
+        eprintln!("interop, {protocol}: {injected}/50 received a traceparent, each parsed right");
+    }
 }
 
 /// Server spans that are the child of their own client span (its trace, its id), counted;
@@ -408,7 +573,7 @@ fn grpc_over_tls_one_at_a_time(fixture_name: &str, subnet: u8) {
     assert!(servers.iter().all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)), "{log}");
     let linked = linked_or_roots(&servers, &clients);
     assert_eq!(linked, 50, "{log}");
-    assert_eq!(number_before(&log, "gRPC streams' over TLS sent"), 50, "{log}");
+    assert_eq!(number_before(&log, "HTTP/2 streams' over TLS sent"), 50, "{log}");
 }
 
 #[test]
@@ -433,7 +598,7 @@ fn grpc_over_tls_200_at_once_links_what_segments_carry() {
     let (log, servers, clients) = across_hosts("grpc-v1.85.0", 22, (&["-tls"], &args), 200);
     assert!(servers.iter().all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)), "{log}");
     let linked = linked_or_roots(&servers, &clients);
-    let sent = number_before(&log, "gRPC streams' over TLS sent");
+    let sent = number_before(&log, "HTTP/2 streams' over TLS sent");
     let shared = number_before(&log, "sharing a segment");
     let full = number_before(&log, " queue full)");
     assert_eq!(sent + shared + full, 200, "every stream accounted for: {log}");

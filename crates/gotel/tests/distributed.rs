@@ -17,13 +17,18 @@ struct Services {
 }
 
 /// Starts C, B and A from one private copy of the chain fixture (one inode, one attachment).
-fn start_chain(exe: &std::path::Path) -> Services {
+/// A serves plain HTTP; B and C serve HTTP/2 over TLS where `h2` is set.
+fn start_chain(exe: &std::path::Path, h2: bool) -> Services {
     let (a, b, c) = (free_port(), free_port(), free_port());
+    let scheme = if h2 { "https" } else { "http" };
     let start = |port: u16, next: Option<u16>| {
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("-addr").arg(format!("127.0.0.1:{port}"));
         if let Some(n) = next {
-            cmd.arg("-next").arg(format!("http://127.0.0.1:{n}"));
+            cmd.arg("-next").arg(format!("{scheme}://127.0.0.1:{n}"));
+        }
+        if h2 && port != a {
+            cmd.args(["-tls", "-h2"]);
         }
         let p = Proc::new(cmd.stderr(std::process::Stdio::null()).spawn().unwrap());
         wait_for_port(port, WAIT);
@@ -86,6 +91,12 @@ fn check_traces(spans: &[ReceivedSpan], requests: usize, pids: [u32; 3]) {
 }
 
 fn chain_under_load(fixture_name: &str, requests: usize) {
+    chain_of(fixture_name, false, requests);
+}
+
+/// `requests` at once through A, B and C from `fixture_name`, B and C over HTTP/2 with TLS
+/// where `h2` is set: there, many requests share a connection, told apart by stream id.
+fn chain_of(fixture_name: &str, h2: bool, requests: usize) {
     let Some(()) = privileged() else { return };
     raise_fd_limit();
     let collector = Collector::start(fixture_name);
@@ -94,7 +105,7 @@ fn chain_under_load(fixture_name: &str, requests: usize) {
     std::fs::copy(fixture(fixture_name), &exe).unwrap();
     let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
     gotel.wait_for_log("tracing every process", WAIT);
-    let services = start_chain(&exe);
+    let services = start_chain(&exe, h2);
 
     let port = services.a_port;
     let clients: Vec<_> =
@@ -106,7 +117,32 @@ fn chain_under_load(fixture_name: &str, requests: usize) {
     }
     let spans = collector.wait_for_spans(requests * 7, WAIT);
     check_traces(&spans, requests, services.pids);
+    if h2 {
+        let over_h2 = spans
+            .iter()
+            .filter(|s| s.attr_str("network.protocol.version").as_deref() == Some("2"))
+            .count();
+        assert_eq!(over_h2, requests * 6, "A's client, B and C's spans are HTTP/2's");
+    }
     eprintln!("{fixture_name}: {requests} requests, {requests} complete traces of 7 spans");
+}
+
+/// HTTP/2 over TLS on one host: each server span is the child of the client span whose
+/// stream it serves (by connection and stream id), before Go 1.23 (RoundTrip), after, and
+/// from Go 1.27 (net/http/internal/http2).
+#[test]
+fn http2_over_tls_one_trace_per_request_go1_19() {
+    chain_of("chain-go1.19", true, 50);
+}
+
+#[test]
+fn http2_over_tls_one_trace_per_request_go1_26_under_200_concurrent() {
+    chain_of("chain-go1.26", true, 200);
+}
+
+#[test]
+fn http2_over_tls_one_trace_per_request_go1_27_stripped() {
+    chain_of("chain-go1.27-stripped", true, 50);
 }
 
 #[test]
@@ -141,7 +177,7 @@ fn joins_incoming_trace(fixture_name: &str) {
     std::fs::copy(fixture(fixture_name), &exe).unwrap();
     let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
     gotel.wait_for_log("tracing every process", WAIT);
-    let services = start_chain(&exe);
+    let services = start_chain(&exe, false);
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     for extra_headers in [0, 12, 60] {
         let parent = format!("00f067aa0ba902{extra_headers:02x}");
@@ -207,7 +243,7 @@ fn sampling_keeps_whole_traces_and_follows_the_callers_flag() {
         [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.5")];
     let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &env);
     gotel.wait_for_log("tracing every process", WAIT);
-    let services = start_chain(&exe);
+    let services = start_chain(&exe, false);
 
     const N: usize = 100;
     for _ in 0..N {

@@ -41,6 +41,13 @@ pub fn fixture(name: &str) -> PathBuf {
     p
 }
 
+/// The Python of the interop server's environment (scripts/build-interop.sh), and the server.
+pub fn interop_server() -> (PathBuf, PathBuf) {
+    let python = repo_root().join("target/tools/interop-venv/bin/python");
+    assert!(python.exists(), "{} missing: run scripts/build-interop.sh", python.display());
+    (python, repo_root().join("fixtures/interop/w3c_server.py"))
+}
+
 /// A port nothing listens on, for a server a test starts. Taken below the kernel's ephemeral
 /// range (32768 on), where a port the kernel hands out could be taken again by any outgoing
 /// connection before the server binds it (a collector once failed to start so), and handed out

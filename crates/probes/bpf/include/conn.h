@@ -203,8 +203,9 @@ static __always_inline void tag_with_stream(u8 *span_id, u32 stream_id)
 	span_id[1] = stream_id;
 }
 
-/* gRPC over TLS: the streams a client socket opened whose spans await a segment to ride on,
- * oldest first. One writer (the connection's loopy goroutine), one reader (the socket's
+/* HTTP/2 over TLS: the streams a client socket opened whose spans await a segment to ride on,
+ * oldest first. One writer (the goroutine that writes the connection's HEADERS frames: grpc's
+ * loopy writer, or net/http's under ClientConn.reqHeaderMu), one reader (the socket's
  * transmit path): the writer fills a slot, then moves tail; the reader moves head. */
 #define TLS_STREAM_SLOTS 8
 struct tls_streams {
@@ -220,6 +221,23 @@ struct {
 	__type(key, struct conn_key);
 	__type(value, struct tls_streams);
 } tls_streams SEC(".maps");
+
+/* Queues a TLS stream's span for the TCP option of its socket's next segment (inject.bpf.c),
+ * where that socket is enrolled; counted when its queue is full. */
+static __always_inline void queue_tls_stream(const struct conn_key *conn,
+					     const struct span_ctx *span)
+{
+	struct tls_streams *q = bpf_map_lookup_elem(&tls_streams, conn);
+	if (!q)
+		return; /* not enrolled: same host, or opened before gotel started */
+	u32 tail = q->tail;
+	if (tail - *(volatile u32 *)&q->head >= TLS_STREAM_SLOTS) {
+		count(STAT_TLS_STREAMS_FULL);
+		return;
+	}
+	q->slot[tail & (TLS_STREAM_SLOTS - 1)] = *span;
+	__sync_fetch_and_add(&q->tail, 1); /* after the slot: the reader may take it now */
+}
 
 /* The connection behind a Go *net.TCPConn; false if it cannot be read. `client_side`: the
  * socket is the client's (local = client), else the server's. */

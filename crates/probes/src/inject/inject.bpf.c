@@ -386,6 +386,7 @@ static __always_inline void tls_receive(struct bpf_sock_ops *skops)
 		stream += 0x10000;
 	seen->stream_id = stream;
 	struct stream_conn_key sk = { .conn = key, .stream_id = stream };
+	note_conn_published(bpf_ktime_get_ns());
 	bpf_map_update_elem(&stream_ctx, &sk, &span, BPF_ANY);
 	inject_count(TLS_STREAMS_RECEIVED);
 }

@@ -203,23 +203,6 @@ int grpc_client_put(struct pt_regs *ctx)
 	return 0;
 }
 
-/* Queues a TLS stream's span for the TCP option of its socket's next segment (inject.bpf.c),
- * where that socket is enrolled; counted when its queue is full. */
-static __always_inline void queue_tls_stream(const struct conn_key *conn,
-					     const struct span_ctx *span)
-{
-	struct tls_streams *q = bpf_map_lookup_elem(&tls_streams, conn);
-	if (!q)
-		return; /* not enrolled: same host, or opened before gotel started */
-	u32 tail = q->tail;
-	if (tail - *(volatile u32 *)&q->head >= TLS_STREAM_SLOTS) {
-		count(STAT_TLS_STREAMS_FULL);
-		return;
-	}
-	q->slot[tail & (TLS_STREAM_SLOTS - 1)] = *span;
-	__sync_fetch_and_add(&q->tail, 1); /* after the slot: the reader may take it now */
-}
-
 /* func (l *loopyWriter) writeHeader(streamID uint32, endStream bool, hf []hpack.HeaderField,
  * onWrite func()): streamID in ARG2, hf in ARG4-6. Runs on the loopy writer's goroutine, just
  * before the frame is encoded and written: the stream's span is published for sk_msg, or

@@ -20,6 +20,11 @@ const volatile u64 off_pconn_conn_data = 0;
 const volatile u64 off_pconn_tls_state = 0;
 /* With injection on: look for a traceparent the request carries already (traceparent.h). */
 const volatile bool check_own_traceparent = false;
+/* HTTP/2 (net/http's bundled client, net/http/internal/http2 from Go 1.27): clientStream.cc
+ * and .ID, ClientConn.tconn (a net.Conn). */
+const volatile u64 off_cs_cc = 0;
+const volatile u64 off_cs_id = 0;
+const volatile u64 off_h2cc_tconn = 0;
 
 #define METHOD_CAP 16
 #define SCHEME_CAP 16
@@ -76,6 +81,20 @@ int http_client_enter(struct pt_regs *ctx)
 	return 0;
 }
 
+/* Looks for a traceparent the request carries already: set by an SDK in the process, or
+ * passed on from its caller. Injection then adds none, and the span links to it. */
+static __always_inline void note_own_traceparent(struct client_call *call)
+{
+	if (!check_own_traceparent)
+		return;
+	struct incoming own;
+	incoming_traceparent(call->req, &own);
+	if (own.value)
+		call->ctx.flags |= SPAN_HAS_TRACEPARENT;
+	if (own.found) /* parsed by the search already */
+		link_to(&own, &call->link);
+}
+
 /* net/http.(*persistConn).roundTrip: the connection the request goes out on is known here,
  * before the request is written. Publishes the client span for the server at the other end. */
 SEC("uprobe")
@@ -86,16 +105,7 @@ int http_client_conn(struct pt_regs *ctx)
 	struct client_call *call = bpf_map_lookup_elem(&client_calls, &key);
 	if (!call)
 		return 0;
-	if (check_own_traceparent) {
-		/* Set by an SDK in the process, or passed on from its caller: injection adds none,
-		 * and the span links to the context it names. */
-		struct incoming own;
-		incoming_traceparent(call->req, &own);
-		if (own.value)
-			call->ctx.flags |= SPAN_HAS_TRACEPARENT;
-		if (own.found) /* parsed by the search already */
-			link_to(&own, &call->link);
-	}
+	note_own_traceparent(call);
 	u64 pc = GO_ARG1(ctx);
 	u64 tcpconn = read_u64(pc + off_pconn_conn_data);
 	if (read_u64(pc + off_pconn_tls_state))
@@ -109,6 +119,83 @@ int http_client_conn(struct pt_regs *ctx)
 		    !bpf_map_lookup_elem(&enrolled_conns, &conn))
 			count(STAT_NOT_ENROLLED);
 	}
+	return 0;
+}
+
+/* An HTTP/2 request on its way from the caller's goroutine to the one that writes its
+ * HEADERS frame (ClientConn.roundTrip starts it), by the request the two share. */
+struct h2_request_key {
+	u32 pid;
+	u32 _pad;
+	u64 req;
+};
+
+struct h2_request {
+	struct goroutine_key caller;
+	u8 span_id[8]; /* the call's: a stale entry never meets another call of the caller */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct h2_request_key);
+	__type(value, struct h2_request);
+} h2_requests SEC(".maps");
+
+/* func (cc *ClientConn) roundTrip(req, streamf) (RoundTrip before Go 1.23): req in ARG2, on
+ * the caller's goroutine, inside Transport.roundTrip. */
+SEC("uprobe")
+int http_client_h2_round_trip(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	struct client_call *call = bpf_map_lookup_elem(&client_calls, &key);
+	if (!call)
+		return 0;
+	note_own_traceparent(call);
+	struct h2_request_key rk = { .pid = pid, .req = GO_ARG2(ctx) };
+	struct h2_request r = { .caller = key };
+	__builtin_memcpy(r.span_id, call->ctx.span_id, sizeof(r.span_id));
+	bpf_map_update_elem(&h2_requests, &rk, &r, BPF_ANY);
+	return 0;
+}
+
+/* func (cs *clientStream) encodeAndWriteHeaders(req): cs in ARG1, req in ARG2, on the stream's
+ * goroutine, with its id assigned, before its HEADERS frame is written. Under
+ * ClientConn.reqHeaderMu, so a connection's streams come here one at a time, in id order. The
+ * stream's span is published for the server at the other end (same host), for sk_msg (h2c),
+ * or queued for its socket's TCP option (TLS), tagged with the stream id. */
+SEC("uprobe")
+int http_client_h2_headers(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct h2_request_key rk = { .pid = pid, .req = GO_ARG2(ctx) };
+	struct h2_request *r = bpf_map_lookup_elem(&h2_requests, &rk);
+	if (!r)
+		return 0;
+	struct h2_request req = *r;
+	bpf_map_delete_elem(&h2_requests, &rk);
+	struct client_call *call = bpf_map_lookup_elem(&client_calls, &req.caller);
+	if (!call || __builtin_memcmp(call->ctx.span_id, req.span_id, sizeof(req.span_id)))
+		return 0;
+	u64 cs = GO_ARG1(ctx);
+	struct stream_conn_key sk = {};
+	bpf_probe_read_user(&sk.stream_id, sizeof(sk.stream_id), (void *)(cs + off_cs_id));
+	bool tls = false;
+	u64 tcpconn = go_tcpconn_in(read_u64(cs + off_cs_cc) + off_h2cc_tconn, &tls);
+	if (!sk.stream_id || !go_conn_key(tcpconn, true, &sk.conn))
+		return 0;
+	bool remote = !server_on_loopback(&sk.conn);
+	if (mark_client_pids && remote && !bpf_map_lookup_elem(&enrolled_conns, &sk.conn))
+		count(STAT_NOT_ENROLLED);
+	if (tls) {
+		tag_with_stream(call->ctx.span_id, sk.stream_id);
+		call->ctx.flags |= SPAN_OVER_TLS;
+		if (remote && !(call->ctx.flags & SPAN_HAS_TRACEPARENT))
+			queue_tls_stream(&sk.conn, &call->ctx);
+	}
+	note_conn_published(bpf_ktime_get_ns());
+	bpf_map_update_elem(&stream_ctx, &sk, &call->ctx, BPF_ANY);
 	return 0;
 }
 

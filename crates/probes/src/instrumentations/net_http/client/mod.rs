@@ -1,6 +1,6 @@
 //! net/http client spans: a CLIENT span per `(*Transport).roundTrip` (`http_client.bpf.c`),
-//! published under its connection for a server on the same host, and what outgoing
-//! traceparent injection carries to other hosts.
+//! published under its connection (HTTP/1) or its connection and stream (HTTP/2) for a server
+//! on the same host, and what outgoing traceparent injection carries to other hosts.
 
 pub mod event;
 mod span;
@@ -13,7 +13,7 @@ use offsets::{FieldOffset, FieldSpec, Layouts};
 use super::header_map::{configure_header_map, header_map, with_header_fields, HeaderMap};
 use crate::instrumentations::goroutines;
 use crate::load::{bpf_object, load};
-use crate::plan::{configure_tls_conn, conn_offsets, offset_of};
+use crate::plan::{configure_conn_types, conn_offsets, conn_types, offset_of, ConnTypes};
 use crate::{
     AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Plan, Report,
     Target,
@@ -28,6 +28,20 @@ const NAME: &str = "net/http client";
 const KIND: u32 = 2;
 const ROUND_TRIP: &str = "net/http.(*Transport).roundTrip";
 const PCONN_ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+/// Where an HTTP/2 request leaves the caller's goroutine (roundTrip from Go 1.23, RoundTrip
+/// before; the package moved in Go 1.27), and where its stream's HEADERS frame is written.
+const H2_ROUND_TRIP: &[&str] = &[
+    "net/http.(*http2ClientConn).roundTrip",
+    "net/http/internal/http2.(*ClientConn).roundTrip",
+    "net/http.(*http2ClientConn).RoundTrip",
+];
+const H2_HEADERS: &[&str] = &[
+    "net/http.(*http2clientStream).encodeAndWriteHeaders",
+    "net/http/internal/http2.(*clientStream).encodeAndWriteHeaders",
+];
+/// The HTTP/2 structs read, before Go 1.27 and from it.
+const H2_STREAM: [&str; 2] = ["net/http.http2clientStream", "net/http/internal/http2.clientStream"];
+const H2_CONN: [&str; 2] = ["net/http.http2ClientConn", "net/http/internal/http2.ClientConn"];
 
 impl Instrumentation for HttpClient {
     fn name(&self) -> &'static str {
@@ -52,7 +66,16 @@ impl Instrumentation for HttpClient {
         let fields = offsets::resolve(bin, layouts, FIELDS)?;
         let pconn_round_trip = FunctionPlan::first_of(bin, &[PCONN_ROUND_TRIP]);
         let header_map = header_map(bin, &fields);
-        Ok(Box::new(HttpClientPlan { round_trip, pconn_round_trip, fields, header_map }))
+        let h2 =
+            FunctionPlan::first_of(bin, H2_ROUND_TRIP).zip(FunctionPlan::first_of(bin, H2_HEADERS));
+        Ok(Box::new(HttpClientPlan {
+            round_trip,
+            pconn_round_trip,
+            h2,
+            conn_types: conn_types(bin),
+            fields,
+            header_map,
+        }))
     }
 
     fn events(&self) -> Option<Events> {
@@ -79,6 +102,14 @@ const FIELDS: &[FieldSpec] = with_header_fields![
     FieldSpec::std("net.conn", "fd", false),
     FieldSpec::std("net.netFD", "pfd", false),
     FieldSpec::std("internal/poll.FD", "Sysfd", false),
+    // HTTP/2 streams, for same-host children and propagation: clientStream.ID, and
+    // clientStream.cc.tconn, a net.Conn (*tls.Conn, or *net.TCPConn for h2c).
+    FieldSpec::std(H2_STREAM[0], "cc", false),
+    FieldSpec::std(H2_STREAM[0], "ID", false),
+    FieldSpec::std(H2_CONN[0], "tconn", false),
+    FieldSpec::std(H2_STREAM[1], "cc", false),
+    FieldSpec::std(H2_STREAM[1], "ID", false),
+    FieldSpec::std(H2_CONN[1], "tconn", false),
     // And Request.Header's, for a traceparent the request carries already.
 ];
 
@@ -87,6 +118,10 @@ struct HttpClientPlan {
     round_trip: FunctionPlan,
     /// Where the connection is known, for same-host parents; None: not linked.
     pconn_round_trip: Option<FunctionPlan>,
+    /// HTTP/2's (roundTrip, encodeAndWriteHeaders), where its streams are known; None: HTTP/2
+    /// requests are not linked and get nothing injected.
+    h2: Option<(FunctionPlan, FunctionPlan)>,
+    conn_types: Option<ConnTypes>,
     fields: Vec<FieldOffset>,
     /// None: a traceparent the request carries already is not seen, and injection may add a
     /// second.
@@ -126,7 +161,10 @@ impl Plan for HttpClientPlan {
                 ro.off_pconn_tls_state = tls_state;
                 (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
                 ro.has_conn_offsets = true;
-                configure_tls_conn!(ro, &self.fields);
+                configure_conn_types!(ro, self.conn_types, &self.fields);
+            }
+            if let Some((cc, id, tconn)) = self.h2_offsets() {
+                (ro.off_cs_cc, ro.off_cs_id, ro.off_h2cc_tconn) = (cc, id, tconn);
             }
             if to.options.inject {
                 ro.check_own_traceparent = self.header_map.is_some();
@@ -144,6 +182,26 @@ impl Plan for HttpClientPlan {
         if let (Some(pconn), true) = (&self.pconn_round_trip, conn_offsets.is_some()) {
             attached.entry_line(pconn, &p.http_client_conn)?;
         }
+        if let (Some((round_trip, headers)), Some(_)) = (&self.h2, self.h2_offsets()) {
+            attached.entry_line(round_trip, &p.http_client_h2_round_trip)?;
+            attached.entry_line(headers, &p.http_client_h2_headers)?;
+        }
         Ok(attached)
+    }
+}
+
+impl HttpClientPlan {
+    /// clientStream.cc, clientStream.ID and ClientConn.tconn's interface, where HTTP/2 streams
+    /// can be followed to their socket (the probes then see through the net.Conn's type).
+    fn h2_offsets(&self) -> Option<(u64, u64, u64)> {
+        let (linkable, typed) = (conn_offsets(&self.fields).is_some(), self.conn_types.is_some());
+        (linkable && typed).then_some(())?;
+        (0..2).find_map(|v| {
+            Some((
+                offset_of(&self.fields, H2_STREAM[v], "cc")?,
+                offset_of(&self.fields, H2_STREAM[v], "ID")?,
+                offset_of(&self.fields, H2_CONN[v], "tconn")?,
+            ))
+        })
     }
 }

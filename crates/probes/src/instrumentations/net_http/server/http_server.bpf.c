@@ -22,6 +22,13 @@ const volatile u64 off_response_status = 0;
 const volatile bool has_h2 = false;
 const volatile u64 off_h2rw_rws = 0;
 const volatile u64 off_h2rws_status = 0;
+/* And its stream, for a parent published per stream: responseWriterState.stream, stream.id,
+ * stream.sc, serverConn.conn (a net.Conn). */
+const volatile bool has_h2_streams = false;
+const volatile u64 off_h2rws_stream = 0;
+const volatile u64 off_h2stream_id = 0;
+const volatile u64 off_h2stream_sc = 0;
+const volatile u64 off_h2sc_conn = 0;
 /* response.conn (*http.conn), and conn.rwc's data word (*net.TCPConn when plain, *tls.Conn
  * where the Request has TLS state). */
 const volatile u64 off_response_conn = 0;
@@ -69,6 +76,25 @@ struct {
 	__type(value, struct request_copy);
 } scratch SEC(".maps");
 
+/* The HTTP/2 stream the response writer `rw` answers, and the span a client published for it
+ * (a client on this host, or a TLS option from one on another). */
+static __always_inline struct span_ctx *h2_stream_parent(u64 rw, struct stream_conn_key *sk)
+{
+	if (!has_h2_streams)
+		return 0;
+	u64 rws = read_u64(rw + off_h2rw_rws);
+	u64 stream = rws ? read_u64(rws + off_h2rws_stream) : 0;
+	if (!stream)
+		return 0;
+	bpf_probe_read_user(&sk->stream_id, sizeof(sk->stream_id), (void *)(stream + off_h2stream_id));
+	bool tls = false;
+	u64 sc = read_u64(stream + off_h2stream_sc);
+	u64 tcpconn = sc ? go_tcpconn_in(sc + off_h2sc_conn, &tls) : 0;
+	if (!go_conn_key(tcpconn, false, &sk->conn))
+		return 0;
+	return bpf_map_lookup_elem(&stream_ctx, sk);
+}
+
 SEC("uprobe")
 int http_server_enter(struct pt_regs *ctx)
 {
@@ -83,16 +109,22 @@ int http_server_enter(struct pt_regs *ctx)
 		.rw_data = GO_ARG3(ctx), /* rw's itab is in ARG2 */
 		.req = GO_ARG4(ctx),
 	};
-	/* A client span on this host whose request arrived on this connection is the parent. */
+	/* A client span on this host whose request arrived on this connection (HTTP/1) or stream
+	 * (HTTP/2) is the parent. */
 	struct span_ctx *parent = 0;
-	struct conn_key conn;
-	if (conns_published_lately(call.start_ns) && read_u64(call.req + off_req_proto_major) == 1) {
+	struct stream_conn_key sk = {};
+	u64 proto_major = 0;
+	if (conns_published_lately(call.start_ns))
+		proto_major = read_u64(call.req + off_req_proto_major);
+	if (proto_major == 1) {
 		u64 hc = read_u64(call.rw_data + off_response_conn);
 		u64 tcpconn = hc ? read_u64(hc + off_conn_rwc_data) : 0;
 		if (read_u64(call.req + off_req_tls))
 			tcpconn = go_conn_under_tls(tcpconn);
-		if (go_conn_key(tcpconn, false, &conn))
-			parent = bpf_map_lookup_elem(&conn_ctx, &conn);
+		if (go_conn_key(tcpconn, false, &sk.conn))
+			parent = bpf_map_lookup_elem(&conn_ctx, &sk.conn);
+	} else if (proto_major == 2) {
+		parent = h2_stream_parent(call.rw_data, &sk);
 	}
 	struct incoming remote = {};
 	bool has_parent = true, parent_sampled = true;
@@ -100,7 +132,10 @@ int http_server_enter(struct pt_regs *ctx)
 		__builtin_memcpy(call.ctx.trace_id, parent->trace_id, sizeof(call.ctx.trace_id));
 		__builtin_memcpy(call.parent_span_id, parent->span_id, sizeof(call.parent_span_id));
 		parent_sampled = parent->sampled;
-		bpf_map_delete_elem(&conn_ctx, &conn);
+		if (proto_major == 2)
+			bpf_map_delete_elem(&stream_ctx, &sk);
+		else
+			bpf_map_delete_elem(&conn_ctx, &sk.conn);
 	} else {
 		/* Else a W3C traceparent the request carries (from another host, or any client). */
 		incoming_traceparent(call.req, &remote);

@@ -12,7 +12,7 @@ use offsets::{FieldOffset, FieldSpec, Layouts};
 
 use super::header_map::{configure_header_map, header_map, with_header_fields, HeaderMap};
 use crate::load::{bpf_object, load};
-use crate::plan::{configure_tls_conn, conn_offsets, offset_of};
+use crate::plan::{configure_conn_types, conn_offsets, conn_types, offset_of, ConnTypes};
 use crate::{
     AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Placement,
     Plan, Report, Target,
@@ -61,6 +61,15 @@ impl Instrumentation for HttpServer {
     }
 }
 
+/// The HTTP/2 server's structs, before Go 1.27 and from it (net/http/internal/http2, where
+/// ServeHTTP's ResponseWriter holds the *responseWriter itself).
+const H2_WRITER: [&str; 2] =
+    ["net/http.http2responseWriter", "net/http/internal/http2.responseWriter"];
+const H2_STATE: [&str; 2] =
+    ["net/http.http2responseWriterState", "net/http/internal/http2.responseWriterState"];
+const H2_STREAM: [&str; 2] = ["net/http.http2stream", "net/http/internal/http2.stream"];
+const H2_CONN: [&str; 2] = ["net/http.http2serverConn", "net/http/internal/http2.serverConn"];
+
 /// The fields the program reads. Optional ones only enrich the span.
 const FIELDS: &[FieldSpec] = with_header_fields![
     FieldSpec::std("net/http.Request", "Method", true),
@@ -74,9 +83,20 @@ const FIELDS: &[FieldSpec] = with_header_fields![
     FieldSpec::std("net/url.URL", "Path", true),
     FieldSpec::std("net/url.URL", "RawQuery", true),
     FieldSpec::std("net/http.response", "status", true),
-    // HTTP/2 (Go before 1.27; 1.27 renamed the writer): without them HTTP/2 spans lack a status.
-    FieldSpec::std("net/http.http2responseWriter", "rws", false),
-    FieldSpec::std("net/http.http2responseWriterState", "status", false),
+    // HTTP/2: without them HTTP/2 spans lack a status; without the stream's, a parent
+    // published for the stream (responseWriterState.stream.{id, sc.conn}).
+    FieldSpec::std(H2_WRITER[0], "rws", false),
+    FieldSpec::std(H2_STATE[0], "status", false),
+    FieldSpec::std(H2_STATE[0], "stream", false),
+    FieldSpec::std(H2_STREAM[0], "id", false),
+    FieldSpec::std(H2_STREAM[0], "sc", false),
+    FieldSpec::std(H2_CONN[0], "conn", false),
+    FieldSpec::std(H2_WRITER[1], "rws", false),
+    FieldSpec::std(H2_STATE[1], "status", false),
+    FieldSpec::std(H2_STATE[1], "stream", false),
+    FieldSpec::std(H2_STREAM[1], "id", false),
+    FieldSpec::std(H2_STREAM[1], "sc", false),
+    FieldSpec::std(H2_CONN[1], "conn", false),
     // The connection, for same-host parents: response.conn.rwc -> *net.TCPConn -> fd, or
     // through tls.Conn.conn when the request came over TLS.
     FieldSpec::std("net/http.response", "conn", false),
@@ -98,6 +118,7 @@ struct HttpServerPlan {
     fields: Vec<FieldOffset>,
     /// None: incoming traceparent headers are not read.
     header_map: Option<HeaderMap>,
+    conn_types: Option<ConnTypes>,
 }
 
 fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<HttpServerPlan, String> {
@@ -111,7 +132,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<HttpServerPlan, String> {
     let header_map = header_map(bin, &fields);
     let request_ends =
         FunctionPlan::first_of(bin, &[HTTP1_END]).zip(FunctionPlan::first_of(bin, HTTP2_END));
-    Ok(HttpServerPlan { serve, request_ends, fields, header_map })
+    Ok(HttpServerPlan { serve, request_ends, fields, header_map, conn_types: conn_types(bin) })
 }
 
 /// The probe copies the head of a struct in one read (`struct window` in gotel.h).
@@ -184,14 +205,24 @@ impl HttpServerPlan {
         ro.off_url_path = offset("net/url.URL", "Path").unwrap_or(0);
         ro.off_url_raw_query = offset("net/url.URL", "RawQuery").unwrap_or(0);
         ro.off_response_status = offset("net/http.response", "status").unwrap_or(0);
-        let h2 = (
-            offset("net/http.http2responseWriter", "rws"),
-            offset("net/http.http2responseWriterState", "status"),
-        );
-        if let (Some(rws), Some(status)) = h2 {
+        let h2 = |v: usize| Some((offset(H2_WRITER[v], "rws")?, offset(H2_STATE[v], "status")?, v));
+        let h2_stream = |v: usize| {
+            Some((
+                offset(H2_STATE[v], "stream")?,
+                offset(H2_STREAM[v], "id")?,
+                offset(H2_STREAM[v], "sc")?,
+                offset(H2_CONN[v], "conn")?,
+            ))
+        };
+        if let Some((rws, status, v)) = h2(0).or_else(|| h2(1)) {
             ro.has_h2 = true;
             ro.off_h2rw_rws = rws;
             ro.off_h2rws_status = status;
+            if let (Some(stream), true) = (h2_stream(v), self.conn_types.is_some()) {
+                ro.has_h2_streams = true;
+                (ro.off_h2rws_stream, ro.off_h2stream_id, ro.off_h2stream_sc, ro.off_h2sc_conn) =
+                    stream;
+            }
         }
         if let (Some(conn), Some(rwc), Some(conn_offsets)) = (
             offset("net/http.response", "conn"),
@@ -202,7 +233,7 @@ impl HttpServerPlan {
             ro.off_conn_rwc_data = rwc + 8; // an interface's data word follows its itab
             (ro.off_tcpconn_fd, ro.off_netfd_sysfd) = conn_offsets;
             ro.has_conn_offsets = true;
-            configure_tls_conn!(ro, &self.fields);
+            configure_conn_types!(ro, self.conn_types, &self.fields);
         }
         configure_header_map!(ro, self.header_map);
     }
