@@ -379,6 +379,45 @@ fn https_requests_continue_the_trace_across_hosts() {
     assert!(linked >= 200, "{linked}/203 linked: {log}");
 }
 
+/// nginx terminating TLS on the other host, in front of the HTTPS server there: the TCP
+/// option rides only to nginx, so the server behind it makes root spans; every request still
+/// succeeds, and none is put under a client span that did not send it.
+#[test]
+fn https_through_a_tls_terminating_proxy_makes_roots_and_breaks_nothing() {
+    let Some(()) = privileged() else { return };
+    let (server, mut client, port) = chain_across_hosts(27, &["-tls"], &[]);
+    let dir = &server.dir.0;
+    let (cert, key) = (dir.join("proxy.crt"), dir.join("proxy.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=gotel-proxy", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success(), "openssl made no certificate");
+    let proxy = format!("{}:{}", server.host.theirs, free_port());
+    let conf = format!(
+        "listen {proxy} ssl; ssl_certificate {}; ssl_certificate_key {}; \
+         location / {{ proxy_pass https://{}; }}",
+        cert.display(),
+        key.display(),
+        server.addr
+    );
+    let _nginx = server.host.nginx(dir, &conf);
+    wait_for_addr(&proxy);
+    let (status, body) = http_get(port, &format!("/fanout?url=https://{proxy}/c&n=50"));
+    assert_eq!((status, body.as_str()), (200, "fanout: 50\n"));
+    let server_port = server.addr.rsplit(':').next().unwrap();
+    let parents = https_parents(&server.collector, server_port, 50);
+    client.signal_and_wait(libc::SIGTERM, WAIT);
+    let log = client.log().join("\n");
+    assert_eq!(parents.iter().flatten().count(), 0, "behind the proxy, roots: {log}");
+    assert_eq!(number_before(&log, "TLS requests' spans sent"), 50, "{log}");
+}
+
 /// HTTP/2 over TLS between net/http's client and server on two hosts: 53 requests one after
 /// another on one connection (three of them 4 MiB POSTs), each of whose HEADERS rides a segment
 /// whose TCP option carries its client span, tagged with the stream id: every server span is
