@@ -23,6 +23,13 @@ hits all of them alike:
 and, with --gotel-other PATH, a sixth: gotel-other, another build of gotel (main's, say) run
 as `gotel` is, to compare a change with what it changes in the same run.
 
+With --remote, the chain workload's B runs on another host (a network namespace behind a veth
+pair, made and removed by the benchmark), so A's calls to B cross hosts and traceparent
+propagation is at work, over --transport http (HTTP/1.1, a traceparent line), https (HTTP/1.1
+over TLS, a TCP option), h2 (HTTP/2 over TLS, a TCP option per stream) or h2c (HTTP/2, a
+header field in HEADERS). The configurations are then baseline, gotel, and gotel-inject-off
+(gotel with --inject-traceparent off): what propagation costs is gotel's row less that one.
+
 Every configuration exports to one real OpenTelemetry Collector on loopback, whose own
 metrics count the spans that arrived. Each run: wrk at saturation (requests/s), then oha at a
 fixed rate below every configuration's saturation (p50/p99 latency, and CPU per request of
@@ -51,6 +58,33 @@ COLLECTOR = os.path.join(REPO, "target/tools/otelcol-gotel")
 # name -> (path requested, spans per request); "chain" runs B, then A calling B
 WORKLOADS = {"server": ("/c", 1), "chain": ("/one", 3), "db": ("/query", 3)}
 CONFIGS = ["baseline", "gotel", "gotel-entry-ret", "otel-sdk", "otel-auto"]
+REMOTE_CONFIGS = ["baseline", "gotel", "gotel-inject-off"]
+# --transport -> (B's flags, A's flags, the scheme A calls B with)
+TRANSPORTS = {"http": ([], [], "http"), "https": (["-tls"], [], "https"),
+              "h2": (["-tls", "-h2"], [], "https"), "h2c": (["-h2c"], ["-h2c"], "http")}
+
+
+class OtherHost:
+    """A network namespace behind a veth pair, B's host for --remote."""
+    NAME, VETH, PEER = "gotel-bench", "gtbench0", "gtbench1"
+    OURS, THEIRS = "10.203.250.1", "10.203.250.2"
+
+    def __init__(self):
+        self.remove()
+        for cmd in [f"netns add {self.NAME}", f"link add {self.VETH} type veth peer name {self.PEER}",
+                    f"link set {self.PEER} netns {self.NAME}", f"addr add {self.OURS}/30 dev {self.VETH}",
+                    f"link set {self.VETH} up",
+                    f"netns exec {self.NAME} ip addr add {self.THEIRS}/30 dev {self.PEER}",
+                    f"netns exec {self.NAME} ip link set {self.PEER} up",
+                    f"netns exec {self.NAME} ip link set lo up"]:
+            subprocess.run(["ip"] + cmd.split(), check=True)
+
+    def remove(self):
+        for cmd in [f"link del {self.VETH}", f"netns del {self.NAME}"]:
+            subprocess.run(["ip"] + cmd.split(), stderr=subprocess.DEVNULL)
+
+    def command(self, argv):
+        return ["ip", "netns", "exec", self.NAME] + argv
 
 
 def fixed_rate(args, workload):
@@ -147,7 +181,7 @@ def start_otel_auto(pid, env):
     return agent
 
 
-def run_one(args, collector, workload, name, stores):
+def run_one(args, collector, workload, name, stores, remote=None):
     path, spans_per_request = WORKLOADS[workload]
     otlp_env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}")
     if workload == "db":
@@ -160,7 +194,8 @@ def run_one(args, collector, workload, name, stores):
         service_args = []
     agents = []
     if name.startswith("gotel"):
-        extra = ["--probe-placement", "entry-ret"] if name == "gotel-entry-ret" else []
+        extra = {"gotel-entry-ret": ["--probe-placement", "entry-ret"],
+                 "gotel-inject-off": ["--inject-traceparent", "off"]}.get(name, [])
         gotel = args.gotel_other if name == "gotel-other" else GOTEL
         agent = subprocess.Popen([gotel, "attach", "--exe", binary] + extra, env=otlp_env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -170,16 +205,19 @@ def run_one(args, collector, workload, name, stores):
     env = otlp_env if name == "otel-sdk" else os.environ
     services = []
     b_port = free_port()
-    services.append(subprocess.Popen([binary, "-addr", f"127.0.0.1:{b_port}"] + service_args,
+    b_flags, a_flags, scheme = TRANSPORTS[args.transport] if remote else ([], [], "http")
+    b_host = remote.THEIRS if remote else "127.0.0.1"
+    b_argv = [binary, "-addr", f"{b_host}:{b_port}"] + service_args + b_flags
+    services.append(subprocess.Popen(remote.command(b_argv) if remote else b_argv,
                                      env=env, stderr=subprocess.DEVNULL))
+    wait_port(b_port, host=b_host)
     port = b_port
     if workload == "chain":
         port = free_port()
         services.append(subprocess.Popen(
-            [binary, "-addr", f"127.0.0.1:{port}", "-next", f"http://127.0.0.1:{b_port}"],
+            [binary, "-addr", f"127.0.0.1:{port}", "-next", f"{scheme}://{b_host}:{b_port}"] + a_flags,
             env=env, stderr=subprocess.DEVNULL))
-    for p in {b_port, port}:
-        wait_port(p)
+        wait_port(port)
     row = {}
     try:
         if name == "otel-auto":
@@ -231,8 +269,9 @@ def med(rows, key):
 def report(workload, results, args):
     path, spans = WORKLOADS[workload]
     rate = fixed_rate(args, workload)
-    print(f"\nworkload {workload}: GET {path}, {spans} span(s) per request; latency and CPU at "
-          f"{rate} req/s, {args.rounds} round(s), medians")
+    where = f", B on another host over {args.transport}" if args.remote else ""
+    print(f"\nworkload {workload}: GET {path}, {spans} span(s) per request{where}; latency and CPU "
+          f"at {rate} req/s, {args.rounds} round(s), medians")
     print("configuration     sat req/s (spread)  p50 ms  p99 ms  services us/req  agent us/req"
           "  added us/req  added@sat  agent RSS MiB  spans/expected")
     base = results.get("baseline", [])
@@ -269,9 +308,20 @@ def main():
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--gotel-other", metavar="PATH",
                     help="another gotel binary, run as the configuration gotel-other")
+    ap.add_argument("--remote", action="store_true",
+                    help="chain only: B on another host (a network namespace), propagation at work")
+    ap.add_argument("--transport", choices=list(TRANSPORTS), default="http",
+                    help="with --remote: how A calls B")
     ap.add_argument("--json", default=os.path.join(REPO, "target/bench-http.json"))
     args = ap.parse_args()
     workloads = args.workloads.split(",")
+    if args.remote:
+        if "--workloads" not in sys.argv:
+            workloads = ["chain"]
+        if workloads != ["chain"]:
+            sys.exit("--remote runs the chain workload only")
+        if "--configs" not in sys.argv:
+            args.configs = ",".join(REMOTE_CONFIGS)
     configs = args.configs.split(",")
     if args.gotel_other and "gotel-other" not in configs:
         configs.append("gotel-other")
@@ -289,12 +339,13 @@ def main():
     tmp = tempfile.mkdtemp(prefix="gotel-bench-")
     collector = Collector(tmp)
     stores = (Postgres(), Redis()) if "db" in workloads else None
+    remote = OtherHost() if args.remote else None
     results = {w: {c: [] for c in configs} for w in workloads}
     try:
         for r in range(args.rounds):
             for w in workloads:
                 for name in configs:
-                    row = run_one(args, collector, w, name, stores)
+                    row = run_one(args, collector, w, name, stores, remote)
                     results[w][name].append(row)
                     print(f"round {r + 1} {w:6} {name:15} " + " ".join(
                         f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
@@ -303,6 +354,8 @@ def main():
         collector.proc.kill()
         for store in stores or ():
             store.stop()
+        if remote:
+            remote.remove()
     for w in workloads:
         report(w, results[w], args)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)

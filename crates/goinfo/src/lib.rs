@@ -8,10 +8,12 @@ mod dwarf;
 mod fuzz;
 pub mod pclntab;
 mod rets;
+mod stated_version;
 mod types;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -19,6 +21,7 @@ pub use buildinfo::{parse_go_version, BuildInfo, Module};
 pub use dwarf::StructLayouts;
 pub use pclntab::PclnFunction;
 pub use rets::{amd64_calls_to, amd64_ret_addresses, amd64_stack_check_branch};
+pub use stated_version::{ModuleVersion, VersionSource};
 
 /// Why a file could not be analysed; each names the file and what is missing.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,8 @@ pub struct GoBinary {
     functions: HashMap<String, (u64, u64)>,
     symbol_source: SymbolSource,
     segments: Vec<Segment>,
+    /// What the data states of libraries' versions, read once, when first asked.
+    stated: OnceLock<Vec<(&'static str, Result<ModuleVersion, String>)>>,
 }
 
 impl std::fmt::Debug for GoBinary {
@@ -187,7 +192,16 @@ impl GoBinary {
                 .map(|f| (f.name, (f.entry, f.end.saturating_sub(f.entry))))
                 .collect();
         }
-        Ok(GoBinary { path: path.into(), data, build_info, functions, symbol_source, segments })
+        let stated = OnceLock::new();
+        Ok(GoBinary {
+            path: path.into(),
+            data,
+            build_info,
+            functions,
+            symbol_source,
+            segments,
+            stated,
+        })
     }
 
     /// Every function in `.gopclntab`, whether or not `.symtab` exists.
@@ -207,6 +221,36 @@ impl GoBinary {
 
     pub fn build_info(&self) -> &BuildInfo {
         &self.build_info
+    }
+
+    /// The version of module `path` linked in: from buildinfo, or, where buildinfo lists no
+    /// modules (GOPATH and vendor builds), from a version string the library compiles in
+    /// (`stated_version`) when the binary has the library's functions. Err says why none is
+    /// known.
+    pub fn module_version(&self, path: &str) -> Result<ModuleVersion, String> {
+        if let Some(v) = self.build_info.module_version(path) {
+            let source = VersionSource::BuildInfo;
+            return Ok(ModuleVersion { version: v.to_string(), source });
+        }
+        let package = format!("{path}.");
+        if !self.build_info.deps.is_empty()
+            || !self.functions.keys().any(|f| f.starts_with(&package))
+        {
+            return Err(format!("{path} is not in the binary"));
+        }
+        let why = |why: &str| {
+            format!("{path} is in the binary, but buildinfo lists no modules and {why}")
+        };
+        let stated = self.stated.get_or_init(|| {
+            stated_version::stated_modules()
+                .filter_map(|m| Some((m, stated_version::stated_version(&self.data, m)?)))
+                .collect()
+        });
+        match stated.iter().find(|(m, _)| *m == path) {
+            Some((_, Ok(v))) => Ok(v.clone()),
+            Some((_, Err(e))) => Err(why(e)),
+            None => Err(why("gotel knows no version string it compiles in")),
+        }
     }
 
     /// Number of function symbols.

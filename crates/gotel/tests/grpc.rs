@@ -170,6 +170,23 @@ fn grpc_stripped_v1_77_stream_by_value() {
     rpcs_become_linked_spans("grpc-v1.77.0-stripped");
 }
 
+/// A distribution's build: GOPATH mode, grpc-go a package under GOPATH/src, stripped, so
+/// buildinfo lists no modules (scripts/build-gopath-fixture.sh). The version is read from the
+/// grpc-go user agent string the binary carries, and every kind of RPC is traced and linked.
+#[test]
+fn grpc_gopath_build_with_no_modules_v1_60() {
+    let fixture_name = "grpc-v1.60.1-gopath";
+    let out = Command::new(env!("CARGO_BIN_EXE_gotel"))
+        .args(["inspect", grpc_fixture(fixture_name).to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("modules        (none)"), "{text}");
+    let learned = "applies (grpc v1.60.1 from grpc.Version, in grpc-go's user agent string";
+    assert_eq!(text.matches(learned).count(), 2, "server and client: {text}");
+    rpcs_become_linked_spans(fixture_name);
+}
+
 /// HTTP -> gRPC -> HTTP, one trace: the front's gRPC call is its HTTP span's child, the gRPC
 /// server span the call's child, and the handler's HTTP call and the server it reaches follow.
 #[test]

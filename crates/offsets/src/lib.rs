@@ -135,11 +135,10 @@ pub fn resolve(
 }
 
 fn from_database(bin: &GoBinary, spec: &FieldSpec) -> Result<FieldOffset, String> {
-    let info = bin.build_info();
     let version = if spec.module == STD {
-        Some(info.go_version.as_str())
+        Some(bin.build_info().go_version.clone())
     } else {
-        info.module_version(spec.module)
+        bin.module_version(spec.module).ok().map(|v| v.version)
     };
     let unknown = |why: String| -> Result<FieldOffset, String> {
         if spec.required {
@@ -158,7 +157,7 @@ fn from_database(bin: &GoBinary, spec: &FieldSpec) -> Result<FieldOffset, String
         Ok(db) => db,
         Err(e) => return unknown(e.to_string()),
     };
-    match db.lookup(spec.module, version, &spec.key()) {
+    match db.lookup(spec.module, &version, &spec.key()) {
         Lookup::Found { offset, from, to } => Ok(FieldOffset {
             spec: *spec,
             offset,

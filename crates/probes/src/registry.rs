@@ -39,11 +39,7 @@ fn supported(bin: &GoBinary, target: Target) -> Result<(), String> {
     let info = bin.build_info();
     let module_version = match target {
         Target::Std => None,
-        Target::Module { path, oldest } => {
-            let version =
-                info.module_version(path).ok_or_else(|| format!("{path} is not in the binary"))?;
-            Some((path, version, oldest))
-        }
+        Target::Module { path, oldest } => Some((path, bin.module_version(path)?.version, oldest)),
     };
     if let Some((1, minor, _)) = info.go_semver() {
         if minor < REGISTER_ABI.1 {
@@ -54,7 +50,7 @@ fn supported(bin: &GoBinary, target: Target) -> Result<(), String> {
         }
     }
     match module_version {
-        Some((path, version, (major, minor))) if !version_at_least(version, major, minor) => {
+        Some((path, version, (major, minor))) if !version_at_least(&version, major, minor) => {
             Err(format!("{path} {version} is older than v{major}.{minor}, the oldest supported"))
         }
         _ => Ok(()),

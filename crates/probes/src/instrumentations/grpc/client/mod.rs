@@ -10,7 +10,7 @@ mod span;
 
 use std::mem::MaybeUninit;
 
-use goinfo::GoBinary;
+use goinfo::{GoBinary, ModuleVersion, VersionSource};
 use offsets::{FieldOffset, FieldSpec, Layouts};
 
 use super::{field, StreamEmbedding, GENPROTO, MODULE, SPB_STATUS, STATUS, STREAM};
@@ -126,6 +126,8 @@ struct StreamLayout {
 #[derive(Debug, Clone)]
 struct GrpcClientPlan {
     grpc_version: String,
+    /// How the version was learned (buildinfo, or a string in the binary).
+    version_source: VersionSource,
     start: FunctionPlan,
     new_stream: FunctionPlan,
     finish: FunctionPlan,
@@ -139,7 +141,8 @@ struct GrpcClientPlan {
 }
 
 fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
-    let grpc_version = bin.build_info().module_version(MODULE).unwrap_or_default().to_string();
+    let ModuleVersion { version: grpc_version, source: version_source } =
+        bin.module_version(MODULE)?;
     let start = FunctionPlan::entry_only(bin, NEW_CLIENT_STREAM)?;
     let new_stream = FunctionPlan::new(bin, NEW_STREAM)?;
     let finish = FunctionPlan::entry_only(bin, FINISH)?;
@@ -184,6 +187,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
     })();
     Ok(GrpcClientPlan {
         grpc_version,
+        version_source,
         start,
         new_stream,
         finish,
@@ -197,7 +201,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
 impl Plan for GrpcClientPlan {
     fn report(&self) -> Report<'_> {
         Report {
-            note: Some(format!("grpc {}", self.grpc_version)),
+            note: Some(format!("grpc {} {}", self.grpc_version, self.version_source)),
             functions: vec![&self.start, &self.new_stream, &self.finish],
             fields: &self.fields,
         }

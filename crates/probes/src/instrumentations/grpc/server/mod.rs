@@ -7,7 +7,7 @@ mod span;
 
 use std::mem::MaybeUninit;
 
-use goinfo::GoBinary;
+use goinfo::{GoBinary, ModuleVersion, VersionSource};
 use offsets::{FieldOffset, FieldSpec, Layouts};
 
 use super::{field, StreamEmbedding, GENPROTO, MODULE, SPB_STATUS, STATUS, STREAM};
@@ -115,6 +115,8 @@ struct Metadata {
 #[derive(Debug, Clone)]
 struct GrpcServerPlan {
     grpc_version: String,
+    /// How the version was learned (buildinfo, or a string in the binary).
+    version_source: VersionSource,
     handle_stream: FunctionPlan,
     write_status: FunctionPlan,
     stream: StreamEmbedding,
@@ -126,7 +128,8 @@ struct GrpcServerPlan {
 }
 
 fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcServerPlan, String> {
-    let grpc_version = bin.build_info().module_version(MODULE).unwrap_or_default().to_string();
+    let ModuleVersion { version: grpc_version, source: version_source } =
+        bin.module_version(MODULE)?;
     let handle_stream = FunctionPlan::new(bin, HANDLE_STREAM)?;
     let write_status = FunctionPlan::first_of(bin, WRITE_STATUS)
         .ok_or_else(|| format!("none of {WRITE_STATUS:?} is in the binary"))?;
@@ -140,6 +143,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcServerPlan, String> {
     let metadata = metadata(bin, &fields, &grpc_version);
     Ok(GrpcServerPlan {
         grpc_version,
+        version_source,
         handle_stream,
         write_status,
         stream,
@@ -173,7 +177,7 @@ fn metadata(
 impl Plan for GrpcServerPlan {
     fn report(&self) -> Report<'_> {
         Report {
-            note: Some(format!("grpc {}", self.grpc_version)),
+            note: Some(format!("grpc {} {}", self.grpc_version, self.version_source)),
             functions: vec![&self.handle_stream, &self.write_status],
             fields: &self.fields,
         }
