@@ -42,6 +42,7 @@ for fixture in "$repo"/fixtures/*/; do
   name=$(basename "$fixture")
   # gRPC fixtures vary by grpc version, not Go version: scripts/build-grpc-fixtures.sh.
   [ "$name" = grpc ] && continue
+  [ -f "$fixture/go.mod" ] || continue # not a Go program (fixtures/interop)
   for root in "${toolchains[@]}"; do
     short=$(short_version "$root")
     newest=$root

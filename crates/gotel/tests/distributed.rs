@@ -16,22 +16,45 @@ struct Services {
     pids: [u32; 3],
 }
 
-/// Starts C, B and A from one private copy of the chain fixture (one inode, one attachment).
-/// A serves plain HTTP; B and C serve HTTP/2 over TLS where `h2` is set.
-fn start_chain(exe: &std::path::Path, h2: bool) -> Services {
+/// How A reaches B, and B reaches C.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hops {
+    Http,
+    Http2OverTls,
+    /// HTTP over a unix socket (no 4-tuple: linked through the kernel's socket pair).
+    UnixSocket,
+}
+
+/// Starts C, B and A from one private copy of the chain fixture (one inode, one attachment),
+/// its sockets beside it. A serves plain HTTP on a port; B and C as `hops` says.
+fn start_chain(exe: &std::path::Path, hops: Hops) -> Services {
     let (a, b, c) = (free_port(), free_port(), free_port());
-    let scheme = if h2 { "https" } else { "http" };
+    // Where each listens (-addr), and how its caller names it (-next).
+    let socket = |port: u16| exe.with_file_name(format!("{port}.sock"));
+    let listen = |port: u16| match hops {
+        Hops::UnixSocket if port != a => format!("unix:{}", socket(port).display()),
+        _ => format!("127.0.0.1:{port}"),
+    };
+    let url = |port: u16| match hops {
+        Hops::UnixSocket => listen(port),
+        Hops::Http2OverTls => format!("https://127.0.0.1:{port}"),
+        Hops::Http => format!("http://127.0.0.1:{port}"),
+    };
     let start = |port: u16, next: Option<u16>| {
         let mut cmd = std::process::Command::new(exe);
-        cmd.arg("-addr").arg(format!("127.0.0.1:{port}"));
+        let listen = listen(port);
+        cmd.arg("-addr").arg(&listen);
         if let Some(n) = next {
-            cmd.arg("-next").arg(format!("{scheme}://127.0.0.1:{n}"));
+            cmd.arg("-next").arg(url(n));
         }
-        if h2 && port != a {
+        if hops == Hops::Http2OverTls && port != a {
             cmd.args(["-tls", "-h2"]);
         }
         let p = Proc::new(cmd.stderr(std::process::Stdio::null()).spawn().unwrap());
-        wait_for_port(port, WAIT);
+        match listen.strip_prefix("unix:") {
+            Some(path) => wait_for_unix_socket(std::path::Path::new(path)),
+            None => wait_for_port(port, WAIT),
+        }
         p
     };
     let pc = start(c, None);
@@ -39,6 +62,14 @@ fn start_chain(exe: &std::path::Path, h2: bool) -> Services {
     let pa = start(a, Some(b));
     let pids = [pa.pid(), pb.pid(), pc.pid()];
     Services { _procs: vec![pc, pb, pa], a_port: a, pids }
+}
+
+fn wait_for_unix_socket(path: &std::path::Path) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing listens at {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Every request to A must come back as exactly one trace of seven spans, linked right.
@@ -91,12 +122,12 @@ fn check_traces(spans: &[ReceivedSpan], requests: usize, pids: [u32; 3]) {
 }
 
 fn chain_under_load(fixture_name: &str, requests: usize) {
-    chain_of(fixture_name, false, requests);
+    chain_of(fixture_name, Hops::Http, requests);
 }
 
-/// `requests` at once through A, B and C from `fixture_name`, B and C over HTTP/2 with TLS
-/// where `h2` is set: there, many requests share a connection, told apart by stream id.
-fn chain_of(fixture_name: &str, h2: bool, requests: usize) {
+/// `requests` at once through A, B and C from `fixture_name`, B and C reached over `hops`
+/// (over HTTP/2, many requests share a connection, told apart by stream id).
+fn chain_of(fixture_name: &str, hops: Hops, requests: usize) {
     let Some(()) = privileged() else { return };
     raise_fd_limit();
     let collector = Collector::start(fixture_name);
@@ -105,7 +136,7 @@ fn chain_of(fixture_name: &str, h2: bool, requests: usize) {
     std::fs::copy(fixture(fixture_name), &exe).unwrap();
     let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
     gotel.wait_for_log("tracing every process", WAIT);
-    let services = start_chain(&exe, h2);
+    let services = start_chain(&exe, hops);
 
     let port = services.a_port;
     let clients: Vec<_> =
@@ -117,7 +148,7 @@ fn chain_of(fixture_name: &str, h2: bool, requests: usize) {
     }
     let spans = collector.wait_for_spans(requests * 7, WAIT);
     check_traces(&spans, requests, services.pids);
-    if h2 {
+    if hops == Hops::Http2OverTls {
         let over_h2 = spans
             .iter()
             .filter(|s| s.attr_str("network.protocol.version").as_deref() == Some("2"))
@@ -132,17 +163,29 @@ fn chain_of(fixture_name: &str, h2: bool, requests: usize) {
 /// from Go 1.27 (net/http/internal/http2).
 #[test]
 fn http2_over_tls_one_trace_per_request_go1_19() {
-    chain_of("chain-go1.19", true, 50);
+    chain_of("chain-go1.19", Hops::Http2OverTls, 50);
 }
 
 #[test]
 fn http2_over_tls_one_trace_per_request_go1_26_under_200_concurrent() {
-    chain_of("chain-go1.26", true, 200);
+    chain_of("chain-go1.26", Hops::Http2OverTls, 200);
 }
 
 #[test]
 fn http2_over_tls_one_trace_per_request_go1_27_stripped() {
-    chain_of("chain-go1.27-stripped", true, 50);
+    chain_of("chain-go1.27-stripped", Hops::Http2OverTls, 50);
+}
+
+/// HTTP over unix sockets (as containerd and docker serve): the server span at the other end
+/// of the socket pair is the client span's child, 200 requests at once.
+#[test]
+fn over_unix_sockets_one_trace_per_request_go1_26_under_200_concurrent() {
+    chain_of("chain-go1.26", Hops::UnixSocket, 200);
+}
+
+#[test]
+fn over_unix_sockets_one_trace_per_request_go1_19_stripped() {
+    chain_of("chain-go1.19-stripped", Hops::UnixSocket, 50);
 }
 
 #[test]
@@ -177,7 +220,7 @@ fn joins_incoming_trace(fixture_name: &str) {
     std::fs::copy(fixture(fixture_name), &exe).unwrap();
     let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
     gotel.wait_for_log("tracing every process", WAIT);
-    let services = start_chain(&exe, false);
+    let services = start_chain(&exe, Hops::Http);
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     for extra_headers in [0, 12, 60] {
         let parent = format!("00f067aa0ba902{extra_headers:02x}");
@@ -243,7 +286,7 @@ fn sampling_keeps_whole_traces_and_follows_the_callers_flag() {
         [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.5")];
     let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &env);
     gotel.wait_for_log("tracing every process", WAIT);
-    let services = start_chain(&exe, false);
+    let services = start_chain(&exe, Hops::Http);
 
     const N: usize = 100;
     for _ in 0..N {

@@ -119,15 +119,48 @@ fn rpcs_become_linked_spans(fixture_name: &str) {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (servers, clients) = wait_for_grpc_spans(&collector, cases.len() + 200, cases.len() + 200);
-    let (servers, clients) = (&servers[cases.len()..], &clients[cases.len()..]);
-    assert_eq!((servers.len(), clients.len()), (200, 200), "one span per call and side");
+    pairwise_linked(&servers[cases.len()..], &clients[cases.len()..], 200);
+}
+
+/// `n` calls, all OK: one server and one client span each, each server span's parent its own
+/// client span.
+fn pairwise_linked(servers: &[ReceivedSpan], clients: &[ReceivedSpan], n: usize) {
+    assert_eq!((servers.len(), clients.len()), (n, n), "one span per call and side");
     assert!(servers.iter().chain(clients).all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)));
     let client_ids: std::collections::HashSet<String> =
         clients.iter().map(|s| s.hex("spanId")).collect();
-    assert_eq!(client_ids.len(), 200, "distinct client spans");
+    assert_eq!(client_ids.len(), n, "distinct client spans");
     let parents: std::collections::HashSet<String> =
         servers.iter().map(|s| s.hex("parentSpanId")).collect();
     assert_eq!(parents, client_ids, "each server span's parent is its own client span");
+}
+
+/// gRPC over a unix socket (as containerd serves): 100 calls, 8 at a time, pairwise linked on
+/// the socket pair (no 4-tuple: the kernel's two sockets key it).
+#[test]
+fn grpc_over_a_unix_socket_v1_85() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("grpc-unix");
+    let dir = TempDir::new("grpc-unix");
+    let exe = dir.0.join("greeter");
+    std::fs::copy(grpc_fixture("grpc-v1.85.0"), &exe).unwrap();
+    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
+    gotel.wait_for_log("tracing every process", WAIT);
+    let path = dir.0.join("greeter.sock");
+    let socket = format!("unix:{}", path.display());
+    let _server = start(&exe, &["-serve", &socket]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::os::unix::net::UnixStream::connect(&path).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(&exe)
+        .args(["-client", &socket, "-n", "100", "-concurrency", "8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (servers, clients) = wait_for_grpc_spans(&collector, 100, 100);
+    pairwise_linked(&servers, &clients, 100);
 }
 
 #[test]

@@ -93,12 +93,15 @@ pub(crate) use configure_tls_conn;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ConnTypes {
     pub tcp: u32,
+    /// 0 where the binary has no unix sockets.
+    pub unix: u32,
     pub tls: u32,
     /// grpc's wrapper of a TLS connection that keeps the raw one's SyscallConn.
     pub syscall: u32,
 }
 
 const TCP_CONN: &str = "*net.TCPConn";
+const UNIX_CONN: &str = "*net.UnixConn";
 const TLS_CONN: &str = "*crypto/tls.Conn";
 pub(crate) const SYSCALL_CONN: &str = "google.golang.org/grpc/internal/credentials.syscallConn";
 
@@ -106,9 +109,14 @@ pub(crate) const SYSCALL_CONN: &str = "google.golang.org/grpc/internal/credentia
 /// taken to be one, as before TLS was seen through).
 pub(crate) fn conn_types(bin: &GoBinary) -> Option<ConnTypes> {
     let syscall = format!("*{SYSCALL_CONN}");
-    let hashes = bin.pointer_type_hashes(&[TCP_CONN, TLS_CONN, &syscall]).ok()?;
+    let hashes = bin.pointer_type_hashes(&[TCP_CONN, UNIX_CONN, TLS_CONN, &syscall]).ok()?;
     let of = |name: &str| hashes.get(name).copied().unwrap_or(0);
-    Some(ConnTypes { tcp: *hashes.get(TCP_CONN)?, tls: of(TLS_CONN), syscall: of(&syscall) })
+    Some(ConnTypes {
+        tcp: *hashes.get(TCP_CONN)?,
+        unix: of(UNIX_CONN),
+        tls: of(TLS_CONN),
+        syscall: of(&syscall),
+    })
 }
 
 /// Sets conn.h's `go_tcpconn_in` constants in a program's rodata: the type hashes, and the
@@ -117,6 +125,7 @@ macro_rules! configure_conn_types {
     ($ro:expr, $types:expr, $fields:expr) => {
         if let Some(t) = $types {
             $ro.hash_tcpconn = t.tcp;
+            $ro.hash_unixconn = t.unix;
             $ro.hash_tlsconn = t.tls;
             $ro.has_conn_types = true;
             let syscall = $crate::plan::offset_of($fields, $crate::plan::SYSCALL_CONN, "Conn");

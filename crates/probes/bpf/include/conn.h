@@ -7,6 +7,7 @@
 #include "gotel.h"
 #include <bpf/bpf_core_read.h>
 
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
 
@@ -27,6 +28,9 @@ struct sock {
 	struct sock_common __sk_common;
 	int sk_wmem_queued;
 	int sk_sndbuf;
+} __attribute__((preserve_access_index));
+struct unix_sock {
+	struct sock *peer;
 } __attribute__((preserve_access_index));
 struct tcp_sock {
 	u32 write_seq; /* the sequence number of the next byte queued to send */
@@ -50,7 +54,9 @@ struct task_struct {
 	struct files_struct *files;
 } __attribute__((preserve_access_index));
 
-/* One TCP connection, the same from both ends. IPv4 addresses fill the first 4 bytes. */
+/* One TCP connection, the same from both ends. IPv4 addresses fill the first 4 bytes. A
+ * unix socket pair has no addresses: its two kernel sockets stand in for them (the client's,
+ * the server's), ports 0. */
 struct conn_key {
 	u8 client_addr[16];
 	u8 server_addr[16];
@@ -122,6 +128,8 @@ struct {
 
 static __always_inline bool server_on_loopback(const struct conn_key *key)
 {
+	if (key->family == AF_UNIX)
+		return true; /* this host's, by definition */
 	if (key->family == AF_INET)
 		return key->server_addr[0] == 127;
 	for (int i = 0; i < 15; i++) {
@@ -161,6 +169,7 @@ static __always_inline u64 go_conn_under_tls(u64 tlsconn)
  * *net.TCPConn itself, a *tls.Conn over one (tls.Conn.conn), and grpc's syscallConn around
  * either (its embedded net.Conn). */
 const volatile u32 hash_tcpconn = 0;
+const volatile u32 hash_unixconn = 0; /* *net.UnixConn: its conn.fd as a TCPConn's */
 const volatile u32 hash_tlsconn = 0;
 const volatile u32 hash_syscallconn = 0;
 const volatile bool has_conn_types = false;
@@ -181,7 +190,7 @@ static __always_inline u64 go_tcpconn_in(u64 iface, bool *tls)
 			return 0;
 		u32 hash = 0;
 		bpf_probe_read_user(&hash, sizeof(hash), (void *)(itab + ITAB_HASH));
-		if (hash == hash_tcpconn)
+		if (hash == hash_tcpconn || (hash == hash_unixconn && hash_unixconn))
 			return data;
 		if (hash == hash_tlsconn && hash_tlsconn && has_tls_offsets) {
 			*tls = true;
@@ -278,6 +287,12 @@ static __always_inline bool go_conn_key(u64 tcpconn, bool client_side, struct co
 	} else if (family == AF_INET6) {
 		bpf_core_read(local, 16, &sk->skc_v6_rcv_saddr);
 		bpf_core_read(remote, 16, &sk->skc_v6_daddr);
+	} else if (family == AF_UNIX) {
+		u64 self = (u64)sk, peer = (u64)BPF_CORE_READ((struct unix_sock *)sk, peer);
+		if (!peer)
+			return false; /* not connected */
+		__builtin_memcpy(local, &self, sizeof(self));
+		__builtin_memcpy(remote, &peer, sizeof(peer));
 	} else {
 		return false;
 	}

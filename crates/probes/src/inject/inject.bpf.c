@@ -172,7 +172,9 @@ static __always_inline void key_from(struct conn_key *k, u32 family, u32 local_i
 	k->server_port = server_side ? local_h : remote_h;
 }
 
-/* A sockops socket's key; `server_side`: an accepted socket. */
+/* A sockops socket's key; `server_side`: an accepted socket. Read in one place per run
+ * (inject_sockops): from several, clang may share the context reads between them through a
+ * pointer the verifier refuses ("dereference of modified ctx ptr"). */
 static __always_inline void sockops_key(struct bpf_sock_ops *skops, struct conn_key *key,
 					bool server_side)
 {
@@ -243,11 +245,9 @@ static __always_inline struct span_ctx *tls_pending_stream(struct tls_streams *q
 
 /* HDR_OPT_LEN: room for the option where a segment may carry it. Sockets that turned out to
  * speak plaintext stop being asked. */
-static __always_inline void tls_reserve(struct bpf_sock_ops *skops)
+static __always_inline void tls_reserve(struct bpf_sock_ops *skops, const struct conn_key *key)
 {
-	struct conn_key key;
-	sockops_key(skops, &key, false);
-	struct cursor *cur = bpf_map_lookup_elem(&cursors, &key);
+	struct cursor *cur = bpf_map_lookup_elem(&cursors, key);
 	if (!cur)
 		return; /* not enrolled here (another agent's, or evicted) */
 	if (cur->state != CURSOR_NEW && cur->state != CURSOR_TLS) {
@@ -262,18 +262,18 @@ static __always_inline void tls_reserve(struct bpf_sock_ops *skops)
 	}
 	if (cur->state != CURSOR_TLS || skops->skb_len == 0)
 		return; /* the handshake, or a bare ACK */
-	struct tls_streams *q = bpf_map_lookup_elem(&tls_streams, &key);
+	struct tls_streams *q = bpf_map_lookup_elem(&tls_streams, key);
 	u32 tail;
 	if (q && tls_pending_stream(q, &tail)) {
 		bpf_reserve_hdr_opt(skops, TLS_OPT_LEN, 0); /* else the next segment, if any */
 		return;
 	}
-	struct span_ctx *span = unhandled_request(&key);
+	struct span_ctx *span = unhandled_request(key);
 	if (!span)
 		return;
 	if (span->flags & SPAN_HAS_TRACEPARENT) {
 		/* Its own traceparent is in the encrypted request: the server reads that. */
-		mark_handled(&key, span);
+		mark_handled(key, span);
 		inject_count(SKIPPED_HAS_TRACEPARENT);
 		return;
 	}
@@ -286,17 +286,15 @@ static __always_inline void tls_reserve(struct bpf_sock_ops *skops)
 }
 
 /* WRITE_HDR_OPT: the option in the space reserved. */
-static __always_inline void tls_write(struct bpf_sock_ops *skops)
+static __always_inline void tls_write(struct bpf_sock_ops *skops, const struct conn_key *key)
 {
-	struct conn_key key;
-	sockops_key(skops, &key, false);
-	struct cursor *cur = bpf_map_lookup_elem(&cursors, &key);
+	struct cursor *cur = bpf_map_lookup_elem(&cursors, key);
 	if (!cur || cur->state != CURSOR_TLS)
 		return;
-	struct tls_streams *q = bpf_map_lookup_elem(&tls_streams, &key);
+	struct tls_streams *q = bpf_map_lookup_elem(&tls_streams, key);
 	u32 tail = 0;
 	struct span_ctx *stream = q ? tls_pending_stream(q, &tail) : 0;
-	struct span_ctx *span = stream ? stream : unhandled_request(&key);
+	struct span_ctx *span = stream ? stream : unhandled_request(key);
 	if (!span)
 		return; /* the kernel fills the space with NOPs */
 	u16 exid = TLS_OPT_EXID | (span->sampled ? 0 : TLS_OPT_UNSAMPLED) |
@@ -312,7 +310,7 @@ static __always_inline void tls_write(struct bpf_sock_ops *skops)
 		inject_count(TLS_STREAMS_SENT);
 		return;
 	}
-	mark_handled(&key, span);
+	mark_handled(key, span);
 	inject_count(TLS_SENT);
 }
 
@@ -346,7 +344,7 @@ static __always_inline bool tls_load(struct bpf_sock_ops *skops, u8 *opt, u16 ex
 
 /* PARSE_HDR_OPT (a segment with an option the kernel does not know): the client span, for
  * the server span of the request on this connection. */
-static __always_inline void tls_receive(struct bpf_sock_ops *skops)
+static __always_inline void tls_receive(struct bpf_sock_ops *skops, const struct conn_key *key)
 {
 	u8 opt[TLS_OPT_LEN];
 	u16 exid = 0;
@@ -358,12 +356,10 @@ static __always_inline void tls_receive(struct bpf_sock_ops *skops)
 	}
 	if (!exid)
 		return;
-	struct conn_key key;
-	sockops_key(skops, &key, true);
-	struct tls_seen fresh = {}, *seen = bpf_map_lookup_elem(&tls_seen, &key);
+	struct tls_seen fresh = {}, *seen = bpf_map_lookup_elem(&tls_seen, key);
 	if (!seen) {
-		bpf_map_update_elem(&tls_seen, &key, &fresh, BPF_ANY);
-		seen = bpf_map_lookup_elem(&tls_seen, &key);
+		bpf_map_update_elem(&tls_seen, key, &fresh, BPF_ANY);
+		seen = bpf_map_lookup_elem(&tls_seen, key);
 		if (!seen)
 			return;
 	}
@@ -375,7 +371,7 @@ static __always_inline void tls_receive(struct bpf_sock_ops *skops)
 	struct span_ctx span = span_ctx_of(opt + 4, opt + 20, !(exid & TLS_OPT_UNSAMPLED));
 	if (!(exid & TLS_OPT_STREAM)) {
 		note_conn_published(bpf_ktime_get_ns());
-		bpf_map_update_elem(&conn_ctx, &key, &span, BPF_ANY);
+		bpf_map_update_elem(&conn_ctx, key, &span, BPF_ANY);
 		inject_count(TLS_RECEIVED);
 		return;
 	}
@@ -385,7 +381,7 @@ static __always_inline void tls_receive(struct bpf_sock_ops *skops)
 	if (stream <= seen->stream_id)
 		stream += 0x10000;
 	seen->stream_id = stream;
-	struct stream_conn_key sk = { .conn = key, .stream_id = stream };
+	struct stream_conn_key sk = { .conn = *key, .stream_id = stream };
 	note_conn_published(bpf_ktime_get_ns());
 	bpf_map_update_elem(&stream_ctx, &sk, &span, BPF_ANY);
 	inject_count(TLS_STREAMS_RECEIVED);
@@ -397,13 +393,16 @@ int inject_sockops(struct bpf_sock_ops *skops)
 	u32 family = skops->family;
 	if (family != AF_INET && family != AF_INET6)
 		return 1;
-	switch (skops->op) {
+	u32 op = skops->op;
+	/* The socket's connection, seen from its end: accepted sockets are the server's. */
+	struct conn_key key;
+	sockops_key(skops, &key,
+		    op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PARSE_HDR_OPT_CB);
+	switch (op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
 		u32 pid = bpf_get_current_pid_tgid() >> 32;
 		if (!bpf_map_lookup_elem(&client_pids, &pid))
 			return 1;
-		struct conn_key key;
-		sockops_key(skops, &key, false);
 		if (!inject_loopback && server_on_loopback(&key))
 			return 1;
 		u64 cookie = bpf_get_socket_cookie(skops);
@@ -416,8 +415,6 @@ int inject_sockops(struct bpf_sock_ops *skops)
 		if (!bpf_map_lookup_elem(&connecting, &cookie))
 			return 1;
 		bpf_map_delete_elem(&connecting, &cookie);
-		struct conn_key key;
-		sockops_key(skops, &key, false);
 		struct cursor fresh = {};
 		bpf_map_update_elem(&cursors, &key, &fresh, BPF_ANY);
 		/* Whatever an earlier connection between these addresses left. */
@@ -433,8 +430,6 @@ int inject_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
 		if (!tls_option_receive)
 			return 1;
-		struct conn_key key;
-		sockops_key(skops, &key, true);
 		bpf_map_delete_elem(&tls_seen, &key);
 		/* Called only for segments with an option the kernel does not know: free else. */
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
@@ -442,14 +437,14 @@ int inject_sockops(struct bpf_sock_ops *skops)
 		break;
 	}
 	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
-		tls_reserve(skops);
+		tls_reserve(skops, &key);
 		break;
 	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
-		tls_write(skops);
+		tls_write(skops, &key);
 		break;
 	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
 		if (tls_option_receive)
-			tls_receive(skops);
+			tls_receive(skops, &key);
 		break;
 	}
 	return 1;
