@@ -462,7 +462,8 @@ fn http2_over_tls_continues_the_trace_across_hosts() {
 }
 
 /// net/http's HTTP/2 without TLS (h2c, Go 1.24's Protocols) on both hosts: each stream's
-/// HEADERS frame gets a traceparent field (the reply from /headers shows the server read it),
+/// HEADERS frame gets a traceparent field, and a tracestate where the trace has one (the reply
+/// from /headers shows the server read them),
 /// 53 one after another all linked, then 200 at once on the connection: every reply as sent,
 /// every stream injected or counted as left alone for want of room, no wrong parent.
 #[test]
@@ -478,8 +479,16 @@ fn net_http_h2c_continues_the_trace_across_hosts() {
     let one_at_a_time = https_parents(&server.collector, server_port, 53);
     let (status, body) = http_get(port, &format!("/fanout?url={url}&n=200"));
     assert_eq!((status, body.as_str()), (200, "fanout: 200\n"));
-    let (status, headers) = http_get(port, &format!("/fetch?url=http://{}/headers", server.addr));
+    // A trace joined with a tracestate over 127 bytes (an HPACK length of two bytes).
+    let state = format!("congo={},rojo=00f067aa0ba902b7", "t61rcWkgMzE".repeat(15));
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, headers) = http_get_with(
+        port,
+        &format!("/fetch?url=http://{}/headers", server.addr),
+        &[("traceparent", incoming), ("tracestate", &state)],
+    );
     assert_eq!(status, 200);
+    assert!(headers.contains(&format!("Tracestate: {state}\n")), "{headers}");
     let parents = https_parents(&server.collector, server_port, 254);
     client.signal_and_wait(libc::SIGTERM, WAIT);
     let log = client.log().join("\n");

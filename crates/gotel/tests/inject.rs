@@ -80,9 +80,15 @@ impl Remote {
     /// Has the traced chain fixture at `port` fetch /headers (with `query` added to its
     /// /fetch call), waiting for the remote server to start: what the server received.
     fn fetch_headers(&self, port: u16, query: &str) -> String {
+        self.fetch_headers_with(port, query, &[])
+    }
+
+    /// `fetch_headers`, the request to the traced fixture carrying `headers`.
+    fn fetch_headers_with(&self, port: u16, query: &str, headers: &[(&str, &str)]) -> String {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
-            let (status, body) = http_get(port, &format!("/fetch?url={}{query}", self.headers_url));
+            let path = format!("/fetch?url={}{query}", self.headers_url);
+            let (status, body) = http_get_with(port, &path, headers);
             if status == 200 {
                 return body;
             }
@@ -254,6 +260,35 @@ fn traceparent_passes_an_nginx_proxy() {
             panic!("the traceparent behind the proxy names no client span: {echoed}")
         });
     assert_eq!(client.hex("traceId"), parts[1]);
+}
+
+/// A request that joined a trace with a tracestate: the call its handler makes to another
+/// host carries the trace's traceparent (naming gotel's client span) and the tracestate,
+/// unchanged.
+#[test]
+fn the_tracestate_of_a_joined_trace_goes_on_with_the_traceparent() {
+    let Some(()) = privileged() else { return };
+    let remote = Remote::start(28);
+    let (collector, _gotel, port) = traced_chain("inject-tracestate");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace}-00f067aa0ba902b7-01");
+    let state = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+    let echoed = remote.fetch_headers_with(
+        port,
+        "",
+        &[("traceparent", incoming.as_str()), ("tracestate", state)],
+    );
+    let parent: Vec<&str> =
+        echoed.lines().filter_map(|l| l.strip_prefix("Traceparent: ")).collect();
+    let states: Vec<&str> = echoed.lines().filter_map(|l| l.strip_prefix("Tracestate: ")).collect();
+    assert_eq!((parent.len(), states.as_slice()), (1, &[state][..]), "{echoed}");
+    let parts: Vec<&str> = parent[0].split('-').collect();
+    assert_eq!(parts[1], trace, "the incoming trace goes on: {echoed}");
+    let spans = collector.wait_for_spans(2, WAIT);
+    assert!(
+        spans.iter().any(|s| s.kind() == 3 && s.hex("spanId") == parts[2]),
+        "the traceparent names gotel's client span: {echoed}"
+    );
 }
 
 /// A connection the program opened before gotel started is left alone: the request gotel then

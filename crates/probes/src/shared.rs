@@ -18,6 +18,7 @@ const CTX_MAX: u32 = 65536;
 const SERVER_CALLS_MAX: u32 = 32768;
 const DB_CALLS_MAX: u32 = 32768;
 const TLS_SOCKETS_MAX: u32 = 16384;
+const TRACE_STATES_MAX: u32 = 16384;
 
 /// The agent's view of what the BPF side counted (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -46,6 +47,7 @@ pub struct SharedMaps {
     db_calls: MapHandle,
     tls_streams: MapHandle,
     enrolled_conns: MapHandle,
+    trace_states: MapHandle,
 }
 
 impl SharedMaps {
@@ -76,6 +78,8 @@ impl SharedMaps {
             // struct tls_streams (conn.h): head, tail and 8 span_ctx.
             tls_streams: create(MapType::LruHash, "tls_streams", 40, 264, TLS_SOCKETS_MAX)?,
             enrolled_conns: create(MapType::LruHash, "enrolled_conns", 40, 1, CTX_MAX)?,
+            // struct trace_state (conn.h): a length and 256 bytes.
+            trace_states: create(MapType::LruHash, "trace_states", 16, 260, TRACE_STATES_MAX)?,
         })
     }
 
@@ -127,6 +131,7 @@ impl SharedMaps {
                 "db_calls" => &self.db_calls,
                 "tls_streams" => &self.tls_streams,
                 "enrolled_conns" => &self.enrolled_conns,
+                "trace_states" => &self.trace_states,
                 _ => continue,
             };
             open.reuse_fd(shared.as_fd())

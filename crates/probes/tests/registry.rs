@@ -118,7 +118,7 @@ fn plans_report_their_functions_and_fields() {
             );
         }
         if planned.instrumentation.name().starts_with("gRPC") {
-            assert_eq!(report.note.as_deref(), Some("grpc v1.69.0"));
+            assert_eq!(report.note.as_deref(), Some("grpc v1.69.0 from buildinfo"));
         }
     }
 }

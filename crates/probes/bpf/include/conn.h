@@ -117,6 +117,50 @@ struct {
 	__type(value, struct span_ctx);
 } stream_ctx SEC(".maps");
 
+/* The W3C tracestate of traces continued on this host, by trace id: a server that joined an
+ * incoming trace keeps it here, and injection sends it on beside the traceparent of the
+ * trace's calls to other hosts. One longer than TRACE_STATE_CAP is not sent on (never cut). */
+#define TRACE_STATE_CAP 256
+struct trace_state {
+	u32 len;
+	char text[TRACE_STATE_CAP];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, u8[16]);
+	__type(value, struct trace_state);
+} trace_states SEC(".maps");
+
+/* An empty trace_state, to make an entry from (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct trace_state);
+} no_trace_state SEC(".maps");
+
+/* Keeps the tracestate an incoming request carried (`len` bytes of user memory at `text`)
+ * for the trace's outgoing calls. */
+static __always_inline void keep_trace_state(const u8 *trace_id, u64 text, u64 len)
+{
+	u32 zero = 0;
+	struct trace_state *empty = bpf_map_lookup_elem(&no_trace_state, &zero);
+	if (!empty || !text || len == 0 || len > TRACE_STATE_CAP)
+		return;
+	bpf_map_update_elem(&trace_states, trace_id, empty, BPF_ANY);
+	struct trace_state *kept = bpf_map_lookup_elem(&trace_states, trace_id);
+	if (!kept)
+		return;
+	u32 n = len;
+	if (n > TRACE_STATE_CAP || bpf_probe_read_user(kept->text, n, (void *)text)) {
+		bpf_map_delete_elem(&trace_states, trace_id);
+		return;
+	}
+	kept->len = n;
+}
+
 /* Client connections injection enrolled as they were established (inject.bpf.c): a client
  * span published on another connection to another host goes out with nothing added. */
 struct {

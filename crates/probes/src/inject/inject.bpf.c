@@ -451,7 +451,6 @@ int inject_sockops(struct bpf_sock_ops *skops)
 }
 
 #define LINE_MAX 256
-#define HEADER_LEN 70 /* "traceparent: 00-" 32 "-" 16 "-" 2 "\r\n" */
 
 static __always_inline char hex_digit(u8 v)
 {
@@ -476,6 +475,88 @@ static __always_inline void traceparent_value(char *out, const struct span_ctx *
 	out[52] = '-';
 	out[53] = '0';
 	out[54] = span->sampled ? '1' : '0';
+}
+
+/* What a request gets: its traceparent, and its trace's tracestate where this host keeps one
+ * (trace_states), as HTTP/1.1 header lines or as HPACK fields. Built per CPU (too big for the
+ * stack). */
+#define INSERT_CAP 512
+struct insertion {
+	u32 len;
+	u8 bytes[INSERT_CAP];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct insertion);
+} insertions SEC(".maps");
+
+/* Appends `n` bytes of `text` at ins->bytes[at...]; the new end. */
+static __always_inline u32 append(struct insertion *ins, u32 at, const char *text, u32 n)
+{
+	for (u32 i = 0; i < TRACE_STATE_CAP; i++) { /* the longest: a tracestate */
+		if (i >= n)
+			break;
+		ins->bytes[(at + i) & (INSERT_CAP - 1)] = text[i];
+	}
+	return at + n;
+}
+
+static __always_inline struct insertion *insertion_for(const struct span_ctx *span, bool h2)
+{
+	u32 zero = 0;
+	struct insertion *ins = bpf_map_lookup_elem(&insertions, &zero);
+	if (!ins)
+		return 0;
+	/* HPACK: a literal field without indexing, its name literal too, so neither side's
+	 * table changes: 0x00, the name's length and text, the value's length and text. */
+	u32 n = h2 ? append(ins, 0, "\x00\x0btraceparent\x37", 14) : append(ins, 0, "traceparent: ", 13);
+	traceparent_value((char *)ins->bytes + n, span);
+	n += 55; /* its value */
+	if (!h2)
+		n = append(ins, n, "\r\n", 2);
+	struct trace_state *state = bpf_map_lookup_elem(&trace_states, span->trace_id);
+	u32 len = state ? state->len : 0;
+	if (len > 0 && len <= TRACE_STATE_CAP) {
+		if (!h2) {
+			n = append(ins, n, "tracestate: ", 12);
+		} else if (len < 127) { /* the length, an integer with a 7-bit prefix */
+			char head[13] = "\x00\x0atracestate";
+			head[12] = len;
+			n = append(ins, n, head, 13);
+		} else {
+			u32 rest = len - 127; /* 0..129 */
+			char head[15] = "\x00\x0atracestate\x7f";
+			head[13] = rest < 128 ? rest : (rest & 0x7f) | 0x80;
+			head[14] = rest >> 7;
+			n = append(ins, n, head, rest < 128 ? 14 : 15);
+		}
+		n = append(ins, n, state->text, len);
+		if (!h2)
+			n = append(ins, n, "\r\n", 2);
+	}
+	ins->len = n;
+	return ins;
+}
+
+/* Writes the insertion at `at`, where the message has a gap of its length; false if the
+ * message's bytes there cannot be reached (then it must be dropped). */
+static __always_inline bool fill_gap(struct sk_msg_md *msg, u32 at, const struct insertion *ins)
+{
+	u32 len = ins->len;
+	if (len > INSERT_CAP || bpf_msg_pull_data(msg, at, at + len, 0))
+		return false;
+	u8 *data = msg->data, *end = msg->data_end;
+	for (u32 i = 0; i < INSERT_CAP; i++) {
+		if (i >= len)
+			break;
+		if (data + i + 1 > end)
+			return false;
+		data[i] = ins->bytes[i];
+	}
+	return true;
 }
 
 /* Plaintext HTTP/1.1: the traceparent line after the request line. */
@@ -518,33 +599,22 @@ static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *
 		return SK_PASS;
 	}
 
+	struct insertion *ins = insertion_for(span, false);
 	struct send_state st = send_state(msg);
-	if (!queued_whole(&st, msg->size, HEADER_LEN)) {
+	if (!ins || !queued_whole(&st, msg->size, ins->len)) {
 		inject_count(SKIPPED_NO_ROOM);
 		return SK_PASS;
 	}
 	u32 at = eol + 2;
-	char line[HEADER_LEN] = "traceparent: ";
-	traceparent_value(line + 13, span);
-	line[68] = '\r';
-	line[69] = '\n';
-
-	if (bpf_msg_push_data(msg, at, HEADER_LEN, 0)) {
+	if (bpf_msg_push_data(msg, at, ins->len, 0)) {
 		inject_count(SKIPPED_NO_ROOM);
 		return SK_PASS;
 	}
 	/* From here the message has a gap: write it whole or drop the message. */
-	if (bpf_msg_pull_data(msg, at, at + HEADER_LEN, 0)) {
+	if (!fill_gap(msg, at, ins)) {
 		inject_count(DROPPED_WRITE_FAILED);
 		return SK_DROP;
 	}
-	data = msg->data;
-	end = msg->data_end;
-	if (data + HEADER_LEN > end) {
-		inject_count(DROPPED_WRITE_FAILED);
-		return SK_DROP;
-	}
-	__builtin_memcpy(data, line, HEADER_LEN);
 	inject_count(INJECTED);
 	return SK_PASS;
 }
@@ -564,9 +634,6 @@ static __always_inline int inject_http1(struct sk_msg_md *msg, struct conn_key *
 #define H2_PADDED 0x8
 #define H2_MAX_FRAME 16384 /* no peer may take less */
 #define H2_FRAMES_PER_MSG 8192 /* a 64 KiB send of the smallest frames grpc-go writes */
-/* A literal header field without indexing, its name literal too, so neither side's HPACK
- * table changes: 0x00, 11, "traceparent", 55, the value. */
-#define H2_FIELD_LEN 69
 #define H2_PREFACE_LEN 24
 
 struct frame_header {
@@ -630,7 +697,7 @@ static __always_inline bool take_stream_span(const struct conn_key *key, u32 str
 
 /* The HEADERS frame at `off` (payload `f->len` bytes) opens a stream: if a client span
  * published it, its traceparent field goes at the end of the header block. Returns the bytes
- * added (0 or H2_FIELD_LEN), or -1 when the message must be dropped. */
+ * added (0 or the insertion's length), or -1 when the message must be dropped. */
 static __always_inline int h2_headers(struct sk_msg_md *msg, const struct conn_key *key, u32 off,
 				      const struct frame_header *f, const struct send_state *st)
 {
@@ -649,39 +716,39 @@ static __always_inline int h2_headers(struct sk_msg_md *msg, const struct conn_k
 		inject_count(H2_SKIPPED_PADDED);
 		return 0;
 	}
-	if (f->len + H2_FIELD_LEN > H2_MAX_FRAME) {
-		inject_count(H2_SKIPPED_TOO_BIG);
-		return 0;
-	}
-	if (!queued_whole(st, msg->size, H2_FIELD_LEN)) {
+	struct insertion *ins = insertion_for(&span, true);
+	if (!ins || ins->len > INSERT_CAP) {
 		inject_count(SKIPPED_NO_ROOM);
 		return 0;
 	}
-	char field[H2_FIELD_LEN] = "\x00\x0btraceparent\x37";
-	traceparent_value(field + 14, &span);
+	u32 added = ins->len;
+	if (f->len + added > H2_MAX_FRAME) {
+		inject_count(H2_SKIPPED_TOO_BIG);
+		return 0;
+	}
+	if (!queued_whole(st, msg->size, added)) {
+		inject_count(SKIPPED_NO_ROOM);
+		return 0;
+	}
 	u32 at = off + H2_FRAME_HEADER + f->len;
-	if (bpf_msg_push_data(msg, at, H2_FIELD_LEN, 0)) {
+	if (bpf_msg_push_data(msg, at, added, 0)) {
 		inject_count(SKIPPED_NO_ROOM);
 		return 0;
 	}
 	/* From here the frame has a gap: fill it and fix the length, or drop the message. */
-	if (bpf_msg_pull_data(msg, at, at + H2_FIELD_LEN, 0))
+	if (!fill_gap(msg, at, ins))
 		goto drop;
-	u8 *data = msg->data;
-	if (data + H2_FIELD_LEN > (u8 *)msg->data_end)
-		goto drop;
-	__builtin_memcpy(data, field, H2_FIELD_LEN);
 	if (bpf_msg_pull_data(msg, off, off + 3, 0))
 		goto drop;
-	data = msg->data;
+	u8 *data = msg->data;
 	if (data + 3 > (u8 *)msg->data_end)
 		goto drop;
-	u32 len = f->len + H2_FIELD_LEN;
+	u32 len = f->len + added;
 	data[0] = len >> 16;
 	data[1] = len >> 8;
 	data[2] = len;
 	inject_count(H2_INJECTED);
-	return H2_FIELD_LEN;
+	return added;
 drop:
 	inject_count(DROPPED_WRITE_FAILED);
 	return -1;

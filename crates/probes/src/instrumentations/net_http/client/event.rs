@@ -76,7 +76,7 @@ impl SpanEvent for HttpClientEvent {
     fn implausible(&self) -> Option<String> {
         // net/http sends "" as GET.
         let bad = !self.method.is_empty() && !super::super::is_token(&self.method);
-        bad.then(|| format!("HTTP method {:?} is not a method", self.method))
+        bad.then(|| format!("a client request's HTTP method {:?} is not a method", self.method))
     }
 
     fn span(self, clock: &MonotonicClock, _: &SpanOptions) -> Span {

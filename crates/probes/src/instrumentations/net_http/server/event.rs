@@ -75,7 +75,10 @@ impl SpanEvent for HttpServerEvent {
 
     fn implausible(&self) -> Option<String> {
         if !super::super::is_token(&self.method) {
-            return Some(format!("HTTP method {:?} is not a method", self.method));
+            return Some(format!(
+                "a served request's HTTP method {:?} is not a method",
+                self.method
+            ));
         }
         if !(1..=3).contains(&self.proto_major) {
             return Some(format!("HTTP major version {} is not 1, 2 or 3", self.proto_major));

@@ -146,6 +146,7 @@ int http_server_enter(struct pt_regs *ctx)
 			parent_sampled = remote.sampled;
 			call.tracestate = remote.state;
 			call.tracestate_len = remote.state_len;
+			keep_trace_state(call.ctx.trace_id, remote.state, remote.state_len);
 		} else {
 			random_id(call.ctx.trace_id, sizeof(call.ctx.trace_id));
 			has_parent = false;
