@@ -25,6 +25,8 @@ bash scripts/build-module-fixtures.sh dbsql github.com/go-sql-driver/mysql v1.5.
 step "go-redis fixtures (the oldest and newest v9, the oldest v8.11, plain and stripped)"
 bash scripts/build-module-fixtures.sh redis github.com/redis/go-redis/v9 v9.0.0 v9.23.0
 bash scripts/build-module-fixtures.sh redis github.com/go-redis/redis/v8 v8.11.0
+step "router fixtures (gin's oldest supported and newest release, plain and stripped)"
+bash scripts/build-module-fixtures.sh gin github.com/gin-gonic/gin v1.7.7 v1.12.0
 step "OpenTelemetry Collector (pinned, from the Go module proxy)"
 bash scripts/build-collector.sh
 step "interop server's Python libraries (pinned, from PyPI)"

@@ -366,7 +366,7 @@ pub fn start_propagation(shared: &SharedMaps, mode: InjectMode, sides: Sides) ->
         Ok(i) if !i.sides.send => {
             tracing::info!(
                 "propagation: {always}; client spans from other hosts' gotel in a TCP option \
-                 (HTTP/1.1 and gRPC over TLS) (sockops on {})",
+                 (HTTP/1.1 and HTTP/2 over TLS) (sockops on {})",
                 i.cgroup.display()
             );
             Some(i)

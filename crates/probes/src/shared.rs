@@ -48,6 +48,7 @@ pub struct SharedMaps {
     tls_streams: MapHandle,
     enrolled_conns: MapHandle,
     trace_states: MapHandle,
+    matched_routes: MapHandle,
 }
 
 impl SharedMaps {
@@ -80,6 +81,8 @@ impl SharedMaps {
             enrolled_conns: create(MapType::LruHash, "enrolled_conns", 40, 1, CTX_MAX)?,
             // struct trace_state (conn.h): a length and 256 bytes.
             trace_states: create(MapType::LruHash, "trace_states", 16, 260, TRACE_STATES_MAX)?,
+            // struct matched_route (routes.h): the route's string header and a span id.
+            matched_routes: create(MapType::LruHash, "matched_routes", 16, 24, SERVER_CALLS_MAX)?,
         })
     }
 
@@ -132,6 +135,7 @@ impl SharedMaps {
                 "tls_streams" => &self.tls_streams,
                 "enrolled_conns" => &self.enrolled_conns,
                 "trace_states" => &self.trace_states,
+                "matched_routes" => &self.matched_routes,
                 _ => continue,
             };
             open.reuse_fd(shared.as_fd())

@@ -37,6 +37,7 @@ fn an_http_service_gets_server_client_and_their_goroutine_ancestry() {
     assert_eq!(
         skipped,
         [
+            "gin routes: github.com/gin-gonic/gin is not in the binary",
             "gRPC server: google.golang.org/grpc is not in the binary",
             "gRPC client: google.golang.org/grpc is not in the binary",
             "database/sql: database/sql.(*DB).queryDC is not in the binary",
@@ -81,6 +82,7 @@ fn a_grpc_service_gets_http_grpc_and_goroutine_ancestry() {
         assert_eq!(
             skipped,
             [
+                "gin routes: github.com/gin-gonic/gin is not in the binary",
                 "database/sql: database/sql.(*DB).queryDC is not in the binary",
                 "pgx: github.com/jackc/pgx/v5 is not in the binary",
                 "go-redis v9: github.com/redis/go-redis/v9 is not in the binary",

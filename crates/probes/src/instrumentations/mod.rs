@@ -6,6 +6,7 @@
 //! conventions; then a `mod` line and an entry in `ALL` below.
 
 pub mod database_sql;
+pub mod gin;
 pub mod go_redis;
 pub mod goroutines;
 pub mod grpc;
@@ -18,6 +19,7 @@ use crate::Instrumentation;
 pub static ALL: &[&dyn Instrumentation] = &[
     &net_http::server::HttpServer,
     &net_http::client::HttpClient,
+    &gin::Gin,
     &grpc::server::GrpcServer,
     &grpc::client::GrpcClient,
     &database_sql::DatabaseSql,

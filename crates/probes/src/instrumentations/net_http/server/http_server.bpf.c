@@ -3,6 +3,7 @@
  * read at the return: the handler has run, so the response status and the mux's route pattern
  * are known, and the Request itself is still alive. */
 #include "conn.h"
+#include "routes.h"
 #include "traceparent.h"
 
 /* Field offsets, filled in per executable at load time. */
@@ -15,6 +16,8 @@ const volatile u64 off_req_remote_addr = 0;
 const volatile u64 off_req_tls = 0;
 const volatile u64 off_req_pattern = 0;
 const volatile bool has_pattern = false; /* Request.Pattern exists since Go 1.23 */
+/* The binary has a router whose matches gotel reads (routes.h): its route comes first. */
+const volatile bool has_router = false;
 const volatile u64 off_url_path = 0;
 const volatile u64 off_url_raw_query = 0;
 const volatile u64 off_response_status = 0;
@@ -210,7 +213,13 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	e->method_len = window_go_string(e->method, METHOD_CAP, req, off_req_method);
 	e->host_len = window_go_string(e->host, HOST_CAP, req, off_req_host);
 	e->remote_len = window_go_string(e->remote, REMOTE_CAP, req, off_req_remote_addr);
-	e->pattern_len = has_pattern ? window_go_string(e->pattern, PATTERN_CAP, req, off_req_pattern) : 0;
+	u64 route_len = 0, route = has_router ? route_matched(&key, call, &route_len) : 0;
+	if (route)
+		e->pattern_len = copy_user_bytes(e->pattern, PATTERN_CAP, route, (s64)route_len);
+	else if (has_pattern)
+		e->pattern_len = window_go_string(e->pattern, PATTERN_CAP, req, off_req_pattern);
+	else
+		e->pattern_len = 0;
 	u64 url_addr = window_u64(req, off_req_url);
 	e->path_len = e->query_len = 0;
 	if (url_addr) {

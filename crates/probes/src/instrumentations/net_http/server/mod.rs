@@ -119,6 +119,8 @@ struct HttpServerPlan {
     /// None: incoming traceparent headers are not read.
     header_map: Option<HeaderMap>,
     conn_types: Option<ConnTypes>,
+    /// A router whose matched route the span takes (routes.h).
+    has_router: bool,
 }
 
 fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<HttpServerPlan, String> {
@@ -132,7 +134,16 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<HttpServerPlan, String> {
     let header_map = header_map(bin, &fields);
     let request_ends =
         FunctionPlan::first_of(bin, &[HTTP1_END]).zip(FunctionPlan::first_of(bin, HTTP2_END));
-    Ok(HttpServerPlan { serve, request_ends, fields, header_map, conn_types: conn_types(bin) })
+    // gin's routes (instrumentations/gin) are read into the span where gin is linked in.
+    let has_router = bin.module_version(super::super::gin::MODULE).is_ok();
+    Ok(HttpServerPlan {
+        serve,
+        request_ends,
+        fields,
+        header_map,
+        conn_types: conn_types(bin),
+        has_router,
+    })
 }
 
 /// The probe copies the head of a struct in one read (`struct window` in gotel.h).
@@ -198,6 +209,7 @@ impl HttpServerPlan {
         ro.off_req_host = req("Host");
         ro.off_req_remote_addr = req("RemoteAddr");
         ro.off_req_tls = req("TLS");
+        ro.has_router = self.has_router;
         if let Some(p) = offset("net/http.Request", "Pattern") {
             ro.has_pattern = true;
             ro.off_req_pattern = p;
