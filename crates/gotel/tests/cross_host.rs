@@ -418,6 +418,26 @@ fn https_through_a_tls_terminating_proxy_makes_roots_and_breaks_nothing() {
     assert_eq!(number_before(&log, "TLS requests' spans sent"), 50, "{log}");
 }
 
+/// Through the client chain at `port`, to `server`'s /c over `scheme`: three 4 MiB POSTs and
+/// 50 small ones, one after another, then 200 GETs at once, every reply as sent. Returns the
+/// server's port and the parents of the first 53 server spans.
+fn one_at_a_time_then_200<'s>(
+    server: &'s Greeter,
+    port: u16,
+    scheme: &str,
+) -> (&'s str, Vec<Option<String>>) {
+    let url = format!("{scheme}://{}/c", server.addr);
+    let (status, body) = http_get(port, &format!("/post?url={url}&size=4194304&count=3"));
+    assert_eq!((status, body.as_str()), (200, "posted\n"));
+    let (status, body) = http_get(port, &format!("/post?url={url}&size=10&count=50"));
+    assert_eq!((status, body.as_str()), (200, "posted\n"));
+    let server_port = server.addr.rsplit(':').next().unwrap();
+    let one_at_a_time = https_parents(&server.collector, server_port, 53);
+    let (status, body) = http_get(port, &format!("/fanout?url={url}&n=200"));
+    assert_eq!((status, body.as_str()), (200, "fanout: 200\n"));
+    (server_port, one_at_a_time)
+}
+
 /// HTTP/2 over TLS between net/http's client and server on two hosts: 53 requests one after
 /// another on one connection (three of them 4 MiB POSTs), each of whose HEADERS rides a segment
 /// whose TCP option carries its client span, tagged with the stream id: every server span is
@@ -428,15 +448,7 @@ fn https_through_a_tls_terminating_proxy_makes_roots_and_breaks_nothing() {
 fn http2_over_tls_continues_the_trace_across_hosts() {
     let Some(()) = privileged() else { return };
     let (server, mut client, port) = chain_across_hosts(24, &["-tls", "-h2"], &[]);
-    let url = format!("https://{}/c", server.addr);
-    let (status, body) = http_get(port, &format!("/post?url={url}&size=4194304&count=3"));
-    assert_eq!((status, body.as_str()), (200, "posted\n"));
-    let (status, body) = http_get(port, &format!("/post?url={url}&size=10&count=50"));
-    assert_eq!((status, body.as_str()), (200, "posted\n"));
-    let server_port = server.addr.rsplit(':').next().unwrap();
-    let one_at_a_time = https_parents(&server.collector, server_port, 53);
-    let (status, body) = http_get(port, &format!("/fanout?url={url}&n=200"));
-    assert_eq!((status, body.as_str()), (200, "fanout: 200\n"));
+    let (server_port, one_at_a_time) = one_at_a_time_then_200(&server, port, "https");
     let parents = https_parents(&server.collector, server_port, 253);
     client.signal_and_wait(libc::SIGTERM, WAIT);
     let log = client.log().join("\n");
@@ -470,15 +482,7 @@ fn http2_over_tls_continues_the_trace_across_hosts() {
 fn net_http_h2c_continues_the_trace_across_hosts() {
     let Some(()) = privileged() else { return };
     let (server, mut client, port) = chain_across_hosts(25, &["-h2c"], &["-h2c"]);
-    let url = format!("http://{}/c", server.addr);
-    let (status, body) = http_get(port, &format!("/post?url={url}&size=4194304&count=3"));
-    assert_eq!((status, body.as_str()), (200, "posted\n"));
-    let (status, body) = http_get(port, &format!("/post?url={url}&size=10&count=50"));
-    assert_eq!((status, body.as_str()), (200, "posted\n"));
-    let server_port = server.addr.rsplit(':').next().unwrap();
-    let one_at_a_time = https_parents(&server.collector, server_port, 53);
-    let (status, body) = http_get(port, &format!("/fanout?url={url}&n=200"));
-    assert_eq!((status, body.as_str()), (200, "fanout: 200\n"));
+    let (server_port, one_at_a_time) = one_at_a_time_then_200(&server, port, "http");
     // A trace joined with a tracestate over 127 bytes (an HPACK length of two bytes).
     let state = format!("congo={},rojo=00f067aa0ba902b7", "t61rcWkgMzE".repeat(15));
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
