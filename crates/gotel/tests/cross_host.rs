@@ -122,12 +122,7 @@ fn every_call_accounted(log: &str, servers: &[ReceivedSpan], clients: &[Received
     assert_eq!(servers.len(), calls, "one span per call and side: {log}");
     assert!(servers.iter().all(|s| s.attr_int("rpc.grpc.status_code") == Some(0)), "{log}");
     assert!(!log.contains("made no sense"), "{log}");
-    let number_before = |what: &str| -> usize {
-        let at = log.find(what).unwrap_or_else(|| panic!("no {what:?} in {log}"));
-        let digits = log[..at].trim_end().rsplit(' ').next().unwrap();
-        digits.trim_start_matches('(').parse().unwrap()
-    };
-    let (injected, no_room) = (number_before("HTTP/2 streams"), number_before("no room"));
+    let (injected, no_room) = (number_before(log, "HTTP/2 streams"), number_before(log, "no room"));
     if !log.contains("queued in part") {
         assert_eq!(injected + no_room, calls, "every stream injected or counted: {log}");
     }

@@ -52,7 +52,7 @@ fn start_chain(exe: &std::path::Path, hops: Hops) -> Services {
         }
         let p = Proc::new(cmd.stderr(std::process::Stdio::null()).spawn().unwrap());
         match listen.strip_prefix("unix:") {
-            Some(path) => wait_for_unix_socket(std::path::Path::new(path)),
+            Some(path) => wait_for_unix_socket(std::path::Path::new(path), WAIT),
             None => wait_for_port(port, WAIT),
         }
         p
@@ -62,14 +62,6 @@ fn start_chain(exe: &std::path::Path, hops: Hops) -> Services {
     let pa = start(a, Some(b));
     let pids = [pa.pid(), pb.pid(), pc.pid()];
     Services { _procs: vec![pc, pb, pa], a_port: a, pids }
-}
-
-fn wait_for_unix_socket(path: &std::path::Path) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        assert!(std::time::Instant::now() < deadline, "nothing listens at {}", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Every request to A must come back as exactly one trace of seven spans, linked right.

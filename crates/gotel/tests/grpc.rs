@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const SAY_HELLO: &str = "demo.Greeter/SayHello";
 const COUNT: &str = "demo.Greeter/Count";
 
-fn grpc_fixture(name: &str) -> std::path::PathBuf {
+fn grpc_fixture(name: &str) -> PathBuf {
     fixture(&format!("grpc/{name}"))
 }
 
@@ -26,6 +27,18 @@ fn start(exe: &std::path::Path, args: &[&str]) -> Proc {
         .spawn()
         .expect("start the gRPC fixture");
     Proc::new(child)
+}
+
+/// A private copy of the gRPC fixture `fixture_name` under `gotel attach --exe`, exporting to a
+/// collector of its own (`tag`): (the collector, the copy's directory, the copy, gotel).
+fn attached_copy(tag: &str, fixture_name: &str) -> (Collector, TempDir, PathBuf, Proc) {
+    let collector = Collector::start(tag);
+    let dir = TempDir::new(tag);
+    let exe = dir.0.join("greeter");
+    std::fs::copy(grpc_fixture(fixture_name), &exe).unwrap();
+    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
+    gotel.wait_for_log("tracing every process", WAIT);
+    (collector, dir, exe, gotel)
 }
 
 const SERVER: i64 = 2;
@@ -58,12 +71,8 @@ fn wait_for_grpc_spans(
 /// Every kind of RPC the fixture makes, through its HTTP front, and 200 concurrent calls.
 fn rpcs_become_linked_spans(fixture_name: &str) {
     let Some(()) = privileged() else { return };
-    let collector = Collector::start(&format!("grpc-{fixture_name}"));
-    let dir = TempDir::new(&format!("grpc-{fixture_name}"));
-    let exe = dir.0.join("greeter");
-    std::fs::copy(grpc_fixture(fixture_name), &exe).unwrap();
-    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
-    gotel.wait_for_log("tracing every process", WAIT);
+    let (collector, _dir, exe, gotel) =
+        attached_copy(&format!("grpc-{fixture_name}"), fixture_name);
     assert!(gotel.log().join("\n").contains("attached gRPC server"), "{:?}", gotel.log());
 
     let (grpc_port, http_port) = (free_port(), free_port());
@@ -140,20 +149,11 @@ fn pairwise_linked(servers: &[ReceivedSpan], clients: &[ReceivedSpan], n: usize)
 #[test]
 fn grpc_over_a_unix_socket_v1_85() {
     let Some(()) = privileged() else { return };
-    let collector = Collector::start("grpc-unix");
-    let dir = TempDir::new("grpc-unix");
-    let exe = dir.0.join("greeter");
-    std::fs::copy(grpc_fixture("grpc-v1.85.0"), &exe).unwrap();
-    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
-    gotel.wait_for_log("tracing every process", WAIT);
+    let (collector, dir, exe, _gotel) = attached_copy("grpc-unix", "grpc-v1.85.0");
     let path = dir.0.join("greeter.sock");
     let socket = format!("unix:{}", path.display());
     let _server = start(&exe, &["-serve", &socket]);
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::os::unix::net::UnixStream::connect(&path).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_unix_socket(&path, WAIT);
     let out = Command::new(&exe)
         .args(["-client", &socket, "-n", "100", "-concurrency", "8"])
         .output()
@@ -225,12 +225,7 @@ fn grpc_gopath_build_with_no_modules_v1_60() {
 #[test]
 fn a_grpc_handlers_http_call_is_its_child() {
     let Some(()) = privileged() else { return };
-    let collector = Collector::start("grpc-chain");
-    let dir = TempDir::new("grpc-chain");
-    let exe = dir.0.join("greeter");
-    std::fs::copy(grpc_fixture("grpc-v1.85.0"), &exe).unwrap();
-    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
-    gotel.wait_for_log("tracing every process", WAIT);
+    let (collector, _dir, exe, _gotel) = attached_copy("grpc-chain", "grpc-v1.85.0");
     let (grpc_port, http_port) = (free_port(), free_port());
     let grpc_addr = format!("127.0.0.1:{grpc_port}");
     let next = format!("http://127.0.0.1:{http_port}/hello");
@@ -276,12 +271,8 @@ fn a_grpc_handlers_http_call_is_its_child() {
 /// that trace. The frame moves from the 2nd to the 4th argument of operateHeaders in grpc 1.60.
 fn joins_incoming_traceparent(fixture_name: &str) {
     let Some(()) = privileged() else { return };
-    let collector = Collector::start(&format!("grpc-tp-{fixture_name}"));
-    let dir = TempDir::new(&format!("grpc-tp-{fixture_name}"));
-    let exe = dir.0.join("greeter");
-    std::fs::copy(grpc_fixture(fixture_name), &exe).unwrap();
-    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
-    gotel.wait_for_log("tracing every process", WAIT);
+    let (collector, _dir, exe, _gotel) =
+        attached_copy(&format!("grpc-tp-{fixture_name}"), fixture_name);
     let grpc_port = free_port();
     let grpc_addr = format!("127.0.0.1:{grpc_port}");
     let _server = start(&exe, &["-serve", &grpc_addr]);

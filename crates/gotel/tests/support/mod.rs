@@ -67,6 +67,19 @@ pub fn free_port() -> u16 {
     panic!("no free port in {FIRST}..{}", FIRST + PORTS);
 }
 
+/// Waits until something listens at the unix socket `path`.
+pub fn wait_for_unix_socket(path: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens at {} after {within:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn wait_for_port(port: u16, within: Duration) {
     let deadline = Instant::now() + within;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {

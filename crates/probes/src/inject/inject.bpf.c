@@ -210,7 +210,6 @@ static __always_inline void mark_handled(const struct conn_key *key, const struc
 	bpf_map_update_elem(&handled, key, &span_id, BPF_ANY);
 }
 
-
 /* TLS: a client span's context in a TCP header option, RFC 6994's shared experimental kind
  * with experiment ids of our own: kind, length, ExID, trace id, span id: 28 bytes, what a
  * segment has beside the timestamp option. The ExID says what the span is: bit 0 the sampled
@@ -241,7 +240,6 @@ static __always_inline struct span_ctx *tls_pending_stream(struct tls_streams *q
 		return 0;
 	return &q->slot[(*tail - 1) & (TLS_STREAM_SLOTS - 1)];
 }
-
 
 /* HDR_OPT_LEN: room for the option where a segment may carry it. Sockets that turned out to
  * speak plaintext stop being asked. */
@@ -717,7 +715,7 @@ static __always_inline int h2_headers(struct sk_msg_md *msg, const struct conn_k
 		return 0;
 	}
 	struct insertion *ins = insertion_for(&span, true);
-	if (!ins || ins->len > INSERT_CAP) {
+	if (!ins) {
 		inject_count(SKIPPED_NO_ROOM);
 		return 0;
 	}
