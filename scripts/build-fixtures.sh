@@ -40,8 +40,9 @@ gobuild() {
 newest=""
 for fixture in "$repo"/fixtures/*/; do
   name=$(basename "$fixture")
-  # gRPC fixtures vary by grpc version, not Go version: scripts/build-grpc-fixtures.sh.
-  [ "$name" = grpc ] && continue
+  # Fixtures that vary by library version, not Go version: scripts/build-grpc-fixtures.sh and
+  # scripts/build-module-fixtures.sh build them.
+  case $name in grpc | gin | gorilla | chi | echo) continue ;; esac
   [ -f "$fixture/go.mod" ] || continue # not a Go program (fixtures/interop)
   for root in "${toolchains[@]}"; do
     short=$(short_version "$root")

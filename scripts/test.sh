@@ -25,8 +25,11 @@ bash scripts/build-module-fixtures.sh dbsql github.com/go-sql-driver/mysql v1.5.
 step "go-redis fixtures (the oldest and newest v9, the oldest v8.11, plain and stripped)"
 bash scripts/build-module-fixtures.sh redis github.com/redis/go-redis/v9 v9.0.0 v9.23.0
 bash scripts/build-module-fixtures.sh redis github.com/go-redis/redis/v8 v8.11.0
-step "router fixtures (gin's oldest supported and newest release, plain and stripped)"
+step "router fixtures (each router's oldest supported release, each layout's first, the newest)"
 bash scripts/build-module-fixtures.sh gin github.com/gin-gonic/gin v1.7.7 v1.12.0
+bash scripts/build-module-fixtures.sh gorilla github.com/gorilla/mux v1.6.2 v1.7.0 v1.8.1
+bash scripts/build-module-fixtures.sh chi github.com/go-chi/chi/v5 v5.0.0 v5.0.8 v5.5.0
+bash scripts/build-module-fixtures.sh echo github.com/labstack/echo/v4 v4.0.0 v4.16.5
 step "OpenTelemetry Collector (pinned, from the Go module proxy)"
 bash scripts/build-collector.sh
 step "interop server's Python libraries (pinned, from PyPI)"

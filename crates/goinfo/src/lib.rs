@@ -20,7 +20,9 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 pub use buildinfo::{parse_go_version, BuildInfo, Module};
 pub use dwarf::StructLayouts;
 pub use pclntab::PclnFunction;
-pub use rets::{amd64_calls_to, amd64_ret_addresses, amd64_stack_check_branch};
+pub use rets::{
+    amd64_calls_to, amd64_ret_addresses, amd64_returns_from_calls_to, amd64_stack_check_branch,
+};
 pub use stated_version::{ModuleVersion, VersionSource};
 
 /// Why a file could not be analysed; each names the file and what is missing.
@@ -293,6 +295,24 @@ impl GoBinary {
         amd64_calls_to(code, caller.address, callee.address)
             .into_iter()
             .map(|addr| addr - caller.address + caller.file_offset)
+            .collect()
+    }
+
+    /// For each direct call from `caller` to `callee`: the file offsets of the call and of the
+    /// first branch after it that runs once each time it returns (None where there is none
+    /// the kernel emulates, or other paths reach it too).
+    pub fn returns_from_calls(
+        &self,
+        caller: &Function,
+        callee: &Function,
+    ) -> Vec<(u64, Option<u64>)> {
+        let start = caller.file_offset as usize;
+        let end = start.saturating_add(caller.size as usize).min(self.data.len());
+        let code = self.data.get(start..end).unwrap_or(&[]);
+        let to_file = |addr: u64| addr - caller.address + caller.file_offset;
+        amd64_returns_from_calls_to(code, caller.address, callee.address)
+            .into_iter()
+            .map(|(call, after)| (to_file(call), after.map(to_file)))
             .collect()
     }
 

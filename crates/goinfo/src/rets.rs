@@ -7,7 +7,7 @@
 //! Go's prologue `CMP RSP, [R14+16]; JBE morestack` has such a jump that runs on every call
 //! with the arguments still in their registers.
 
-use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
 /// Addresses (same space as `base`) of every RET in `code`, which starts at `base`.
 /// Decodes linearly: Go's compiler puts no data inside function bodies on amd64.
@@ -38,6 +38,75 @@ pub fn amd64_calls_to(code: &[u8], base: u64, target: u64) -> Vec<u64> {
         })
         .map(|insn| insn.ip())
         .collect()
+}
+
+/// For each direct call to `target` in `code` (which starts at `base`): the call's address and
+/// the address of the first direct branch after it (a jump, conditional jump or call, which
+/// the kernel emulates: a probe there costs what an entry probe does), which runs once each
+/// time that call returns, with the caller's frame as it was at the call. Indirect calls on
+/// the way are passed (they return there). None for a call with no such branch: where a RET
+/// or an indirect jump comes first, or another branch lands between the call and it (then it
+/// would run on that path too). A function with a jump table (an indirect JMP, whose landings
+/// are unknown) has none.
+pub fn amd64_returns_from_calls_to(code: &[u8], base: u64, target: u64) -> Vec<(u64, Option<u64>)> {
+    let insns: Vec<Instruction> = Decoder::with_ip(64, code, base, DecoderOptions::NONE)
+        .into_iter()
+        .filter(|insn| !insn.is_invalid())
+        .collect();
+    let direct = |insn: &Instruction| insn.op0_kind() == OpKind::NearBranch64;
+    let jump_table = insns.iter().any(|insn| insn.mnemonic() == Mnemonic::Jmp && !direct(insn));
+    let landings: Vec<u64> =
+        insns.iter().filter(|insn| direct(insn)).map(Instruction::near_branch64).collect();
+    let mut found = Vec::new();
+    for (i, call) in insns.iter().enumerate() {
+        if call.mnemonic() != Mnemonic::Call || !direct(call) || call.near_branch64() != target {
+            continue;
+        }
+        let indirect_call = |insn: &Instruction| insn.mnemonic() == Mnemonic::Call && !direct(insn);
+        let after = insns[i + 1..].iter().find(|insn| changes_flow(insn) && !indirect_call(insn));
+        let place = after
+            .filter(|insn| direct(insn) && !jump_table)
+            .filter(|insn| !landings.iter().any(|&l| l >= call.next_ip() && l <= insn.ip()));
+        found.push((call.ip(), place.map(Instruction::ip)));
+    }
+    found
+}
+
+/// Whether the instruction after `insn` may not be the next one run.
+fn changes_flow(insn: &Instruction) -> bool {
+    use Mnemonic::*;
+    matches!(
+        insn.mnemonic(),
+        Call | Jmp
+            | Ret
+            | Retf
+            | Int
+            | Int1
+            | Int3
+            | Ud2
+            | Syscall
+            | Jrcxz
+            | Jecxz
+            | Loop
+            | Loope
+            | Loopne
+            | Ja
+            | Jae
+            | Jb
+            | Jbe
+            | Je
+            | Jne
+            | Jg
+            | Jge
+            | Jl
+            | Jle
+            | Jo
+            | Jno
+            | Jp
+            | Jnp
+            | Js
+            | Jns
+    )
 }
 
 /// Address of the conditional jump to morestack in the prologue of the function whose code
@@ -87,6 +156,38 @@ mod tests {
         assert_eq!(amd64_calls_to(&code, 0x1000, 0x1015), vec![0x1000]);
         assert_eq!(amd64_calls_to(&code, 0x1000, 0x100c), vec![0x1007]);
         assert!(amd64_calls_to(&code, 0x1000, 0x2000).is_empty());
+    }
+
+    #[test]
+    fn finds_the_branch_each_call_returns_to() {
+        // 0x1000 call 0x1025; test al,al; je 0x100b; nop x4
+        // 0x100d call 0x1025; call rax
+        // 0x1014 call 0x1025; mov eax,1; jne 0x1019 (between that call and it); call rax
+        let code = [
+            0xe8, 0x20, 0, 0, 0, 0x84, 0xc0, 0x74, 0x02, 0x90, 0x90, 0x90, 0x90, //
+            0xe8, 0x13, 0, 0, 0, 0xff, 0xd0, //
+            0xe8, 0x0c, 0, 0, 0, 0xb8, 1, 0, 0, 0, 0x75, 0xf9, 0xff, 0xd0,
+        ];
+        assert_eq!(
+            amd64_returns_from_calls_to(&code, 0x1000, 0x1025),
+            vec![(0x1000, Some(0x1007)), (0x100d, Some(0x1014)), (0x1014, None)],
+            "an indirect call is passed to the next direct branch; a landing in between disqualifies"
+        );
+        assert!(amd64_returns_from_calls_to(&code, 0x1000, 0x2000).is_empty());
+    }
+
+    #[test]
+    fn a_ret_or_an_indirect_jump_first_leaves_no_place_after_a_call() {
+        // call 0x1025; ret
+        let code = [0xe8, 0x20, 0, 0, 0, 0xc3];
+        assert_eq!(amd64_returns_from_calls_to(&code, 0x1000, 0x1025), vec![(0x1000, None)]);
+    }
+
+    #[test]
+    fn a_jump_table_leaves_no_place_after_a_call() {
+        // call 0x1025; je 0x1009; jmp [rax]
+        let code = [0xe8, 0x20, 0, 0, 0, 0x74, 0x02, 0xff, 0x20];
+        assert_eq!(amd64_returns_from_calls_to(&code, 0x1000, 0x1025), vec![(0x1000, None)]);
     }
 
     #[test]

@@ -88,14 +88,16 @@ pub(crate) fn pointer_type_hashes(
     region: &[u8],
     wanted: &[&str],
 ) -> HashMap<String, u32> {
-    // "*crypto/tls.Conn" -> ("crypto/tls", "*tls.Conn"), as the type's own string says it
-    let targets: Vec<(&str, &str, String)> = wanted
+    // "*crypto/tls.Conn" -> ("crypto/tls", "Conn"). The type's own string says "*tls.Conn",
+    // with the package's name, which need not be its path's last element ("echo/v4"): the
+    // package path in the descriptor decides.
+    let targets: Vec<(&str, &str, &str)> = wanted
         .iter()
         .filter_map(|w| {
             let path = w.strip_prefix('*')?;
             let slash = path.rfind('/').map_or(0, |i| i + 1);
             let dot = slash + path[slash..].find('.')?;
-            Some((*w, &path[..dot], format!("*{}", &path[slash..])))
+            Some((*w, &path[..dot], &path[dot + 1..]))
         })
         .collect();
     let mut out = HashMap::new();
@@ -117,11 +119,12 @@ fn pointer_type<'w>(
     mem: &dyn Memory,
     base: u64,
     t: &[u8],
-    targets: &[(&'w str, &str, String)],
+    targets: &[(&'w str, &str, &str)],
 ) -> Option<&'w str> {
     let name_off = u32_at(t, 40) as i32;
     let name = read_name(mem, base.checked_add_signed(i64::from(name_off))?)?;
-    let candidates: Vec<_> = targets.iter().filter(|(_, _, n)| *n == name).collect();
+    let (_, type_name) = name.strip_prefix('*')?.split_once('.')?;
+    let candidates: Vec<_> = targets.iter().filter(|(_, _, n)| *n == type_name).collect();
     if candidates.is_empty() {
         return None;
     }

@@ -65,6 +65,15 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
                 for f in &report.functions {
                     functions(w, f)?;
                 }
+                for c in &report.calls {
+                    for (call, after) in &c.sites {
+                        writeln!(
+                            w,
+                            "    call    {} -> {} at file offset {call:#x}, returned at {after:#x}",
+                            c.caller.name, c.callee
+                        )?;
+                    }
+                }
                 fields(w, report.fields)?;
             }
             Err(skip) => writeln!(w, "  {name:<20} skipped: {}", skip.reason)?,

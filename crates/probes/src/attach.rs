@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts};
 
-use crate::{AttachContext, Error, FunctionPlan, Placement};
+use crate::{AttachContext, CallReturn, Error, FunctionPlan, Placement};
 
 /// The live probes of one instrumentation on one executable. Dropping it detaches them.
 pub struct Attached {
@@ -121,6 +121,27 @@ impl Attached {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Uprobes at each of `calls`' call sites (`at_call`) and where each returns
+    /// (`returned`), reported as one line.
+    pub(crate) fn call_returns(
+        &mut self,
+        calls: &CallReturn,
+        at_call: &ProgramMut<'_>,
+        returned: &ProgramMut<'_>,
+    ) -> Result<(), Error> {
+        let caller = &calls.caller.name;
+        for &(call, after) in &calls.sites {
+            self.at(call, at_call, &format!("{caller} call {call:#x}"))?;
+            self.at(after, returned, &format!("{caller} after its call {call:#x}"))?;
+        }
+        self.probes.push(format!(
+            "{caller}: at its {} call(s) to {} and where each returns",
+            calls.sites.len(),
+            calls.callee
+        ));
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use goinfo::GoBinary;
 use offsets::{FieldOffset, FieldSpec, Layouts};
 use trace::{MonotonicClock, Span};
 
-use crate::{AttachOptions, Attached, Error, FunctionPlan, SharedMaps};
+use crate::{AttachOptions, Attached, CallReturn, Error, FunctionPlan, SharedMaps};
 
 /// One instrumented library, or one side of it (a server, a client).
 pub trait Instrumentation: Sync {
@@ -119,6 +119,8 @@ pub struct Report<'a> {
     pub note: Option<String>,
     pub functions: Vec<&'a FunctionPlan>,
     pub fields: &'a [FieldOffset],
+    /// Calls probed where they are made and where they return.
+    pub calls: Vec<&'a CallReturn>,
 }
 
 /// Where and how one instrumentation attaches.

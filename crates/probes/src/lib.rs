@@ -26,7 +26,7 @@ pub use instrumentation::{
     AttachContext, Depends, Events, Instrumentation, Plan, Report, Skip, SpanOptions, Target,
     REGISTER_ABI,
 };
-pub use plan::{FunctionPlan, Placement};
+pub use plan::{CallReturn, FunctionPlan, Placement};
 pub use registry::{declared_fields, plan_all, Planned, Selection};
 pub use sampler::{RootSampler, Sampler, SamplerError};
 pub use shared::{ProbeStats, SharedMaps, DEFAULT_RINGBUF_MIB};

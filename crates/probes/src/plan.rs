@@ -48,6 +48,43 @@ impl FunctionPlan {
     }
 }
 
+/// The calls one function makes to another, each with the first branch after it returns
+/// (goinfo `returns_from_calls`): a probe at the call sees the callee's arguments, one at the
+/// branch what the callee left behind, both on instructions the kernel emulates, with the
+/// caller's frame alive. What a RET probe would see, for an entry probe's cost.
+#[derive(Debug, Clone)]
+pub struct CallReturn {
+    pub caller: Function,
+    pub callee: String,
+    /// (file offset of the call, file offset of the branch after it), for each call.
+    pub sites: Vec<(u64, u64)>,
+}
+
+impl CallReturn {
+    pub(crate) fn new(bin: &GoBinary, caller: &str, callee: &str) -> Result<Self, String> {
+        let absent = |name: &str| format!("{name} is not in the binary");
+        let caller = bin.function(caller).map_err(|_| absent(caller))?;
+        let target = bin.function(callee).map_err(|_| absent(callee))?;
+        let found = bin.returns_from_calls(&caller, &target);
+        if found.is_empty() {
+            return Err(format!("{} makes no call to {callee} (inlined)", caller.name));
+        }
+        let sites = found
+            .into_iter()
+            .map(|(call, after)| {
+                after.map(|after| (call, after)).ok_or_else(|| {
+                    format!(
+                        "after {}'s call to {callee} at file offset {call:#x}, no instruction \
+                         runs exactly when it returns that a uprobe can sit on cheaply",
+                        caller.name
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(CallReturn { caller, callee: callee.to_string(), sites })
+    }
+}
+
 /// Where probes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Placement {

@@ -19,6 +19,8 @@ const SERVER_CALLS_MAX: u32 = 32768;
 const DB_CALLS_MAX: u32 = 32768;
 const TLS_SOCKETS_MAX: u32 = 16384;
 const TRACE_STATES_MAX: u32 = 16384;
+/// Routed requests in flight (entries go when their span ends).
+const MATCHED_ROUTES_MAX: u32 = 16384;
 
 /// The agent's view of what the BPF side counted (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,8 +83,14 @@ impl SharedMaps {
             enrolled_conns: create(MapType::LruHash, "enrolled_conns", 40, 1, CTX_MAX)?,
             // struct trace_state (conn.h): a length and 256 bytes.
             trace_states: create(MapType::LruHash, "trace_states", 16, 260, TRACE_STATES_MAX)?,
-            // struct matched_route (routes.h): the route's string header and a span id.
-            matched_routes: create(MapType::LruHash, "matched_routes", 16, 24, SERVER_CALLS_MAX)?,
+            // struct matched_route (routes.h): a span id, a length and ROUTE_CAP bytes.
+            matched_routes: create(
+                MapType::LruHash,
+                "matched_routes",
+                16,
+                144,
+                MATCHED_ROUTES_MAX,
+            )?,
         })
     }
 

@@ -38,6 +38,9 @@ fn an_http_service_gets_server_client_and_their_goroutine_ancestry() {
         skipped,
         [
             "gin routes: github.com/gin-gonic/gin is not in the binary",
+            "gorilla/mux routes: github.com/gorilla/mux is not in the binary",
+            "chi routes: github.com/go-chi/chi/v5 is not in the binary",
+            "echo routes: github.com/labstack/echo/v4 is not in the binary",
             "gRPC server: google.golang.org/grpc is not in the binary",
             "gRPC client: google.golang.org/grpc is not in the binary",
             "database/sql: database/sql.(*DB).queryDC is not in the binary",
@@ -83,6 +86,9 @@ fn a_grpc_service_gets_http_grpc_and_goroutine_ancestry() {
             skipped,
             [
                 "gin routes: github.com/gin-gonic/gin is not in the binary",
+                "gorilla/mux routes: github.com/gorilla/mux is not in the binary",
+                "chi routes: github.com/go-chi/chi/v5 is not in the binary",
+                "echo routes: github.com/labstack/echo/v4 is not in the binary",
                 "database/sql: database/sql.(*DB).queryDC is not in the binary",
                 "pgx: github.com/jackc/pgx/v5 is not in the binary",
                 "go-redis v9: github.com/redis/go-redis/v9 is not in the binary",

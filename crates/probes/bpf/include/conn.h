@@ -219,8 +219,6 @@ const volatile u32 hash_syscallconn = 0;
 const volatile bool has_conn_types = false;
 const volatile u64 off_syscallconn_conn = 0; /* syscallConn.Conn (net.Conn) */
 
-#define ITAB_HASH 16 /* itab: inter, _type, hash */
-
 /* The *net.TCPConn under the net.Conn (itab, data) at `iface`, or 0 for any other dynamic
  * type; `tls` set where a *tls.Conn was on the way. Without the hashes, the data word is taken
  * as the TCPConn. */

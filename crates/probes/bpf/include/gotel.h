@@ -32,6 +32,9 @@ struct pt_regs {
 #define GO_ARG8(r) ((r)->r10)
 #define GO_ARG9(r) ((r)->r11)
 #define GO_G(r) ((r)->r14)
+/* An itab (inter, _type, hash, ...): its type hash, by which an interface's dynamic type is
+ * told apart (the agent reads the hashes from the binary's type descriptors). */
+#define ITAB_HASH 16
 
 /* Span events written to the ring buffer start with this header. Its kind tells the agent
  * which instrumentation wrote it: the number that instrumentation declares, set at load time,

@@ -5,9 +5,12 @@
 //! `mod.rs` implementing `Instrumentation` and its `Plan`, its event decoding and its span
 //! conventions; then a `mod` line and an entry in `ALL` below.
 
+pub mod chi;
 pub mod database_sql;
+pub mod echo;
 pub mod gin;
 pub mod go_redis;
+pub mod gorilla_mux;
 pub mod goroutines;
 pub mod grpc;
 pub mod net_http;
@@ -15,11 +18,17 @@ pub mod pgx;
 
 use crate::Instrumentation;
 
+/// The routers whose matched routes the net/http server span takes (routes.h).
+pub const ROUTERS: &[&str] = &[gin::MODULE, gorilla_mux::MODULE, chi::MODULE, echo::MODULE];
+
 /// Every instrumentation, in the order `gotel inspect` shows them and they are attached.
 pub static ALL: &[&dyn Instrumentation] = &[
     &net_http::server::HttpServer,
     &net_http::client::HttpClient,
     &gin::Gin,
+    &gorilla_mux::GorillaMux,
+    &chi::Chi,
+    &echo::Echo,
     &grpc::server::GrpcServer,
     &grpc::client::GrpcClient,
     &database_sql::DatabaseSql,

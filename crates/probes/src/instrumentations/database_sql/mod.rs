@@ -295,7 +295,7 @@ impl Plan for DatabaseSqlPlan {
             [] => "no driver gotel knows: spans say other_sql".to_string(),
             known => format!("drivers {}", known.join(", ")),
         };
-        Report { note: Some(note), functions, fields: &self.fields }
+        Report { note: Some(note), functions, fields: &self.fields, calls: Vec::new() }
     }
 
     fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {

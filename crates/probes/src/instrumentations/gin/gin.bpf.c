@@ -16,7 +16,7 @@ int gin_next(struct pt_regs *ctx)
 	struct server_call *call = bpf_map_lookup_elem(&server_calls, &key);
 	if (!call)
 		return 0; /* not serving a traced request */
-	match_route(&key, call, GO_ARG1(ctx) + off_ctx_full_path);
+	match_route(&key, call, GO_ARG1(ctx) + off_ctx_full_path, true);
 	return 0;
 }
 
@@ -52,7 +52,7 @@ static __always_inline int gin_handle_return(struct pt_regs *ctx)
 	bpf_map_delete_elem(&gin_contexts, &key);
 	struct server_call *call = bpf_map_lookup_elem(&server_calls, &key);
 	if (call)
-		match_route(&key, call, context + off_ctx_full_path);
+		match_route(&key, call, context + off_ctx_full_path, true);
 	return 0;
 }
 

@@ -69,7 +69,7 @@ struct GinPlan {
 impl Plan for GinPlan {
     fn report(&self) -> Report<'_> {
         let (Probe::Next(f) | Probe::Handle(f)) = &self.probe;
-        Report { note: None, functions: vec![f], fields: &self.fields }
+        Report { note: None, functions: vec![f], fields: &self.fields, calls: Vec::new() }
     }
 
     fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {

@@ -157,7 +157,7 @@ struct GoRedisPlan {
 impl Plan for GoRedisPlan {
     fn report(&self) -> Report<'_> {
         let functions = std::iter::once(&self.command).chain(&self.pipelines).collect();
-        Report { note: None, functions, fields: &self.fields }
+        Report { note: None, functions, fields: &self.fields, calls: Vec::new() }
     }
 
     fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {

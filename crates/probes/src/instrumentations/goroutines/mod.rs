@@ -116,7 +116,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GoroutinesPlan, String> {
 impl Plan for GoroutinesPlan {
     fn report(&self) -> Report<'_> {
         let note = Some("parents for client spans".to_string());
-        Report { note, functions: vec![&self.newproc1], fields: &[] }
+        Report { note, functions: vec![&self.newproc1], fields: &[], calls: Vec::new() }
     }
 
     fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {

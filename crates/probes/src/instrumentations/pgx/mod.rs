@@ -163,7 +163,7 @@ impl Plan for PgxPlan {
             .chain(std::iter::once(&self.rows_close))
             .chain(&self.batch_close)
             .collect();
-        Report { note: None, functions, fields: &self.fields }
+        Report { note: None, functions, fields: &self.fields, calls: Vec::new() }
     }
 
     fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {

@@ -204,6 +204,7 @@ impl Plan for GrpcClientPlan {
             note: Some(format!("grpc {} {}", self.grpc_version, self.version_source)),
             functions: vec![&self.start, &self.new_stream, &self.finish],
             fields: &self.fields,
+            calls: Vec::new(),
         }
     }
 

@@ -180,6 +180,7 @@ impl Plan for GrpcServerPlan {
             note: Some(format!("grpc {} {}", self.grpc_version, self.version_source)),
             functions: vec![&self.handle_stream, &self.write_status],
             fields: &self.fields,
+            calls: Vec::new(),
         }
     }
 

@@ -130,7 +130,12 @@ struct HttpClientPlan {
 
 impl Plan for HttpClientPlan {
     fn report(&self) -> Report<'_> {
-        Report { note: None, functions: vec![&self.round_trip], fields: &self.fields }
+        Report {
+            note: None,
+            functions: vec![&self.round_trip],
+            fields: &self.fields,
+            calls: Vec::new(),
+        }
     }
 
     fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {

@@ -42,7 +42,7 @@ const volatile u64 off_conn_rwc_data = 0;
 #define QUERY_CAP 256
 #define HOST_CAP 128
 #define REMOTE_CAP 64
-#define PATTERN_CAP 128
+#define PATTERN_CAP ROUTE_CAP
 #define TRACESTATE_CAP 256
 
 struct http_server_event {
@@ -213,13 +213,9 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	e->method_len = window_go_string(e->method, METHOD_CAP, req, off_req_method);
 	e->host_len = window_go_string(e->host, HOST_CAP, req, off_req_host);
 	e->remote_len = window_go_string(e->remote, REMOTE_CAP, req, off_req_remote_addr);
-	u64 route_len = 0, route = has_router ? route_matched(&key, call, &route_len) : 0;
-	if (route)
-		e->pattern_len = copy_user_bytes(e->pattern, PATTERN_CAP, route, (s64)route_len);
-	else if (has_pattern)
+	e->pattern_len = has_router ? take_matched_route(&key, call, e->pattern) : 0;
+	if (!e->pattern_len && has_pattern)
 		e->pattern_len = window_go_string(e->pattern, PATTERN_CAP, req, off_req_pattern);
-	else
-		e->pattern_len = 0;
 	u64 url_addr = window_u64(req, off_req_url);
 	e->path_len = e->query_len = 0;
 	if (url_addr) {

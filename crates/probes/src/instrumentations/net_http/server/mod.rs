@@ -134,8 +134,8 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<HttpServerPlan, String> {
     let header_map = header_map(bin, &fields);
     let request_ends =
         FunctionPlan::first_of(bin, &[HTTP1_END]).zip(FunctionPlan::first_of(bin, HTTP2_END));
-    // gin's routes (instrumentations/gin) are read into the span where gin is linked in.
-    let has_router = bin.module_version(super::super::gin::MODULE).is_ok();
+    // A router's routes (instrumentations/gin, ...) are read into the span where it is linked.
+    let has_router = super::super::ROUTERS.iter().any(|m| bin.module_version(m).is_ok());
     Ok(HttpServerPlan {
         serve,
         request_ends,
@@ -163,7 +163,7 @@ fn copy_bytes(fields: &[FieldOffset], struct_name: &str) -> u64 {
 
 impl Plan for HttpServerPlan {
     fn report(&self) -> Report<'_> {
-        Report { note: None, functions: vec![&self.serve], fields: &self.fields }
+        Report { note: None, functions: vec![&self.serve], fields: &self.fields, calls: Vec::new() }
     }
 
     fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {
