@@ -21,27 +21,33 @@ struct {
 	__type(value, struct pending_call);
 } pending_calls SEC(".maps");
 
-/* At the call: keeps `arg` (and `aux`) for goroutine `key`. */
-static __always_inline void remember_call_arg(struct pt_regs *ctx, const struct goroutine_key *key,
-					      u64 arg, u64 aux)
+/* At a router's call to its matcher: keeps `arg` (and `aux`) if the goroutine serves a request
+ * whose span is sampled (only its span takes a route). */
+static __always_inline void remember_for_route(struct pt_regs *ctx, u64 arg, u64 aux)
 {
+	struct goroutine_key key = { .pid = bpf_get_current_pid_tgid() >> 32, .g = GO_G(ctx) };
+	struct server_call *call = bpf_map_lookup_elem(&server_calls, &key);
+	if (!call || !call->ctx.sampled)
+		return;
 	struct {
 		u64 lo, hi;
 	} stack = {}; /* runtime.g starts with its stack's bounds */
 	struct pending_call p = { .arg = arg, .aux = aux };
-	if (!bpf_probe_read_user(&stack, sizeof(stack), (void *)key->g) && arg >= stack.lo &&
+	if (!bpf_probe_read_user(&stack, sizeof(stack), (void *)key.g) && arg >= stack.lo &&
 	    arg < stack.hi) {
 		p.arg = arg - ctx->sp;
 		p.on_stack = 1;
 	}
-	bpf_map_update_elem(&pending_calls, key, &p, BPF_ANY);
+	bpf_map_update_elem(&pending_calls, &key, &p, BPF_ANY);
 }
 
-/* After the call returned: the argument kept for goroutine `key` (and in `*aux` the other
- * value, if asked), forgotten; 0 if none. */
-static __always_inline u64 recall_call_arg(struct pt_regs *ctx, const struct goroutine_key *key,
-					   u64 *aux)
+/* Where that call returned: the argument kept (and in `*aux`, if asked, the other value),
+ * forgotten, with the goroutine's `key` and the request it serves in `*call`; 0 if none. */
+static __always_inline u64 recall_for_route(struct pt_regs *ctx, struct goroutine_key *key,
+					    struct server_call **call, u64 *aux)
 {
+	*key = (struct goroutine_key){ .pid = bpf_get_current_pid_tgid() >> 32, .g = GO_G(ctx) };
+	*call = 0;
 	struct pending_call *p = bpf_map_lookup_elem(&pending_calls, key);
 	if (!p)
 		return 0;
@@ -49,26 +55,6 @@ static __always_inline u64 recall_call_arg(struct pt_regs *ctx, const struct gor
 	if (aux)
 		*aux = p->aux;
 	bpf_map_delete_elem(&pending_calls, key);
-	return arg;
-}
-
-/* At a router's call to its matcher: keeps `arg` (and `aux`) if the goroutine serves a request
- * whose span is sampled (only its span takes a route). */
-static __always_inline void remember_for_route(struct pt_regs *ctx, u64 arg, u64 aux)
-{
-	struct goroutine_key key = { .pid = bpf_get_current_pid_tgid() >> 32, .g = GO_G(ctx) };
-	struct server_call *call = bpf_map_lookup_elem(&server_calls, &key);
-	if (call && call->ctx.sampled)
-		remember_call_arg(ctx, &key, arg, aux);
-}
-
-/* Where that call returned: the argument kept (and `*aux`), with the goroutine's `key` and
- * the request it serves in `*call`; 0 if none. */
-static __always_inline u64 recall_for_route(struct pt_regs *ctx, struct goroutine_key *key,
-					    struct server_call **call, u64 *aux)
-{
-	*key = (struct goroutine_key){ .pid = bpf_get_current_pid_tgid() >> 32, .g = GO_G(ctx) };
-	u64 arg = recall_call_arg(ctx, key, aux);
-	*call = arg ? bpf_map_lookup_elem(&server_calls, key) : 0;
+	*call = bpf_map_lookup_elem(&server_calls, key);
 	return *call ? arg : 0;
 }
