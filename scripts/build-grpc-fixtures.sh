@@ -13,7 +13,17 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 versions=("$@")
 if [ ${#versions[@]} -eq 0 ]; then
   versions=(
-    v1.40.0 # oldest supported
+    v1.14.0 # oldest supported: TLS in a credentials.tlsConn value, status.Status, no Stream.ct
+    v1.16.0 # last with the tlsConn value
+    v1.17.0 # TLS in credentials/internal.syscallConn
+    v1.24.0 # last without Stream.ct
+    v1.25.0 # Stream.ct: the stream's transport
+    v1.28.0 # last with status.Status in the public package
+    v1.29.0 # internal/status.Status
+    v1.31.1 # last with credentials/internal.syscallConn
+    v1.32.0 # internal/credentials.syscallConn
+    v1.39.1 # last before v1.40
+    v1.40.0
     v1.58.3 # last with processUnaryRPC(t, stream, ...) and handleStream(t, stream, trInfo)
     v1.59.0 # processUnaryRPC/processStreamingRPC gain ctx; handleStream loses trInfo
     v1.60.1 # operateHeaders gains ctx; http2Server.remoteAddr -> peer

@@ -69,6 +69,11 @@ for v in "${versions[@]}"; do
   rm -f "$mod"/*_test.go
   gorun "$newest" "$mod" mod edit -require="$module@$v"
   gorun "$newest" "$mod" mod tidy
+  got=$(gorun "$newest" "$mod" list -m -f '{{.Version}}' "$module")
+  [ "$got" = "$v" ] || {
+    echo "[$fixture-fixtures] asked for $module $v, the dependencies raised it to $got" >&2
+    exit 1
+  }
   if [ -n "${GOTEL_MODULE_GOROOT:-}" ]; then
     root=$GOTEL_MODULE_GOROOT
   else

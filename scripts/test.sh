@@ -14,10 +14,14 @@ bash scripts/setup.sh
 step "Go fixtures (every installed toolchain, plain and stripped)"
 bash scripts/build-fixtures.sh
 step "gRPC fixtures (grpc-go versions at each layout change gotel reads, plain and stripped)"
-bash scripts/build-grpc-fixtures.sh v1.40.0 v1.59.0 v1.60.1 v1.66.2 v1.68.1 v1.69.0 v1.71.0 v1.76.0 v1.77.0 \
+bash scripts/build-grpc-fixtures.sh v1.14.0 v1.16.0 v1.17.0 v1.24.0 v1.25.0 v1.28.0 v1.29.0 v1.31.1 \
+  v1.32.0 v1.39.1 v1.40.0 v1.59.0 v1.60.1 v1.66.2 v1.68.1 v1.69.0 v1.71.0 v1.76.0 v1.77.0 \
   v1.85.0
 step "gRPC as a distribution builds it (GOPATH mode, no modules in buildinfo, stripped)"
 bash scripts/build-gopath-fixture.sh grpc google.golang.org/grpc v1.60.1
+# Debian 12's grpc-go with its Go 1.19, as Debian builds it and vendored in the project
+bash scripts/build-gopath-fixture.sh grpc google.golang.org/grpc v1.33.3 /usr/lib/go-1.19
+bash scripts/build-gopath-fixture.sh --vendor grpc google.golang.org/grpc v1.33.3 /usr/lib/go-1.19
 step "database/sql driver fixtures (each driver's oldest and newest supported release)"
 bash scripts/build-module-fixtures.sh dbsql github.com/lib/pq v1.10.0 v1.12.3
 bash scripts/build-module-fixtures.sh dbsql github.com/jackc/pgx/v5 v5.0.0 v5.13.0

@@ -10,6 +10,7 @@ pub mod pclntab;
 mod rets;
 mod stated_version;
 mod types;
+mod vendor;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -113,6 +114,8 @@ pub struct GoBinary {
     build_info: BuildInfo,
     functions: HashMap<String, (u64, u64)>,
     symbol_source: SymbolSource,
+    /// The vendor directories (GOPATH mode) package names carry ("github.com/acme/app/vendor/").
+    vendor_prefixes: Vec<String>,
     segments: Vec<Segment>,
     /// What the data states of libraries' versions, read once, when first asked.
     stated: OnceLock<Vec<(&'static str, Result<ModuleVersion, String>)>>,
@@ -194,6 +197,7 @@ impl GoBinary {
                 .map(|f| (f.name, (f.entry, f.end.saturating_sub(f.entry))))
                 .collect();
         }
+        let vendor_prefixes = vendor::unprefix_functions(&mut functions);
         let stated = OnceLock::new();
         Ok(GoBinary {
             path: path.into(),
@@ -201,6 +205,7 @@ impl GoBinary {
             build_info,
             functions,
             symbol_source,
+            vendor_prefixes,
             segments,
             stated,
         })
@@ -253,6 +258,12 @@ impl GoBinary {
             Some((_, Err(e))) => Err(why(e)),
             None => Err(why("gotel knows no version string it compiles in")),
         }
+    }
+
+    /// The vendor directories (GOPATH mode) its package names start with, e.g.
+    /// "github.com/acme/app/vendor/"; functions and types are looked up without them.
+    pub fn vendor_prefixes(&self) -> &[String] {
+        &self.vendor_prefixes
     }
 
     /// Number of function symbols.
@@ -331,15 +342,19 @@ impl GoBinary {
     pub fn struct_layouts_from_types(&self, wanted: &[&str]) -> Result<StructLayouts, Error> {
         let (base, region) = self.type_data()?;
         let offset_embed = matches!(self.build_info.go_semver(), Some((1, minor, _)) if minor < 19);
-        Ok(types::struct_layouts(self, base, region, offset_embed, wanted))
+        vendor::lookup_types(&self.vendor_prefixes, wanted, |wanted| {
+            Ok(types::struct_layouts(self, base, region, offset_embed, wanted))
+        })
     }
 
-    /// The type hashes of the pointer types in `wanted` ("*crypto/tls.Conn") from the runtime
-    /// type descriptors: an itab for that dynamic type carries the same hash. Types the binary
-    /// has no descriptor for are absent.
-    pub fn pointer_type_hashes(&self, wanted: &[&str]) -> Result<HashMap<String, u32>, Error> {
+    /// The type hashes of the pointer types ("*crypto/tls.Conn") and named structs in `wanted`
+    /// from the runtime type descriptors: an itab for that dynamic type carries the same hash.
+    /// Types the binary has no descriptor for are absent.
+    pub fn type_hashes(&self, wanted: &[&str]) -> Result<HashMap<String, u32>, Error> {
         let (base, region) = self.type_data()?;
-        Ok(types::pointer_type_hashes(self, base, region, wanted))
+        vendor::lookup_types(&self.vendor_prefixes, wanted, |wanted| {
+            Ok(types::type_hashes(self, base, region, wanted))
+        })
     }
 
     /// The runtime type descriptors: where they start in memory, and their bytes. Go 1.27
@@ -359,7 +374,10 @@ impl GoBinary {
     pub fn struct_layouts(&self, wanted: &[&str]) -> Result<StructLayouts, Error> {
         let file = object::File::parse(&*self.data)
             .map_err(|e| Error::NotElf { path: self.path.clone(), reason: e.to_string() })?;
-        dwarf::struct_layouts(&file, wanted).map_err(|e| e.with_path(&self.path))
+        vendor::lookup_types(&self.vendor_prefixes, wanted, |wanted| {
+            dwarf::struct_layouts(&file, wanted)
+        })
+        .map_err(|e| e.with_path(&self.path))
     }
 }
 

@@ -18,6 +18,7 @@ const POINTER_TYPE_SIZE: usize = 56; // abi.PtrType: Type, Elem
 const TFLAG_UNCOMMON: u8 = 1;
 const TFLAG_EXTRA_STAR: u8 = 2;
 const TFLAG_NAMED: u8 = 4;
+const NAMED_UNCOMMON: u8 = TFLAG_NAMED | TFLAG_UNCOMMON;
 /// A struct with more fields than this is not one of ours (or not a struct at all).
 const MAX_FIELDS: u64 = 4096;
 
@@ -56,19 +57,14 @@ pub(crate) fn struct_layouts(
     // "net/http.Request" -> ("net/http", "Request")
     let targets: Vec<(&str, &str, &str)> = wanted
         .iter()
-        .filter_map(|w| {
-            let slash = w.rfind('/').map_or(0, |i| i + 1);
-            let dot = slash + w[slash..].find('.')?;
-            Some((*w, &w[..dot], &w[dot + 1..]))
-        })
+        .filter_map(|w| split_type_name(w).map(|(pkg, name)| (*w, pkg, name)))
         .collect();
     let mut out = StructLayouts::new();
     let mut at = 0usize;
     while at + STRUCT_TYPE_SIZE + 16 <= region.len() && out.len() < targets.len() {
         let t = &region[at..];
         let (tflag, kind) = (t[20], t[23] & KIND_MASK);
-        let wanted_flags = TFLAG_NAMED | TFLAG_UNCOMMON;
-        if kind == KIND_STRUCT && tflag & wanted_flags == wanted_flags {
+        if kind == KIND_STRUCT && tflag & NAMED_UNCOMMON == NAMED_UNCOMMON {
             if let Some((full, fields)) = named_struct(mem, base, t, &targets, offset_embed) {
                 out.entry(full.to_string()).or_insert(fields);
             }
@@ -78,11 +74,12 @@ pub(crate) fn struct_layouts(
     out
 }
 
-/// Scans `region` as `struct_layouts` does for the pointer types in `wanted` ("*crypto/tls.Conn")
-/// and returns each one's type hash: what an itab holding that dynamic type carries, so a
-/// program can tell an interface's dynamic type from its itab. Found by name and package
-/// path alone, which need no relocation, so PIE executables qualify.
-pub(crate) fn pointer_type_hashes(
+/// Scans `region` as `struct_layouts` does for the types in `wanted`, pointer types
+/// ("*crypto/tls.Conn") or named structs ("google.golang.org/grpc/credentials.tlsConn", held in
+/// an interface by value), and returns each one's type hash: what an itab holding that dynamic
+/// type carries, so a program can tell an interface's dynamic type from its itab. Found by name
+/// and package path alone, which need no relocation, so PIE executables qualify.
+pub(crate) fn type_hashes(
     mem: &dyn Memory,
     base: u64,
     region: &[u8],
@@ -91,24 +88,31 @@ pub(crate) fn pointer_type_hashes(
     // "*crypto/tls.Conn" -> ("crypto/tls", "Conn"). The type's own string says "*tls.Conn",
     // with the package's name, which need not be its path's last element ("echo/v4"): the
     // package path in the descriptor decides.
-    let targets: Vec<(&str, &str, &str)> = wanted
-        .iter()
-        .filter_map(|w| {
-            let path = w.strip_prefix('*')?;
-            let slash = path.rfind('/').map_or(0, |i| i + 1);
-            let dot = slash + path[slash..].find('.')?;
-            Some((*w, &path[..dot], &path[dot + 1..]))
-        })
-        .collect();
+    let (mut pointers, mut structs) = (Vec::new(), Vec::new());
+    for w in wanted {
+        match w.strip_prefix('*') {
+            Some(path) => pointers.extend(split_type_name(path).map(|(p, n)| (*w, p, n))),
+            None => structs.extend(split_type_name(w).map(|(p, n)| (*w, p, n))),
+        }
+    }
     let mut out = HashMap::new();
     let mut at = 0usize;
-    while at + POINTER_TYPE_SIZE + 16 <= region.len() && out.len() < targets.len() {
+    let want = pointers.len() + structs.len();
+    while at + POINTER_TYPE_SIZE + 16 <= region.len() && out.len() < want {
         let t = &region[at..];
         let (tflag, kind) = (t[20], t[23] & KIND_MASK);
-        if kind == KIND_POINTER && tflag & (TFLAG_UNCOMMON | TFLAG_EXTRA_STAR) == TFLAG_UNCOMMON {
-            if let Some(full) = pointer_type(mem, base, t, &targets) {
-                out.entry(full.to_string()).or_insert(u32_at(t, 16));
+        let room_for_struct = t.len() >= STRUCT_TYPE_SIZE + 16 && !structs.is_empty();
+        let found = match kind {
+            KIND_POINTER if tflag & (TFLAG_UNCOMMON | TFLAG_EXTRA_STAR) == TFLAG_UNCOMMON => {
+                pointer_type(mem, base, t, &pointers)
             }
+            KIND_STRUCT if room_for_struct && tflag & NAMED_UNCOMMON == NAMED_UNCOMMON => {
+                named_struct_type(mem, base, t, &structs)
+            }
+            _ => None,
+        };
+        if let Some(full) = found {
+            out.entry(full.to_string()).or_insert(u32_at(t, 16));
         }
         at += 8;
     }
@@ -133,13 +137,20 @@ fn pointer_type<'w>(
     candidates.iter().find(|(_, pkg, _)| *pkg == pkg_path).map(|(full, _, _)| *full)
 }
 
-fn named_struct<'w>(
+/// "crypto/tls.Conn" -> ("crypto/tls", "Conn").
+fn split_type_name(w: &str) -> Option<(&str, &str)> {
+    let slash = w.rfind('/').map_or(0, |i| i + 1);
+    let dot = slash + w[slash..].find('.')?;
+    Some((&w[..dot], &w[dot + 1..]))
+}
+
+/// Which of `targets` the named struct descriptor `t` is, if any.
+fn named_struct_type<'w>(
     mem: &dyn Memory,
     base: u64,
     t: &[u8],
     targets: &[(&'w str, &str, &str)],
-    offset_embed: bool,
-) -> Option<(&'w str, HashMap<String, u64>)> {
+) -> Option<&'w str> {
     let name_off = u32_at(t, 40) as i32;
     let mut name = read_name(mem, base.checked_add_signed(i64::from(name_off))?)?;
     if t[20] & TFLAG_EXTRA_STAR != 0 {
@@ -154,8 +165,17 @@ fn named_struct<'w>(
     // "http.Request" between net/http and any other package named http.
     let pkg_off = u32_at(t, STRUCT_TYPE_SIZE) as i32;
     let pkg_path = read_name(mem, base.checked_add_signed(i64::from(pkg_off))?)?;
-    let &&(full, _, _) = candidates.iter().find(|(_, pkg, _)| *pkg == pkg_path)?;
+    candidates.iter().find(|(_, pkg, _)| *pkg == pkg_path).map(|(full, _, _)| *full)
+}
 
+fn named_struct<'w>(
+    mem: &dyn Memory,
+    base: u64,
+    t: &[u8],
+    targets: &[(&'w str, &str, &str)],
+    offset_embed: bool,
+) -> Option<(&'w str, HashMap<String, u64>)> {
+    let full = named_struct_type(mem, base, t, targets)?;
     let (fields_ptr, nfields) = (u64_at(t, TYPE_SIZE + 8), u64_at(t, TYPE_SIZE + 16));
     if nfields > MAX_FIELDS {
         return None;

@@ -237,7 +237,7 @@ fn type_descriptors_and_pclntab_match_dwarf_and_symtab_when_stripped() {
 /// The dynamic types a program tells apart by their itab's hash (`conn.h`): every toolchain's
 /// binaries have descriptors for them, distinct hashes, and stripping changes none.
 #[test]
-fn pointer_type_hashes_are_found_and_survive_stripping() {
+fn type_hashes_are_found_and_survive_stripping() {
     const TYPES: &[&str] = &["*net.TCPConn", "*crypto/tls.Conn"];
     for version in built_versions() {
         let (Some(path), Some(stripped)) = (
@@ -246,12 +246,28 @@ fn pointer_type_hashes_are_found_and_survive_stripping() {
         ) else {
             return;
         };
-        let hashes = GoBinary::open(&path).unwrap().pointer_type_hashes(TYPES).unwrap();
+        let hashes = GoBinary::open(&path).unwrap().type_hashes(TYPES).unwrap();
         assert_eq!(hashes.len(), 2, "{version}: {hashes:?}");
         assert_ne!(hashes["*net.TCPConn"], hashes["*crypto/tls.Conn"], "{version}");
-        let again = GoBinary::open(&stripped).unwrap().pointer_type_hashes(TYPES).unwrap();
+        let again = GoBinary::open(&stripped).unwrap().type_hashes(TYPES).unwrap();
         assert_eq!(again, hashes, "{version}");
     }
+}
+
+/// A struct held in an interface by value (grpc before 1.20 wraps TLS connections so): its
+/// own descriptor's hash, the same stripped, distinct from the pointer types'.
+#[test]
+fn a_value_types_hash_is_found_and_survives_stripping() {
+    const TYPES: &[&str] = &["google.golang.org/grpc/credentials.tlsConn", "*crypto/tls.Conn"];
+    let (Some(path), Some(stripped)) =
+        (fixture("grpc/grpc-v1.14.0"), fixture("grpc/grpc-v1.14.0-stripped"))
+    else {
+        return;
+    };
+    let hashes = GoBinary::open(&path).unwrap().type_hashes(TYPES).unwrap();
+    assert_eq!(hashes.len(), 2, "{hashes:?}");
+    assert_ne!(hashes[TYPES[0]], hashes[TYPES[1]]);
+    assert_eq!(GoBinary::open(&stripped).unwrap().type_hashes(TYPES).unwrap(), hashes);
 }
 
 #[test]

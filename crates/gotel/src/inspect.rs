@@ -28,6 +28,9 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
     }
     let symbols = format!("{} functions from {}", bin.function_count(), bin.symbol_source());
     writeln!(w, "  symbols        {symbols}")?;
+    for prefix in bin.vendor_prefixes() {
+        writeln!(w, "  vendored       {prefix}... (GOPATH mode: looked up by import path)")?;
+    }
 
     writeln!(w, "\ninstrumentations")?;
     let plans = plan_all(&bin);

@@ -161,6 +161,11 @@ fn h2c_calls_continue_the_trace(fixture_name: &str, subnet: u8) {
 }
 
 #[test]
+fn h2c_across_hosts_grpc_v1_14() {
+    h2c_calls_continue_the_trace("grpc-v1.14.0", 41);
+}
+
+#[test]
 fn h2c_across_hosts_grpc_v1_40() {
     h2c_calls_continue_the_trace("grpc-v1.40.0", 11);
 }
@@ -621,6 +626,18 @@ fn grpc_over_tls_one_at_a_time(fixture_name: &str, subnet: u8) {
     let linked = linked_or_roots(&servers, &clients);
     assert_eq!(linked, 50, "{log}");
     assert_eq!(number_before(&log, "HTTP/2 streams' over TLS sent"), 50, "{log}");
+}
+
+/// grpc before 1.17 holds a TLS connection as a credentials.tlsConn value.
+#[test]
+fn grpc_over_tls_across_hosts_grpc_v1_14() {
+    grpc_over_tls_one_at_a_time("grpc-v1.14.0", 42);
+}
+
+/// grpc 1.17 to 1.31 wraps it in credentials/internal.syscallConn.
+#[test]
+fn grpc_over_tls_across_hosts_grpc_v1_24() {
+    grpc_over_tls_one_at_a_time("grpc-v1.24.0-stripped", 43);
 }
 
 #[test]

@@ -163,8 +163,61 @@ fn grpc_over_a_unix_socket_v1_85() {
     pairwise_linked(&servers, &clients, 100);
 }
 
+// grpc-go before 1.40 (fixtures/grpc/RESEARCH.md, "Before v1.40"): the first and last version
+// of each layout gotel reads, built with Go 1.19.
+
 #[test]
-fn grpc_oldest_supported_v1_40() {
+fn grpc_oldest_supported_v1_14() {
+    rpcs_become_linked_spans("grpc-v1.14.0");
+}
+
+#[test]
+fn grpc_v1_16_last_with_the_tls_conn_value() {
+    rpcs_become_linked_spans("grpc-v1.16.0-stripped");
+}
+
+#[test]
+fn grpc_v1_17_first_with_syscall_conn() {
+    rpcs_become_linked_spans("grpc-v1.17.0");
+}
+
+#[test]
+fn grpc_v1_24_last_without_the_streams_transport() {
+    rpcs_become_linked_spans("grpc-v1.24.0-stripped");
+}
+
+#[test]
+fn grpc_v1_25_first_with_the_streams_transport() {
+    rpcs_become_linked_spans("grpc-v1.25.0");
+}
+
+#[test]
+fn grpc_v1_28_last_with_the_public_status() {
+    rpcs_become_linked_spans("grpc-v1.28.0");
+}
+
+#[test]
+fn grpc_v1_29_first_with_internal_status() {
+    rpcs_become_linked_spans("grpc-v1.29.0-stripped");
+}
+
+#[test]
+fn grpc_v1_31_last_with_credentials_internal() {
+    rpcs_become_linked_spans("grpc-v1.31.1");
+}
+
+#[test]
+fn grpc_v1_32_first_with_internal_credentials() {
+    rpcs_become_linked_spans("grpc-v1.32.0");
+}
+
+#[test]
+fn grpc_v1_39_last_before_1_40() {
+    rpcs_become_linked_spans("grpc-v1.39.1-stripped");
+}
+
+#[test]
+fn grpc_v1_40() {
     rpcs_become_linked_spans("grpc-v1.40.0");
 }
 
@@ -203,21 +256,42 @@ fn grpc_stripped_v1_77_stream_by_value() {
     rpcs_become_linked_spans("grpc-v1.77.0-stripped");
 }
 
-/// A distribution's build: GOPATH mode, grpc-go a package under GOPATH/src, stripped, so
-/// buildinfo lists no modules (scripts/build-gopath-fixture.sh). The version is read from the
-/// grpc-go user agent string the binary carries, and every kind of RPC is traced and linked.
-#[test]
-fn grpc_gopath_build_with_no_modules_v1_60() {
-    let fixture_name = "grpc-v1.60.1-gopath";
+/// A distribution's build: GOPATH mode, grpc-go a package under GOPATH/src (or, `vendored`,
+/// under the project's vendor directory), stripped, so buildinfo lists no modules
+/// (scripts/build-gopath-fixture.sh). The version is read from the grpc-go user agent string the
+/// binary carries, and every kind of RPC is traced and linked.
+fn gopath_build(version: &str, vendored: bool) {
+    let fixture_name = format!("grpc-v{version}-gopath{}", if vendored { "-vendor" } else { "" });
     let out = Command::new(env!("CARGO_BIN_EXE_gotel"))
-        .args(["inspect", grpc_fixture(fixture_name).to_str().unwrap()])
+        .args(["inspect", grpc_fixture(&fixture_name).to_str().unwrap()])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("modules        (none)"), "{text}");
-    let learned = "applies (grpc v1.60.1 from grpc.Version, in grpc-go's user agent string";
-    assert_eq!(text.matches(learned).count(), 2, "server and client: {text}");
-    rpcs_become_linked_spans(fixture_name);
+    let vendor_line = "vendored       gotel.dev/grpc/vendor/... (GOPATH mode";
+    assert_eq!(text.contains(vendor_line), vendored, "{text}");
+    let learned =
+        format!("applies (grpc v{version} from grpc.Version, in grpc-go's user agent string");
+    assert_eq!(text.matches(&learned).count(), 2, "server and client: {text}");
+    rpcs_become_linked_spans(&fixture_name);
+}
+
+#[test]
+fn grpc_gopath_build_with_no_modules_v1_60() {
+    gopath_build("1.60.1", false);
+}
+
+/// As Debian 12 builds: its grpc-go 1.33 with its Go 1.19.
+#[test]
+fn grpc_gopath_build_as_debian_12_v1_33_go1_19() {
+    gopath_build("1.33.3", false);
+}
+
+/// Vendored before modules: every grpc-go symbol and type is named
+/// "gotel.dev/grpc/vendor/google.golang.org/grpc...".
+#[test]
+fn grpc_gopath_vendored_v1_33() {
+    gopath_build("1.33.3", true);
 }
 
 /// HTTP -> gRPC -> HTTP, one trace: the front's gRPC call is its HTTP span's child, the gRPC
@@ -293,6 +367,11 @@ fn joins_incoming_traceparent(fixture_name: &str) {
         assert_eq!(s.hex("traceId"), trace, "joins the caller's trace");
         assert_eq!(s.hex("parentSpanId"), parent, "the caller's span is the parent");
     }
+}
+
+#[test]
+fn grpc_incoming_traceparent_v1_14() {
+    joins_incoming_traceparent("grpc-v1.14.0");
 }
 
 #[test]

@@ -135,24 +135,36 @@ pub(crate) struct ConnTypes {
     pub tls: u32,
     /// grpc's wrapper of a TLS connection that keeps the raw one's SyscallConn.
     pub syscall: u32,
+    /// grpc's wrapper of a TLS connection before 1.17, held by value.
+    pub grpc_tls: u32,
 }
 
 const TCP_CONN: &str = "*net.TCPConn";
 const UNIX_CONN: &str = "*net.UnixConn";
 const TLS_CONN: &str = "*crypto/tls.Conn";
-pub(crate) const SYSCALL_CONN: &str = "google.golang.org/grpc/internal/credentials.syscallConn";
+/// grpc's syscallConn, by the packages it has lived in (credentials/internal from 1.17,
+/// internal/credentials from 1.32).
+pub(crate) const SYSCALL_CONN: [&str; 2] = [
+    "google.golang.org/grpc/internal/credentials.syscallConn",
+    "google.golang.org/grpc/credentials/internal.syscallConn",
+];
+
+/// grpc's TLS connection before 1.17 (then syscallConn): a struct value, not a pointer.
+pub(crate) const GRPC_TLS_CONN: &str = "google.golang.org/grpc/credentials.tlsConn";
 
 /// The binary's ConnTypes; None where *net.TCPConn has no descriptor (then a connection is
 /// taken to be one, as before TLS was seen through).
 pub(crate) fn conn_types(bin: &GoBinary) -> Option<ConnTypes> {
-    let syscall = format!("*{SYSCALL_CONN}");
-    let hashes = bin.pointer_type_hashes(&[TCP_CONN, UNIX_CONN, TLS_CONN, &syscall]).ok()?;
+    let syscall = SYSCALL_CONN.map(|name| format!("*{name}"));
+    let wanted = [TCP_CONN, UNIX_CONN, TLS_CONN, &syscall[0], &syscall[1], GRPC_TLS_CONN];
+    let hashes = bin.type_hashes(&wanted).ok()?;
     let of = |name: &str| hashes.get(name).copied().unwrap_or(0);
     Some(ConnTypes {
         tcp: *hashes.get(TCP_CONN)?,
         unix: of(UNIX_CONN),
         tls: of(TLS_CONN),
-        syscall: of(&syscall),
+        syscall: syscall.iter().map(|name| of(name)).find(|&h| h != 0).unwrap_or(0),
+        grpc_tls: of(GRPC_TLS_CONN),
     })
 }
 
@@ -165,10 +177,17 @@ macro_rules! configure_conn_types {
             $ro.hash_unixconn = t.unix;
             $ro.hash_tlsconn = t.tls;
             $ro.has_conn_types = true;
-            let syscall = $crate::plan::offset_of($fields, $crate::plan::SYSCALL_CONN, "Conn");
+            let syscall = $crate::plan::SYSCALL_CONN
+                .iter()
+                .find_map(|s| $crate::plan::offset_of($fields, s, "Conn"));
             if let Some(conn) = syscall {
                 $ro.hash_syscallconn = t.syscall;
                 $ro.off_syscallconn_conn = conn;
+            }
+            let raw = $crate::plan::offset_of($fields, $crate::plan::GRPC_TLS_CONN, "rawConn");
+            if let Some(raw) = raw {
+                $ro.hash_grpc_tlsconn = t.grpc_tls;
+                $ro.off_grpc_tlsconn_raw = raw;
             }
         }
         $crate::plan::configure_tls_conn!($ro, $fields);

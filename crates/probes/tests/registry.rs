@@ -80,7 +80,7 @@ fn a_redis_client_gets_both_go_redis_majors_and_goroutine_ancestry() {
 
 #[test]
 fn a_grpc_service_gets_http_grpc_and_goroutine_ancestry() {
-    for name in ["grpc/grpc-v1.40.0", "grpc/grpc-v1.85.0-stripped"] {
+    for name in ["grpc/grpc-v1.14.0", "grpc/grpc-v1.40.0", "grpc/grpc-v1.85.0-stripped"] {
         let Some((attach, skipped)) = selected(name) else { return };
         assert_eq!(
             skipped,

@@ -210,14 +210,18 @@ static __always_inline u64 go_conn_under_tls(u64 tlsconn)
 
 /* The dynamic types of a net.Conn seen through to the socket, told apart by the type hash
  * their itab carries (the agent reads the hashes from the binary's type descriptors): the
- * *net.TCPConn itself, a *tls.Conn over one (tls.Conn.conn), and grpc's syscallConn around
- * either (its embedded net.Conn). */
+ * *net.TCPConn itself, a *tls.Conn over one (tls.Conn.conn), grpc's syscallConn around
+ * either (its embedded net.Conn), and old grpc's tlsConn. */
 const volatile u32 hash_tcpconn = 0;
 const volatile u32 hash_unixconn = 0; /* *net.UnixConn: its conn.fd as a TCPConn's */
 const volatile u32 hash_tlsconn = 0;
 const volatile u32 hash_syscallconn = 0;
 const volatile bool has_conn_types = false;
 const volatile u64 off_syscallconn_conn = 0; /* syscallConn.Conn (net.Conn) */
+/* grpc before 1.17 wraps TLS connections in a credentials.tlsConn value {*tls.Conn; rawConn}:
+ * its rawConn (net.Conn) is the connection under TLS. */
+const volatile u32 hash_grpc_tlsconn = 0;
+const volatile u64 off_grpc_tlsconn_raw = 0;
 
 /* The *net.TCPConn under the net.Conn (itab, data) at `iface`, or 0 for any other dynamic
  * type; `tls` set where a *tls.Conn was on the way. Without the hashes, the data word is taken
@@ -239,6 +243,9 @@ static __always_inline u64 go_tcpconn_in(u64 iface, bool *tls)
 			iface = data + off_tlsconn_conn_data - 8;
 		} else if (hash == hash_syscallconn && hash_syscallconn) {
 			iface = data + off_syscallconn_conn;
+		} else if (hash == hash_grpc_tlsconn && hash_grpc_tlsconn) {
+			*tls = true;
+			iface = data + off_grpc_tlsconn_raw; /* data: the boxed value */
 		} else {
 			return 0;
 		}

@@ -43,7 +43,7 @@ impl Instrumentation for Echo {
     fn plan(&self, bin: &GoBinary, layouts: &Layouts) -> Result<Box<dyn Plan>, String> {
         let fields = offsets::resolve(bin, layouts, FIELDS)?;
         let context = format!("*{CONTEXT}");
-        let hashes = bin.pointer_type_hashes(&[&context]).map_err(|e| e.to_string())?;
+        let hashes = bin.type_hashes(&[&context]).map_err(|e| e.to_string())?;
         let context_hash =
             *hashes.get(&context).ok_or(format!("{context} has no type descriptor"))?;
         let mut finds = vec![CallReturn::new(bin, SERVE, FIND)?];

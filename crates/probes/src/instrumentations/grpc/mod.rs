@@ -7,19 +7,23 @@ pub mod server;
 
 use std::borrow::Cow;
 
-use offsets::FieldSpec;
+use offsets::{FieldOffset, FieldSpec};
 use trace::KeyValue;
 
+use crate::plan::offset_of;
 use crate::Target;
 
 const MODULE: &str = "google.golang.org/grpc";
 const GENPROTO: &str = "google.golang.org/genproto/googleapis/rpc";
 
-/// The versions both sides support: from 1.40, the oldest whose layouts were researched.
-const TARGET: Target = Target::Module { path: MODULE, oldest: (1, 40) };
+/// The versions both sides support: from 1.14, where the transport became internal/transport.
+const TARGET: Target = Target::Module { path: MODULE, oldest: (1, 14) };
 
 const STREAM: &str = "google.golang.org/grpc/internal/transport.Stream";
-const STATUS: &str = "google.golang.org/grpc/internal/status.Status";
+/// The *status.Status a stream's final status is, by the packages it has lived in
+/// (internal/status from 1.29; the public type is an alias of it since).
+const STATUS: [&str; 2] =
+    ["google.golang.org/grpc/internal/status.Status", "google.golang.org/grpc/status.Status"];
 const SPB_STATUS: &str = "google.golang.org/genproto/googleapis/rpc/status.Status";
 
 /// A field of a struct in `module`; its offset comes from the binary (DWARF or type
@@ -31,6 +35,17 @@ const fn field(
     required: bool,
 ) -> FieldSpec {
     FieldSpec { module, struct_name: s, field: f, required }
+}
+
+/// The status fields both sides list: `s`, the *spb.Status, under either name.
+const STATUS_FIELDS: [FieldSpec; 2] =
+    [field(MODULE, STATUS[0], "s", false), field(MODULE, STATUS[1], "s", false)];
+
+/// Status.s's offset, from whichever package the binary's Status is in.
+fn status_s(fields: &[FieldOffset], grpc_version: &str) -> Result<u64, String> {
+    STATUS.iter().find_map(|s| offset_of(fields, s, "s")).ok_or_else(|| {
+        format!("neither {} nor {} has an s field (grpc {grpc_version})", STATUS[0], STATUS[1])
+    })
 }
 
 /// How a stream pointer holds transport.Stream's fields (grpc.h's stream_embedding).

@@ -8,7 +8,8 @@
 
 /* NewStream returns a *Stream (grpc < 1.69) or a *ClientStream embedding one (grpc.h). */
 /* The stream's *http2Client: Stream.ct (a pointer before 1.66, an interface in 1.66-1.68) or
- * ClientStream.ct (1.69+). */
+ * ClientStream.ct (1.69+); none in old grpc, whose NewStream entry is always probed. */
+const volatile bool has_ct = false;
 const volatile u64 off_ct = 0;
 const volatile bool ct_is_interface = false;
 const volatile bool ct_on_client_stream = false;
@@ -148,7 +149,8 @@ static __always_inline void call_conn(struct client_call *call, u64 t)
 }
 
 /* func (t *http2Client) NewStream(ctx, callHdr *CallHdr): t in ARG1. The connection is known
- * before the stream is queued for the loopy writer. */
+ * before the stream is queued for the loopy writer. Probed with injection on, or where the
+ * stream does not point back to its transport. */
 SEC("uprobe")
 int grpc_client_new_stream(struct pt_regs *ctx)
 {
@@ -242,7 +244,7 @@ static __always_inline int grpc_client_stream(struct pt_regs *ctx)
 	u64 fields = stream_fields(stream);
 	bpf_probe_read_user(&call->conn.stream_id, sizeof(u32), (void *)(fields + off_stream_id));
 	/* With injection on, NewStream's entry found the connection already. */
-	if (!call->has_conn) {
+	if (!call->has_conn && has_ct) {
 		u64 ct = read_u64((ct_on_client_stream ? stream : fields) + off_ct +
 				  (ct_is_interface ? 8 : 0));
 		if (ct)

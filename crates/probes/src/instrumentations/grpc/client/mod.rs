@@ -13,12 +13,14 @@ use std::mem::MaybeUninit;
 use goinfo::{GoBinary, ModuleVersion, VersionSource};
 use offsets::{FieldOffset, FieldSpec, Layouts};
 
-use super::{field, StreamEmbedding, GENPROTO, MODULE, SPB_STATUS, STATUS, STREAM};
+use super::{
+    field, status_s, StreamEmbedding, GENPROTO, MODULE, SPB_STATUS, STATUS_FIELDS, STREAM,
+};
 use crate::instrumentations::goroutines;
 use crate::load::{bpf_object, load};
 use crate::plan::{
     configure_conn_types, conn_offsets, conn_types, offset_of, version_at_least, ConnTypes,
-    SYSCALL_CONN,
+    GRPC_TLS_CONN, SYSCALL_CONN,
 };
 use crate::{
     AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Plan, Report,
@@ -97,7 +99,8 @@ const FIELDS: &[FieldSpec] = &[
     field(MODULE, CLIENT_CONN, "target", true),
     field(MODULE, HEADER_FRAME[0], "hf", false),
     field(MODULE, HEADER_FRAME[1], "hf", false),
-    field(MODULE, STATUS, "s", true),
+    STATUS_FIELDS[0],
+    STATUS_FIELDS[1],
     field(GENPROTO, SPB_STATUS, "Code", true),
     field(GENPROTO, SPB_STATUS, "Message", true),
     FieldSpec::std("net.TCPConn", "conn", false),
@@ -105,7 +108,9 @@ const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("net.netFD", "pfd", false),
     FieldSpec::std("internal/poll.FD", "Sysfd", false),
     // Under TLS: grpc's syscallConn around a *tls.Conn around the *net.TCPConn.
-    field(MODULE, SYSCALL_CONN, "Conn", false),
+    field(MODULE, SYSCALL_CONN[0], "Conn", false),
+    field(MODULE, SYSCALL_CONN[1], "Conn", false),
+    field(MODULE, GRPC_TLS_CONN, "rawConn", false), // before 1.17
     FieldSpec::std("crypto/tls.Conn", "conn", false),
 ];
 
@@ -113,8 +118,9 @@ const FIELDS: &[FieldSpec] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct StreamLayout {
     embedding: StreamEmbedding,
-    /// Offset of the *http2Client (or the ClientTransport interface, 1.66-1.68).
-    ct: u64,
+    /// Offset of the *http2Client (or the ClientTransport interface, 1.66-1.68); None before
+    /// the stream pointed back to its transport (then NewStream's entry is where it is seen).
+    ct: Option<u64>,
     ct_is_interface: bool,
     status: u64,
     /// ct and status live on the ClientStream (1.69+), not on the Stream.
@@ -136,6 +142,8 @@ struct GrpcClientPlan {
     h2_injection: Result<(FunctionPlan, FunctionPlan, FunctionPlan, u64), String>,
     layout: StreamLayout,
     fields: Vec<FieldOffset>,
+    /// internal/status.Status.s (status.Status.s before 1.29).
+    status_s: u64,
     /// How a connection's dynamic type is told (conn.h), or None: taken as a *net.TCPConn.
     conn_types: Option<ConnTypes>,
 }
@@ -148,6 +156,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
     let finish = FunctionPlan::entry_only(bin, FINISH)?;
     let fields =
         offsets::resolve(bin, layouts, FIELDS).map_err(|e| format!("{e} (grpc {grpc_version})"))?;
+    let status_s = status_s(&fields, &grpc_version)?;
     let f = |s, name| offset_of(&fields, s, name);
     let missing = |what: &str| format!("{what} not found (grpc {grpc_version})");
     let layout = match f(CLIENT_STREAM, "Stream") {
@@ -157,7 +166,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
             } else {
                 StreamEmbedding::Pointer { at }
             },
-            ct: f(CLIENT_STREAM, "ct").ok_or_else(|| missing("ClientStream.ct"))?,
+            ct: Some(f(CLIENT_STREAM, "ct").ok_or_else(|| missing("ClientStream.ct"))?),
             ct_is_interface: false,
             status: f(CLIENT_STREAM, "status").ok_or_else(|| missing("ClientStream.status"))?,
             on_client_stream: true,
@@ -167,7 +176,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
         },
         None => StreamLayout {
             embedding: StreamEmbedding::Direct,
-            ct: f(STREAM, "ct").ok_or_else(|| missing("Stream.ct"))?,
+            ct: f(STREAM, "ct"),
             ct_is_interface: version_at_least(&grpc_version, 1, 66),
             status: f(STREAM, "status").ok_or_else(|| missing("Stream.status"))?,
             on_client_stream: false,
@@ -194,6 +203,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
         h2_injection,
         layout,
         fields,
+        status_s,
         conn_types: conn_types(bin),
     })
 }
@@ -216,13 +226,15 @@ impl Plan for GrpcClientPlan {
         let skel = load::<skel::GrpcClientSkelBuilder>(&mut storage, to, |ro| {
             (ro.stream_embedding, ro.off_embedded_stream) = l.embedding.rodata();
             ro.off_stream_id = offset(STREAM, "id");
-            (ro.off_ct, ro.ct_is_interface, ro.ct_on_client_stream) =
-                (l.ct, l.ct_is_interface, l.on_client_stream);
+            if let Some(ct) = l.ct {
+                (ro.has_ct, ro.off_ct, ro.ct_is_interface, ro.ct_on_client_stream) =
+                    (true, ct, l.ct_is_interface, l.on_client_stream);
+            }
             (ro.off_stream_status, ro.status_on_client_stream) = (l.status, l.on_client_stream);
             ro.off_cs_attempt = offset(GRPC_CLIENT_STREAM, "attempt");
             ro.off_attempt_stream = l.attempt_stream;
             ro.off_cc_target = offset(CLIENT_CONN, "target");
-            ro.off_status_s = offset(STATUS, "s");
+            ro.off_status_s = self.status_s;
             ro.off_spb_code = offset(SPB_STATUS, "Code");
             ro.off_spb_message = offset(SPB_STATUS, "Message");
             if let (Ok((.., hf)), true) = (&self.h2_injection, to.options.inject) {
@@ -253,10 +265,13 @@ impl Plan for GrpcClientPlan {
             self.new_stream.return_offsets.len(),
             self.finish.function.name,
         ));
+        let injecting = self.h2_injection.is_ok() && to.options.inject;
+        if injecting || l.ct.is_none() {
+            attached.entry_line(&self.new_stream, &p.grpc_client_new_stream)?;
+        }
         match (&self.h2_injection, to.options.inject) {
             (Ok((dial, put, write_header, _)), true) => {
                 attached.entry_line(dial, &p.grpc_client_dial)?;
-                attached.entry_line(&self.new_stream, &p.grpc_client_new_stream)?;
                 attached.entry_line(put, &p.grpc_client_put)?;
                 attached.entry_line(write_header, &p.grpc_client_write_header)?;
             }

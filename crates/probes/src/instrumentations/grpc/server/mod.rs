@@ -10,11 +10,13 @@ use std::mem::MaybeUninit;
 use goinfo::{GoBinary, ModuleVersion, VersionSource};
 use offsets::{FieldOffset, FieldSpec, Layouts};
 
-use super::{field, StreamEmbedding, GENPROTO, MODULE, SPB_STATUS, STATUS, STREAM};
+use super::{
+    field, status_s, StreamEmbedding, GENPROTO, MODULE, SPB_STATUS, STATUS_FIELDS, STREAM,
+};
 use crate::load::{bpf_object, load};
 use crate::plan::{
     configure_conn_types, conn_offsets, conn_types, offset_of, version_at_least, ConnTypes,
-    SYSCALL_CONN,
+    GRPC_TLS_CONN, SYSCALL_CONN,
 };
 use crate::{
     AttachContext, Attached, Depends, Error, Events, FunctionPlan, Instrumentation, Plan, Report,
@@ -80,7 +82,8 @@ const FIELDS: &[FieldSpec] = &[
     field(MODULE, STREAM, "method", true),
     field(MODULE, SERVER_STREAM, "Stream", false), // grpc 1.69+
     field(MODULE, HTTP2_SERVER, "conn", false),
-    field(MODULE, STATUS, "s", true),
+    STATUS_FIELDS[0],
+    STATUS_FIELDS[1],
     field(GENPROTO, SPB_STATUS, "Code", true),
     field(GENPROTO, SPB_STATUS, "Message", true),
     // The request's HEADERS frame, for an incoming traceparent.
@@ -97,7 +100,9 @@ const FIELDS: &[FieldSpec] = &[
     FieldSpec::std("net.netFD", "pfd", false),
     FieldSpec::std("internal/poll.FD", "Sysfd", false),
     // Under TLS: grpc's syscallConn around a *tls.Conn around the *net.TCPConn.
-    field(MODULE, SYSCALL_CONN, "Conn", false),
+    field(MODULE, SYSCALL_CONN[0], "Conn", false),
+    field(MODULE, SYSCALL_CONN[1], "Conn", false),
+    field(MODULE, GRPC_TLS_CONN, "rawConn", false), // before 1.17
     FieldSpec::std("crypto/tls.Conn", "conn", false),
 ];
 
@@ -121,6 +126,8 @@ struct GrpcServerPlan {
     write_status: FunctionPlan,
     stream: StreamEmbedding,
     fields: Vec<FieldOffset>,
+    /// internal/status.Status.s (status.Status.s before 1.29).
+    status_s: u64,
     /// How a connection's dynamic type is told (conn.h), or None: taken as a *net.TCPConn.
     conn_types: Option<ConnTypes>,
     /// None: incoming traceparent metadata is not read (and why).
@@ -135,6 +142,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcServerPlan, String> {
         .ok_or_else(|| format!("none of {WRITE_STATUS:?} is in the binary"))?;
     let fields =
         offsets::resolve(bin, layouts, FIELDS).map_err(|e| format!("{e} (grpc {grpc_version})"))?;
+    let status_s = status_s(&fields, &grpc_version)?;
     let stream = match offset_of(&fields, SERVER_STREAM, "Stream") {
         None => StreamEmbedding::Direct,
         Some(at) if version_at_least(&grpc_version, 1, 77) => StreamEmbedding::Value { at },
@@ -148,6 +156,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcServerPlan, String> {
         write_status,
         stream,
         fields,
+        status_s,
         metadata,
         conn_types: conn_types(bin),
     })
@@ -192,7 +201,7 @@ impl Plan for GrpcServerPlan {
             (ro.stream_embedding, ro.off_embedded_stream) = self.stream.rodata();
             ro.off_stream_id = offset(STREAM, "id");
             ro.off_stream_method = offset(STREAM, "method");
-            ro.off_status_s = offset(STATUS, "s");
+            ro.off_status_s = self.status_s;
             ro.off_spb_code = offset(SPB_STATUS, "Code");
             ro.off_spb_message = offset(SPB_STATUS, "Message");
             if let (Some(conn), Some(conn_offsets)) =
