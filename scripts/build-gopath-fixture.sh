@@ -29,8 +29,7 @@ mkdir -p "$mod"
 cp "$src"/go.mod "$src"/go.sum "$src"/*.go "$mod"/
 rm -f "$mod"/*_test.go
 gomod() { (cd "$mod" && GOTOOLCHAIN=local GOROOT="$root" GOFLAGS=-mod=mod "$root/bin/go" "$@"); }
-gomod mod edit -require="$module@$version"
-gomod mod tidy
+bash "$repo/scripts/pin-module.sh" "$mod" "$root" "$module" "$version"
 gomod mod vendor
 gopath=$work/gopath
 mkdir -p "$gopath/src/gotel.dev/$fixture"

@@ -2,8 +2,8 @@
 # Usage: build-module-fixtures.sh FIXTURE MODULE VERSION...
 # Builds fixtures/FIXTURE against each VERSION of MODULE, plain and stripped (-s -w), into
 # target/fixtures/FIXTURE/FIXTURE-VERSION[-stripped]: the version matrix of a library gotel
-# instruments. Each version is copied into a temporary module, pinned with go mod edit, tidied
-# with the newest toolchain (which picks the dependencies that version asks for), then built
+# instruments. Each version is copied into a temporary module, pinned and tidied with the newest
+# toolchain (scripts/pin-module.sh: that version brings the dependencies it asks for), then built
 # with the oldest installed toolchain that version's go.mod allows: the Go an application of
 # that era was built with. Set GOTEL_MODULE_GOROOT to build every version with one toolchain
 # instead. A binary newer than every fixture source (*.go, go.mod, go.sum) is not rebuilt.
@@ -67,13 +67,7 @@ for v in "${versions[@]}"; do
   mkdir -p "$mod"
   cp "$src"/go.mod "$src"/go.sum "$src"/*.go "$mod"/
   rm -f "$mod"/*_test.go
-  gorun "$newest" "$mod" mod edit -require="$module@$v"
-  gorun "$newest" "$mod" mod tidy
-  got=$(gorun "$newest" "$mod" list -m -f '{{.Version}}' "$module")
-  [ "$got" = "$v" ] || {
-    echo "[$fixture-fixtures] asked for $module $v, the dependencies raised it to $got" >&2
-    exit 1
-  }
+  bash "$repo/scripts/pin-module.sh" "$mod" "$newest" "$module" "$v"
   if [ -n "${GOTEL_MODULE_GOROOT:-}" ]; then
     root=$GOTEL_MODULE_GOROOT
   else

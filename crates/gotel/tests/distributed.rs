@@ -299,3 +299,116 @@ fn sampling_keeps_whole_traces_and_follows_the_callers_flag() {
     assert!((25..=75).contains(&kept), "about half of {N} kept: {kept}");
     eprintln!("traceidratio 0.5: kept {kept} of {N} traces, each whole");
 }
+
+/// How the xnet fixture's A calls B with golang.org/x/net/http2's client.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum XnetClient {
+    /// An http2.Transport used directly, over TLS.
+    StandaloneTls,
+    /// The same, HTTP/2 with prior knowledge on a plain connection (h2c).
+    StandaloneH2c,
+    /// net/http's Transport upgraded by http2.ConfigureTransport, over TLS: net/http's span,
+    /// x/net's streams.
+    Configured,
+}
+
+/// `requests` at once to A's /a, which calls B's /c with x/net's HTTP/2 client (both from the
+/// xnet fixture built against `version`): each a trace of A's server span, its CLIENT span
+/// (HTTP/2, status 200) and B's server span, the client span's child by connection and stream.
+fn xnet_client(version: &str, client: XnetClient, requests: usize) {
+    let Some(()) = privileged() else { return };
+    raise_fd_limit();
+    let name = format!("xnet-{version}-{client:?}");
+    let collector = Collector::start(&name);
+    let dir = TempDir::new(&name);
+    let exe = dir.0.join("xnet");
+    std::fs::copy(fixture(&format!("xnet/xnet-{version}")), &exe).unwrap();
+    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
+    gotel.wait_for_log("tracing every process", WAIT);
+    let (a, b) = (free_port(), free_port());
+    let (serve, scheme, mode) = match client {
+        XnetClient::StandaloneTls => ("-tls", "https", "standalone"),
+        XnetClient::StandaloneH2c => ("-h2c", "http", "standalone"),
+        XnetClient::Configured => ("-tls", "https", "configure"),
+    };
+    let start = |args: &[String]| {
+        let child = std::process::Command::new(&exe)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc::new(child)
+    };
+    let _b = start(&["-addr".into(), format!("127.0.0.1:{b}"), serve.into()]);
+    wait_for_port(b, WAIT);
+    let next = format!("{scheme}://127.0.0.1:{b}");
+    let _a = start(&[
+        "-addr".into(),
+        format!("127.0.0.1:{a}"),
+        "-next".into(),
+        next,
+        "-client".into(),
+        mode.into(),
+    ]);
+    wait_for_port(a, WAIT);
+    let (a_pid, b_pid) = (_a.pid(), _b.pid());
+
+    let calls: Vec<_> =
+        (0..requests).map(|_| std::thread::spawn(move || http_get(a, "/a"))).collect();
+    for c in calls {
+        let (status, body) = c.join().unwrap();
+        assert_eq!((status, body.trim()), (200, "a: 200 OK HTTP/2.0"), "A called B over HTTP/2");
+    }
+    let spans = collector.wait_for_spans(requests * 3, WAIT);
+    let mut traces: HashMap<String, Vec<&ReceivedSpan>> = HashMap::new();
+    for s in &spans {
+        traces.entry(s.hex("traceId")).or_default().push(s);
+    }
+    assert_eq!(traces.len(), requests, "one trace per request");
+    let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap() as u32;
+    for (id, t) in &traces {
+        let names: Vec<_> = t.iter().map(|s| s.name()).collect();
+        assert_eq!(t.len(), 3, "trace {id}: {names:?}");
+        let one = |kind: i64, p: u32| -> &ReceivedSpan {
+            let found: Vec<_> = t.iter().filter(|s| s.kind() == kind && pid(s) == p).collect();
+            assert_eq!(found.len(), 1, "trace {id}: {names:?}");
+            found[0]
+        };
+        let (server, client_kind) = (2, 3);
+        let (a_server, a_client, b_server) =
+            (one(server, a_pid), one(client_kind, a_pid), one(server, b_pid));
+        assert_eq!(a_client.hex("parentSpanId"), a_server.hex("spanId"), "trace {id}");
+        assert_eq!(b_server.hex("parentSpanId"), a_client.hex("spanId"), "by stream, {id}");
+        assert_eq!(a_client.name(), "GET");
+        assert_eq!(a_client.attr_int("http.response.status_code"), Some(200));
+        assert_eq!(a_client.attr_str("network.protocol.version").as_deref(), Some("2"));
+        assert_eq!(a_client.attr_str("url.full"), Some(format!("{scheme}://127.0.0.1:{b}/c")));
+        assert_eq!(b_server.attr_str("network.protocol.version").as_deref(), Some("2"));
+    }
+    eprintln!("{name}: {requests} requests, {requests} traces of 3 spans, linked by stream");
+}
+
+#[test]
+fn xnet_http2_transport_over_tls_oldest() {
+    xnet_client("v0.1.0", XnetClient::StandaloneTls, 100);
+}
+
+#[test]
+fn xnet_http2_configured_transport_over_tls_oldest() {
+    xnet_client("v0.1.0", XnetClient::Configured, 100);
+}
+
+#[test]
+fn xnet_http2_transport_over_tls_newest() {
+    xnet_client("v0.63.0", XnetClient::StandaloneTls, 100);
+}
+
+#[test]
+fn xnet_http2_transport_h2c_newest() {
+    xnet_client("v0.63.0", XnetClient::StandaloneH2c, 100);
+}
+
+#[test]
+fn xnet_http2_configured_transport_over_tls_newest() {
+    xnet_client("v0.63.0", XnetClient::Configured, 100);
+}

@@ -1,5 +1,7 @@
-/* net/http client spans: uprobes at the entry and RETs of net/http.(*Transport).roundTrip.
- * The span is a child of whatever span the calling goroutine works for (goroutine_span). */
+/* net/http client spans: uprobes at the entry and RETs of net/http.(*Transport).roundTrip, or
+ * of golang.org/x/net/http2's Transport.roundTripOpt where a program uses that library's
+ * transport directly. The span is a child of whatever span the calling goroutine works for
+ * (goroutine_span). */
 #include "conn.h"
 #include "traceparent.h"
 
@@ -20,11 +22,13 @@ const volatile u64 off_pconn_conn_data = 0;
 const volatile u64 off_pconn_tls_state = 0;
 /* With injection on: look for a traceparent the request carries already (traceparent.h). */
 const volatile bool check_own_traceparent = false;
-/* HTTP/2 (net/http's bundled client, net/http/internal/http2 from Go 1.27): clientStream.cc
- * and .ID, ClientConn.tconn (a net.Conn). */
-const volatile u64 off_cs_cc = 0;
-const volatile u64 off_cs_id = 0;
-const volatile u64 off_h2cc_tconn = 0;
+/* HTTP/2: clientStream.cc and .ID, ClientConn.tconn (a net.Conn); of net/http's bundled client
+ * (net/http/internal/http2 from Go 1.27), and of golang.org/x/net/http2's. */
+struct h2_offsets {
+	u64 cs_cc, cs_id, cc_tconn;
+};
+const volatile struct h2_offsets std_h2 = {};
+const volatile struct h2_offsets xnet_h2 = {};
 
 #define METHOD_CAP 16
 #define SCHEME_CAP 16
@@ -54,6 +58,9 @@ struct client_call {
 	struct span_ctx ctx;
 	u8 parent_span_id[8];
 	struct span_link link;
+	/* Begun by x/net's transport, which ends it; else net/http's roundTrip does. */
+	u8 by_xnet;
+	u8 _pad[7];
 };
 
 struct {
@@ -63,21 +70,60 @@ struct {
 	__type(value, struct client_call);
 } client_calls SEC(".maps");
 
-SEC("uprobe")
-int http_client_enter(struct pt_regs *ctx)
+/* Goroutines in net/http's Transport that hand a request to x/net's (http2.ConfigureTransport):
+ * the net/http span covers it, and x/net's transport, entered next, makes none. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct goroutine_key);
+	__type(value, u8);
+} handed_to_xnet SEC(".maps");
+
+/* Both transports' round trips: func (t *Transport) roundTrip(req *Request) (*Response,
+ * error), and x/net's roundTripOpt(req, opt), req in ARG2. */
+static __always_inline int begin_call(struct pt_regs *ctx, u8 by_xnet)
 {
 	u32 pid = bpf_get_current_pid_tgid() >> 32;
 	if (!pid_traced(pid))
 		return 0;
 	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
-	/* func (t *Transport) roundTrip(req *Request) (*Response, error) */
-	struct client_call call = { .start_ns = bpf_ktime_get_ns(), .req = GO_ARG2(ctx) };
+	if (by_xnet && bpf_map_delete_elem(&handed_to_xnet, &key) == 0)
+		return 0;
+	struct client_call call = {
+		.start_ns = bpf_ktime_get_ns(), .req = GO_ARG2(ctx), .by_xnet = by_xnet
+	};
 	if (mark_client_pids && !bpf_map_lookup_elem(&client_pids, &pid)) {
 		u8 one = 1;
 		bpf_map_update_elem(&client_pids, &pid, &one, BPF_ANY);
 	}
 	start_span_ctx(&key, &call.ctx, call.parent_span_id);
 	bpf_map_update_elem(&client_calls, &key, &call, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int http_client_enter(struct pt_regs *ctx)
+{
+	return begin_call(ctx, 0);
+}
+
+SEC("uprobe")
+int http_client_xnet_enter(struct pt_regs *ctx)
+{
+	return begin_call(ctx, 1);
+}
+
+/* golang.org/x/net/http2.noDialH2RoundTripper.RoundTrip: net/http's Transport, upgraded by
+ * ConfigureTransport, passes its request to x/net's, on the same goroutine, right away. */
+SEC("uprobe")
+int http_client_xnet_handoff(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	if (!bpf_map_lookup_elem(&client_calls, &key))
+		return 0;
+	u8 one = 1;
+	bpf_map_update_elem(&handed_to_xnet, &key, &one, BPF_ANY);
 	return 0;
 }
 
@@ -165,8 +211,7 @@ int http_client_h2_round_trip(struct pt_regs *ctx)
  * ClientConn.reqHeaderMu, so a connection's streams come here one at a time, in id order. The
  * stream's span is published for the server at the other end (same host), for sk_msg (h2c),
  * or queued for its socket's TCP option (TLS), tagged with the stream id. */
-SEC("uprobe")
-int http_client_h2_headers(struct pt_regs *ctx)
+static __always_inline int h2_headers(struct pt_regs *ctx, const volatile struct h2_offsets *off)
 {
 	u32 pid = bpf_get_current_pid_tgid() >> 32;
 	struct h2_request_key rk = { .pid = pid, .req = GO_ARG2(ctx) };
@@ -180,9 +225,9 @@ int http_client_h2_headers(struct pt_regs *ctx)
 		return 0;
 	u64 cs = GO_ARG1(ctx);
 	struct stream_conn_key sk = {};
-	bpf_probe_read_user(&sk.stream_id, sizeof(sk.stream_id), (void *)(cs + off_cs_id));
+	bpf_probe_read_user(&sk.stream_id, sizeof(sk.stream_id), (void *)(cs + off->cs_id));
 	bool tls = false;
-	u64 tcpconn = go_tcpconn_in(read_u64(cs + off_cs_cc) + off_h2cc_tconn, &tls);
+	u64 tcpconn = go_tcpconn_in(read_u64(cs + off->cs_cc) + off->cc_tconn, &tls);
 	if (!sk.stream_id || !go_conn_key(tcpconn, true, &sk.conn))
 		return 0;
 	bool remote = !server_on_loopback(&sk.conn);
@@ -199,7 +244,19 @@ int http_client_h2_headers(struct pt_regs *ctx)
 	return 0;
 }
 
-static __always_inline int http_client_return(struct pt_regs *ctx)
+SEC("uprobe")
+int http_client_h2_headers(struct pt_regs *ctx)
+{
+	return h2_headers(ctx, &std_h2);
+}
+
+SEC("uprobe")
+int http_client_xnet_h2_headers(struct pt_regs *ctx)
+{
+	return h2_headers(ctx, &xnet_h2);
+}
+
+static __always_inline int end_call(struct pt_regs *ctx, u8 by_xnet)
 {
 	u32 pid = bpf_get_current_pid_tgid() >> 32;
 	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
@@ -209,6 +266,9 @@ static __always_inline int http_client_return(struct pt_regs *ctx)
 			count(STAT_NO_ENTRY);
 		return 0;
 	}
+	/* x/net's transport under net/http's (ConfigureTransport): net/http's RET ends the span. */
+	if (by_xnet && !call->by_xnet)
+		return 0;
 	if (!call->ctx.sampled) {
 		bpf_map_delete_elem(&client_calls, &key);
 		return 0;
@@ -245,13 +305,25 @@ static __always_inline int http_client_return(struct pt_regs *ctx)
 SEC("uprobe.multi")
 int http_client_return_multi(struct pt_regs *ctx)
 {
-	return http_client_return(ctx);
+	return end_call(ctx, 0);
 }
 
 SEC("uprobe")
 int http_client_return_single(struct pt_regs *ctx)
 {
-	return http_client_return(ctx);
+	return end_call(ctx, 0);
+}
+
+SEC("uprobe.multi")
+int http_client_xnet_return_multi(struct pt_regs *ctx)
+{
+	return end_call(ctx, 1);
+}
+
+SEC("uprobe")
+int http_client_xnet_return_single(struct pt_regs *ctx)
+{
+	return end_call(ctx, 1);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

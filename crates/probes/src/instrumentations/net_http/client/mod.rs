@@ -1,6 +1,7 @@
-//! net/http client spans: a CLIENT span per `(*Transport).roundTrip` (`http_client.bpf.c`),
-//! published under its connection (HTTP/1) or its connection and stream (HTTP/2) for a server
-//! on the same host, and what outgoing traceparent injection carries to other hosts.
+//! net/http client spans: a CLIENT span per `(*Transport).roundTrip` (`http_client.bpf.c`), or
+//! per round trip of golang.org/x/net/http2's Transport where a program uses that one, published
+//! under its connection (HTTP/1) or its connection and stream (HTTP/2) for a server on the same
+//! host, and what outgoing traceparent injection carries to other hosts.
 
 pub mod event;
 mod span;
@@ -42,6 +43,25 @@ const H2_HEADERS: &[&str] = &[
 /// The HTTP/2 structs read, before Go 1.27 and from it.
 const H2_STREAM: [&str; 2] = ["net/http.http2clientStream", "net/http/internal/http2.clientStream"];
 const H2_CONN: [&str; 2] = ["net/http.http2ClientConn", "net/http/internal/http2.ClientConn"];
+/// The same, as (clientStream, ClientConn) pairs.
+const STD_H2: [(&str, &str); 2] = [(H2_STREAM[0], H2_CONN[0]), (H2_STREAM[1], H2_CONN[1])];
+
+/// golang.org/x/net/http2's client (the library net/http's is bundled from): its Transport
+/// used directly, or behind net/http's by http2.ConfigureTransport, which hands each request
+/// over in noDialH2RoundTripper. The same Request and Response; its own stream structs.
+const XNET: &str = "golang.org/x/net";
+const XNET_ROUND_TRIP: &[&str] = &[
+    "golang.org/x/net/http2.(*Transport).roundTripOpt",
+    "golang.org/x/net/http2.(*Transport).RoundTripOpt",
+];
+const XNET_HANDOFF: &str = "golang.org/x/net/http2.noDialH2RoundTripper.RoundTrip";
+const XNET_H2_ROUND_TRIP: &[&str] = &[
+    "golang.org/x/net/http2.(*ClientConn).roundTrip",
+    "golang.org/x/net/http2.(*ClientConn).RoundTrip",
+];
+const XNET_H2_HEADERS: &str = "golang.org/x/net/http2.(*clientStream).encodeAndWriteHeaders";
+const XNET_STREAM: &str = "golang.org/x/net/http2.clientStream";
+const XNET_CONN: &str = "golang.org/x/net/http2.ClientConn";
 
 impl Instrumentation for HttpClient {
     fn name(&self) -> &'static str {
@@ -68,10 +88,20 @@ impl Instrumentation for HttpClient {
         let header_map = header_map(bin, &fields);
         let h2 =
             FunctionPlan::first_of(bin, H2_ROUND_TRIP).zip(FunctionPlan::first_of(bin, H2_HEADERS));
+        let xnet =
+            XNET_ROUND_TRIP.iter().find_map(|n| FunctionPlan::new(bin, n).ok()).map(|round_trip| {
+                XnetTransport {
+                    round_trip,
+                    handoff: FunctionPlan::entry_only(bin, XNET_HANDOFF).ok(),
+                    h2: FunctionPlan::first_of(bin, XNET_H2_ROUND_TRIP)
+                        .zip(FunctionPlan::entry_only(bin, XNET_H2_HEADERS).ok()),
+                }
+            });
         Ok(Box::new(HttpClientPlan {
             round_trip,
             pconn_round_trip,
             h2,
+            xnet,
             conn_types: conn_types(bin),
             fields,
             header_map,
@@ -110,6 +140,9 @@ const FIELDS: &[FieldSpec] = with_header_fields![
     FieldSpec::std(H2_STREAM[1], "cc", false),
     FieldSpec::std(H2_STREAM[1], "ID", false),
     FieldSpec::std(H2_CONN[1], "tconn", false),
+    FieldSpec { module: XNET, struct_name: XNET_STREAM, field: "cc", required: false },
+    FieldSpec { module: XNET, struct_name: XNET_STREAM, field: "ID", required: false },
+    FieldSpec { module: XNET, struct_name: XNET_CONN, field: "tconn", required: false },
     // And Request.Header's, for a traceparent the request carries already.
 ];
 
@@ -121,6 +154,8 @@ struct HttpClientPlan {
     /// HTTP/2's (roundTrip, encodeAndWriteHeaders), where its streams are known; None: HTTP/2
     /// requests are not linked and get nothing injected.
     h2: Option<(FunctionPlan, FunctionPlan)>,
+    /// None: the binary has no golang.org/x/net/http2 Transport.
+    xnet: Option<XnetTransport>,
     conn_types: Option<ConnTypes>,
     fields: Vec<FieldOffset>,
     /// None: a traceparent the request carries already is not seen, and injection may add a
@@ -128,14 +163,20 @@ struct HttpClientPlan {
     header_map: Option<HeaderMap>,
 }
 
+/// x/net's Transport: its round trip; where ConfigureTransport hands it a request (None: the
+/// binary never does); its streams' (roundTrip, encodeAndWriteHeaders), as net/http's.
+#[derive(Debug, Clone)]
+struct XnetTransport {
+    round_trip: FunctionPlan,
+    handoff: Option<FunctionPlan>,
+    h2: Option<(FunctionPlan, FunctionPlan)>,
+}
+
 impl Plan for HttpClientPlan {
     fn report(&self) -> Report<'_> {
-        Report {
-            note: None,
-            functions: vec![&self.round_trip],
-            fields: &self.fields,
-            calls: Vec::new(),
-        }
+        let mut functions = vec![&self.round_trip];
+        functions.extend(self.xnet.as_ref().map(|x| &x.round_trip));
+        Report { note: None, functions, fields: &self.fields, calls: Vec::new() }
     }
 
     fn attach(&self, to: &AttachContext<'_>) -> Result<Attached, Error> {
@@ -168,8 +209,11 @@ impl Plan for HttpClientPlan {
                 ro.has_conn_offsets = true;
                 configure_conn_types!(ro, self.conn_types, &self.fields);
             }
-            if let Some((cc, id, tconn)) = self.h2_offsets() {
-                (ro.off_cs_cc, ro.off_cs_id, ro.off_h2cc_tconn) = (cc, id, tconn);
+            if let Some(offsets) = self.h2_offsets(&STD_H2) {
+                ro.std_h2 = offsets;
+            }
+            if let Some(offsets) = self.h2_offsets(&[(XNET_STREAM, XNET_CONN)]) {
+                ro.xnet_h2 = offsets;
             }
             if to.options.inject {
                 ro.check_own_traceparent = self.header_map.is_some();
@@ -187,26 +231,43 @@ impl Plan for HttpClientPlan {
         if let (Some(pconn), true) = (&self.pconn_round_trip, conn_offsets.is_some()) {
             attached.entry_line(pconn, &p.http_client_conn)?;
         }
-        if let (Some((round_trip, headers)), Some(_)) = (&self.h2, self.h2_offsets()) {
+        if let (Some((round_trip, headers)), Some(_)) = (&self.h2, self.h2_offsets(&STD_H2)) {
             attached.entry_line(round_trip, &p.http_client_h2_round_trip)?;
             attached.entry_line(headers, &p.http_client_h2_headers)?;
+        }
+        if let Some(xnet) = &self.xnet {
+            attached.function(
+                &xnet.round_trip,
+                &p.http_client_xnet_enter,
+                &p.http_client_xnet_return_multi,
+                &p.http_client_xnet_return_single,
+            )?;
+            if let Some(handoff) = &xnet.handoff {
+                attached.entry_line(handoff, &p.http_client_xnet_handoff)?;
+            }
+            let streams = self.h2_offsets(&[(XNET_STREAM, XNET_CONN)]);
+            if let (Some((round_trip, headers)), Some(_)) = (&xnet.h2, streams) {
+                attached.entry_line(round_trip, &p.http_client_h2_round_trip)?;
+                attached.entry_line(headers, &p.http_client_xnet_h2_headers)?;
+            }
         }
         Ok(attached)
     }
 }
 
 impl HttpClientPlan {
-    /// clientStream.cc, clientStream.ID and ClientConn.tconn's interface, where HTTP/2 streams
-    /// can be followed to their socket (the probes then see through the net.Conn's type).
-    fn h2_offsets(&self) -> Option<(u64, u64, u64)> {
+    /// clientStream.cc, clientStream.ID and ClientConn.tconn's interface, of the first of
+    /// `structs` (clientStream, ClientConn) the binary has, where HTTP/2 streams can be followed
+    /// to their socket (the probes then see through the net.Conn's type).
+    fn h2_offsets(&self, structs: &[(&str, &str)]) -> Option<skel::types::h2_offsets> {
         let (linkable, typed) = (conn_offsets(&self.fields).is_some(), self.conn_types.is_some());
         (linkable && typed).then_some(())?;
-        (0..2).find_map(|v| {
-            Some((
-                offset_of(&self.fields, H2_STREAM[v], "cc")?,
-                offset_of(&self.fields, H2_STREAM[v], "ID")?,
-                offset_of(&self.fields, H2_CONN[v], "tconn")?,
-            ))
+        structs.iter().find_map(|&(stream, conn)| {
+            Some(skel::types::h2_offsets {
+                cs_cc: offset_of(&self.fields, stream, "cc")?,
+                cs_id: offset_of(&self.fields, stream, "ID")?,
+                cc_tconn: offset_of(&self.fields, conn, "tconn")?,
+            })
         })
     }
 }
