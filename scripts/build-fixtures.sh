@@ -42,7 +42,7 @@ for fixture in "$repo"/fixtures/*/; do
   name=$(basename "$fixture")
   # Fixtures that vary by library version, not Go version: scripts/build-grpc-fixtures.sh and
   # scripts/build-module-fixtures.sh build them.
-  case $name in grpc | gin | gorilla | chi | echo) continue ;; esac
+  case $name in grpc | gin | gorilla | chi | echo | xnet) continue ;; esac
   [ -f "$fixture/go.mod" ] || continue # not a Go program (fixtures/interop)
   for root in "${toolchains[@]}"; do
     short=$(short_version "$root")
