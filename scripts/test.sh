@@ -29,6 +29,8 @@ bash scripts/build-module-fixtures.sh dbsql github.com/go-sql-driver/mysql v1.5.
 step "go-redis fixtures (the oldest and newest v9, the oldest v8.11, plain and stripped)"
 bash scripts/build-module-fixtures.sh redis github.com/redis/go-redis/v9 v9.0.0 v9.23.0
 bash scripts/build-module-fixtures.sh redis github.com/go-redis/redis/v8 v8.11.0
+# As a distribution builds it: no modules in buildinfo, versions told by the struct layouts
+bash scripts/build-gopath-fixture.sh redis github.com/redis/go-redis/v9 v9.7.3
 step "router fixtures (each router's oldest supported release, each layout's first, the newest)"
 bash scripts/build-module-fixtures.sh gin github.com/gin-gonic/gin v1.7.7 v1.12.0
 bash scripts/build-module-fixtures.sh gorilla github.com/gorilla/mux v1.6.2 v1.7.0 v1.8.1

@@ -239,10 +239,7 @@ impl GoBinary {
             let source = VersionSource::BuildInfo;
             return Ok(ModuleVersion { version: v.to_string(), source });
         }
-        let package = format!("{path}.");
-        if !self.build_info.deps.is_empty()
-            || !self.functions.keys().any(|f| f.starts_with(&package))
-        {
+        if !self.links_unlisted_module(path) {
             return Err(format!("{path} is not in the binary"));
         }
         let why = |why: &str| {
@@ -258,6 +255,13 @@ impl GoBinary {
             Some((_, Err(e))) => Err(why(e)),
             None => Err(why("gotel knows no version string it compiles in")),
         }
+    }
+
+    /// Whether buildinfo lists no modules while the binary has functions of `path`'s packages
+    /// (a GOPATH or vendor build): its version must come from the binary itself.
+    pub fn links_unlisted_module(&self, path: &str) -> bool {
+        let package = format!("{path}.");
+        self.build_info.deps.is_empty() && self.functions.keys().any(|f| f.starts_with(&package))
     }
 
     /// The vendor directories (GOPATH mode) its package names start with, e.g.

@@ -37,6 +37,9 @@ pub enum VersionSource {
     BuildInfo,
     /// Read from the binary's data: what was read ("grpc.Version, in ...").
     Stated(&'static str),
+    /// Inferred from the struct layouts the binary describes, compared with the offsets
+    /// database: which of its versions match ("v9.0.0 .. v9.5.1, 12 of 43 versions").
+    Layout(String),
 }
 
 impl std::fmt::Display for VersionSource {
@@ -44,6 +47,7 @@ impl std::fmt::Display for VersionSource {
         match self {
             VersionSource::BuildInfo => f.write_str("from buildinfo"),
             VersionSource::Stated(what) => write!(f, "from {what} in the binary"),
+            VersionSource::Layout(matches) => write!(f, "from the layout: matches {matches}"),
         }
     }
 }

@@ -3,9 +3,9 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use goinfo::GoBinary;
+use goinfo::{GoBinary, VersionSource};
 use offsets::FieldOffset;
-use probes::plan_all;
+use probes::{plan_all, Target};
 
 pub fn inspect(path: &Path) -> anyhow::Result<String> {
     let bin = GoBinary::open(path)?;
@@ -64,6 +64,17 @@ pub fn inspect(path: &Path) -> anyhow::Result<String> {
                 match &report.note {
                     Some(note) => writeln!(w, "  {name:<20} applies ({note})")?,
                     None => writeln!(w, "  {name:<20} applies")?,
+                }
+                if let (Target::Module { path, .. }, Some(v)) =
+                    (planned.instrumentation.target(), &planned.library)
+                {
+                    match v.source {
+                        // A range of versions: the one used to compare is not the one built.
+                        VersionSource::Layout(_) => {
+                            writeln!(w, "    library {path} ({})", v.source)?
+                        }
+                        _ => writeln!(w, "    library {path} {} ({})", v.version, v.source)?,
+                    }
                 }
                 for f in &report.functions {
                     functions(w, f)?;

@@ -270,8 +270,10 @@ fn gopath_build(version: &str, vendored: bool) {
     assert!(text.contains("modules        (none)"), "{text}");
     let vendor_line = "vendored       gotel.dev/grpc/vendor/... (GOPATH mode";
     assert_eq!(text.contains(vendor_line), vendored, "{text}");
-    let learned =
-        format!("applies (grpc v{version} from grpc.Version, in grpc-go's user agent string");
+    let learned = format!(
+        "library google.golang.org/grpc v{version} (from grpc.Version, in grpc-go's user agent \
+         string in the binary)"
+    );
     assert_eq!(text.matches(&learned).count(), 2, "server and client: {text}");
     rpcs_become_linked_spans(&fixture_name);
 }

@@ -172,6 +172,32 @@ fn every_command_v8_11_0() {
     every_command("redis/redis-v8.11.0", "v8");
 }
 
+/// A distribution's build (GOPATH mode, stripped: buildinfo lists no modules, go-redis states
+/// no version): each go-redis's version is told by its struct layout, matched against the
+/// offsets database, and every command is traced.
+fn gopath_build(client: &str, module: &str) {
+    let build = "redis/redis-v9.7.3-gopath";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gotel"))
+        .args(["inspect", fixture(build).to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("modules        (none)"), "{text}");
+    let library = text.lines().find(|l| l.contains(&format!("library {module} "))).unwrap_or("");
+    assert!(library.contains("(from the layout: matches v"), "{module}: {text}");
+    every_command(build, client);
+}
+
+#[test]
+fn every_command_gopath_build_v9() {
+    gopath_build("v9", "github.com/redis/go-redis/v9");
+}
+
+#[test]
+fn every_command_gopath_build_v8() {
+    gopath_build("v8", "github.com/go-redis/redis/v8");
+}
+
 /// 200 requests at once, each making one GET from a goroutine it started: every GET's span
 /// arrives, under its own request's span.
 #[test]

@@ -139,6 +139,31 @@ impl ModuleOffsets {
             .collect();
     }
 
+    /// The probed versions, ascending, whose offsets agree with every field in `observed`
+    /// (what a binary's own DWARF or type descriptors say, None for a field it lacks): the
+    /// versions a binary that names none can be, by its layout.
+    pub fn versions_matching(&self, observed: &BTreeMap<String, Option<u64>>) -> Vec<String> {
+        let per_field = self.expand();
+        self.versions
+            .iter()
+            .filter(|v| {
+                observed.iter().all(|(field, offset)| {
+                    per_field.get(field).and_then(|by| by.get(*v)).is_none_or(|o| o == offset)
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// `field`'s offset where every one of `versions` agrees on it; None when they disagree or
+    /// the database lacks one of them.
+    pub fn agreed_offset(&self, versions: &[String], field: &str) -> Option<Option<u64>> {
+        let by_version = self.expand().remove(field)?;
+        let mut offsets = versions.iter().map(|v| by_version.get(v).copied());
+        let first = offsets.next()??;
+        offsets.all(|o| o == Some(first)).then_some(first)
+    }
+
     /// field -> version -> offset, for every probed version.
     fn expand(&self) -> BTreeMap<String, BTreeMap<String, Option<u64>>> {
         let index: BTreeMap<&str, usize> =
@@ -181,6 +206,25 @@ mod tests {
         let mut d = Database { schema: SCHEMA, modules: BTreeMap::new() };
         d.modules.insert(STD.into(), m);
         d
+    }
+
+    #[test]
+    fn a_layout_narrows_the_versions_it_can_be() {
+        let d = db();
+        let m = &d.modules[STD];
+        // a=8 and b absent: only the two oldest.
+        let old = obs(&[("p.T.a", Some(8)), ("p.T.b", None)]);
+        assert_eq!(m.versions_matching(&old), ["1.19.8", "1.22.12"]);
+        // A field the database does not know constrains nothing.
+        let b24 = obs(&[("p.T.b", Some(24)), ("p.T.unknown", Some(0))]);
+        assert_eq!(m.versions_matching(&b24), ["1.23.5", "1.24.4"]);
+        assert!(m.versions_matching(&obs(&[("p.T.a", Some(99))])).is_empty());
+        // Offsets those versions agree on, and one they do not.
+        let two = ["1.23.5".to_string(), "1.24.4".to_string()];
+        assert_eq!(m.agreed_offset(&two, "p.T.b"), Some(Some(24)));
+        assert_eq!(m.agreed_offset(&two, "p.T.a"), None);
+        assert_eq!(m.agreed_offset(&two[..1], "p.T.a"), Some(Some(8)));
+        assert_eq!(m.agreed_offset(&two, "p.T.nothing"), None);
     }
 
     #[test]

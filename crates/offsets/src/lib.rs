@@ -5,9 +5,10 @@
 pub mod db;
 pub mod version;
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use goinfo::{GoBinary, StructLayouts};
+use goinfo::{GoBinary, ModuleVersion, StructLayouts, VersionSource};
 
 pub use db::{Database, Lookup, STD};
 
@@ -102,6 +103,66 @@ impl Layouts {
     }
 }
 
+impl Layouts {
+    /// What the binary itself says of the struct `struct_name`: field -> offset.
+    fn describe(&self, struct_name: &str) -> Option<&std::collections::HashMap<String, u64>> {
+        self.dwarf.get(struct_name).or_else(|| self.types.get(struct_name))
+    }
+}
+
+/// The version of `module` the binary links: from buildinfo or a string the library compiles
+/// in (`GoBinary::module_version`), else, in a build whose buildinfo lists no modules, from
+/// its struct layouts: the database's versions whose offsets agree with every field of the
+/// module the binary describes. Err says why none can be told.
+pub fn module_version(
+    bin: &GoBinary,
+    layouts: &Layouts,
+    module: &str,
+) -> Result<ModuleVersion, String> {
+    let stated = bin.module_version(module);
+    if stated.is_ok() || !bin.links_unlisted_module(module) {
+        return stated;
+    }
+    let (versions, of) = versions_by_layout(layouts, module).map_err(|why| {
+        format!("{module} is in the binary, but buildinfo lists no modules, it states no version, and {why}")
+    })?;
+    let (first, last) = (&versions[0], &versions[versions.len() - 1]);
+    let matches = match versions.len() {
+        1 => format!("{first} alone of the {of} versions in the offsets database"),
+        n => format!("{first} .. {last}, {n} of the {of} versions in the offsets database"),
+    };
+    Ok(ModuleVersion { version: first.clone(), source: VersionSource::Layout(matches) })
+}
+
+/// The versions of `module` in the database, ascending, that the layouts match; and how many
+/// it has.
+fn versions_by_layout(layouts: &Layouts, module: &str) -> Result<(Vec<String>, usize), String> {
+    let db = embedded().map_err(str::to_string)?;
+    let Some(m) = db.modules.get(module) else {
+        return Err("the offsets database has no versions to compare its layout with".into());
+    };
+    let observed: BTreeMap<String, Option<u64>> = m
+        .fields
+        .keys()
+        .filter_map(|key| {
+            let (struct_name, field) = key.rsplit_once('.')?;
+            Some((key.clone(), layouts.describe(struct_name)?.get(field).copied()))
+        })
+        .collect();
+    if observed.is_empty() {
+        return Err("neither DWARF nor type descriptors describe its structs".into());
+    }
+    let versions = m.versions_matching(&observed);
+    if versions.is_empty() {
+        return Err(format!(
+            "its struct layout ({} fields) matches none of the {} versions in the offsets database",
+            observed.len(),
+            m.versions.len()
+        ));
+    }
+    Ok((versions, m.versions.len()))
+}
+
 /// Resolves every field, from `layouts` (loaded for at least these fields) or the database;
 /// fails naming the first required field no source knows.
 pub fn resolve(
@@ -121,7 +182,7 @@ pub fn resolve(
             });
         let resolved = match described {
             Some((offset, source)) => FieldOffset { spec: *spec, offset, source: Some(source) },
-            None => from_database(bin, spec)?,
+            None => from_database(bin, layouts, spec)?,
         };
         if spec.required && resolved.offset.is_none() {
             return Err(match resolved.source {
@@ -134,11 +195,16 @@ pub fn resolve(
     Ok(out)
 }
 
-fn from_database(bin: &GoBinary, spec: &FieldSpec) -> Result<FieldOffset, String> {
+fn from_database(
+    bin: &GoBinary,
+    layouts: &Layouts,
+    spec: &FieldSpec,
+) -> Result<FieldOffset, String> {
     let version = if spec.module == STD {
-        Some(bin.build_info().go_version.clone())
+        let version = bin.build_info().go_version.clone();
+        Some(ModuleVersion { version, source: VersionSource::BuildInfo })
     } else {
-        bin.module_version(spec.module).ok().map(|v| v.version)
+        module_version(bin, layouts, spec.module).ok()
     };
     let unknown = |why: String| -> Result<FieldOffset, String> {
         if spec.required {
@@ -156,6 +222,30 @@ fn from_database(bin: &GoBinary, spec: &FieldSpec) -> Result<FieldOffset, String
     let db = match embedded() {
         Ok(db) => db,
         Err(e) => return unknown(e.to_string()),
+    };
+    let version = match version {
+        ModuleVersion { source: VersionSource::Layout(_), .. } => {
+            // A version told by the layout is a set of versions: only what all of them agree
+            // on is known.
+            let Ok((versions, _)) = versions_by_layout(layouts, spec.module) else {
+                return unknown(format!("no version of {} matches its layout", spec.module));
+            };
+            let (first, last) = (versions[0].clone(), versions[versions.len() - 1].clone());
+            let Some(offset) =
+                db.modules.get(spec.module).and_then(|m| m.agreed_offset(&versions, &spec.key()))
+            else {
+                return unknown(format!(
+                    "the versions its layout matches ({first} .. {last}) disagree on it"
+                ));
+            };
+            let versions = format!("{first} .. {last}, by the layout");
+            return Ok(FieldOffset {
+                spec: *spec,
+                offset,
+                source: Some(OffsetSource::Database { versions }),
+            });
+        }
+        v => v.version,
     };
     match db.lookup(spec.module, &version, &spec.key()) {
         Lookup::Found { offset, from, to } => Ok(FieldOffset {

@@ -2,7 +2,7 @@
 //! executable, which of them to attach given what they depend on, and the fields the offsets
 //! database must cover. Nothing outside `instrumentations/` names an instrumentation.
 
-use goinfo::GoBinary;
+use goinfo::{GoBinary, ModuleVersion};
 use offsets::{FieldSpec, Layouts};
 
 use crate::inject::Sides;
@@ -17,6 +17,8 @@ use crate::{
 pub struct Planned {
     pub instrumentation: &'static dyn Instrumentation,
     pub plan: Result<Box<dyn Plan>, Skip>,
+    /// The version of the library it instruments, and how it was learned (`Target::Module`).
+    pub library: Option<ModuleVersion>,
 }
 
 /// Every instrumentation's plan for `bin`, in the registry's order (for `gotel inspect` and
@@ -26,20 +28,30 @@ pub fn plan_all(bin: &GoBinary) -> Vec<Planned> {
     let layouts = Layouts::load(bin, &declared_fields());
     ALL.iter()
         .map(|&instrumentation| {
-            let plan = supported(bin, instrumentation.target())
-                .and_then(|()| instrumentation.plan(bin, &layouts))
+            let library = supported(bin, &layouts, instrumentation.target());
+            let plan = library
+                .as_ref()
+                .map_err(String::clone)
+                .and_then(|_| instrumentation.plan(bin, &layouts))
                 .map_err(|reason| Skip { instrumentation: instrumentation.name(), reason });
-            Planned { instrumentation, plan }
+            Planned { instrumentation, plan, library: library.ok().flatten() }
         })
         .collect()
 }
 
-/// Whether `bin` has the library `target` names, in a version supported.
-fn supported(bin: &GoBinary, target: Target) -> Result<(), String> {
+/// Whether `bin` has the library `target` names, in a version supported: the version, for a
+/// module.
+fn supported(
+    bin: &GoBinary,
+    layouts: &Layouts,
+    target: Target,
+) -> Result<Option<ModuleVersion>, String> {
     let info = bin.build_info();
     let module_version = match target {
         Target::Std => None,
-        Target::Module { path, oldest } => Some((path, bin.module_version(path)?.version, oldest)),
+        Target::Module { path, oldest } => {
+            Some((path, offsets::module_version(bin, layouts, path)?, oldest))
+        }
     };
     if let Some((1, minor, _)) = info.go_semver() {
         if minor < REGISTER_ABI.1 {
@@ -50,10 +62,11 @@ fn supported(bin: &GoBinary, target: Target) -> Result<(), String> {
         }
     }
     match module_version {
-        Some((path, version, (major, minor))) if !version_at_least(&version, major, minor) => {
+        Some((path, v, (major, minor))) if !version_at_least(&v.version, major, minor) => {
+            let version = &v.version;
             Err(format!("{path} {version} is older than v{major}.{minor}, the oldest supported"))
         }
-        _ => Ok(()),
+        v => Ok(v.map(|(_, v, _)| v)),
     }
 }
 
@@ -201,6 +214,7 @@ mod tests {
                 } else {
                     Err(Skip { instrumentation: f.name, reason: "absent".into() })
                 },
+                library: None,
             })
             .collect()
     }

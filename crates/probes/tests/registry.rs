@@ -126,7 +126,9 @@ fn plans_report_their_functions_and_fields() {
             );
         }
         if planned.instrumentation.name().starts_with("gRPC") {
-            assert_eq!(report.note.as_deref(), Some("grpc v1.69.0 from buildinfo"));
+            let library = planned.library.as_ref().expect("gRPC's version");
+            assert_eq!(library.version, "v1.69.0");
+            assert_eq!(library.source, goinfo::VersionSource::BuildInfo);
         }
     }
 }

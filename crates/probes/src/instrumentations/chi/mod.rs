@@ -43,7 +43,7 @@ impl Instrumentation for Chi {
     }
 
     fn plan(&self, bin: &GoBinary, layouts: &Layouts) -> Result<Box<dyn Plan>, String> {
-        let stated = bin.module_version(MODULE)?.version;
+        let stated = offsets::module_version(bin, layouts, MODULE)?.version;
         let version = Version::parse(&stated).ok_or(format!("chi {stated}: not a version"))?;
         let fields = offsets::resolve(bin, layouts, FIELDS)?;
         let finds = CallReturn::new(bin, ROUTE, FIND)?;

@@ -10,7 +10,7 @@ mod span;
 
 use std::mem::MaybeUninit;
 
-use goinfo::{GoBinary, ModuleVersion, VersionSource};
+use goinfo::GoBinary;
 use offsets::{FieldOffset, FieldSpec, Layouts};
 
 use super::{
@@ -131,9 +131,6 @@ struct StreamLayout {
 
 #[derive(Debug, Clone)]
 struct GrpcClientPlan {
-    grpc_version: String,
-    /// How the version was learned (buildinfo, or a string in the binary).
-    version_source: VersionSource,
     start: FunctionPlan,
     new_stream: FunctionPlan,
     finish: FunctionPlan,
@@ -149,8 +146,7 @@ struct GrpcClientPlan {
 }
 
 fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
-    let ModuleVersion { version: grpc_version, source: version_source } =
-        bin.module_version(MODULE)?;
+    let grpc_version = offsets::module_version(bin, layouts, MODULE)?.version;
     let start = FunctionPlan::entry_only(bin, NEW_CLIENT_STREAM)?;
     let new_stream = FunctionPlan::new(bin, NEW_STREAM)?;
     let finish = FunctionPlan::entry_only(bin, FINISH)?;
@@ -195,8 +191,6 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
         }
     })();
     Ok(GrpcClientPlan {
-        grpc_version,
-        version_source,
         start,
         new_stream,
         finish,
@@ -211,7 +205,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcClientPlan, String> {
 impl Plan for GrpcClientPlan {
     fn report(&self) -> Report<'_> {
         Report {
-            note: Some(format!("grpc {} {}", self.grpc_version, self.version_source)),
+            note: None,
             functions: vec![&self.start, &self.new_stream, &self.finish],
             fields: &self.fields,
             calls: Vec::new(),

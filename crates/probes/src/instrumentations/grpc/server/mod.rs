@@ -7,7 +7,7 @@ mod span;
 
 use std::mem::MaybeUninit;
 
-use goinfo::{GoBinary, ModuleVersion, VersionSource};
+use goinfo::GoBinary;
 use offsets::{FieldOffset, FieldSpec, Layouts};
 
 use super::{
@@ -119,9 +119,6 @@ struct Metadata {
 
 #[derive(Debug, Clone)]
 struct GrpcServerPlan {
-    grpc_version: String,
-    /// How the version was learned (buildinfo, or a string in the binary).
-    version_source: VersionSource,
     handle_stream: FunctionPlan,
     write_status: FunctionPlan,
     stream: StreamEmbedding,
@@ -135,8 +132,7 @@ struct GrpcServerPlan {
 }
 
 fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcServerPlan, String> {
-    let ModuleVersion { version: grpc_version, source: version_source } =
-        bin.module_version(MODULE)?;
+    let grpc_version = offsets::module_version(bin, layouts, MODULE)?.version;
     let handle_stream = FunctionPlan::new(bin, HANDLE_STREAM)?;
     let write_status = FunctionPlan::first_of(bin, WRITE_STATUS)
         .ok_or_else(|| format!("none of {WRITE_STATUS:?} is in the binary"))?;
@@ -150,8 +146,6 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<GrpcServerPlan, String> {
     };
     let metadata = metadata(bin, &fields, &grpc_version);
     Ok(GrpcServerPlan {
-        grpc_version,
-        version_source,
         handle_stream,
         write_status,
         stream,
@@ -186,7 +180,7 @@ fn metadata(
 impl Plan for GrpcServerPlan {
     fn report(&self) -> Report<'_> {
         Report {
-            note: Some(format!("grpc {} {}", self.grpc_version, self.version_source)),
+            note: None,
             functions: vec![&self.handle_stream, &self.write_status],
             fields: &self.fields,
             calls: Vec::new(),
