@@ -230,6 +230,13 @@ impl Pipeline {
         if probe.ringbuf_full > 0 {
             summary += &format!(", {} lost in the kernel (ring buffer full)", probe.ringbuf_full);
         }
+        if probe.requests_reused > 0 {
+            summary += &format!(
+                ", {} HTTP/2 requests whose Request was freed before they ended (no route \
+                 pattern)",
+                probe.requests_reused
+            );
+        }
         if probe.returns_without_entry > 0 {
             summary += &format!(
                 ", {} calls ended without a recorded start (in flight at attach)",

@@ -13,7 +13,7 @@ use crate::Error;
 /// spans/s.
 pub const DEFAULT_RINGBUF_MIB: u32 = 4;
 const MAX_TRACED_PIDS: u32 = 16384;
-const STAT_COUNT: u32 = 4;
+const STAT_COUNT: u32 = 5;
 const CTX_MAX: u32 = 65536;
 const SERVER_CALLS_MAX: u32 = 32768;
 const DB_CALLS_MAX: u32 = 32768;
@@ -34,6 +34,9 @@ pub struct ProbeStats {
     /// HTTP requests to other hosts, with injection on, on connections opened before gotel
     /// started: left alone, nothing added.
     pub requests_on_older_connections: u64,
+    /// HTTP/2 requests (Go 1.27+) whose Request the GC had reused by the time they ended: their
+    /// span has what the request began with, and no ServeMux pattern.
+    pub requests_reused: u64,
 }
 
 pub struct SharedMaps {
@@ -118,6 +121,7 @@ impl SharedMaps {
             returns_without_entry: sum_per_cpu(&self.stats, 1),
             tls_streams_full: sum_per_cpu(&self.stats, 2),
             requests_on_older_connections: sum_per_cpu(&self.stats, 3),
+            requests_reused: sum_per_cpu(&self.stats, 4),
         }
     }
 

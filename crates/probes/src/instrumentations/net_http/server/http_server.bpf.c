@@ -1,7 +1,8 @@
 /* net/http server spans: a uprobe at the entry of net/http.serverHandler.ServeHTTP records the
  * request's goroutine and start time; one at each of its RETs emits the span. Everything is
  * read at the return: the handler has run, so the response status and the mux's route pattern
- * are known, and the Request itself is still alive. */
+ * are known, and the Request itself is still alive. Except for HTTP/2 from Go 1.27: there the
+ * request is copied where it begins (h2_request_unowned). */
 #include "conn.h"
 #include "routes.h"
 #include "traceparent.h"
@@ -32,6 +33,11 @@ const volatile u64 off_h2rws_stream = 0;
 const volatile u64 off_h2stream_id = 0;
 const volatile u64 off_h2stream_sc = 0;
 const volatile u64 off_h2sc_conn = 0;
+/* From Go 1.27 (net/http/internal/http2) an HTTP/2 request's *Request is made by net/http's
+ * adapter and held by nothing but the handler's frames: once the handler no longer uses it,
+ * the GC may free it and hand its memory to another object while the request is still being
+ * served (seen: a /b request read at its end as the handler's own outgoing /c request). */
+const volatile bool h2_request_unowned = false;
 /* response.conn (*http.conn), and conn.rwc's data word (*net.TCPConn when plain, *tls.Conn
  * where the Request has TLS state). */
 const volatile u64 off_response_conn = 0;
@@ -67,10 +73,33 @@ struct http_server_event {
 const volatile u32 req_copy_bytes = 0;
 const volatile u32 url_copy_bytes = 0;
 
-/* Copies of the Request and its URL, per CPU (too big for the BPF stack). */
+/* What a span takes from the Request, copied where an HTTP/2 request begins when nothing keeps
+ * its Request alive to the end (h2_request_unowned). */
+struct request_fields {
+	/* The words that tell the same Request at the end: Method's data, URL, Host's data. */
+	u64 identity[3];
+	u8 proto_major, proto_minor, tls, _pad[5];
+	u16 method_len, path_len, query_len, host_len, remote_len, _pad2[3];
+	char method[METHOD_CAP];
+	char path[PATH_CAP];
+	char query[QUERY_CAP];
+	char host[HOST_CAP];
+	char remote[REMOTE_CAP];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct goroutine_key);
+	__type(value, struct request_fields);
+} begun_requests SEC(".maps");
+
+/* Copies of the Request and its URL, and the fields read from them, per CPU (too big for the
+ * BPF stack). */
 struct request_copy {
 	struct window_buffer req;
 	struct window_buffer url;
+	struct request_fields fields;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -78,6 +107,31 @@ struct {
 	__type(key, u32);
 	__type(value, struct request_copy);
 } scratch SEC(".maps");
+
+/* Copies the Request at `req` into copy->req, and what spans take from it into copy->fields. */
+static __always_inline void read_request(struct request_copy *copy, u64 req)
+{
+	const struct window *w = (const struct window *)copy->req.w;
+	struct request_fields *f = &copy->fields;
+	read_window(&copy->req, req_copy_bytes, req);
+	f->identity[0] = window_u64(w, off_req_method);
+	f->identity[1] = window_u64(w, off_req_url);
+	f->identity[2] = window_u64(w, off_req_host);
+	f->proto_major = (u8)window_u64(w, off_req_proto_major);
+	f->proto_minor = (u8)window_u64(w, off_req_proto_minor);
+	f->tls = window_u64(w, off_req_tls) != 0;
+	f->method_len = window_go_string(f->method, METHOD_CAP, w, off_req_method);
+	f->host_len = window_go_string(f->host, HOST_CAP, w, off_req_host);
+	f->remote_len = window_go_string(f->remote, REMOTE_CAP, w, off_req_remote_addr);
+	u64 url_addr = window_u64(w, off_req_url);
+	f->path_len = f->query_len = 0;
+	if (url_addr) {
+		const struct window *url = (const struct window *)copy->url.w;
+		read_window(&copy->url, url_copy_bytes, url_addr);
+		f->path_len = window_go_string(f->path, PATH_CAP, url, off_url_path);
+		f->query_len = window_go_string(f->query, QUERY_CAP, url, off_url_raw_query);
+	}
+}
 
 /* The HTTP/2 stream the response writer `rw` answers, and the span a client published for it
  * (a client on this host, or a TLS option from one on another). */
@@ -117,7 +171,7 @@ int http_server_enter(struct pt_regs *ctx)
 	struct span_ctx *parent = 0;
 	struct stream_conn_key sk = {};
 	u64 proto_major = 0;
-	if (conns_published_lately(call.start_ns))
+	if (h2_request_unowned || conns_published_lately(call.start_ns))
 		proto_major = read_u64(call.req + off_req_proto_major);
 	if (proto_major == 1) {
 		u64 hc = read_u64(call.rw_data + off_response_conn);
@@ -157,6 +211,14 @@ int http_server_enter(struct pt_regs *ctx)
 	}
 	random_id(call.ctx.span_id, sizeof(call.ctx.span_id));
 	call.ctx.sampled = sample(call.ctx.trace_id, has_parent, parent_sampled);
+	if (h2_request_unowned && proto_major == 2 && call.ctx.sampled) {
+		u32 zero = 0;
+		struct request_copy *copy = bpf_map_lookup_elem(&scratch, &zero);
+		if (copy) {
+			read_request(copy, call.req);
+			bpf_map_update_elem(&begun_requests, &key, &copy->fields, BPF_ANY);
+		}
+	}
 	/* The handler's goroutine, and those it starts, work for this span (goroutine_span). */
 	bpf_map_update_elem(&server_calls, &key, &call, BPF_ANY);
 	return 0;
@@ -205,25 +267,36 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 		goto done;
 	}
 	const struct window *req = (const struct window *)copy->req.w;
-	read_window(&copy->req, req_copy_bytes, call->req);
-	e->proto_major = (u8)window_u64(req, off_req_proto_major);
-	e->status = response_status(call, e->proto_major);
-	e->proto_minor = (u8)window_u64(req, off_req_proto_minor);
-	e->tls = window_u64(req, off_req_tls) != 0;
-	e->method_len = window_go_string(e->method, METHOD_CAP, req, off_req_method);
-	e->host_len = window_go_string(e->host, HOST_CAP, req, off_req_host);
-	e->remote_len = window_go_string(e->remote, REMOTE_CAP, req, off_req_remote_addr);
-	e->pattern_len = has_router ? take_matched_route(&key, call, e->pattern) : 0;
-	if (!e->pattern_len && has_pattern)
-		e->pattern_len = window_go_string(e->pattern, PATTERN_CAP, req, off_req_pattern);
-	u64 url_addr = window_u64(req, off_req_url);
-	e->path_len = e->query_len = 0;
-	if (url_addr) {
-		const struct window *url = (const struct window *)copy->url.w;
-		read_window(&copy->url, url_copy_bytes, url_addr);
-		e->path_len = window_go_string(e->path, PATH_CAP, url, off_url_path);
-		e->query_len = window_go_string(e->query, QUERY_CAP, url, off_url_raw_query);
+	read_request(copy, call->req);
+	/* The Request as it began, where it may be gone by now; its pattern (set while the
+	 * handler ran) only if the memory still holds the same Request. */
+	const struct request_fields *f = &copy->fields;
+	bool same_request = true;
+	struct request_fields *begun =
+		h2_request_unowned ? bpf_map_lookup_elem(&begun_requests, &key) : 0;
+	if (begun) {
+		same_request = !__builtin_memcmp(begun->identity, f->identity, sizeof(f->identity));
+		if (!same_request)
+			count(STAT_REQUEST_REUSED);
+		f = begun;
 	}
+	e->proto_major = f->proto_major;
+	e->status = response_status(call, e->proto_major);
+	e->proto_minor = f->proto_minor;
+	e->tls = f->tls;
+	e->method_len = f->method_len;
+	e->host_len = f->host_len;
+	e->remote_len = f->remote_len;
+	e->path_len = f->path_len;
+	e->query_len = f->query_len;
+	__builtin_memcpy(e->method, f->method, METHOD_CAP);
+	__builtin_memcpy(e->host, f->host, HOST_CAP);
+	__builtin_memcpy(e->remote, f->remote, REMOTE_CAP);
+	__builtin_memcpy(e->path, f->path, PATH_CAP);
+	__builtin_memcpy(e->query, f->query, QUERY_CAP);
+	e->pattern_len = has_router ? take_matched_route(&key, call, e->pattern) : 0;
+	if (!e->pattern_len && has_pattern && same_request)
+		e->pattern_len = window_go_string(e->pattern, PATTERN_CAP, req, off_req_pattern);
 
 	e->tracestate_len = copy_user_bytes(e->tracestate, TRACESTATE_CAP, call->tracestate,
 					    (s64)call->tracestate_len);
@@ -234,6 +307,8 @@ done:
 	 * would outrank (goroutine_span) the span of the next request it serves. */
 	bpf_map_delete_elem(&server_calls, &key);
 	bpf_map_delete_elem(&goroutine_ctx, &key);
+	if (h2_request_unowned)
+		bpf_map_delete_elem(&begun_requests, &key);
 	return 0;
 }
 

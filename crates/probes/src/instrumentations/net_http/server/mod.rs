@@ -228,6 +228,7 @@ impl HttpServerPlan {
         };
         if let Some((rws, status, v)) = h2(0).or_else(|| h2(1)) {
             ro.has_h2 = true;
+            ro.h2_request_unowned = v == 1;
             ro.off_h2rw_rws = rws;
             ro.off_h2rws_status = status;
             if let (Some(stream), true) = (h2_stream(v), self.conn_types.is_some()) {
