@@ -371,3 +371,97 @@ fn a_collector_that_is_down_does_not_hurt_the_target() {
     assert!(log.contains("10 spans, 0 exported"), "{log}");
     assert!(log.contains("10 dropped (export failed)"), "{log}");
 }
+
+/// Sends `head` (a request line and headers, without the blank line) as one HTTP/1.1 request
+/// with `Connection: close`; the response's status.
+fn raw_request(port: u16, head: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(head).unwrap();
+    s.write_all(b"\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read response");
+    let text = String::from_utf8_lossy(&resp);
+    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Requests no well-behaved client sends: malformed traceparent headers (each ignored: the span
+/// starts a trace of its own; a later version's extra field is allowed), a 64 KiB header, 1,000 headers, a path that is not UTF-8 once
+/// decoded, a 100 KB query. The target answers each as without gotel, and each span arrives
+/// right: the path as valid UTF-8 (invalid bytes replaced, as OTLP's strings must be), the
+/// query cut at the 256 bytes the probe copies.
+#[test]
+fn bad_input_gives_right_spans_and_harms_nothing() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("bad-input");
+    let port = free_port();
+    let fx = fixture("httpserver-go1.26");
+    let addr = format!("127.0.0.1:{port}");
+    let _gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let malformed = [
+        format!("00-{trace}-b7ad6b7169203331"),    // a field missing
+        format!("00-{trace}-b7ad6b71692033zz-01"), // not hex
+        format!("ff-{trace}-b7ad6b7169203331-01"), // version ff is invalid
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01".to_string(), // zero trace id
+        format!("00-{trace}-0000000000000000-01"), // zero parent id
+        format!("00-{}-B7AD6B7169203331-01", trace.to_uppercase()), // upper case
+        format!("00-{trace}-b7ad6b7169203331-01-"), // version 00 with a trailing field
+        String::new(),
+    ];
+    for (i, value) in malformed.iter().enumerate() {
+        let head = format!("GET /hello?case={i} HTTP/1.1\r\nHost: {addr}\r\ntraceparent: {value}");
+        assert_eq!(raw_request(port, head.as_bytes()), 200, "{value:?}");
+    }
+    // A later version with a field more: its first four fields are read as version 00's.
+    let future = format!("cc-{trace}-b7ad6b7169203331-01-what-comes-next");
+    let head = format!("GET /hello?case=future HTTP/1.1\r\nHost: {addr}\r\ntraceparent: {future}");
+    assert_eq!(raw_request(port, head.as_bytes()), 200);
+    let big = "x".repeat(64 * 1024);
+    let head = format!("GET /hello?case=big HTTP/1.1\r\nHost: {addr}\r\nX-Big: {big}");
+    assert_eq!(raw_request(port, head.as_bytes()), 200);
+    let many: String = (0..1000).map(|i| format!("\r\nX-H{i}: {i}")).collect();
+    let head = format!("GET /hello?case=many HTTP/1.1\r\nHost: {addr}{many}");
+    assert_eq!(raw_request(port, head.as_bytes()), 200);
+    let head = format!("GET /users/%ff%fe%41?case=utf8 HTTP/1.1\r\nHost: {addr}");
+    assert_eq!(raw_request(port, head.as_bytes()), 200);
+    let query = format!("case=long&q={}", "y".repeat(100_000));
+    let head = format!("GET /hello?{query} HTTP/1.1\r\nHost: {addr}");
+    assert_eq!(raw_request(port, head.as_bytes()), 200);
+
+    let n = malformed.len() + 5;
+    let spans = collector.wait_for_spans(n, WAIT);
+    assert_eq!(spans.len(), n, "one span per request, none lost with a bad one in the batch");
+    let case = |c: &str| -> &ReceivedSpan {
+        spans
+            .iter()
+            .find(|s| {
+                let q = s.attr_str("url.query").unwrap_or_default();
+                q == format!("case={c}") || q.starts_with(&format!("case={c}&"))
+            })
+            .unwrap_or_else(|| panic!("no span for case {c}: {spans:#?}"))
+    };
+    for (i, value) in malformed.iter().enumerate() {
+        let s = case(&i.to_string());
+        assert_eq!(s.hex("parentSpanId"), "", "{value:?} is ignored");
+        assert_ne!(s.hex("traceId"), trace, "{value:?} is ignored");
+        assert_eq!(s.name(), "GET /hello");
+    }
+    let joined = case("future");
+    assert_eq!(
+        (joined.hex("traceId"), joined.hex("parentSpanId")),
+        (trace.into(), "b7ad6b7169203331".into())
+    );
+    for c in ["big", "many"] {
+        let s = case(c);
+        assert_eq!((s.name(), s.attr_int("http.response.status_code")), ("GET /hello", Some(200)));
+    }
+    let utf8 = case("utf8");
+    assert_eq!(utf8.attr_str("url.path").as_deref(), Some("/users/\u{fffd}\u{fffd}A"));
+    assert_eq!(utf8.name(), "GET /users/{id}");
+    let long = case("long").attr_str("url.query").unwrap();
+    assert_eq!(long.len(), 256, "cut at the probe's copy");
+    assert!(query.starts_with(&long));
+}

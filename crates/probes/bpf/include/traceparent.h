@@ -121,6 +121,7 @@ struct header_search {
 	s64 count; /* buckets to visit, or tables in the directory */
 	u64 overflow; /* the overflow bucket to visit next, if any */
 	u64 value; /* traceparent's text, once found */
+	u64 value_len;
 	u64 state; /* tracestate's text, if any */
 	u64 state_len;
 };
@@ -170,6 +171,7 @@ static __always_inline void check_header(const struct window *c, u32 key, u32 el
 		out->state_len = v.len;
 	} else if (v.len >= TRACEPARENT_LEN) {
 		out->value = v.ptr;
+		out->value_len = v.len;
 	}
 }
 
@@ -287,7 +289,15 @@ static __always_inline void incoming_traceparent(u64 req, struct incoming *out)
 	out->value = s.value;
 	out->state = s.state;
 	out->state_len = s.state_len;
-	u8 text[TRACEPARENT_LEN];
-	if (out->value && !bpf_probe_read_user(text, sizeof(text), (void *)out->value))
-		out->found = parse_traceparent(text, out);
+	/* Version 00 is exactly 55 characters; a later version may add fields after a '-'. */
+	u8 text[TRACEPARENT_LEN + 1];
+	bool longer = s.value_len > TRACEPARENT_LEN;
+	if (!out->value)
+		return;
+	if (longer ? bpf_probe_read_user(text, TRACEPARENT_LEN + 1, (void *)out->value) :
+		     bpf_probe_read_user(text, TRACEPARENT_LEN, (void *)out->value))
+		return;
+	if (longer && (text[TRACEPARENT_LEN] != '-' || (text[0] == '0' && text[1] == '0')))
+		return;
+	out->found = parse_traceparent(text, out);
 }
