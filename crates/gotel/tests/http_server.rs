@@ -465,3 +465,35 @@ fn bad_input_gives_right_spans_and_harms_nothing() {
     assert_eq!(long.len(), 256, "cut at the probe's copy");
     assert!(query.starts_with(&long));
 }
+
+/// A target's environment holds secrets beside its OTEL_* variables: gotel reads
+/// /proc/PID/environ for the resource, keeps only what the resource conventions name, and
+/// nothing else leaves it, neither in what it exports nor in its own logs, at debug level.
+#[test]
+fn a_secret_in_the_targets_environment_never_leaves_the_agent() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("secret");
+    let port = free_port();
+    let fx = fixture("httpserver-go1.26");
+    let secret = "s3cr3t-7f1d2c9e";
+    let env = [
+        ("GOTEL_LOG", "debug"),
+        ("DB_PASSWORD", secret),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("OTEL_SERVICE_NAME", "shop"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging"),
+    ];
+    let addr = format!("127.0.0.1:{port}");
+    let gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &env);
+    wait_for_port(port, WAIT);
+    assert_eq!(http_get(port, "/hello").0, 200);
+    let spans = collector.wait_for_spans(1, WAIT);
+    assert_eq!(spans.len(), 1);
+    // The environment was read: its OTEL_* variables are in the resource.
+    assert_eq!(spans[0].resource_str("service.name").as_deref(), Some("shop"));
+    assert_eq!(spans[0].resource_str("deployment.environment.name").as_deref(), Some("staging"));
+    assert!(!collector.raw().contains(secret), "exported: {}", collector.raw());
+    let log = gotel.log();
+    assert!(log.iter().any(|l| l.contains("DEBUG")), "the agent logged at debug level");
+    assert!(!log.iter().any(|l| l.contains(secret)), "logged: {log:#?}");
+}

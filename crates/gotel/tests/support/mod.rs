@@ -257,6 +257,11 @@ impl Collector {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
+    /// Everything the collector wrote out so far, as its file exporter wrote it.
+    pub fn raw(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
     /// Every span received so far, each with its resource attributes merged in under "resource".
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
