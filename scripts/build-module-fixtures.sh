@@ -6,7 +6,9 @@
 # toolchain (scripts/pin-module.sh: that version brings the dependencies it asks for), then built
 # with the oldest installed toolchain that version's go.mod allows: the Go an application of
 # that era was built with. Set GOTEL_MODULE_GOROOT to build every version with one toolchain
-# instead. A binary newer than every fixture source (*.go, go.mod, go.sum) is not rebuilt.
+# instead, or name a version VERSION+go1.NN to build it with that Go (into
+# FIXTURE-VERSION+go1.NN). A binary newer than every fixture source (*.go, go.mod, go.sum) is
+# not rebuilt.
 # Needs the Go module proxy the first time. Several modules' matrices of one fixture share its
 # directory, named by version alone: their versions must not coincide.
 set -euo pipefail
@@ -56,19 +58,24 @@ toolchain_for() {
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 built=()
-for v in "${versions[@]}"; do
-  bin=$out/$fixture-$v
-  built+=("$fixture-$v")
+for arg in "${versions[@]}"; do
+  # VERSION+go1.NN: built with that Go instead, named so (a library that changes with Go).
+  v=${arg%%+go*} with_go=
+  [ "$v" != "$arg" ] && with_go=${arg#*+go1.}
+  bin=$out/$fixture-$arg
+  built+=("$fixture-$arg")
   if [ -x "$bin" ] && [ -x "$bin-stripped" ] &&
     [ -z "$(find "$src" -newer "$bin" -type f \( -name '*.go' -o -name 'go.*' \))" ]; then
     continue
   fi
-  mod=$work/$v
+  mod=$work/$arg
   mkdir -p "$mod"
   cp "$src"/go.mod "$src"/go.sum "$src"/*.go "$mod"/
   rm -f "$mod"/*_test.go
   bash "$repo/scripts/pin-module.sh" "$mod" "$newest" "$module" "$v"
-  if [ -n "${GOTEL_MODULE_GOROOT:-}" ]; then
+  if [ -n "$with_go" ]; then
+    root=$(toolchain_for "$with_go") || { echo "[$fixture-fixtures] no Go 1.$with_go" >&2; exit 1; }
+  elif [ -n "${GOTEL_MODULE_GOROOT:-}" ]; then
     root=$GOTEL_MODULE_GOROOT
   else
     root=$(toolchain_for "$(go_minor "$mod/go.mod")") || {

@@ -36,8 +36,8 @@ bash scripts/build-module-fixtures.sh gin github.com/gin-gonic/gin v1.7.7 v1.12.
 bash scripts/build-module-fixtures.sh gorilla github.com/gorilla/mux v1.6.2 v1.7.0 v1.8.1
 bash scripts/build-module-fixtures.sh chi github.com/go-chi/chi/v5 v5.0.0 v5.0.8 v5.5.0
 bash scripts/build-module-fixtures.sh echo github.com/labstack/echo/v4 v4.0.0 v4.16.5
-step "golang.org/x/net/http2 client fixtures (the oldest and newest tagged release)"
-bash scripts/build-module-fixtures.sh xnet golang.org/x/net v0.1.0 v0.63.0
+step "golang.org/x/net/http2 client fixtures (the oldest and newest tagged release; the newest on Go 1.27 wraps net/http's)"
+bash scripts/build-module-fixtures.sh xnet golang.org/x/net v0.1.0 v0.63.0 v0.63.0+go1.27
 step "OpenTelemetry Collector (pinned, from the Go module proxy)"
 bash scripts/build-collector.sh
 step "interop server's Python libraries (pinned, from PyPI)"

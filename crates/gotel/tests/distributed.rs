@@ -416,3 +416,20 @@ fn xnet_http2_transport_h2c_newest() {
 fn xnet_http2_configured_transport_over_tls_newest() {
     xnet_client("v0.63.0", XnetClient::Configured, 100);
 }
+
+/// On Go 1.27 x/net's Transport hands each request to net/http's own HTTP/2 client
+/// (transport_wrap.go): one span still, linked by net/http's streams.
+#[test]
+fn xnet_http2_transport_over_tls_newest_on_go1_27() {
+    xnet_client("v0.63.0+go1.27", XnetClient::StandaloneTls, 100);
+}
+
+#[test]
+fn xnet_http2_transport_h2c_newest_on_go1_27() {
+    xnet_client("v0.63.0+go1.27", XnetClient::StandaloneH2c, 100);
+}
+
+#[test]
+fn xnet_http2_configured_transport_over_tls_newest_on_go1_27() {
+    xnet_client("v0.63.0+go1.27", XnetClient::Configured, 100);
+}
