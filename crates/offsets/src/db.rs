@@ -158,7 +158,7 @@ impl ModuleOffsets {
     /// `field`'s offset where every one of `versions` agrees on it; None when they disagree or
     /// the database lacks one of them.
     pub fn agreed_offset(&self, versions: &[String], field: &str) -> Option<Option<u64>> {
-        let by_version = self.expand().remove(field)?;
+        let by_version = self.by_version(self.fields.get(field)?);
         let mut offsets = versions.iter().map(|v| by_version.get(v).copied());
         let first = offsets.next()??;
         offsets.all(|o| o == Some(first)).then_some(first)
@@ -166,25 +166,24 @@ impl ModuleOffsets {
 
     /// field -> version -> offset, for every probed version.
     fn expand(&self) -> BTreeMap<String, BTreeMap<String, Option<u64>>> {
+        self.fields.iter().map(|(field, ranges)| (field.clone(), self.by_version(ranges))).collect()
+    }
+
+    /// One field's ranges as version -> offset.
+    fn by_version(&self, ranges: &[Range]) -> BTreeMap<String, Option<u64>> {
         let index: BTreeMap<&str, usize> =
             self.versions.iter().enumerate().map(|(i, v)| (v.as_str(), i)).collect();
-        self.fields
-            .iter()
-            .map(|(field, ranges)| {
-                let mut by_version = BTreeMap::new();
-                for r in ranges {
-                    let (Some(&a), Some(&b)) =
-                        (index.get(r.from.as_str()), index.get(r.to.as_str()))
-                    else {
-                        continue;
-                    };
-                    for v in &self.versions[a..=b] {
-                        by_version.insert(v.clone(), r.offset);
-                    }
-                }
-                (field.clone(), by_version)
-            })
-            .collect()
+        let mut by_version = BTreeMap::new();
+        for r in ranges {
+            let (Some(&a), Some(&b)) = (index.get(r.from.as_str()), index.get(r.to.as_str()))
+            else {
+                continue;
+            };
+            for v in &self.versions[a..=b] {
+                by_version.insert(v.clone(), r.offset);
+            }
+        }
+        by_version
     }
 }
 

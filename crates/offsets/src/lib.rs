@@ -5,7 +5,7 @@
 pub mod db;
 pub mod version;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 use goinfo::{GoBinary, ModuleVersion, StructLayouts, VersionSource};
@@ -101,13 +101,33 @@ impl Layouts {
         };
         Layouts { dwarf, types }
     }
+
+    /// What the binary itself says of the struct `struct_name` (field -> offset), and where
+    /// it says it: DWARF first.
+    fn describe(&self, struct_name: &str) -> Option<(&HashMap<String, u64>, OffsetSource)> {
+        let dwarf = self.dwarf.get(struct_name).map(|f| (f, OffsetSource::Dwarf));
+        dwarf.or_else(|| self.types.get(struct_name).map(|f| (f, OffsetSource::TypeDescriptor)))
+    }
 }
 
-impl Layouts {
-    /// What the binary itself says of the struct `struct_name`: field -> offset.
-    fn describe(&self, struct_name: &str) -> Option<&std::collections::HashMap<String, u64>> {
-        self.dwarf.get(struct_name).or_else(|| self.types.get(struct_name))
+/// What is known of the version of a module a binary links.
+enum Known {
+    /// Stated: by buildinfo, or by a string the library compiles in.
+    Version(ModuleVersion),
+    /// Told by the struct layout: the database's versions it matches (ascending, never
+    /// empty), of how many it has.
+    Layout { versions: Vec<String>, of: usize },
+}
+
+fn known_version(bin: &GoBinary, layouts: &Layouts, module: &str) -> Result<Known, String> {
+    let stated = bin.module_version(module);
+    if stated.is_ok() || !bin.links_unlisted_module(module) {
+        return stated.map(Known::Version);
     }
+    let (versions, of) = versions_by_layout(layouts, module).map_err(|why| {
+        format!("{module} is in the binary, but buildinfo lists no modules, it states no version, and {why}")
+    })?;
+    Ok(Known::Layout { versions, of })
 }
 
 /// The version of `module` the binary links: from buildinfo or a string the library compiles
@@ -119,13 +139,10 @@ pub fn module_version(
     layouts: &Layouts,
     module: &str,
 ) -> Result<ModuleVersion, String> {
-    let stated = bin.module_version(module);
-    if stated.is_ok() || !bin.links_unlisted_module(module) {
-        return stated;
-    }
-    let (versions, of) = versions_by_layout(layouts, module).map_err(|why| {
-        format!("{module} is in the binary, but buildinfo lists no modules, it states no version, and {why}")
-    })?;
+    let (versions, of) = match known_version(bin, layouts, module)? {
+        Known::Version(v) => return Ok(v),
+        Known::Layout { versions, of } => (versions, of),
+    };
     let (first, last) = (&versions[0], &versions[versions.len() - 1]);
     let matches = match versions.len() {
         1 => format!("{first} alone of the {of} versions in the offsets database"),
@@ -146,7 +163,7 @@ fn versions_by_layout(layouts: &Layouts, module: &str) -> Result<(Vec<String>, u
         .keys()
         .filter_map(|key| {
             let (struct_name, field) = key.rsplit_once('.')?;
-            Some((key.clone(), layouts.describe(struct_name)?.get(field).copied()))
+            Some((key.clone(), layouts.describe(struct_name)?.0.get(field).copied()))
         })
         .collect();
     if observed.is_empty() {
@@ -170,16 +187,12 @@ pub fn resolve(
     layouts: &Layouts,
     specs: &[FieldSpec],
 ) -> Result<Vec<FieldOffset>, String> {
-    let Layouts { dwarf, types } = layouts;
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
         // A struct the binary describes is authoritative for its fields, present or absent.
-        let described = [(dwarf, OffsetSource::Dwarf), (types, OffsetSource::TypeDescriptor)]
-            .into_iter()
-            .find_map(|(layouts, source)| {
-                let fields = layouts.get(spec.struct_name)?;
-                Some((fields.get(spec.field).copied(), source))
-            });
+        let described = layouts
+            .describe(spec.struct_name)
+            .map(|(fields, source)| (fields.get(spec.field).copied(), source));
         let resolved = match described {
             Some((offset, source)) => FieldOffset { spec: *spec, offset, source: Some(source) },
             None => from_database(bin, layouts, spec)?,
@@ -200,11 +213,11 @@ fn from_database(
     layouts: &Layouts,
     spec: &FieldSpec,
 ) -> Result<FieldOffset, String> {
-    let version = if spec.module == STD {
+    let known = if spec.module == STD {
         let version = bin.build_info().go_version.clone();
-        Some(ModuleVersion { version, source: VersionSource::BuildInfo })
+        Some(Known::Version(ModuleVersion { version, source: VersionSource::BuildInfo }))
     } else {
-        module_version(bin, layouts, spec.module).ok()
+        known_version(bin, layouts, spec.module).ok()
     };
     let unknown = |why: String| -> Result<FieldOffset, String> {
         if spec.required {
@@ -216,21 +229,19 @@ fn from_database(
             Ok(FieldOffset { spec: *spec, offset: None, source: None })
         }
     };
-    let Some(version) = version else {
+    let Some(known) = known else {
         return unknown(format!("the binary records no version of {}", spec.module));
     };
     let db = match embedded() {
         Ok(db) => db,
         Err(e) => return unknown(e.to_string()),
     };
-    let version = match version {
-        ModuleVersion { source: VersionSource::Layout(_), .. } => {
+    let version = match known {
+        Known::Version(v) => v.version,
+        Known::Layout { versions, .. } => {
             // A version told by the layout is a set of versions: only what all of them agree
             // on is known.
-            let Ok((versions, _)) = versions_by_layout(layouts, spec.module) else {
-                return unknown(format!("no version of {} matches its layout", spec.module));
-            };
-            let (first, last) = (versions[0].clone(), versions[versions.len() - 1].clone());
+            let (first, last) = (&versions[0], &versions[versions.len() - 1]);
             let Some(offset) =
                 db.modules.get(spec.module).and_then(|m| m.agreed_offset(&versions, &spec.key()))
             else {
@@ -245,7 +256,6 @@ fn from_database(
                 source: Some(OffsetSource::Database { versions }),
             });
         }
-        v => v.version,
     };
     match db.lookup(spec.module, &version, &spec.key()) {
         Lookup::Found { offset, from, to } => Ok(FieldOffset {
