@@ -108,15 +108,20 @@ struct {
 	__type(value, struct request_copy);
 } scratch SEC(".maps");
 
-/* Copies the Request at `req` into copy->req, and what spans take from it into copy->fields. */
-static __always_inline void read_request(struct request_copy *copy, u64 req)
+/* The words of a Request's copy `w` that tell it from another at the same address. */
+static __always_inline void request_identity(const struct window *w, u64 identity[3])
+{
+	identity[0] = window_u64(w, off_req_method);
+	identity[1] = window_u64(w, off_req_url);
+	identity[2] = window_u64(w, off_req_host);
+}
+
+/* What spans take from the Request copied in copy->req, into copy->fields (reading its URL). */
+static __always_inline void request_fields_of(struct request_copy *copy)
 {
 	const struct window *w = (const struct window *)copy->req.w;
 	struct request_fields *f = &copy->fields;
-	read_window(&copy->req, req_copy_bytes, req);
-	f->identity[0] = window_u64(w, off_req_method);
-	f->identity[1] = window_u64(w, off_req_url);
-	f->identity[2] = window_u64(w, off_req_host);
+	request_identity(w, f->identity);
 	f->proto_major = (u8)window_u64(w, off_req_proto_major);
 	f->proto_minor = (u8)window_u64(w, off_req_proto_minor);
 	f->tls = window_u64(w, off_req_tls) != 0;
@@ -215,7 +220,8 @@ int http_server_enter(struct pt_regs *ctx)
 		u32 zero = 0;
 		struct request_copy *copy = bpf_map_lookup_elem(&scratch, &zero);
 		if (copy) {
-			read_request(copy, call.req);
+			read_window(&copy->req, req_copy_bytes, call.req);
+			request_fields_of(copy);
 			bpf_map_update_elem(&begun_requests, &key, &copy->fields, BPF_ANY);
 		}
 	}
@@ -267,7 +273,7 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 		goto done;
 	}
 	const struct window *req = (const struct window *)copy->req.w;
-	read_request(copy, call->req);
+	read_window(&copy->req, req_copy_bytes, call->req);
 	/* The Request as it began, where it may be gone by now; its pattern (set while the
 	 * handler ran) only if the memory still holds the same Request. */
 	const struct request_fields *f = &copy->fields;
@@ -275,10 +281,14 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 	struct request_fields *begun =
 		h2_request_unowned ? bpf_map_lookup_elem(&begun_requests, &key) : 0;
 	if (begun) {
-		same_request = !__builtin_memcmp(begun->identity, f->identity, sizeof(f->identity));
+		u64 now[3];
+		request_identity(req, now);
+		same_request = !__builtin_memcmp(begun->identity, now, sizeof(now));
 		if (!same_request)
 			count(STAT_REQUEST_REUSED);
 		f = begun;
+	} else {
+		request_fields_of(copy);
 	}
 	e->proto_major = f->proto_major;
 	e->status = response_status(call, e->proto_major);
