@@ -262,11 +262,7 @@ fn grpc_stripped_v1_77_stream_by_value() {
 /// binary carries, and every kind of RPC is traced and linked.
 fn gopath_build(version: &str, vendored: bool) {
     let fixture_name = format!("grpc-v{version}-gopath{}", if vendored { "-vendor" } else { "" });
-    let out = Command::new(env!("CARGO_BIN_EXE_gotel"))
-        .args(["inspect", grpc_fixture(&fixture_name).to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = inspect(&grpc_fixture(&fixture_name));
     assert!(text.contains("modules        (none)"), "{text}");
     let vendor_line = "vendored       gotel.dev/grpc/vendor/... (GOPATH mode";
     assert_eq!(text.contains(vendor_line), vendored, "{text}");

@@ -177,11 +177,7 @@ fn every_command_v8_11_0() {
 /// offsets database, and every command is traced.
 fn gopath_build(client: &str, module: &str) {
     let build = "redis/redis-v9.7.3-gopath";
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gotel"))
-        .args(["inspect", fixture(build).to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = inspect(&fixture(build));
     assert!(text.contains("modules        (none)"), "{text}");
     let library = text.lines().find(|l| l.contains(&format!("library {module} "))).unwrap_or("");
     assert!(library.contains("(from the layout: matches v"), "{module}: {text}");

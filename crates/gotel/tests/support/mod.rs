@@ -264,7 +264,7 @@ impl Collector {
 
     /// Every span received so far, each with its resource attributes merged in under "resource".
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let text = self.raw();
         let mut spans = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let Ok(v) = serde_json::from_str::<Value>(line) else {
@@ -396,6 +396,13 @@ impl ReceivedSpan {
     pub fn hex(&self, field: &str) -> String {
         self.span[field].as_str().unwrap_or_default().to_string()
     }
+}
+
+/// What `gotel inspect` prints for the executable at `path`.
+pub fn inspect(path: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gotel")).arg("inspect").arg(path).output().unwrap();
+    assert!(out.status.success(), "gotel inspect {}: {out:?}", path.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// gotel with OTLP pointed at `collector` (when given), its stderr captured.
