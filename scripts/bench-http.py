@@ -9,19 +9,25 @@
           by the benchmark; three spans (server, query, command). Its otel-sdk configuration
           is the same binary run with -sdk: otelhttp, otelsql and redisotel
 
-and five configurations, interleaved round by round (A B C D E A B C D E ...) so that drift
+and six configurations, interleaved round by round (A B C D E F A B C D E F ...) so that drift
 hits all of them alike:
 
   baseline         no instrumentation
-  gotel            gotel attach --exe, probes on emulated instructions (the default)
+  gotel            gotel attach --exe, probes on emulated instructions (the default), spans
+                   and request-duration metrics over OTLP
+  gotel-metrics-off  the same with OTEL_METRICS_EXPORTER=none: what metrics cost is gotel's
+                   row less this one
   gotel-entry-ret  the same with --probe-placement entry-ret (the reference tools' placement)
   otel-sdk         the same service instrumented by hand with the OpenTelemetry Go SDK
                    (otelhttp, batch OTLP/HTTP export; bench/sdkchain)
   otel-auto        OpenTelemetry's Go auto-instrumentation agent (go.opentelemetry.io/auto,
                    scripts/build-otel-auto.sh), one agent per process as it requires
 
-and, with --gotel-other PATH, a sixth: gotel-other, another build of gotel (main's, say) run
-as `gotel` is, to compare a change with what it changes in the same run.
+and, with --gotel-other PATH, another: gotel-other, another build of gotel (main's, say) run
+as `gotel` is, to compare a change with what it changes in the same run. Two more on request
+(--configs): gotel-ratio-0.1 and gotel-ratio-0.1-metrics-off, 10% of traces sampled
+(traceidratio), with metrics (the probes write events for the 90% unsampled too, to count
+them) and without (the unsampled cost no event): what unbiased metrics cost under sampling.
 
 With --remote, the chain workload's B runs on another host (a network namespace behind a veth
 pair, made and removed by the benchmark), so A's calls to B cross hosts and traceparent
@@ -57,7 +63,19 @@ COLLECTOR = os.path.join(REPO, "target/tools/otelcol-gotel")
 
 # name -> (path requested, spans per request); "chain" runs B, then A calling B
 WORKLOADS = {"server": ("/c", 1), "chain": ("/one", 3), "db": ("/query", 3)}
-CONFIGS = ["baseline", "gotel", "gotel-entry-ret", "otel-sdk", "otel-auto"]
+CONFIGS = ["baseline", "gotel", "gotel-metrics-off", "gotel-entry-ret", "otel-sdk", "otel-auto"]
+# gotel's configurations: (flags, environment, fraction of traces sampled)
+RATIO = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+NO_METRICS = {"OTEL_METRICS_EXPORTER": "none"}
+GOTEL_CONFIGS = {
+    "gotel": ([], {}, 1.0),
+    "gotel-other": ([], {}, 1.0),
+    "gotel-metrics-off": ([], NO_METRICS, 1.0),
+    "gotel-entry-ret": (["--probe-placement", "entry-ret"], {}, 1.0),
+    "gotel-inject-off": (["--inject-traceparent", "off"], {}, 1.0),
+    "gotel-ratio-0.1": ([], RATIO, 0.1),
+    "gotel-ratio-0.1-metrics-off": ([], dict(RATIO, **NO_METRICS), 0.1),
+}
 REMOTE_CONFIGS = ["baseline", "gotel", "gotel-inject-off"]
 # --transport -> (B's flags, A's flags, the scheme A calls B with)
 TRANSPORTS = {"http": ([], [], "http"), "https": (["-tls"], [], "https"),
@@ -138,6 +156,7 @@ service:
         - pull: {{ exporter: {{ prometheus: {{ host: 127.0.0.1, port: {self.metrics_port} }} }} }}
   pipelines:
     traces: {{ receivers: [otlp], exporters: [debug] }}
+    metrics: {{ receivers: [otlp], exporters: [debug] }}
 """)
         self.proc = subprocess.Popen([COLLECTOR, "--config", cfg], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
@@ -193,12 +212,13 @@ def run_one(args, collector, workload, name, stores, remote=None):
         binary = SDK if name == "otel-sdk" else CHAIN
         service_args = []
     agents = []
+    sampled = 1.0
     if name.startswith("gotel"):
-        extra = {"gotel-entry-ret": ["--probe-placement", "entry-ret"],
-                 "gotel-inject-off": ["--inject-traceparent", "off"]}.get(name, [])
+        extra, extra_env, sampled = GOTEL_CONFIGS[name]
         gotel = args.gotel_other if name == "gotel-other" else GOTEL
-        agent = subprocess.Popen([gotel, "attach", "--exe", binary] + extra, env=otlp_env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        agent = subprocess.Popen([gotel, "attach", "--exe", binary] + extra,
+                                 env=dict(otlp_env, **extra_env), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
         if not wait_for_line(agent, "tracing every process", 60, "gotel"):
             sys.exit("gotel did not attach")
         agents.append(agent)
@@ -245,7 +265,8 @@ def run_one(args, collector, workload, name, stores, remote=None):
         row["agent_us"] = (a2 - a1) / fixed_total * 1e6
         if agents:
             row["agent_peak_rss_mib"] = sum(status_kib(a.pid, "VmHWM") for a in agents) / 1024
-        row["expected_spans"] = (warm + sat_total + fixed_total) * spans_per_request
+        # Under a ratio sampler the expectation is the ratio's share, so about right only.
+        row["expected_spans"] = round((warm + sat_total + fixed_total) * spans_per_request * sampled)
     finally:
         # Agents flush what they hold when told to stop, then the services (the SDK's flush).
         for p in agents + services:
@@ -325,6 +346,9 @@ def main():
     configs = args.configs.split(",")
     if args.gotel_other and "gotel-other" not in configs:
         configs.append("gotel-other")
+    unknown = [c for c in configs if c not in GOTEL_CONFIGS and c not in CONFIGS]
+    if unknown:
+        sys.exit(f"unknown configurations {unknown}: use {CONFIGS + list(GOTEL_CONFIGS)}")
     if "gotel-other" in configs and not args.gotel_other:
         sys.exit("the configuration gotel-other needs --gotel-other PATH")
     needed = [GOTEL, CHAIN, COLLECTOR, OHA] + ([DBSERVICE] if "db" in workloads else []) + ([SDK] if "otel-sdk" in configs and set(workloads) - {"db"} else []) + \

@@ -173,8 +173,8 @@ fn put_span(out: &mut Vec<u8>, s: &Span, len: usize) {
 }
 
 /// InstrumentationScope { name = 1; version = 2 }
-const SCOPE_NAME: &str = "gotel";
-const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const SCOPE_NAME: &str = "gotel";
+pub(crate) const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn scope_len() -> usize {
     field_len(SCOPE_NAME.len()) + field_len(SCOPE_VERSION.len())

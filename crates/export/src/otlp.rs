@@ -1,6 +1,7 @@
 //! OTLP export, configured the way every OpenTelemetry SDK is (OTEL_EXPORTER_OTLP_* and
 //! OTEL_BSP_*), batched on a thread of its own so the probes' consumer never waits: when the
-//! queue is full, spans are dropped and counted.
+//! queue is full, spans are dropped and counted. The transport (HTTP or gRPC, with retries) is
+//! shared with the metrics exporter.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,10 +37,58 @@ pub enum ConfigError {
     Number { var: &'static str, value: String },
     #[error("{var}={value}: an OTLP endpoint must start with http:// (TLS is not supported yet)")]
     Endpoint { var: &'static str, value: String },
+    #[error("{var}={value}: use {choices}")]
+    Choice { var: &'static str, value: String, choices: &'static str },
+    #[error("{var}={value}: not an address to listen on")]
+    Address { var: &'static str, value: String },
+}
+
+/// What an OTLP exporter sends: each has its own variables, HTTP path and gRPC method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+/// A signal's environment variables, after the generic OTEL_EXPORTER_OTLP_* ones.
+struct SignalVars {
+    protocol: &'static str,
+    endpoint: &'static str,
+    headers: &'static str,
+    timeout: &'static str,
+    exporter: &'static str,
+    http_path: &'static str,
+    grpc_path: &'static str,
+}
+
+impl Signal {
+    fn vars(self) -> &'static SignalVars {
+        match self {
+            Signal::Traces => &SignalVars {
+                protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                headers: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                exporter: "OTEL_TRACES_EXPORTER",
+                http_path: "/v1/traces",
+                grpc_path: "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            },
+            Signal::Metrics => &SignalVars {
+                protocol: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+                endpoint: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                headers: "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                timeout: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+                exporter: "OTEL_METRICS_EXPORTER",
+                http_path: "/v1/metrics",
+                grpc_path: "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
+    pub signal: Signal,
     /// For HTTP the full URL of the traces resource; for gRPC the server's base URL.
     pub endpoint: String,
     pub protocol: Protocol,
@@ -51,18 +100,44 @@ pub struct OtlpConfig {
 }
 
 impl OtlpConfig {
-    /// Reads the OTLP settings; `None` when no endpoint is configured and OTEL_TRACES_EXPORTER
-    /// does not ask for otlp. Flags (`endpoint`, `protocol`) beat the environment.
+    /// Reads the OTLP settings for spans; `None` when no endpoint is configured and
+    /// OTEL_TRACES_EXPORTER does not ask for otlp. Flags (`endpoint`, `protocol`) beat the
+    /// environment.
     pub fn from_env(
         get: impl Fn(&str) -> Option<String>,
         endpoint: Option<String>,
         protocol: Option<String>,
     ) -> Result<Option<Self>, ConfigError> {
+        Self::for_signal(Signal::Traces, get, endpoint, protocol)
+    }
+
+    /// Reads the OTLP settings for metrics: on when OTEL_METRICS_EXPORTER asks for otlp, or,
+    /// unset, when an OTLP endpoint is configured (the terminal view needs no collector);
+    /// OTEL_METRICS_EXPORTER without otlp (none, prometheus) turns them off.
+    pub fn metrics_from_env(
+        get: impl Fn(&str) -> Option<String>,
+        endpoint: Option<String>,
+        protocol: Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let asked = get("OTEL_METRICS_EXPORTER").filter(|v| !v.trim().is_empty());
+        if asked.is_some_and(|v| !v.split(',').any(|x| x.trim() == "otlp")) {
+            return Ok(None);
+        }
+        Self::for_signal(Signal::Metrics, get, endpoint, protocol)
+    }
+
+    fn for_signal(
+        signal: Signal,
+        get: impl Fn(&str) -> Option<String>,
+        endpoint: Option<String>,
+        protocol: Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let vars = signal.vars();
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let (proto_var, proto_value) = match protocol {
             Some(p) => ("--otlp-protocol", Some(p)),
-            None => match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-                Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(p)),
+            None => match get(vars.protocol) {
+                Some(p) => (vars.protocol, Some(p)),
                 None => ("OTEL_EXPORTER_OTLP_PROTOCOL", get("OTEL_EXPORTER_OTLP_PROTOCOL")),
             },
         };
@@ -73,19 +148,24 @@ impl OtlpConfig {
                 return Err(ConfigError::Protocol { var: proto_var, value: other.to_string() })
             }
         };
-        // A signal-specific endpoint is used as is; a base endpoint gets /v1/traces for HTTP.
+        // A signal-specific endpoint is used as is; a base endpoint gets the signal's path for
+        // HTTP.
+        let base = |e: &str| match protocol {
+            Protocol::Grpc => e.to_string(),
+            Protocol::HttpProtobuf => format!("{}{}", e.trim_end_matches('/'), vars.http_path),
+        };
         let (var, url) = if let Some(e) = endpoint {
-            ("--otlp-endpoint", Some(base_to_traces(&e, protocol)))
-        } else if let Some(e) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", Some(e))
+            ("--otlp-endpoint", Some(base(&e)))
+        } else if let Some(e) = get(vars.endpoint) {
+            (vars.endpoint, Some(e))
         } else if let Some(e) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", Some(base_to_traces(&e, protocol)))
-        } else if get("OTEL_TRACES_EXPORTER").is_some_and(|v| v.split(',').any(|x| x == "otlp")) {
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", Some(base(&e)))
+        } else if get(vars.exporter).is_some_and(|v| v.split(',').any(|x| x.trim() == "otlp")) {
             let default = match protocol {
-                Protocol::Grpc => "http://localhost:4317".to_string(),
-                Protocol::HttpProtobuf => "http://localhost:4318/v1/traces".to_string(),
+                Protocol::Grpc => "http://localhost:4317",
+                Protocol::HttpProtobuf => "http://localhost:4318",
             };
-            ("OTEL_TRACES_EXPORTER", Some(default))
+            (vars.exporter, Some(base(default)))
         } else {
             ("", None)
         };
@@ -99,15 +179,16 @@ impl OtlpConfig {
                 Some(v) => v.trim().parse().map_err(|_| ConfigError::Number { var, value: v }),
             }
         };
-        let headers = get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        let headers = get(vars.headers)
             .or_else(|| get("OTEL_EXPORTER_OTLP_HEADERS"))
             .map(|h| trace::parse_resource_attributes(&h))
             .unwrap_or_default();
-        let timeout = match get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") {
-            Some(_) => millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 10_000)?,
+        let timeout = match get(vars.timeout) {
+            Some(_) => millis(vars.timeout, 10_000)?,
             None => millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
         };
         Ok(Some(OtlpConfig {
+            signal,
             endpoint,
             protocol,
             headers,
@@ -116,13 +197,6 @@ impl OtlpConfig {
             max_queue_size: millis("OTEL_BSP_MAX_QUEUE_SIZE", 2_048)?.max(1) as usize,
             max_batch_size: millis("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.max(1) as usize,
         }))
-    }
-}
-
-fn base_to_traces(base: &str, protocol: Protocol) -> String {
-    match protocol {
-        Protocol::Grpc => base.to_string(),
-        Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
     }
 }
 
@@ -204,9 +278,37 @@ impl OtlpExporter {
     }
 }
 
-enum Client {
+pub(crate) enum Client {
     Http(reqwest::Client),
     Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+}
+
+impl Client {
+    /// The client `config` asks for (inside a tokio runtime), or None after saying why not.
+    pub(crate) fn new(config: &OtlpConfig) -> Option<Client> {
+        match config.protocol {
+            Protocol::HttpProtobuf => {
+                match reqwest::Client::builder().timeout(config.timeout).build() {
+                    Ok(c) => Some(Client::Http(c)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot create the OTLP HTTP client; nothing will be exported");
+                        None
+                    }
+                }
+            }
+            Protocol::Grpc => {
+                match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
+                    Ok(ep) => Some(Client::Grpc(tonic::client::Grpc::new(
+                        ep.timeout(config.timeout).connect_lazy(),
+                    ))),
+                    Err(e) => {
+                        tracing::error!(error = %e, endpoint = %config.endpoint, "bad OTLP gRPC endpoint");
+                        None
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn run(
@@ -216,26 +318,7 @@ async fn run(
     mut closing: tokio::sync::watch::Receiver<bool>,
     stats: Arc<ExportStats>,
 ) {
-    let mut client = match config.protocol {
-        Protocol::HttpProtobuf => {
-            match reqwest::Client::builder().timeout(config.timeout).build() {
-                Ok(c) => Client::Http(c),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot create the OTLP HTTP client; spans will be dropped");
-                    return;
-                }
-            }
-        }
-        Protocol::Grpc => match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
-            Ok(ep) => {
-                Client::Grpc(tonic::client::Grpc::new(ep.timeout(config.timeout).connect_lazy()))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, endpoint = %config.endpoint, "bad OTLP gRPC endpoint");
-                return;
-            }
-        },
-    };
+    let Some(mut client) = Client::new(&config) else { return };
     let mut pending: Vec<Item> = Vec::with_capacity(config.max_batch_size);
     let mut open = true;
     while open || !pending.is_empty() {
@@ -260,8 +343,12 @@ async fn run(
             let mut batch =
                 std::mem::replace(&mut pending, Vec::with_capacity(config.max_batch_size));
             pending.extend(batch.drain(take..));
-            let n = batch.len() as u64;
-            if send_with_retry(&mut client, &config, batch, &mut closing).await {
+            let n = batch.len();
+            // Encoded once; a retry resends the same bytes.
+            let request = Bytes::from(encode_request(&batch));
+            drop(batch);
+            let n = n as u64;
+            if send_with_retry(&mut client, &config, request, (n, "spans"), &mut closing).await {
                 stats.exported.fetch_add(n, Ordering::Relaxed);
             } else {
                 stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
@@ -275,17 +362,15 @@ fn deadline_passed(deadline: tokio::time::Instant) -> bool {
 }
 
 /// Retries transient failures with exponential backoff, as the OTLP spec asks; gives up after
-/// a budget, or at once when shutdown begins, and reports whether the batch was delivered.
-async fn send_with_retry(
+/// a budget, or at once when shutdown begins, and reports whether the request (of `items`, as
+/// the log calls them) was delivered.
+pub(crate) async fn send_with_retry(
     client: &mut Client,
     config: &OtlpConfig,
-    batch: Vec<Item>,
+    request: Bytes,
+    (items, what): (u64, &'static str),
     closing: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
-    let spans = batch.len();
-    // Encoded once; a retry resends the same bytes.
-    let request = Bytes::from(encode_request(&batch));
-    drop(batch);
     let budget = Duration::from_secs(30);
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
@@ -301,9 +386,8 @@ async fn send_with_retry(
                 if !retryable || shutting_down || started.elapsed() + backoff > budget {
                     tracing::warn!(
                         endpoint = %config.endpoint,
-                        spans,
                         error = %message,
-                        "OTLP export failed; spans dropped"
+                        "OTLP export failed; {items} {what} dropped"
                     );
                     return false;
                 }
@@ -346,9 +430,6 @@ async fn send_http(
     }
 }
 
-/// The OTLP trace service's one method.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
 async fn send_grpc(
     grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
     config: &OtlpConfig,
@@ -365,7 +446,7 @@ async fn send_grpc(
             req.metadata_mut().insert(k, v);
         }
     }
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(config.signal.vars().grpc_path);
     match grpc.unary(req, path, EncodedCodec).await {
         Ok(_) => Ok(()),
         Err(status) => {
@@ -387,8 +468,8 @@ async fn send_grpc(
     }
 }
 
-/// Sends a request already encoded (encode_request) and ignores the response's body: an
-/// ExportTraceServiceResponse carries nothing gotel acts on.
+/// Sends a request already encoded and ignores the response's body: an Export*ServiceResponse
+/// carries nothing gotel acts on.
 #[derive(Debug, Clone, Copy, Default)]
 struct EncodedCodec;
 
@@ -428,10 +509,11 @@ impl Decoder for EncodedCodec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    /// An environment of `pairs` alone.
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let pairs: Vec<(String, String)> =
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())

@@ -6,15 +6,16 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use export::console::Console;
+use export::metrics::{Histograms, MetricsConfig, MetricsExporter};
 use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
 use probes::inject::{InjectMode, Injection, Sides};
-use probes::{Assembler, AttachOptions, Attached, EventError, Selection, SharedMaps};
+use probes::{Assembled, Assembler, AttachOptions, Attached, EventError, Selection, SharedMaps};
 use trace::{AgentIdentity, ProcessResource, ResourceCache, Span};
 
 use crate::cli::AgentArgs;
@@ -110,10 +111,26 @@ pub struct Pipeline {
     warned_pids: std::collections::HashSet<u32>,
     /// Spans read since the last drain, for the exporter.
     to_export: Vec<(Arc<ProcessResource>, Span)>,
+    /// Every span's duration, sampled or not, when metrics are on.
+    histograms: Option<Arc<Mutex<Histograms>>>,
+    metrics_exporter: Option<MetricsExporter>,
+    /// When series of processes that exited are dropped next, with no exporter to do it.
+    next_metrics_sweep: Instant,
+    /// Spans the sampler dropped, counted in metrics only.
+    unsampled: u64,
+}
+
+/// How often series of exited processes are dropped when only Prometheus reads them.
+const METRICS_SWEEP: Duration = Duration::from_secs(60);
+
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl Pipeline {
-    pub fn new(args: &AgentArgs) -> anyhow::Result<Self> {
+    /// The pipeline `args` and the environment ask for; `serves_metrics` when an endpoint of
+    /// the caller's (the daemon's /metrics) shows them, so they are counted whatever else is on.
+    pub fn new(args: &AgentArgs, serves_metrics: bool) -> anyhow::Result<Self> {
         let otlp_config = OtlpConfig::from_env(
             |k| std::env::var(k).ok(),
             args.otlp_endpoint.clone(),
@@ -134,6 +151,13 @@ impl Pipeline {
             tracing::info!("printing spans here (set OTEL_EXPORTER_OTLP_ENDPOINT to export them)");
         }
         let identity = AgentIdentity::from_env(args.service_name.clone());
+        let metrics = MetricsConfig::from_env(
+            |k| std::env::var(k).ok(),
+            args.otlp_endpoint.clone(),
+            args.otlp_protocol.clone(),
+            args.prometheus_addr,
+        )?;
+        let (histograms, metrics_exporter) = start_metrics(&metrics, serves_metrics)?;
         Ok(Pipeline {
             assembler: Assembler::new(ResourceCache::new(identity), args.span_options()),
             console,
@@ -142,7 +166,17 @@ impl Pipeline {
             bad_events: 0,
             warned_pids: Default::default(),
             to_export: Vec::new(),
+            histograms,
+            metrics_exporter,
+            next_metrics_sweep: Instant::now() + METRICS_SWEEP,
+            unsampled: 0,
         })
+    }
+
+    /// The histograms, when metrics are on: what probes must write events for, sampled or
+    /// not, and what a metrics endpoint shows.
+    pub fn histograms(&self) -> Option<&Arc<Mutex<Histograms>>> {
+        self.histograms.as_ref()
     }
 
     pub fn resources(&mut self) -> &mut ResourceCache {
@@ -150,7 +184,7 @@ impl Pipeline {
     }
 
     fn on_sample(&mut self, bytes: &[u8]) {
-        let (resource, span) = match self.assembler.assemble(bytes) {
+        let Assembled { resource, span, sampled, metric } = match self.assembler.assemble(bytes) {
             Ok(assembled) => assembled,
             Err(EventError::Unreadable(e)) => {
                 self.bad_events += 1;
@@ -169,6 +203,15 @@ impl Pipeline {
                 return;
             }
         };
+        if let (Some(histograms), Some(metric)) = (&self.histograms, metric) {
+            if let Ok(mut h) = histograms.lock() {
+                h.record(&resource, metric, &span);
+            }
+        }
+        if !sampled {
+            self.unsampled += 1;
+            return;
+        }
         self.spans += 1;
         match (&self.otlp, &mut self.console) {
             (Some(_), Some(console)) => {
@@ -192,6 +235,14 @@ impl Pipeline {
         }
         if let Some(console) = &mut self.console {
             console.tick(Instant::now());
+        }
+        if let (Some(histograms), None) = (&self.histograms, &self.metrics_exporter) {
+            if Instant::now() >= self.next_metrics_sweep {
+                if let Ok(mut h) = histograms.lock() {
+                    h.retain_processes(process_alive);
+                }
+                self.next_metrics_sweep = Instant::now() + METRICS_SWEEP;
+            }
         }
     }
 
@@ -225,6 +276,26 @@ impl Pipeline {
             );
             if !sent_all {
                 summary += ", export still pending at exit";
+            }
+        }
+        if self.unsampled > 0 {
+            summary += &format!(", {} unsampled (counted in metrics only)", self.unsampled);
+        }
+        if let Some(mut metrics) = self.metrics_exporter.take() {
+            let sent_all = metrics.shutdown(Duration::from_secs(5));
+            let (exports, failed) = metrics.stats_snapshot();
+            summary += &format!(", metrics exported {exports} times ({failed} failed)");
+            if !sent_all {
+                summary += ", the last metrics export still pending at exit";
+            }
+        }
+        if let Some(h) = self.histograms.as_ref().and_then(|h| h.lock().ok()) {
+            if h.overflowed() > 0 {
+                summary += &format!(
+                    ", {} measurements past the cardinality limit (in otel.metric.overflow \
+                     series)",
+                    h.overflowed()
+                );
             }
         }
         if probe.ringbuf_full > 0 {
@@ -288,6 +359,49 @@ impl Pipeline {
         }
         tracing::info!("{summary}");
     }
+}
+
+/// The histograms and their OTLP exporter, as `config` asks (and with `serves_metrics`).
+#[allow(clippy::type_complexity)]
+fn start_metrics(
+    config: &MetricsConfig,
+    serves_metrics: bool,
+) -> anyhow::Result<(Option<Arc<Mutex<Histograms>>>, Option<MetricsExporter>)> {
+    if config.otlp.is_none() && config.prometheus.is_none() && !serves_metrics {
+        return Ok((None, None));
+    }
+    let now = export::metrics::unix_nanos_now();
+    let histograms = Arc::new(Mutex::new(Histograms::new(config.cardinality_limit, now)));
+    let exporter = match &config.otlp {
+        Some(otlp) => {
+            tracing::info!(
+                "exporting metrics over OTLP {} to {} every {} ms ({:?})",
+                otlp.protocol,
+                otlp.endpoint,
+                config.interval.as_millis(),
+                config.temporality
+            );
+            let exporter = MetricsExporter::start(
+                otlp.clone(),
+                Arc::clone(&histograms),
+                config.interval,
+                config.temporality,
+                process_alive,
+            )
+            .context("starting the OTLP metrics exporter")?;
+            Some(exporter)
+        }
+        None => None,
+    };
+    if let Some(addr) = config.prometheus {
+        crate::prometheus::serve(addr, Arc::clone(&histograms))?;
+        tracing::info!("metrics in the Prometheus format on http://{addr}/metrics");
+    }
+    tracing::info!(
+        "metrics: request durations from every span, sampled or not (the probes write events \
+         for unsampled spans too)"
+    );
+    Ok((Some(histograms), exporter))
 }
 
 #[derive(Debug, Clone, Copy, Default)]

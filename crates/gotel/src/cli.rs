@@ -114,6 +114,10 @@ pub struct AgentArgs {
     /// grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL).
     #[arg(long)]
     pub otlp_protocol: Option<String>,
+    /// Serve the services' metrics at http://ADDR/metrics in the Prometheus text format (as
+    /// OTEL_METRICS_EXPORTER=prometheus does at OTEL_EXPORTER_PROMETHEUS_HOST:PORT).
+    #[arg(long, env = "GOTEL_PROMETHEUS_ADDR", value_name = "ADDR")]
+    pub prometheus_addr: Option<std::net::SocketAddr>,
     /// Also print spans on the terminal when exporting over OTLP.
     #[arg(long)]
     pub console: bool,

@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod held;
 mod inspect;
+mod prometheus;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,7 +72,11 @@ fn shared_maps(agent: &AgentArgs) -> anyhow::Result<SharedMaps> {
     })
 }
 
-fn attach_options(agent: &AgentArgs, filter_pids: bool) -> anyhow::Result<AttachOptions> {
+fn attach_options(
+    agent: &AgentArgs,
+    filter_pids: bool,
+    pipeline: &Pipeline,
+) -> anyhow::Result<AttachOptions> {
     let env = |k| std::env::var(k).ok();
     let sampler = Sampler::from_env(
         env("OTEL_TRACES_SAMPLER").as_deref(),
@@ -85,6 +90,7 @@ fn attach_options(agent: &AgentArgs, filter_pids: bool) -> anyhow::Result<Attach
         filter_pids,
         uprobe_multi: !agent.no_uprobe_multi,
         sampler,
+        events_for_unsampled: pipeline.histograms().is_some(),
         inject,
         placement: agent.probe_placement,
     })
@@ -94,8 +100,8 @@ fn run(agent: &AgentArgs, program: &[String]) -> anyhow::Result<ExitCode> {
     let name = &program[0];
     let path = held::resolve_program(name).ok_or_else(|| anyhow!("{name}: not found in PATH"))?;
     let shared = shared_maps(agent)?;
-    let mut pipeline = Pipeline::new(agent)?;
-    let instrumented = instrument(&path, &path, &shared, attach_options(agent, true)?)?;
+    let mut pipeline = Pipeline::new(agent, false)?;
+    let instrumented = instrument(&path, &path, &shared, attach_options(agent, true, &pipeline)?)?;
     pipeline.resources().add_executable(&path, &instrumented.go_version);
     let injection = start_propagation(&shared, agent.inject_mode(), instrumented.wants_injection());
 
@@ -137,9 +143,10 @@ fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
     let exe = std::fs::read_link(&exe_link)
         .with_context(|| format!("process {pid}: cannot read {}", exe_link.display()))?;
     let shared = shared_maps(agent)?;
-    let mut pipeline = Pipeline::new(agent)?;
+    let mut pipeline = Pipeline::new(agent, false)?;
     // /proc/PID/exe reaches the very file the process runs, even if replaced or in a container.
-    let instrumented = instrument(&exe_link, &exe_link, &shared, attach_options(agent, true)?)?;
+    let instrumented =
+        instrument(&exe_link, &exe_link, &shared, attach_options(agent, true, &pipeline)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
     let injection = start_propagation(&shared, agent.inject_mode(), instrumented.wants_injection());
     shared.trace_pid(pid)?;
@@ -159,8 +166,8 @@ fn attach_pid(agent: &AgentArgs, pid: u32) -> anyhow::Result<ExitCode> {
 fn attach_exe(agent: &AgentArgs, exe: &Path) -> anyhow::Result<ExitCode> {
     let exe = std::fs::canonicalize(exe).with_context(|| format!("{}", exe.display()))?;
     let shared = shared_maps(agent)?;
-    let mut pipeline = Pipeline::new(agent)?;
-    let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false)?)?;
+    let mut pipeline = Pipeline::new(agent, false)?;
+    let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false, &pipeline)?)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
     let injection = start_propagation(&shared, agent.inject_mode(), instrumented.wants_injection());
     tracing::info!("tracing every process of {} until Ctrl-C", exe.display());

@@ -161,6 +161,12 @@ fn the_daemon_traces_what_its_rules_select_within_a_second() {
     assert_eq!(s["processes"].as_array().unwrap().len(), total - 1, "{s}"); // old alpha exited
     let files = s["executables"].as_array().unwrap().len();
     assert_eq!(files, 4, "alpha, beta old and new, portly: {s}");
+    // The services' request durations follow the daemon's own metrics.
+    let metrics = http_get(metrics_port, "/metrics").1;
+    let replaced_count = metrics.lines().find(|l| {
+        l.starts_with("http_server_request_duration_seconds_count{job=\"beta-from-env\"")
+    });
+    assert!(replaced_count.is_some_and(|l| l.ends_with(" 1")), "{metrics}");
 
     // Gone processes detach their executables.
     drop(procs);

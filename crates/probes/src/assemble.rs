@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use trace::{MonotonicClock, ProcessResource, ResourceCache, Span};
+use trace::{DurationMetric, MonotonicClock, ProcessResource, ResourceCache, Span};
 
 use crate::event::{self, DecodeError};
 use crate::{instrumentations, Events, SpanOptions};
@@ -18,6 +18,17 @@ pub enum EventError {
     /// version guessed from the database, say).
     #[error("pid {pid}: {why}")]
     Implausible { pid: u32, why: String },
+}
+
+/// One event's span, with its process's resource.
+#[derive(Debug, PartialEq)]
+pub struct Assembled {
+    pub resource: Arc<ProcessResource>,
+    pub span: Span,
+    /// The sampler kept it: it is exported. Else it only counts in metrics.
+    pub sampled: bool,
+    /// The histogram its duration counts in.
+    pub metric: Option<&'static DurationMetric>,
 }
 
 pub struct Assembler {
@@ -41,8 +52,8 @@ impl Assembler {
         Assembler { clock: MonotonicClock::new(), resources, by_kind, options }
     }
 
-    pub fn assemble(&mut self, bytes: &[u8]) -> Result<(Arc<ProcessResource>, Span), EventError> {
-        let kind = event::kind(bytes)?;
+    pub fn assemble(&mut self, bytes: &[u8]) -> Result<Assembled, EventError> {
+        let (kind, sampled) = event::kind(bytes)?;
         let events = self
             .by_kind
             .get(kind as usize)
@@ -57,7 +68,7 @@ impl Assembler {
         self.clock.refresh_if_stale();
         let span = (events.span)(bytes, &self.clock, &self.options)
             .map_err(|why| EventError::Implausible { pid, why })?;
-        Ok((self.resources.get(pid), span))
+        Ok(Assembled { resource: self.resources.get(pid), span, sampled, metric: events.metric })
     }
 
     pub fn resources(&mut self) -> &mut ResourceCache {
@@ -77,10 +88,20 @@ mod tests {
 
     #[test]
     fn an_event_becomes_its_instrumentations_span() {
-        let (resource, span) = assembler().assemble(&encode(&sample())).unwrap();
-        assert_eq!(span.name, "GET /users/{id}");
-        assert_eq!(span.trace_id, [7; 16]);
-        assert_eq!(resource.pid, 42);
+        let a = assembler().assemble(&encode(&sample())).unwrap();
+        assert_eq!(a.span.name, "GET /users/{id}");
+        assert_eq!(a.span.trace_id, [7; 16]);
+        assert_eq!(a.resource.pid, 42);
+        assert!(a.sampled);
+        assert_eq!(a.metric.unwrap().name, "http.server.request.duration");
+    }
+
+    #[test]
+    fn an_unsampled_event_is_its_span_marked_so() {
+        let mut bytes = encode(&sample());
+        bytes[3] |= 0x80; // EVENT_UNSAMPLED in the kind
+        let a = assembler().assemble(&bytes).unwrap();
+        assert_eq!((a.span.name.as_ref(), a.sampled), ("GET /users/{id}", false));
     }
 
     #[test]

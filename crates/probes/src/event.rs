@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use trace::{KeyValue, Link, MonotonicClock, Span, SpanKind, Status};
+use trace::{DurationMetric, KeyValue, Link, MonotonicClock, Span, SpanKind, Status};
 
 use crate::{Events, SpanOptions};
 
@@ -83,7 +83,12 @@ pub(crate) trait SpanEvent: Sized {
 impl Events {
     /// The events of kind `kind`, laid out as `E`.
     pub(crate) const fn of<E: SpanEvent>(kind: u32) -> Events {
-        Events { kind, size: E::SIZE, span: span_of::<E> }
+        Events { kind, size: E::SIZE, span: span_of::<E>, metric: None }
+    }
+
+    /// Its spans' durations count in `metric`.
+    pub(crate) const fn measured_in(self, metric: &'static DurationMetric) -> Events {
+        Events { metric: Some(metric), ..self }
     }
 }
 
@@ -225,10 +230,17 @@ impl EventBytes {
     }
 }
 
-/// The kind of a sample, or why it has none.
-pub(crate) fn kind(bytes: &[u8]) -> Result<u32, DecodeError> {
+/// Set in a header's kind when the sampler dropped the span (EVENT_UNSAMPLED, gotel.h): it
+/// counts in metrics and is not exported.
+pub const UNSAMPLED: u32 = 0x8000_0000;
+
+/// The kind of a sample and whether its span was sampled, or why it has none.
+pub(crate) fn kind(bytes: &[u8]) -> Result<(u32, bool), DecodeError> {
     match bytes.get(..4) {
-        Some(k) => Ok(u32::from_le_bytes([k[0], k[1], k[2], k[3]])),
+        Some(k) => {
+            let k = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
+            Ok((k & !UNSAMPLED, k & UNSAMPLED == 0))
+        }
         None => Err(DecodeError::TooShort { kind: 0, len: bytes.len(), need: HEADER_SIZE }),
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use goinfo::GoBinary;
 use offsets::{FieldOffset, FieldSpec, Layouts};
-use trace::{MonotonicClock, Span};
+use trace::{DurationMetric, MonotonicClock, Span};
 
 use crate::{AttachOptions, Attached, CallReturn, Error, FunctionPlan, SharedMaps};
 
@@ -80,6 +80,8 @@ pub struct Events {
     /// One event of at least `size` bytes -> its span, or why its values cannot be what the
     /// fields hold (the sign of wrong offsets).
     pub span: fn(&[u8], &MonotonicClock, &SpanOptions) -> Result<Span, String>,
+    /// The histogram its spans' durations count in, sampled or not.
+    pub metric: Option<&'static DurationMetric>,
 }
 
 /// What the user chose about what spans carry.

@@ -20,7 +20,7 @@ mod sampler;
 mod semconv;
 mod shared;
 
-pub use assemble::{Assembler, EventError};
+pub use assemble::{Assembled, Assembler, EventError};
 pub use attach::Attached;
 pub use instrumentation::{
     AttachContext, Depends, Events, Instrumentation, Plan, Report, Skip, SpanOptions, Target,
@@ -48,6 +48,9 @@ pub struct AttachOptions {
     /// per RET, the fallback for older kernels.
     pub uprobe_multi: bool,
     pub sampler: Sampler,
+    /// Spans the sampler dropped still write their events (marked unsampled), so that metrics
+    /// count every request.
+    pub events_for_unsampled: bool,
     /// Outgoing traceparent injection is on: clients mark their processes for it.
     pub inject: bool,
     pub placement: Placement,

@@ -48,6 +48,7 @@ macro_rules! bpf_object {
                 (ro.sampler, ro.sampler_threshold) = to.options.sampler.rodata();
                 ro.sampler_parent_based = to.options.sampler.parent_based;
                 ro.event_kind = to.event_kind;
+                ro.events_for_unsampled = to.options.events_for_unsampled;
             }
         }
     };

@@ -3,10 +3,12 @@
 //! from. Plain data: it depends on nothing else of gotel's.
 
 mod clock;
+pub mod metric;
 mod resource;
 mod span;
 
 pub use clock::MonotonicClock;
+pub use metric::{DurationMetric, DurationUnit};
 pub use resource::{
     parse_resource_attributes, AgentIdentity, ProcessHints, ProcessResource, ResourceCache,
 };

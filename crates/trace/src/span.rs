@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 /// Strings are `Cow`: the many constant values ("http", "GET", "1.1") cost no allocation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AttributeValue {
     String(Cow<'static, str>),
     Int(i64),
@@ -41,7 +41,7 @@ impl std::fmt::Display for AttributeValue {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyValue {
     pub key: &'static str,
     pub value: AttributeValue,

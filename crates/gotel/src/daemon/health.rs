@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use export::metrics::Histograms;
 use serde_json::json;
 
 /// Everything the endpoints report, as of the last publish.
@@ -47,11 +48,13 @@ pub struct ExecutableStatus {
 pub struct Health {
     started: Instant,
     snapshot: Arc<Mutex<Snapshot>>,
+    /// The traced services' metrics, shown after the daemon's own.
+    services: Option<Arc<Mutex<Histograms>>>,
 }
 
 impl Health {
-    pub fn new() -> Self {
-        Health { started: Instant::now(), snapshot: Arc::default() }
+    pub fn new(services: Option<Arc<Mutex<Histograms>>>) -> Self {
+        Health { started: Instant::now(), snapshot: Arc::default(), services }
     }
 
     pub fn publish(&self, snapshot: Snapshot) {
@@ -72,7 +75,7 @@ impl Health {
         std::thread::Builder::new().name("gotel-metrics".into()).spawn(move || {
             for request in server.incoming_requests() {
                 let (body, content_type) = match request.url() {
-                    "/metrics" => (health.prometheus(), "text/plain; version=0.0.4"),
+                    "/metrics" => (health.prometheus(), crate::prometheus::CONTENT_TYPE),
                     "/status" => (health.status_json(), "application/json"),
                     "/healthz" => ("ok\n".to_string(), "text/plain"),
                     _ => {
@@ -153,6 +156,9 @@ impl Health {
         );
         if let Some(pods) = s.pods_known {
             metric("kubernetes_pods", "gauge", "Pods known on this node.", &[("", pods as u64)]);
+        }
+        if let Some(services) = &self.services {
+            out += &crate::prometheus::exposition(services);
         }
         out
     }
@@ -259,7 +265,7 @@ mod tests {
 
     #[test]
     fn metrics_are_prometheus_text() {
-        let health = Health::new();
+        let health = Health::new(None);
         health.publish(Snapshot {
             processes: vec![ProcessStatus {
                 pid: 7,

@@ -39,10 +39,10 @@ pub fn run(args: &DaemonArgs) -> anyhow::Result<ExitCode> {
         None => InjectMode::Remote,
     };
     let shared = crate::shared_maps(&args.agent)?;
-    let mut options = crate::attach_options(&args.agent, true)?;
+    let mut pipeline = Pipeline::new(&args.agent, config.metrics_addr.is_some())?;
+    let mut options = crate::attach_options(&args.agent, true, &pipeline)?;
     options.inject = inject != InjectMode::Off;
-    let mut pipeline = Pipeline::new(&args.agent)?;
-    let health = Health::new();
+    let health = Health::new(pipeline.histograms().cloned());
     if let Some(addr) = config.metrics_addr {
         health.serve(addr)?;
         tracing::info!("health on http://{addr}/metrics, /status and /healthz");

@@ -208,6 +208,7 @@ pub struct Collector {
     pub http_port: u16,
     pub grpc_port: u16,
     out: PathBuf,
+    metrics_out: PathBuf,
     _dir: TempDir,
     _proc: Proc,
 }
@@ -225,13 +226,17 @@ impl Collector {
         let dir = TempDir::new(&format!("collector-{tag}"));
         let (http_port, grpc_port) = (free_port(), free_port());
         let out = dir.0.join("spans.jsonl");
+        let metrics_out = dir.0.join("metrics.jsonl");
         let config = format!(
             "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: 127.0.0.1:{grpc_port} }}\n      \
              http: {{ endpoint: 127.0.0.1:{http_port} }}\n\
-             exporters:\n  file:\n    path: {}\n    flush_interval: 100ms\n\
+             exporters:\n  file:\n    path: {}\n    flush_interval: 100ms\n  \
+             file/metrics:\n    path: {}\n    flush_interval: 100ms\n\
              service:\n  telemetry:\n    metrics: {{ level: none }}\n    logs: {{ level: warn }}\n  \
-             pipelines:\n    traces: {{ receivers: [otlp], exporters: [file] }}\n",
-            out.display()
+             pipelines:\n    traces: {{ receivers: [otlp], exporters: [file] }}\n    \
+             metrics: {{ receivers: [otlp], exporters: [file/metrics] }}\n",
+            out.display(),
+            metrics_out.display()
         );
         let config_path = dir.0.join("config.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -246,7 +251,45 @@ impl Collector {
         );
         wait_for_port(http_port, Duration::from_secs(20));
         wait_for_port(grpc_port, Duration::from_secs(20));
-        Collector { http_port, grpc_port, out, _dir: dir, _proc: proc }
+        Collector { http_port, grpc_port, out, metrics_out, _dir: dir, _proc: proc }
+    }
+
+    /// Every histogram point received so far, in arrival order.
+    pub fn histogram_points(&self) -> Vec<ReceivedPoint> {
+        let text = std::fs::read_to_string(&self.metrics_out).unwrap_or_default();
+        let mut points = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+            for rm in v["resourceMetrics"].as_array().into_iter().flatten() {
+                let resource = attrs(&rm["resource"]["attributes"]);
+                for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+                    for m in sm["metrics"].as_array().into_iter().flatten() {
+                        let h = &m["histogram"];
+                        for p in h["dataPoints"].as_array().into_iter().flatten() {
+                            let number = |v: &Value| {
+                                v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64()).unwrap_or(0)
+                            };
+                            points.push(ReceivedPoint {
+                                metric: m["name"].as_str().unwrap_or_default().to_string(),
+                                unit: m["unit"].as_str().unwrap_or_default().to_string(),
+                                temporality: h["aggregationTemporality"].as_i64().unwrap_or(0),
+                                attributes: attrs(&p["attributes"]),
+                                resource: resource.clone(),
+                                count: number(&p["count"]),
+                                sum: p["sum"].as_f64().unwrap_or(0.0),
+                                buckets: p["bucketCounts"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .map(number)
+                                    .collect(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        points
     }
 
     pub fn http_endpoint(&self) -> String {
@@ -350,6 +393,35 @@ fn attrs(list: &Value) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// One histogram data point as the collector's file exporter wrote it.
+#[derive(Debug, Clone)]
+pub struct ReceivedPoint {
+    pub metric: String,
+    pub unit: String,
+    /// 1 = DELTA, 2 = CUMULATIVE.
+    pub temporality: i64,
+    pub attributes: Vec<(String, Value)>,
+    pub resource: Vec<(String, Value)>,
+    pub count: u64,
+    pub sum: f64,
+    pub buckets: Vec<u64>,
+}
+
+impl ReceivedPoint {
+    pub fn attr(&self, key: &str) -> Option<Value> {
+        self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+    pub fn attr_str(&self, key: &str) -> Option<String> {
+        self.attr(key).and_then(|v| v.as_str().map(str::to_string))
+    }
+    pub fn resource_str(&self, key: &str) -> Option<String> {
+        self.resource
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_str().map(str::to_string))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ReceivedSpan {
     pub span: Value,
@@ -415,6 +487,8 @@ pub fn gotel(args: &[&str], collector: Option<&Collector>, env: &[(&str, &str)])
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
         .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+        .env_remove("OTEL_METRICS_EXPORTER")
+        .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

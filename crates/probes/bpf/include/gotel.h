@@ -152,7 +152,7 @@ static __always_inline struct span_ctx *goroutine_span(const struct goroutine_ke
 const volatile bool filter_pids = false;
 
 /* Sampling (OTEL_TRACES_SAMPLER), decided where a span starts, so unsampled spans cost no
- * event and their children follow them. */
+ * event (unless metrics count them: events_for_unsampled) and their children follow them. */
 #define SAMPLER_ALWAYS_ON 0
 #define SAMPLER_ALWAYS_OFF 1
 #define SAMPLER_RATIO 2
@@ -174,6 +174,18 @@ static __always_inline bool sample(const u8 *trace_id, bool has_parent, bool par
 		return r < sampler_threshold;
 	}
 	return true;
+}
+
+/* Metrics count every request, sampled or not: when set (OTEL_METRICS_EXPORTER), a span the
+ * sampler dropped still writes its event, with EVENT_UNSAMPLED in its kind, for the agent to
+ * count and not export. */
+const volatile bool events_for_unsampled = false;
+#define EVENT_UNSAMPLED 0x80000000u
+
+/* Whether a span with this sampling decision writes its event. */
+static __always_inline bool recorded(u8 sampled)
+{
+	return sampled || events_for_unsampled;
 }
 
 /* The agent is woken once per this many bytes of events (and polls every 50 ms anyway): a
@@ -346,9 +358,9 @@ static __always_inline u16 read_go_string(char *dst, u32 cap, u64 addr)
 /* Fills the header every span event starts with; the span ends now. */
 static __always_inline void fill_span_header(struct span_header *h, u32 pid, u64 start_ns,
 					     const u8 *trace_id, const u8 *span_id,
-					     const u8 *parent_span_id)
+					     const u8 *parent_span_id, u8 sampled)
 {
-	h->kind = event_kind;
+	h->kind = sampled ? event_kind : event_kind | EVENT_UNSAMPLED;
 	h->pid = pid;
 	h->start_ns = start_ns;
 	h->end_ns = bpf_ktime_get_ns();

@@ -22,12 +22,12 @@ struct {
 } pending_calls SEC(".maps");
 
 /* At a router's call to its matcher: keeps `arg` (and `aux`) if the goroutine serves a request
- * whose span is sampled (only its span takes a route). */
+ * whose span is recorded (only its span takes a route). */
 static __always_inline void remember_for_route(struct pt_regs *ctx, u64 arg, u64 aux)
 {
 	struct goroutine_key key = { .pid = bpf_get_current_pid_tgid() >> 32, .g = GO_G(ctx) };
 	struct server_call *call = bpf_map_lookup_elem(&server_calls, &key);
-	if (!call || !call->ctx.sampled)
+	if (!call || !recorded(call->ctx.sampled))
 		return;
 	struct {
 		u64 lo, hi;

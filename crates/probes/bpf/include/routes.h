@@ -88,7 +88,7 @@ static __always_inline void match_route(const struct goroutine_key *key,
 					const struct server_call *call, u64 route,
 					bool first_only)
 {
-	if (!call->ctx.sampled)
+	if (!recorded(call->ctx.sampled))
 		return; /* no span will take it */
 	if (first_only) {
 		struct matched_route *known = bpf_map_lookup_elem(&matched_routes, key);

@@ -302,7 +302,7 @@ static __always_inline int sql_return(struct pt_regs *ctx, u64 err_itab, u64 err
 			count(STAT_NO_ENTRY);
 		return 0;
 	}
-	if (!call->ctx.sampled) {
+	if (!recorded(call->ctx.sampled)) {
 		bpf_map_delete_elem(&sql_calls, &key);
 		return 0;
 	}
@@ -313,7 +313,7 @@ static __always_inline int sql_return(struct pt_regs *ctx, u64 err_itab, u64 err
 		return 0;
 	}
 	fill_span_header(&e->hdr, pid, call->start_ns, call->ctx.trace_id, call->ctx.span_id,
-			 call->parent_span_id);
+			 call->parent_span_id, call->ctx.sampled);
 	e->op = call->op;
 	e->system = call->facts.system;
 	e->has_peer = call->facts.has_peer;

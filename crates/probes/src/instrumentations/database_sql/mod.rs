@@ -244,7 +244,10 @@ impl Instrumentation for DatabaseSql {
     }
 
     fn events(&self) -> Option<Events> {
-        Some(Events::of::<event::SqlEvent>(KIND))
+        Some(
+            Events::of::<event::SqlEvent>(KIND)
+                .measured_in(&trace::metric::DB_CLIENT_OPERATION_DURATION),
+        )
     }
 }
 

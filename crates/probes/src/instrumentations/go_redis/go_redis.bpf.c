@@ -233,7 +233,7 @@ static __always_inline int redis_return(struct pt_regs *ctx, u64 err_itab, u64 e
 	u32 depth = calls->depth - 1;
 	calls->depth = depth;
 	struct redis_call *call = depth ? &calls->call[1] : &calls->call[0];
-	if (!call->ctx.sampled)
+	if (!recorded(call->ctx.sampled))
 		goto done;
 	struct redis_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -241,7 +241,7 @@ static __always_inline int redis_return(struct pt_regs *ctx, u64 err_itab, u64 e
 		goto done;
 	}
 	fill_span_header(&e->hdr, pid, call->start_ns, call->ctx.trace_id, call->ctx.span_id,
-			 call->parent_span_id);
+			 call->parent_span_id, call->ctx.sampled);
 	e->op = call->op;
 	e->failed = 0;
 	e->error_len = 0;

@@ -141,7 +141,10 @@ impl Instrumentation for GoRedis {
     }
 
     fn events(&self) -> Option<Events> {
-        Some(Events::of::<event::RedisEvent>(self.kind))
+        Some(
+            Events::of::<event::RedisEvent>(self.kind)
+                .measured_in(&trace::metric::DB_CLIENT_OPERATION_DURATION),
+        )
     }
 }
 

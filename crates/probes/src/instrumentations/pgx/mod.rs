@@ -132,7 +132,10 @@ impl Instrumentation for Pgx {
     }
 
     fn events(&self) -> Option<Events> {
-        Some(Events::of::<event::PgxEvent>(KIND))
+        Some(
+            Events::of::<event::PgxEvent>(KIND)
+                .measured_in(&trace::metric::DB_CLIENT_OPERATION_DURATION),
+        )
     }
 }
 

@@ -202,7 +202,7 @@ int pgx_batch_enter(struct pt_regs *ctx)
 static __always_inline void pgx_emit(u32 pid, const struct pgx_call *call, u64 err_itab,
 				     u64 err_data)
 {
-	if (!call->ctx.sampled)
+	if (!recorded(call->ctx.sampled))
 		return;
 	struct pgx_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -210,7 +210,7 @@ static __always_inline void pgx_emit(u32 pid, const struct pgx_call *call, u64 e
 		return;
 	}
 	fill_span_header(&e->hdr, pid, call->start_ns, call->ctx.trace_id, call->ctx.span_id,
-			 call->parent_span_id);
+			 call->parent_span_id, call->ctx.sampled);
 	e->op = call->op;
 	e->failed = err_itab != 0;
 	e->code_len = 0;
@@ -248,7 +248,7 @@ static __always_inline int pgx_return(struct pt_regs *ctx, u64 object, u64 err_i
 		return 0; /* under database/sql, or attached mid-call */
 	if (call->op == PGX_EXEC || err_itab || !object) {
 		pgx_emit(pid, call, err_itab, err_data);
-	} else if (call->ctx.sampled) {
+	} else if (recorded(call->ctx.sampled)) {
 		struct object_key open = { .pid = pid, .address = object };
 		bpf_map_update_elem(&pgx_open, &open, call, BPF_ANY);
 	}

@@ -310,7 +310,7 @@ int grpc_client_finish(struct pt_regs *ctx)
 		call = bpf_map_lookup_elem(&grpc_client_starting, &gkey);
 	if (!call)
 		return 0;
-	if (!call->sampled)
+	if (!recorded(call->sampled))
 		goto done;
 	struct grpc_client_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -318,7 +318,7 @@ int grpc_client_finish(struct pt_regs *ctx)
 		goto done;
 	}
 	fill_span_header(&e->hdr, pid, call->start_ns, call->trace_id, call->span_id,
-			 call->parent_span_id);
+			 call->parent_span_id, call->sampled);
 	u64 message = 0, message_len = 0;
 	e->status_code = final_status(err_itab, stream, &message, &message_len);
 	e->message_len = copy_user_bytes(e->message, MESSAGE_CAP, message, (s64)message_len);

@@ -57,7 +57,10 @@ impl Instrumentation for GrpcClient {
     }
 
     fn events(&self) -> Option<Events> {
-        Some(Events::of::<event::GrpcClientEvent>(KIND))
+        Some(
+            Events::of::<event::GrpcClientEvent>(KIND)
+                .measured_in(&trace::metric::RPC_CLIENT_DURATION),
+        )
     }
 }
 

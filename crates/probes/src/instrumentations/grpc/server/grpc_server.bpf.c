@@ -191,7 +191,7 @@ static __always_inline int grpc_server_return(struct pt_regs *ctx)
 		call->sampled = late->sampled;
 		bpf_map_delete_elem(&stream_ctx, &call->conn);
 	}
-	if (!call->sampled)
+	if (!recorded(call->sampled))
 		goto done;
 	struct grpc_server_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -199,7 +199,7 @@ static __always_inline int grpc_server_return(struct pt_regs *ctx)
 		goto done;
 	}
 	fill_span_header(&e->hdr, pid, call->start_ns, call->trace_id, call->span_id,
-			 call->parent_span_id);
+			 call->parent_span_id, call->sampled);
 	u64 fields = stream_fields(call->stream);
 	e->stream_id = call->conn.stream_id;
 	e->method_len = copy_user_bytes(e->method, METHOD_CAP, read_u64(fields + off_stream_method),

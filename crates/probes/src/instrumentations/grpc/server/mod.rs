@@ -53,7 +53,10 @@ impl Instrumentation for GrpcServer {
     }
 
     fn events(&self) -> Option<Events> {
-        Some(Events::of::<event::GrpcServerEvent>(KIND))
+        Some(
+            Events::of::<event::GrpcServerEvent>(KIND)
+                .measured_in(&trace::metric::RPC_SERVER_DURATION),
+        )
     }
 }
 

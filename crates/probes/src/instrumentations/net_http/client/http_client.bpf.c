@@ -269,7 +269,7 @@ static __always_inline int end_call(struct pt_regs *ctx, u8 by_xnet)
 	/* x/net's transport under net/http's (ConfigureTransport): net/http's RET ends the span. */
 	if (by_xnet && !call->by_xnet)
 		return 0;
-	if (!call->ctx.sampled) {
+	if (!recorded(call->ctx.sampled)) {
 		bpf_map_delete_elem(&client_calls, &key);
 		return 0;
 	}
@@ -280,7 +280,7 @@ static __always_inline int end_call(struct pt_regs *ctx, u8 by_xnet)
 		return 0;
 	}
 	fill_span_header(&e->hdr, pid, call->start_ns, call->ctx.trace_id, call->ctx.span_id,
-			 call->parent_span_id);
+			 call->parent_span_id, call->ctx.sampled);
 
 	/* Results: *Response in ARG1, error (itab, data) in ARG2-3. */
 	u64 resp = GO_ARG1(ctx);

@@ -109,7 +109,10 @@ impl Instrumentation for HttpClient {
     }
 
     fn events(&self) -> Option<Events> {
-        Some(Events::of::<event::HttpClientEvent>(KIND))
+        Some(
+            Events::of::<event::HttpClientEvent>(KIND)
+                .measured_in(&trace::metric::HTTP_CLIENT_REQUEST_DURATION),
+        )
     }
 }
 

@@ -216,7 +216,7 @@ int http_server_enter(struct pt_regs *ctx)
 	}
 	random_id(call.ctx.span_id, sizeof(call.ctx.span_id));
 	call.ctx.sampled = sample(call.ctx.trace_id, has_parent, parent_sampled);
-	if (h2_request_unowned && proto_major == 2 && call.ctx.sampled) {
+	if (h2_request_unowned && proto_major == 2 && recorded(call.ctx.sampled)) {
 		u32 zero = 0;
 		struct request_copy *copy = bpf_map_lookup_elem(&scratch, &zero);
 		if (copy) {
@@ -256,7 +256,7 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 			count(STAT_NO_ENTRY);
 		return 0;
 	}
-	if (!call->ctx.sampled)
+	if (!recorded(call->ctx.sampled))
 		goto done;
 	struct http_server_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -264,7 +264,7 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 		goto done;
 	}
 	fill_span_header(&e->hdr, pid, call->start_ns, call->ctx.trace_id, call->ctx.span_id,
-			 call->parent_span_id);
+			 call->parent_span_id, call->ctx.sampled);
 
 	u32 zero = 0;
 	struct request_copy *copy = bpf_map_lookup_elem(&scratch, &zero);

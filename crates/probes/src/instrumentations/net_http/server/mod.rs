@@ -57,7 +57,10 @@ impl Instrumentation for HttpServer {
     }
 
     fn events(&self) -> Option<Events> {
-        Some(Events::of::<event::HttpServerEvent>(KIND))
+        Some(
+            Events::of::<event::HttpServerEvent>(KIND)
+                .measured_in(&trace::metric::HTTP_SERVER_REQUEST_DURATION),
+        )
     }
 }
 

@@ -1,0 +1,119 @@
+//! The duration histograms the semantic conventions define for kinds of spans: which one a
+//! span counts in, and which of its attributes the histogram keeps (a bounded few: never a raw
+//! path or a query).
+
+/// One semantic-convention duration histogram.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DurationMetric {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub unit: DurationUnit,
+    /// The span attributes a measurement keeps, in this order; those a span lacks are left out.
+    pub attributes: &'static [&'static str],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurationUnit {
+    Seconds,
+    Milliseconds,
+}
+
+impl DurationUnit {
+    /// The UCUM unit the conventions name.
+    pub fn ucum(self) -> &'static str {
+        match self {
+            DurationUnit::Seconds => "s",
+            DurationUnit::Milliseconds => "ms",
+        }
+    }
+
+    pub fn of_nanos(self, nanos: u64) -> f64 {
+        match self {
+            DurationUnit::Seconds => nanos as f64 / 1e9,
+            DurationUnit::Milliseconds => nanos as f64 / 1e6,
+        }
+    }
+
+    /// The explicit bucket boundaries: those the conventions advise for durations in seconds,
+    /// the SDK's default ones for milliseconds.
+    pub fn boundaries(self) -> &'static [f64] {
+        match self {
+            DurationUnit::Seconds => {
+                &[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+            }
+            DurationUnit::Milliseconds => &[
+                0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0,
+                5000.0, 7500.0, 10000.0,
+            ],
+        }
+    }
+}
+
+pub const HTTP_SERVER_REQUEST_DURATION: DurationMetric = DurationMetric {
+    name: "http.server.request.duration",
+    description: "Duration of HTTP server requests.",
+    unit: DurationUnit::Seconds,
+    attributes: &[
+        "http.request.method",
+        "url.scheme",
+        "http.route",
+        "http.response.status_code",
+        "error.type",
+        "network.protocol.version",
+    ],
+};
+
+pub const HTTP_CLIENT_REQUEST_DURATION: DurationMetric = DurationMetric {
+    name: "http.client.request.duration",
+    description: "Duration of HTTP client requests.",
+    unit: DurationUnit::Seconds,
+    attributes: &[
+        "http.request.method",
+        "server.address",
+        "server.port",
+        "http.response.status_code",
+        "error.type",
+        "network.protocol.version",
+    ],
+};
+
+/// RPC metrics as of semantic conventions 1.37, which gotel's gRPC spans follow (rpc.system,
+/// rpc.service, rpc.method, rpc.grpc.status_code); the conventions ask an instrumentation on
+/// them to keep their names and units.
+pub const RPC_SERVER_DURATION: DurationMetric = DurationMetric {
+    name: "rpc.server.duration",
+    description: "Measures the duration of inbound RPC.",
+    unit: DurationUnit::Milliseconds,
+    attributes: &["rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code", "error.type"],
+};
+
+pub const RPC_CLIENT_DURATION: DurationMetric = DurationMetric {
+    name: "rpc.client.duration",
+    description: "Measures the duration of outbound RPC.",
+    unit: DurationUnit::Milliseconds,
+    attributes: &[
+        "rpc.system",
+        "rpc.service",
+        "rpc.method",
+        "rpc.grpc.status_code",
+        "error.type",
+        "server.address",
+        "server.port",
+    ],
+};
+
+pub const DB_CLIENT_OPERATION_DURATION: DurationMetric = DurationMetric {
+    name: "db.client.operation.duration",
+    description: "Duration of database client operations.",
+    unit: DurationUnit::Seconds,
+    attributes: &[
+        "db.system.name",
+        "db.namespace",
+        "db.operation.name",
+        "db.collection.name",
+        "db.response.status_code",
+        "error.type",
+        "server.address",
+        "server.port",
+    ],
+};
