@@ -1,6 +1,7 @@
 //! The terminal view: finished spans grouped by trace, one line per span, a tree when a trace
 //! has more than one. A trace is printed once its root has ended, since children end first;
-//! a trace whose root is not seen here is printed after a short wait.
+//! a trace whose root is not seen here is printed after a short wait. On a terminal, a line per
+//! service every few seconds too (`Summary`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -8,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trace::{ProcessResource, Span, SpanKind, Status};
+
+use crate::summary::Summary;
 
 const WAIT_FOR_ROOT: Duration = Duration::from_secs(1);
 
@@ -24,11 +27,30 @@ pub struct Console<W: Write> {
     out: W,
     color: bool,
     pending: HashMap<[u8; 16], Pending>,
+    summary: Option<Summary>,
 }
 
 impl<W: Write> Console<W> {
     pub fn new(out: W, color: bool) -> Self {
-        Console { out, color, pending: HashMap::new() }
+        Console { out, color, pending: HashMap::new(), summary: None }
+    }
+
+    /// Also prints a line per service (rate, errors, p50, p99) every `every`.
+    pub fn with_summary(mut self, every: Duration) -> Self {
+        self.summary = Some(Summary::new(every, Instant::now()));
+        self
+    }
+
+    /// Whether it prints the per-service lines: what wants every span counted, sampled or not.
+    pub fn summarizes(&self) -> bool {
+        self.summary.is_some()
+    }
+
+    /// Counts a span, sampled or not, in the per-service lines.
+    pub fn count(&mut self, resource: &ProcessResource, span: &Span) {
+        if let Some(s) = &mut self.summary {
+            s.count(resource, span);
+        }
     }
 
     pub fn push(&mut self, resource: Arc<ProcessResource>, span: Span) {
@@ -60,6 +82,14 @@ impl<W: Write> Console<W> {
             if let Some(p) = self.pending.remove(&id) {
                 self.print(id, p.spans);
             }
+        }
+        if let Some(lines) = self.summary.as_mut().and_then(|s| s.lines(now)) {
+            let text: String = lines
+                .iter()
+                .map(|l| format!("{}\n", self.paint("1;35", &format!("▸ {l}"))))
+                .collect();
+            let _ = self.out.write_all(text.as_bytes());
+            let _ = self.out.flush();
         }
     }
 
@@ -161,7 +191,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn format_duration(nanos: u64) -> String {
+pub(crate) fn format_duration(nanos: u64) -> String {
     match nanos {
         n if n < 1_000_000 => format!("{:.0}µs", n as f64 / 1e3),
         n if n < 1_000_000_000 => format!("{:.2}ms", n as f64 / 1e6),

@@ -5,5 +5,6 @@ pub mod console;
 mod encode;
 pub mod metrics;
 pub mod otlp;
+mod summary;
 
 pub use encode::encode_request;

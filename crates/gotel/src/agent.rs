@@ -120,6 +120,9 @@ pub struct Pipeline {
     unsampled: u64,
 }
 
+/// How often the terminal view prints its line per service.
+const SUMMARY_EVERY: Duration = Duration::from_secs(5);
+
 /// How often series of exited processes are dropped when only Prometheus reads them.
 const METRICS_SWEEP: Duration = Duration::from_secs(60);
 
@@ -144,8 +147,12 @@ impl Pipeline {
             None => None,
         };
         let console = (otlp.is_none() || args.console).then(|| {
-            let color = !args.no_color && std::io::stdout().is_terminal();
-            Console::new(std::io::stdout(), color)
+            let terminal = std::io::stdout().is_terminal();
+            let console = Console::new(std::io::stdout(), !args.no_color && terminal);
+            match terminal {
+                true => console.with_summary(SUMMARY_EVERY),
+                false => console,
+            }
         });
         if console.is_some() && otlp.is_none() {
             tracing::info!("printing spans here (set OTEL_EXPORTER_OTLP_ENDPOINT to export them)");
@@ -173,10 +180,15 @@ impl Pipeline {
         })
     }
 
-    /// The histograms, when metrics are on: what probes must write events for, sampled or
-    /// not, and what a metrics endpoint shows.
+    /// The histograms, when metrics are on: what a metrics endpoint shows.
     pub fn histograms(&self) -> Option<&Arc<Mutex<Histograms>>> {
         self.histograms.as_ref()
+    }
+
+    /// Whether spans the sampler dropped count here (metrics, the terminal's line per
+    /// service): then the probes must write their events too.
+    pub fn counts_unsampled(&self) -> bool {
+        self.histograms.is_some() || self.console.as_ref().is_some_and(Console::summarizes)
     }
 
     pub fn resources(&mut self) -> &mut ResourceCache {
@@ -207,6 +219,9 @@ impl Pipeline {
             if let Ok(mut h) = histograms.lock() {
                 h.record(&resource, metric, &span);
             }
+        }
+        if let Some(console) = &mut self.console {
+            console.count(&resource, &span);
         }
         if !sampled {
             self.unsampled += 1;

@@ -90,7 +90,7 @@ fn attach_options(
         filter_pids,
         uprobe_multi: !agent.no_uprobe_multi,
         sampler,
-        events_for_unsampled: pipeline.histograms().is_some(),
+        events_for_unsampled: pipeline.counts_unsampled(),
         inject,
         placement: agent.probe_placement,
     })
