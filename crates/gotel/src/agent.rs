@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use export::console::Console;
-use export::metrics::{Histograms, MetricsConfig, MetricsExporter};
+use export::metrics::{Histograms, MetricsConfig, MetricsExporter, ServiceGraph, PAIR_WAIT};
 use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
 use probes::inject::{InjectMode, Injection, Sides};
@@ -113,6 +113,8 @@ pub struct Pipeline {
     to_export: Vec<(Arc<ProcessResource>, Span)>,
     /// Every span's duration, sampled or not, when metrics are on.
     histograms: Option<Arc<Mutex<Histograms>>>,
+    /// Client and server spans paired into the service graph's edges (in `histograms`).
+    graph: ServiceGraph,
     metrics_exporter: Option<MetricsExporter>,
     /// When series of processes that exited are dropped next, with no exporter to do it.
     next_metrics_sweep: Instant,
@@ -174,6 +176,7 @@ impl Pipeline {
             warned_pids: Default::default(),
             to_export: Vec::new(),
             histograms,
+            graph: ServiceGraph::default(),
             metrics_exporter,
             next_metrics_sweep: Instant::now() + METRICS_SWEEP,
             unsampled: 0,
@@ -215,10 +218,11 @@ impl Pipeline {
                 return;
             }
         };
-        if let (Some(histograms), Some(metric)) = (&self.histograms, metric) {
-            if let Ok(mut h) = histograms.lock() {
+        if let Some(mut h) = self.histograms.as_ref().and_then(|h| h.lock().ok()) {
+            if let Some(metric) = metric {
                 h.record(&resource, metric, &span);
             }
+            self.graph.observe(&resource, &span, Instant::now(), &mut h);
         }
         if let Some(console) = &mut self.console {
             console.count(&resource, &span);
@@ -251,12 +255,12 @@ impl Pipeline {
         if let Some(console) = &mut self.console {
             console.tick(Instant::now());
         }
-        if let (Some(histograms), None) = (&self.histograms, &self.metrics_exporter) {
-            if Instant::now() >= self.next_metrics_sweep {
-                if let Ok(mut h) = histograms.lock() {
-                    h.retain_processes(process_alive);
-                }
-                self.next_metrics_sweep = Instant::now() + METRICS_SWEEP;
+        if let Some(mut h) = self.histograms.as_ref().and_then(|h| h.lock().ok()) {
+            let now = Instant::now();
+            self.graph.expire(now, &mut h);
+            if self.metrics_exporter.is_none() && now >= self.next_metrics_sweep {
+                h.retain_processes(process_alive);
+                self.next_metrics_sweep = now + METRICS_SWEEP;
             }
         }
     }
@@ -295,6 +299,17 @@ impl Pipeline {
         }
         if self.unsampled > 0 {
             summary += &format!(", {} unsampled (counted in metrics only)", self.unsampled);
+        }
+        if let Some(mut h) = self.histograms.as_ref().and_then(|h| h.lock().ok()) {
+            // Clients still waiting for their server go to their peers, in the last export.
+            self.graph.expire(Instant::now() + PAIR_WAIT, &mut h);
+        }
+        let (unpaired, graph_dropped) = self.graph.unpaired_and_dropped();
+        if unpaired + graph_dropped > 0 {
+            summary += &format!(
+                ", service graph: {unpaired} server spans whose client was not seen here, \
+                 {graph_dropped} spans not paired (too many waiting)"
+            );
         }
         if let Some(mut metrics) = self.metrics_exporter.take() {
             let sent_all = metrics.shutdown(Duration::from_secs(5));

@@ -87,7 +87,9 @@ fn every_request_counts(protocol: &str, temporality: &str) {
     // SIGTERM stops the program, and the agent's last export carries whatever is left.
     gotel.signal_and_wait(libc::SIGTERM, WAIT);
 
-    let points = collector.histogram_points();
+    let all_points = collector.metric_points();
+    let (graph, points): (Vec<ReceivedPoint>, Vec<ReceivedPoint>) =
+        all_points.into_iter().partition(|p| p.metric.starts_with("traces_service_graph"));
     let spans = collector.spans();
     assert!(spans.is_empty(), "always_off: no span is exported, got {}", spans.len());
     let want_temporality = if temporality == "delta" { 1 } else { 2 };
@@ -113,6 +115,34 @@ fn every_request_counts(protocol: &str, temporality: &str) {
         assert_eq!(p.attr_str("http.request.method").as_deref(), Some("GET"));
         assert_eq!(p.attr("url.path"), None, "never a raw path");
     }
+    // The service graph: each /one's call to /c pairs its client span with /c's server span;
+    // the requests the test sent come from the user.
+    let mut edges: HashMap<(String, String, String, String), u64> = HashMap::new();
+    for p in &graph {
+        assert_eq!(p.temporality, want_temporality);
+        let key = (
+            p.metric.clone(),
+            p.attr_str("client").unwrap_or_default(),
+            p.attr_str("server").unwrap_or_default(),
+            p.attr_str("connection_type").unwrap_or_default(),
+        );
+        let n = edges.entry(key).or_insert(0);
+        match p.temporality {
+            1 => *n += p.count,
+            _ => *n = p.count.max(*n),
+        }
+    }
+    let edge = |metric: &str, client: &str, connection: &str| {
+        let key =
+            (metric.to_string(), client.to_string(), "shop".to_string(), connection.to_string());
+        edges.get(&key).copied()
+    };
+    let total = "traces_service_graph_request_total";
+    assert_eq!(edge(total, "shop", ""), Some(CALLS as u64), "{edges:#?}");
+    assert_eq!(edge(total, "user", "virtual_node"), Some((CALLS + MISSES) as u64), "{edges:#?}");
+    let client_seconds = "traces_service_graph_request_client_seconds";
+    assert_eq!(edge(client_seconds, "shop", ""), Some(CALLS as u64), "{edges:#?}");
+    assert_eq!(edge("traces_service_graph_request_failed_total", "shop", ""), None);
     assert!(
         gotel.log().iter().any(|l| l.contains(&format!("{} unsampled", 3 * CALLS + MISSES))),
         "the summary counts the unsampled spans: {:?}",

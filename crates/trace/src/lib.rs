@@ -8,7 +8,7 @@ mod resource;
 mod span;
 
 pub use clock::MonotonicClock;
-pub use metric::{DurationMetric, DurationUnit};
+pub use metric::{DurationMetric, DurationUnit, Shape};
 pub use resource::{
     parse_resource_attributes, AgentIdentity, ProcessHints, ProcessResource, ResourceCache,
 };

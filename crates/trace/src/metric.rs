@@ -1,15 +1,25 @@
 //! The duration histograms the semantic conventions define for kinds of spans: which one a
 //! span counts in, and which of its attributes the histogram keeps (a bounded few: never a raw
-//! path or a query).
+//! path or a query); and the service graph's, which count pairs of spans.
 
-/// One semantic-convention duration histogram.
+/// One metric of durations: a semantic-convention histogram, or a count of them.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DurationMetric {
     pub name: &'static str,
     pub description: &'static str,
     pub unit: DurationUnit,
+    pub shape: Shape,
     /// The span attributes a measurement keeps, in this order; those a span lacks are left out.
     pub attributes: &'static [&'static str],
+}
+
+/// What is exported of the durations measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Their distribution, in buckets.
+    Histogram,
+    /// How many there were: a monotonic sum.
+    Count,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +63,7 @@ pub const HTTP_SERVER_REQUEST_DURATION: DurationMetric = DurationMetric {
     name: "http.server.request.duration",
     description: "Duration of HTTP server requests.",
     unit: DurationUnit::Seconds,
+    shape: Shape::Histogram,
     attributes: &[
         "http.request.method",
         "url.scheme",
@@ -67,6 +78,7 @@ pub const HTTP_CLIENT_REQUEST_DURATION: DurationMetric = DurationMetric {
     name: "http.client.request.duration",
     description: "Duration of HTTP client requests.",
     unit: DurationUnit::Seconds,
+    shape: Shape::Histogram,
     attributes: &[
         "http.request.method",
         "server.address",
@@ -84,6 +96,7 @@ pub const RPC_SERVER_DURATION: DurationMetric = DurationMetric {
     name: "rpc.server.duration",
     description: "Measures the duration of inbound RPC.",
     unit: DurationUnit::Milliseconds,
+    shape: Shape::Histogram,
     attributes: &["rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code", "error.type"],
 };
 
@@ -91,6 +104,7 @@ pub const RPC_CLIENT_DURATION: DurationMetric = DurationMetric {
     name: "rpc.client.duration",
     description: "Measures the duration of outbound RPC.",
     unit: DurationUnit::Milliseconds,
+    shape: Shape::Histogram,
     attributes: &[
         "rpc.system",
         "rpc.service",
@@ -106,6 +120,7 @@ pub const DB_CLIENT_OPERATION_DURATION: DurationMetric = DurationMetric {
     name: "db.client.operation.duration",
     description: "Duration of database client operations.",
     unit: DurationUnit::Seconds,
+    shape: Shape::Histogram,
     attributes: &[
         "db.system.name",
         "db.namespace",
@@ -116,4 +131,41 @@ pub const DB_CLIENT_OPERATION_DURATION: DurationMetric = DurationMetric {
         "server.address",
         "server.port",
     ],
+};
+
+/// The service graph's edges, as Tempo's metrics generator (and OBI) name them, so Grafana's
+/// service graph reads them: the attributes are `client`, `server` and, for an edge to
+/// something gotel does not trace itself, `connection_type` (`virtual_node`, `database`).
+pub const SERVICE_GRAPH_ATTRIBUTES: &[&str] = &["client", "server", "connection_type"];
+
+pub const SERVICE_GRAPH_REQUEST_TOTAL: DurationMetric = DurationMetric {
+    name: "traces_service_graph_request_total",
+    description: "Requests between two nodes of the service graph.",
+    unit: DurationUnit::Seconds,
+    shape: Shape::Count,
+    attributes: SERVICE_GRAPH_ATTRIBUTES,
+};
+
+pub const SERVICE_GRAPH_REQUEST_FAILED_TOTAL: DurationMetric = DurationMetric {
+    name: "traces_service_graph_request_failed_total",
+    description: "Failed requests between two nodes of the service graph.",
+    unit: DurationUnit::Seconds,
+    shape: Shape::Count,
+    attributes: SERVICE_GRAPH_ATTRIBUTES,
+};
+
+pub const SERVICE_GRAPH_REQUEST_SERVER: DurationMetric = DurationMetric {
+    name: "traces_service_graph_request_server_seconds",
+    description: "Durations of requests between two nodes, as the server saw them.",
+    unit: DurationUnit::Seconds,
+    shape: Shape::Histogram,
+    attributes: SERVICE_GRAPH_ATTRIBUTES,
+};
+
+pub const SERVICE_GRAPH_REQUEST_CLIENT: DurationMetric = DurationMetric {
+    name: "traces_service_graph_request_client_seconds",
+    description: "Durations of requests between two nodes, as the client saw them.",
+    unit: DurationUnit::Seconds,
+    shape: Shape::Histogram,
+    attributes: SERVICE_GRAPH_ATTRIBUTES,
 };

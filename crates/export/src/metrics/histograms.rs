@@ -118,12 +118,31 @@ impl Histograms {
         metric: &'static DurationMetric,
         span: &Span,
     ) {
-        let pid = resource.pid;
         let attributes: Vec<KeyValue> = metric
             .attributes
             .iter()
             .filter_map(|k| span.attributes.iter().find(|a| a.key == *k).cloned())
             .collect();
+        self.record_with(
+            resource,
+            metric,
+            attributes,
+            span.start_unix_nanos,
+            span.duration_nanos(),
+        );
+    }
+
+    /// Counts a duration of `nanos` that began at `start_unix_nanos` in `metric`, with
+    /// `attributes`.
+    pub fn record_with(
+        &mut self,
+        resource: &Arc<ProcessResource>,
+        metric: &'static DurationMetric,
+        attributes: Vec<KeyValue>,
+        start_unix_nanos: u64,
+        nanos: u64,
+    ) {
+        let pid = resource.pid;
         let mut key = SeriesKey { pid, metric: metric.name, attributes };
         if !self.series.contains_key(&key) {
             let sets = self.sets.entry((pid, metric.name)).or_insert(0);
@@ -138,7 +157,7 @@ impl Histograms {
                     key.clone(),
                     Series {
                         metric,
-                        start_unix_nanos: span.start_unix_nanos,
+                        start_unix_nanos,
                         total: Distribution::new(metric),
                         recent: Distribution::new(metric),
                     },
@@ -147,7 +166,7 @@ impl Histograms {
             }
         }
         let series = self.series.get_mut(&key).expect("inserted above");
-        let value = metric.unit.of_nanos(span.duration_nanos());
+        let value = metric.unit.of_nanos(nanos);
         let boundaries = metric.unit.boundaries();
         series.total.record(boundaries, value);
         series.recent.record(boundaries, value);

@@ -6,6 +6,7 @@
 mod histograms;
 mod otlp;
 mod prometheus;
+mod service_graph;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -16,6 +17,7 @@ pub use histograms::{
 };
 pub use otlp::{encode_metrics, MetricsExporter};
 pub use prometheus::prometheus_text;
+pub use service_graph::{ServiceGraph, PAIR_WAIT};
 
 use crate::otlp::{ConfigError, OtlpConfig};
 
@@ -53,6 +55,17 @@ impl MetricsConfig {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let exporters = get("OTEL_METRICS_EXPORTER").unwrap_or_default();
         let wants = |name: &str| exporters.split(',').any(|x| x.trim() == name);
+        if let Some(other) = exporters
+            .split(',')
+            .map(str::trim)
+            .find(|x| !x.is_empty() && !["otlp", "prometheus", "none"].contains(x))
+        {
+            return Err(ConfigError::Choice {
+                var: "OTEL_METRICS_EXPORTER",
+                value: other.to_string(),
+                choices: "otlp, prometheus or none (comma-separated)",
+            });
+        }
         let otlp = OtlpConfig::metrics_from_env(get, otlp_endpoint, otlp_protocol)?;
         let millis = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
             match get(var) {
@@ -101,6 +114,7 @@ impl MetricsConfig {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Instant;
 
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::metrics::v1 as pb;
@@ -246,6 +260,79 @@ mod tests {
         ));
     }
 
+    fn client_span(id: u8, address: &str, millis: u64) -> Span {
+        let mut s = server_span("/x", 200, millis);
+        s.kind = SpanKind::Client;
+        s.span_id = [id; 8];
+        s.attributes = vec![KeyValue::new("server.address", address.to_string())];
+        s
+    }
+
+    /// (client, server, connection_type) -> request count, per the Prometheus text.
+    fn edges(h: &mut Histograms) -> Vec<String> {
+        let text = prometheus_text(&h.collect(Temporality::Cumulative, 1));
+        text.lines()
+            .filter(|l| l.starts_with("traces_service_graph_request_total{"))
+            .map(|l| l.split_once(",client=").unwrap().1.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_service_graph_pairs_a_client_with_its_server_and_else_names_the_peer() {
+        let (mut h, mut g) = (Histograms::new(100, 0), ServiceGraph::default());
+        let (front, orders) = (resource(1, "front"), resource(2, "orders"));
+        let t0 = Instant::now();
+        // A pair: the server ends first and waits for its client.
+        let mut served = server_span("/o", 500, 3);
+        served.parent_span_id = Some([5; 8]);
+        served.status = Status::Error { message: String::new() };
+        g.observe(&orders, &served, t0, &mut h);
+        g.observe(&front, &client_span(5, "orders.internal", 4), t0, &mut h);
+        // A root server span: from the user. A client whose server is not seen: to its peer.
+        g.observe(&front, &server_span("/", 200, 5), t0, &mut h);
+        g.observe(&front, &client_span(6, "api.example", 9), t0, &mut h);
+        // A database call is an edge at once.
+        let mut query = client_span(7, "db", 1);
+        query.attributes.push(KeyValue::new("db.system.name", "postgresql"));
+        query.attributes.push(KeyValue::new("db.namespace", "shop"));
+        g.observe(&front, &query, t0, &mut h);
+        // A server whose client is on another host never pairs.
+        let mut remote = server_span("/r", 200, 1);
+        remote.parent_span_id = Some([8; 8]);
+        g.observe(&orders, &remote, t0, &mut h);
+        g.expire(t0 + Duration::from_millis(100), &mut h);
+        assert_eq!(edges(&mut h).len(), 3, "the peer waits for its server first");
+        g.expire(t0 + PAIR_WAIT, &mut h);
+        let mut e = edges(&mut h);
+        e.sort();
+        assert_eq!(
+            e,
+            [
+                r#""front",server="api.example",connection_type="virtual_node"} 1"#,
+                r#""front",server="orders"} 1"#,
+                r#""front",server="shop",connection_type="database"} 1"#,
+                r#""user",server="front",connection_type="virtual_node"} 1"#,
+            ]
+        );
+        assert_eq!(g.unpaired_and_dropped(), (1, 0));
+        let text = prometheus_text(&h.collect(Temporality::Cumulative, 1));
+        assert!(text.contains("# TYPE traces_service_graph_request_total counter"), "{text}");
+        assert!(text.contains(r#"traces_service_graph_request_failed_total{job="front",instance="h:1",client="front",server="orders"} 1"#), "{text}");
+        assert!(text.contains(r#"traces_service_graph_request_server_seconds_bucket{job="front",instance="h:1",client="front",server="orders",le="0.005"} 1"#), "{text}");
+        assert!(text.contains(r#"traces_service_graph_request_client_seconds_count{job="front",instance="h:1",client="front",server="orders"} 1"#), "{text}");
+        let bytes =
+            encode_metrics(&h.collect(Temporality::Cumulative, 1), Temporality::Cumulative, 1);
+        let req = ExportMetricsServiceRequest::decode(bytes.as_slice()).unwrap();
+        let total = req.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .find(|m| m.name == "traces_service_graph_request_total")
+            .unwrap();
+        let Some(pb::metric::Data::Sum(sum)) = &total.data else { panic!("a sum") };
+        assert!(sum.is_monotonic);
+        assert_eq!(sum.data_points.len(), 4);
+    }
+
     #[test]
     fn metrics_follow_the_otlp_endpoint_unless_told_otherwise() {
         let c = MetricsConfig::from_env(env(&[]), None, None, None).unwrap();
@@ -293,5 +380,12 @@ mod tests {
             None,
         );
         assert!(matches!(bad, Err(ConfigError::Choice { .. })));
+        let unknown = MetricsConfig::from_env(
+            env(&[("OTEL_METRICS_EXPORTER", "otlp,logging")]),
+            None,
+            None,
+            None,
+        );
+        assert!(matches!(unknown, Err(ConfigError::Choice { var: "OTEL_METRICS_EXPORTER", .. })));
     }
 }

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::common::v1 as pb_common;
 use opentelemetry_proto::tonic::metrics::v1 as pb;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
-use trace::{AttributeValue, KeyValue};
+use trace::{AttributeValue, KeyValue, Shape};
 
 use super::histograms::{Histograms, ProcessMetrics, Temporality};
 use crate::encode::{SCOPE_NAME, SCOPE_VERSION};
@@ -49,17 +49,46 @@ pub fn encode_metrics(
                 .metrics
                 .iter()
                 .map(|m| {
+                    let attributes = |point: &super::Point| {
+                        point
+                            .attributes
+                            .iter()
+                            .map(|KeyValue { key, value }| key_value(key, value))
+                            .collect()
+                    };
+                    if m.metric.shape == Shape::Count {
+                        let data_points = m
+                            .points
+                            .iter()
+                            .map(|point| pb::NumberDataPoint {
+                                attributes: attributes(point),
+                                start_time_unix_nano: point.start_unix_nanos,
+                                time_unix_nano: now_unix_nanos,
+                                value: Some(pb::number_data_point::Value::AsInt(
+                                    point.distribution.count as i64,
+                                )),
+                                ..Default::default()
+                            })
+                            .collect();
+                        return pb::Metric {
+                            name: m.metric.name.to_string(),
+                            description: m.metric.description.to_string(),
+                            unit: "1".to_string(),
+                            data: Some(pb::metric::Data::Sum(pb::Sum {
+                                data_points,
+                                aggregation_temporality,
+                                is_monotonic: true,
+                            })),
+                            ..Default::default()
+                        };
+                    }
                     let data_points = m
                         .points
                         .iter()
                         .map(|point| {
                             let d = &point.distribution;
                             pb::HistogramDataPoint {
-                                attributes: point
-                                    .attributes
-                                    .iter()
-                                    .map(|KeyValue { key, value }| key_value(key, value))
-                                    .collect(),
+                                attributes: attributes(point),
                                 start_time_unix_nano: point.start_unix_nanos,
                                 time_unix_nano: now_unix_nanos,
                                 count: d.count,

@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use trace::{AttributeValue, DurationUnit, ProcessResource};
+use trace::{AttributeValue, DurationMetric, DurationUnit, ProcessResource, Shape};
 
 use super::histograms::ProcessMetrics;
 
@@ -27,10 +27,17 @@ fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn unit_suffix(unit: DurationUnit) -> &'static str {
-    match unit {
-        DurationUnit::Seconds => "_seconds",
-        DurationUnit::Milliseconds => "_milliseconds",
+/// The family's name: a histogram's ends with its unit, a count's with `_total` (once).
+fn family_name(metric: &DurationMetric) -> String {
+    let suffix = match (metric.shape, metric.unit) {
+        (Shape::Count, _) => "_total",
+        (Shape::Histogram, DurationUnit::Seconds) => "_seconds",
+        (Shape::Histogram, DurationUnit::Milliseconds) => "_milliseconds",
+    };
+    let name = sanitize(metric.name);
+    match name.ends_with(suffix) {
+        true => name,
+        false => name + suffix,
     }
 }
 
@@ -83,8 +90,12 @@ pub fn prometheus_text(processes: &[ProcessMetrics]) -> String {
         }
     }
     for metric in families {
-        let name = sanitize(metric.name) + unit_suffix(metric.unit);
-        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", metric.description);
+        let name = family_name(metric);
+        let kind = match metric.shape {
+            Shape::Count => "counter",
+            Shape::Histogram => "histogram",
+        };
+        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", metric.description);
         let boundaries = metric.unit.boundaries();
         for p in processes {
             let id = identity(&p.resource);
@@ -100,6 +111,10 @@ pub fn prometheus_text(processes: &[ProcessMetrics]) -> String {
                         );
                     }
                     let d = &point.distribution;
+                    if metric.shape == Shape::Count {
+                        let _ = writeln!(out, "{name}{{{labels}}} {}", d.count);
+                        continue;
+                    }
                     let mut cumulative = 0;
                     for (i, n) in d.buckets.iter().enumerate() {
                         cumulative += n;

@@ -254,8 +254,9 @@ impl Collector {
         Collector { http_port, grpc_port, out, metrics_out, _dir: dir, _proc: proc }
     }
 
-    /// Every histogram point received so far, in arrival order.
-    pub fn histogram_points(&self) -> Vec<ReceivedPoint> {
+    /// Every histogram and sum point received so far, in arrival order (a sum's value as its
+    /// count).
+    pub fn metric_points(&self) -> Vec<ReceivedPoint> {
         let text = std::fs::read_to_string(&self.metrics_out).unwrap_or_default();
         let mut points = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -264,7 +265,10 @@ impl Collector {
                 let resource = attrs(&rm["resource"]["attributes"]);
                 for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
                     for m in sm["metrics"].as_array().into_iter().flatten() {
-                        let h = &m["histogram"];
+                        let (h, sum) = match m.get("sum") {
+                            Some(s) => (s, true),
+                            None => (&m["histogram"], false),
+                        };
                         for p in h["dataPoints"].as_array().into_iter().flatten() {
                             let number = |v: &Value| {
                                 v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64()).unwrap_or(0)
@@ -275,7 +279,7 @@ impl Collector {
                                 temporality: h["aggregationTemporality"].as_i64().unwrap_or(0),
                                 attributes: attrs(&p["attributes"]),
                                 resource: resource.clone(),
-                                count: number(&p["count"]),
+                                count: number(if sum { &p["asInt"] } else { &p["count"] }),
                                 sum: p["sum"].as_f64().unwrap_or(0.0),
                                 buckets: p["bucketCounts"]
                                     .as_array()
