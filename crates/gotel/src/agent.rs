@@ -401,7 +401,11 @@ fn start_metrics(
         return Ok((None, None));
     }
     let now = export::metrics::unix_nanos_now();
-    let histograms = Arc::new(Mutex::new(Histograms::new(config.cardinality_limit, now)));
+    let mut histograms = Histograms::new(config.cardinality_limit, now);
+    if config.exponential && config.otlp.is_some() {
+        histograms = histograms.with_exponential_buckets();
+    }
+    let histograms = Arc::new(Mutex::new(histograms));
     let exporter = match &config.otlp {
         Some(otlp) => {
             tracing::info!(

@@ -63,7 +63,7 @@ fn counts(points: &[ReceivedPoint]) -> HashMap<(String, String, String), u64> {
     out
 }
 
-fn every_request_counts(protocol: &str, temporality: &str) {
+fn every_request_counts(protocol: &str, temporality: &str, aggregation: &str) {
     let Some(()) = privileged() else { return };
     let collector = Collector::start(&format!("metrics-{temporality}"));
     let endpoint = match protocol {
@@ -75,6 +75,7 @@ fn every_request_counts(protocol: &str, temporality: &str) {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
         ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
         ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", temporality),
+        ("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", aggregation),
     ];
     let next = ["-next", "http://127.0.0.1:{port}"];
     let (mut gotel, port) = unsampled(&collector, "chain-go1.26", &next, &env, &[]);
@@ -107,7 +108,9 @@ fn every_request_counts(protocol: &str, temporality: &str) {
         assert_eq!(counts.get(key), Some(n), "{key:?} in {counts:#?}");
     }
     assert_eq!(counts.len(), want.len(), "no other series: {counts:#?}");
+    let exponential = aggregation == "base2_exponential_bucket_histogram";
     for p in &points {
+        assert_eq!(p.exponential, exponential, "{p:?}");
         assert_eq!(p.unit, "s");
         assert_eq!(p.buckets.iter().sum::<u64>(), p.count, "buckets add up: {p:?}");
         assert!(p.sum > 0.0 && p.sum < p.count as f64, "durations in seconds: {p:?}");
@@ -152,12 +155,12 @@ fn every_request_counts(protocol: &str, temporality: &str) {
 
 #[test]
 fn every_request_counts_with_the_sampler_at_always_off_cumulative_over_http() {
-    every_request_counts("http/protobuf", "cumulative");
+    every_request_counts("http/protobuf", "cumulative", "explicit_bucket_histogram");
 }
 
 #[test]
-fn every_request_counts_with_the_sampler_at_always_off_delta_over_grpc() {
-    every_request_counts("grpc", "delta");
+fn every_request_counts_with_the_sampler_at_always_off_delta_exponential_over_grpc() {
+    every_request_counts("grpc", "delta", "base2_exponential_bucket_histogram");
 }
 
 /// `%`-encodes a PromQL query for a URL.

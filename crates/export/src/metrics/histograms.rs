@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use trace::{AttributeValue, DurationMetric, KeyValue, ProcessResource, Span};
 
+use super::exponential::Exponential;
+
 /// Attribute sets per process and metric, the overflow series included: the SDK's default
 /// cardinality limit.
 pub const DEFAULT_CARDINALITY_LIMIT: usize = 2000;
@@ -21,15 +23,26 @@ pub struct Distribution {
     pub max: f64,
     /// One count per bucket: `boundaries.len() + 1`, the last one unbounded above.
     pub buckets: Vec<u64>,
+    /// The same values in base-2 exponential buckets, when OTLP asks for those.
+    pub exponential: Option<Exponential>,
 }
 
 impl Distribution {
-    fn new(metric: &DurationMetric) -> Self {
-        let buckets = vec![0; metric.unit.boundaries().len() + 1];
-        Distribution { count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, buckets }
+    fn new(metric: &DurationMetric, exponential: bool) -> Self {
+        Distribution {
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            buckets: vec![0; metric.unit.boundaries().len() + 1],
+            exponential: exponential.then(Exponential::default),
+        }
     }
 
     fn record(&mut self, boundaries: &[f64], value: f64) {
+        if let Some(e) = &mut self.exponential {
+            e.record(value);
+        }
         self.count += 1;
         self.sum += value;
         self.min = self.min.min(value);
@@ -95,6 +108,8 @@ pub struct Histograms {
     overflowed: u64,
     /// When the last delta export was taken: the next one's start.
     last_delta_unix_nanos: u64,
+    /// Also keep base-2 exponential buckets.
+    exponential: bool,
 }
 
 impl Histograms {
@@ -108,7 +123,14 @@ impl Histograms {
             resources: HashMap::new(),
             overflowed: 0,
             last_delta_unix_nanos: now_unix_nanos,
+            exponential: false,
         }
+    }
+
+    /// Histograms that keep base-2 exponential buckets too, for OTLP.
+    pub fn with_exponential_buckets(mut self) -> Self {
+        self.exponential = true;
+        self
     }
 
     /// Counts `span`'s duration in `metric`, with the metric's attributes that the span has.
@@ -158,8 +180,8 @@ impl Histograms {
                     Series {
                         metric,
                         start_unix_nanos,
-                        total: Distribution::new(metric),
-                        recent: Distribution::new(metric),
+                        total: Distribution::new(metric, self.exponential),
+                        recent: Distribution::new(metric, self.exponential),
                     },
                 );
                 self.resources.entry(pid).or_insert_with(|| Arc::clone(resource));
@@ -225,7 +247,7 @@ impl Histograms {
         }
         if temporality == Temporality::Delta {
             for series in self.series.values_mut() {
-                series.recent = Distribution::new(series.metric);
+                series.recent = Distribution::new(series.metric, self.exponential);
             }
         }
         for (pid, metric, point) in out {

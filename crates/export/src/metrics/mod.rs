@@ -3,6 +3,7 @@
 //! endpoint, configured by the SDK's variables (OTEL_METRICS_EXPORTER, OTEL_METRIC_EXPORT_*,
 //! OTEL_EXPORTER_OTLP_METRICS_*, OTEL_EXPORTER_PROMETHEUS_*).
 
+mod exponential;
 mod histograms;
 mod otlp;
 mod prometheus;
@@ -41,6 +42,10 @@ pub struct MetricsConfig {
     /// at OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT.
     pub prometheus: Option<SocketAddr>,
     pub cardinality_limit: usize,
+    /// OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION=
+    /// base2_exponential_bucket_histogram: OTLP gets exponential histograms (Prometheus keeps
+    /// the explicit buckets).
+    pub exponential: bool,
 }
 
 impl MetricsConfig {
@@ -101,12 +106,25 @@ impl MetricsConfig {
             None => None,
         };
         let limit = millis("GOTEL_METRICS_CARDINALITY_LIMIT", DEFAULT_CARDINALITY_LIMIT as u64)?;
+        let var = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION";
+        let exponential = match get(var).as_deref().map(str::trim) {
+            None | Some("explicit_bucket_histogram") => false,
+            Some("base2_exponential_bucket_histogram") => true,
+            Some(other) => {
+                return Err(ConfigError::Choice {
+                    var,
+                    value: other.to_string(),
+                    choices: "explicit_bucket_histogram or base2_exponential_bucket_histogram",
+                })
+            }
+        };
         Ok(MetricsConfig {
             otlp,
             interval,
             temporality,
             prometheus,
             cardinality_limit: limit as usize,
+            exponential,
         })
     }
 }
@@ -233,6 +251,37 @@ mod tests {
         assert_eq!((p.count, p.sum, p.time_unix_nano), (1, Some(12.0), 99));
         assert_eq!(p.explicit_bounds.len() + 1, p.bucket_counts.len());
         assert_eq!(p.bucket_counts[3], 1, "12 ms in (10, 25]");
+    }
+
+    #[test]
+    fn exponential_histograms_go_to_otlp_when_asked_for() {
+        let mut h = Histograms::new(100, 0).with_exponential_buckets();
+        for millis in [1, 10, 10_000] {
+            h.record(
+                &resource(7, "shop"),
+                &HTTP_SERVER_REQUEST_DURATION,
+                &server_span("/a", 200, millis),
+            );
+        }
+        let bytes =
+            encode_metrics(&h.collect(Temporality::Cumulative, 9), Temporality::Cumulative, 9);
+        let req = ExportMetricsServiceRequest::decode(bytes.as_slice()).unwrap();
+        let m = &req.resource_metrics[0].scope_metrics[0].metrics[0];
+        let Some(pb::metric::Data::ExponentialHistogram(e)) = &m.data else { panic!("{m:?}") };
+        let p = &e.data_points[0];
+        let positive = p.positive.as_ref().unwrap();
+        assert_eq!((p.count, positive.bucket_counts.iter().sum::<u64>()), (3, 3));
+        assert!(p.scale > 0 && positive.bucket_counts.len() <= 160, "{p:?}");
+        let c = MetricsConfig::from_env(
+            env(&[(
+                "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+                "base2_exponential_bucket_histogram",
+            )]),
+            None,
+            None,
+            None,
+        );
+        assert!(c.unwrap().exponential);
     }
 
     #[test]

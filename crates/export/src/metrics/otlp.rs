@@ -82,6 +82,41 @@ pub fn encode_metrics(
                             ..Default::default()
                         };
                     }
+                    if m.points.iter().any(|p| p.distribution.exponential.is_some()) {
+                        let data_points = m
+                            .points
+                            .iter()
+                            .filter_map(|point| {
+                                let d = &point.distribution;
+                                let e = d.exponential.as_ref()?;
+                                Some(pb::ExponentialHistogramDataPoint {
+                                    attributes: attributes(point),
+                                    start_time_unix_nano: point.start_unix_nanos,
+                                    time_unix_nano: now_unix_nanos,
+                                    count: d.count,
+                                    sum: Some(d.sum),
+                                    scale: e.scale,
+                                    zero_count: e.zero_count,
+                                    positive: Some(pb::exponential_histogram_data_point::Buckets {
+                                        offset: e.offset,
+                                        bucket_counts: e.counts.clone(),
+                                    }),
+                                    min: Some(d.min),
+                                    max: Some(d.max),
+                                    ..Default::default()
+                                })
+                            })
+                            .collect();
+                        return pb::Metric {
+                            name: m.metric.name.to_string(),
+                            description: m.metric.description.to_string(),
+                            unit: m.metric.unit.ucum().to_string(),
+                            data: Some(pb::metric::Data::ExponentialHistogram(
+                                pb::ExponentialHistogram { data_points, aggregation_temporality },
+                            )),
+                            ..Default::default()
+                        };
+                    }
                     let data_points = m
                         .points
                         .iter()

@@ -265,10 +265,12 @@ impl Collector {
                 let resource = attrs(&rm["resource"]["attributes"]);
                 for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
                     for m in sm["metrics"].as_array().into_iter().flatten() {
-                        let (h, sum) = match m.get("sum") {
-                            Some(s) => (s, true),
-                            None => (&m["histogram"], false),
-                        };
+                        let (h, sum, exponential) =
+                            match (m.get("sum"), m.get("exponentialHistogram")) {
+                                (Some(s), _) => (s, true, false),
+                                (_, Some(e)) => (e, false, true),
+                                _ => (&m["histogram"], false, false),
+                            };
                         for p in h["dataPoints"].as_array().into_iter().flatten() {
                             let number = |v: &Value| {
                                 v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64()).unwrap_or(0)
@@ -281,12 +283,17 @@ impl Collector {
                                 resource: resource.clone(),
                                 count: number(if sum { &p["asInt"] } else { &p["count"] }),
                                 sum: p["sum"].as_f64().unwrap_or(0.0),
-                                buckets: p["bucketCounts"]
-                                    .as_array()
-                                    .into_iter()
-                                    .flatten()
-                                    .map(number)
-                                    .collect(),
+                                exponential,
+                                buckets: if exponential {
+                                    &p["positive"]["bucketCounts"]
+                                } else {
+                                    &p["bucketCounts"]
+                                }
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(number)
+                                .collect(),
                             });
                         }
                     }
@@ -404,6 +411,8 @@ pub struct ReceivedPoint {
     pub unit: String,
     /// 1 = DELTA, 2 = CUMULATIVE.
     pub temporality: i64,
+    /// A base-2 exponential histogram's (its positive buckets in `buckets`).
+    pub exponential: bool,
     pub attributes: Vec<(String, Value)>,
     pub resource: Vec<(String, Value)>,
     pub count: u64,
