@@ -427,6 +427,7 @@ fn start_metrics(
         }
         None => None,
     };
+    crate::prometheus::map_large_allocations();
     if let Some(addr) = config.prometheus {
         crate::prometheus::serve(addr, Arc::clone(&histograms))?;
         tracing::info!("metrics in the Prometheus format on http://{addr}/metrics");
