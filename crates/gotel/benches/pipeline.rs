@@ -1,7 +1,7 @@
 //! The agent's pipeline on one core, without the kernel: raw ring-buffer events -> spans with
 //! resources (decoded by the instrumentation the event's kind names) -> OTLP-encoded batches
-//! of 512, and the same events counted in the request-duration histograms. Reports events per
-//! second.
+//! of 512, and the same events counted in the request-duration histograms and the service
+//! graph (each a root: an edge from `user`). Reports events per second.
 
 use std::time::Duration;
 
@@ -55,11 +55,13 @@ fn pipeline(c: &mut Criterion) {
         });
     });
     let mut histograms = export::metrics::Histograms::new(2000, 0);
+    let mut graph = export::metrics::ServiceGraph::default();
     group.bench_function("assemble+metrics", |b| {
         b.iter(|| {
             for e in &events {
                 let a = assembler.assemble(e).unwrap();
                 histograms.record(&a.resource, a.metric.unwrap(), &a.span);
+                graph.observe(&a.resource, &a.span, std::time::Instant::now(), &mut histograms);
                 black_box(a);
             }
         });

@@ -4,6 +4,7 @@
 //! counted.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use trace::{AttributeValue, DurationMetric, KeyValue, ProcessResource, Span};
@@ -82,11 +83,43 @@ pub struct ProcessMetrics {
     pub metrics: Vec<MetricPoints>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct SeriesKey {
     pid: u32,
     metric: &'static str,
     attributes: Vec<KeyValue>,
+}
+
+/// A fast hash for the few short strings of a series (the Fx hash of rustc): a measurement
+/// is looked up by the hash of its borrowed attributes, and only a new series copies them.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Fx = BuildHasherDefault<FxHasher>;
+
+/// The hash a series of these attributes is filed under.
+fn series_hash<'a>(pid: u32, metric: &str, attributes: impl Iterator<Item = &'a KeyValue>) -> u64 {
+    let mut h = FxHasher::default();
+    pid.hash(&mut h);
+    metric.hash(&mut h);
+    for a in attributes {
+        a.hash(&mut h);
+    }
+    h.finish()
 }
 
 #[derive(Debug)]
@@ -100,7 +133,8 @@ struct Series {
 
 pub struct Histograms {
     limit: usize,
-    series: HashMap<SeriesKey, Series>,
+    /// By `series_hash`: the (almost always one) series of that hash.
+    series: HashMap<u64, Vec<(SeriesKey, Series)>, Fx>,
     /// Attribute sets per (process, metric): what the cap counts.
     sets: HashMap<(u32, &'static str), usize>,
     resources: HashMap<u32, Arc<ProcessResource>>,
@@ -118,7 +152,7 @@ impl Histograms {
     pub fn new(limit: usize, now_unix_nanos: u64) -> Self {
         Histograms {
             limit: limit.max(2),
-            series: HashMap::new(),
+            series: HashMap::default(),
             sets: HashMap::new(),
             resources: HashMap::new(),
             overflowed: 0,
@@ -140,18 +174,9 @@ impl Histograms {
         metric: &'static DurationMetric,
         span: &Span,
     ) {
-        let attributes: Vec<KeyValue> = metric
-            .attributes
-            .iter()
-            .filter_map(|k| span.attributes.iter().find(|a| a.key == *k).cloned())
-            .collect();
-        self.record_with(
-            resource,
-            metric,
-            attributes,
-            span.start_unix_nanos,
-            span.duration_nanos(),
-        );
+        let attributes =
+            metric.attributes.iter().filter_map(|k| span.attributes.iter().find(|a| a.key == *k));
+        self.record_in(resource, metric, attributes, span.start_unix_nanos, span.duration_nanos());
     }
 
     /// Counts a duration of `nanos` that began at `start_unix_nanos` in `metric`, with
@@ -160,38 +185,77 @@ impl Histograms {
         &mut self,
         resource: &Arc<ProcessResource>,
         metric: &'static DurationMetric,
-        attributes: Vec<KeyValue>,
+        attributes: &[KeyValue],
+        start_unix_nanos: u64,
+        nanos: u64,
+    ) {
+        self.record_in(resource, metric, attributes.iter(), start_unix_nanos, nanos);
+    }
+
+    fn record_in<'a>(
+        &mut self,
+        resource: &Arc<ProcessResource>,
+        metric: &'static DurationMetric,
+        attributes: impl Iterator<Item = &'a KeyValue> + Clone,
         start_unix_nanos: u64,
         nanos: u64,
     ) {
         let pid = resource.pid;
-        let mut key = SeriesKey { pid, metric: metric.name, attributes };
-        if !self.series.contains_key(&key) {
-            let sets = self.sets.entry((pid, metric.name)).or_insert(0);
-            if *sets + 1 >= self.limit {
-                self.overflowed += 1;
-                key.attributes =
-                    vec![KeyValue::new("otel.metric.overflow", AttributeValue::Bool(true))];
-            }
-            if !self.series.contains_key(&key) {
-                *sets += 1;
-                self.series.insert(
-                    key.clone(),
-                    Series {
-                        metric,
-                        start_unix_nanos,
-                        total: Distribution::new(metric, self.exponential),
-                        recent: Distribution::new(metric, self.exponential),
-                    },
-                );
-                self.resources.entry(pid).or_insert_with(|| Arc::clone(resource));
-            }
-        }
-        let series = self.series.get_mut(&key).expect("inserted above");
+        let hash = series_hash(pid, metric.name, attributes.clone());
+        let same = |k: &SeriesKey| {
+            k.pid == pid && k.metric == metric.name && k.attributes.iter().eq(attributes.clone())
+        };
+        let found = self.series.get(&hash).and_then(|b| b.iter().position(|(k, _)| same(k)));
+        let (hash, at) = match found {
+            Some(at) => (hash, at),
+            None => self.add_series(
+                resource,
+                metric,
+                hash,
+                attributes.cloned().collect(),
+                start_unix_nanos,
+            ),
+        };
+        let series = &mut self.series.get_mut(&hash).expect("filed above")[at].1;
         let value = metric.unit.of_nanos(nanos);
         let boundaries = metric.unit.boundaries();
         series.total.record(boundaries, value);
         series.recent.record(boundaries, value);
+    }
+
+    /// Files a new series, or past the cap finds (or files) the overflow series: where it is.
+    fn add_series(
+        &mut self,
+        resource: &Arc<ProcessResource>,
+        metric: &'static DurationMetric,
+        mut hash: u64,
+        mut attributes: Vec<KeyValue>,
+        start_unix_nanos: u64,
+    ) -> (u64, usize) {
+        let pid = resource.pid;
+        let sets = self.sets.entry((pid, metric.name)).or_insert(0);
+        if *sets + 1 >= self.limit {
+            self.overflowed += 1;
+            attributes = vec![KeyValue::new("otel.metric.overflow", AttributeValue::Bool(true))];
+            hash = series_hash(pid, metric.name, attributes.iter());
+            let key = SeriesKey { pid, metric: metric.name, attributes: attributes.clone() };
+            if let Some(at) =
+                self.series.get(&hash).and_then(|b| b.iter().position(|(k, _)| *k == key))
+            {
+                return (hash, at);
+            }
+        }
+        *sets += 1;
+        self.resources.entry(pid).or_insert_with(|| Arc::clone(resource));
+        let series = Series {
+            metric,
+            start_unix_nanos,
+            total: Distribution::new(metric, self.exponential),
+            recent: Distribution::new(metric, self.exponential),
+        };
+        let filed = self.series.entry(hash).or_default();
+        filed.push((SeriesKey { pid, metric: metric.name, attributes }, series));
+        (hash, filed.len() - 1)
     }
 
     /// Measurements that went to an overflow series so far.
@@ -201,7 +265,7 @@ impl Histograms {
 
     /// Series held now.
     pub fn len(&self) -> usize {
-        self.series.len()
+        self.series.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -221,19 +285,19 @@ impl Histograms {
             self.last_delta_unix_nanos = now_unix_nanos;
         }
         let mut by_process: Vec<ProcessMetrics> = Vec::new();
-        let mut keys: Vec<(u32, &str, String, &SeriesKey)> = self
+        let mut keys: Vec<(u32, &str, String, &SeriesKey, &Series)> = self
             .series
-            .keys()
-            .map(|k| {
+            .values()
+            .flatten()
+            .map(|(k, series)| {
                 let shown: Vec<String> =
                     k.attributes.iter().map(|a| format!("{}={}", a.key, a.value)).collect();
-                (k.pid, k.metric, shown.join(","), k)
+                (k.pid, k.metric, shown.join(","), k, series)
             })
             .collect();
         keys.sort_unstable_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
         let mut out: Vec<(u32, &'static DurationMetric, Point)> = Vec::new();
-        for (.., key) in keys {
-            let series = &self.series[key];
+        for (.., key, series) in keys {
             let (start_unix_nanos, distribution) = match temporality {
                 Temporality::Cumulative => (series.start_unix_nanos, series.total.clone()),
                 Temporality::Delta if series.recent.count == 0 => continue,
@@ -246,7 +310,7 @@ impl Histograms {
             ));
         }
         if temporality == Temporality::Delta {
-            for series in self.series.values_mut() {
+            for (_, series) in self.series.values_mut().flatten() {
                 series.recent = Distribution::new(series.metric, self.exponential);
             }
         }
@@ -269,7 +333,10 @@ impl Histograms {
         let gone: Vec<u32> = self.resources.keys().copied().filter(|&pid| !alive(pid)).collect();
         for pid in gone {
             self.resources.remove(&pid);
-            self.series.retain(|k, _| k.pid != pid);
+            self.series.retain(|_, filed| {
+                filed.retain(|(k, _)| k.pid != pid);
+                !filed.is_empty()
+            });
             self.sets.retain(|(p, _), _| *p != pid);
         }
     }

@@ -204,8 +204,7 @@ fn record(into: &mut Histograms, owner: &Half, edge: Edge<'_>) {
         attributes.push(KeyValue::new("connection_type", edge.connection_type));
     }
     let (resource, start) = (&owner.resource, owner.start_unix_nanos);
-    let mut count =
-        |metric, nanos| into.record_with(resource, metric, attributes.clone(), start, nanos);
+    let mut count = |metric, nanos| into.record_with(resource, metric, &attributes, start, nanos);
     count(&SERVICE_GRAPH_REQUEST_TOTAL, 0);
     if edge.failed {
         count(&SERVICE_GRAPH_REQUEST_FAILED_TOTAL, 0);
