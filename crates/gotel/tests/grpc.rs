@@ -145,11 +145,12 @@ fn pairwise_linked(servers: &[ReceivedSpan], clients: &[ReceivedSpan], n: usize)
 }
 
 /// gRPC over a unix socket (as containerd serves): 100 calls, 8 at a time, pairwise linked on
-/// the socket pair (no 4-tuple: the kernel's two sockets key it).
+/// the socket pair (no 4-tuple: the kernel's two sockets key it); and counted in the RPC
+/// duration histograms and the service graph.
 #[test]
 fn grpc_over_a_unix_socket_v1_85() {
     let Some(()) = privileged() else { return };
-    let (collector, dir, exe, _gotel) = attached_copy("grpc-unix", "grpc-v1.85.0");
+    let (collector, dir, exe, mut gotel) = attached_copy("grpc-unix", "grpc-v1.85.0");
     let path = dir.0.join("greeter.sock");
     let socket = format!("unix:{}", path.display());
     let _server = start(&exe, &["-serve", &socket]);
@@ -161,6 +162,26 @@ fn grpc_over_a_unix_socket_v1_85() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (servers, clients) = wait_for_grpc_spans(&collector, 100, 100);
     pairwise_linked(&servers, &clients, 100);
+
+    // The last export at exit carries every call (cumulative: the last point of a series).
+    gotel.signal_and_wait(libc::SIGTERM, WAIT);
+    let mut counts = std::collections::HashMap::new();
+    for p in collector.settled_metric_points() {
+        let series = (p.metric.clone(), format!("{:?}", p.attributes));
+        let n = counts.entry(series).or_insert(0);
+        *n = p.count.max(*n);
+        if p.metric.starts_with("rpc.") {
+            assert_eq!(p.unit, "ms");
+            assert_eq!(p.attr_str("rpc.system").as_deref(), Some("grpc"), "{p:?}");
+            assert_eq!(p.attr("rpc.grpc.status_code"), Some(0.into()), "{p:?}");
+        }
+    }
+    let total = |metric: &str| -> u64 {
+        counts.iter().filter(|((m, _), _)| m == metric).map(|(_, n)| n).sum()
+    };
+    assert_eq!(total("rpc.server.duration"), 100, "{counts:#?}");
+    assert_eq!(total("rpc.client.duration"), 100, "{counts:#?}");
+    assert_eq!(total("traces_service_graph_request_total"), 100, "client and server paired");
 }
 
 // grpc-go before 1.40 (fixtures/grpc/RESEARCH.md, "Before v1.40"): the first and last version

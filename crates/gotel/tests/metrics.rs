@@ -88,7 +88,7 @@ fn every_request_counts(protocol: &str, temporality: &str, aggregation: &str) {
     // SIGTERM stops the program, and the agent's last export carries whatever is left.
     gotel.signal_and_wait(libc::SIGTERM, WAIT);
 
-    let all_points = collector.metric_points();
+    let all_points = collector.settled_metric_points();
     let (graph, points): (Vec<ReceivedPoint>, Vec<ReceivedPoint>) =
         all_points.into_iter().partition(|p| p.metric.starts_with("traces_service_graph"));
     let spans = collector.spans();

@@ -57,7 +57,7 @@ fn every_command(build: &str, client: &str) {
         "-client",
         client,
     ];
-    let gotel = gotel(&args, Some(&collector), &[("OTEL_SERVICE_NAME", "cache")]);
+    let mut gotel = gotel(&args, Some(&collector), &[("OTEL_SERVICE_NAME", "cache")]);
     wait_for_port(port, WAIT);
     gotel.wait_for_log(&format!("attached go-redis {client}"), WAIT);
 
@@ -129,6 +129,39 @@ fn every_command(build: &str, client: &str) {
 
     // From a goroutine the handler started: still under the request.
     assert_eq!(named(&request(&spans, "/goroutine")), [pair("GET", "GET user:1")]);
+
+    // Every command counts in db.client.operation.duration, by operation and outcome, and
+    // in the service graph as an edge to the database.
+    gotel.signal_and_wait(libc::SIGTERM, WAIT);
+    let points = collector.settled_metric_points();
+    // Every span is in now, the connections' set-up commands too.
+    let spans = collector.spans();
+    let redis_spans: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| s.attr_str("db.system.name").is_some()).collect();
+    let last = |metric: &str, operation: &str| {
+        let of = points.iter().filter(|p| {
+            p.metric == metric && p.attr_str("db.operation.name").as_deref() == Some(operation)
+        });
+        of.map(|p| p.count).max()
+    };
+    let count_of = |name: &str| redis_spans.iter().filter(|s| s.name() == name).count() as u64;
+    let db = "db.client.operation.duration";
+    assert_eq!(last(db, "GET"), Some(count_of("GET")), "{points:#?}");
+    assert_eq!(last(db, "MULTI"), Some(1));
+    let lpush = points.iter().find(|p| p.attr_str("db.operation.name").as_deref() == Some("LPUSH"));
+    assert_eq!(lpush.and_then(|p| p.attr_str("error.type")).as_deref(), Some("WRONGTYPE"));
+    assert!(points.iter().filter(|p| p.metric == db).all(|p| {
+        p.attr_str("db.system.name").as_deref() == Some("redis")
+            && p.attr("db.query.text").is_none()
+    }));
+    let edge = points.iter().filter(|p| {
+        p.metric == "traces_service_graph_request_total"
+            && p.attr_str("connection_type").as_deref() == Some("database")
+    });
+    let edge = edge.max_by_key(|p| p.count).expect("an edge to the database");
+    assert_eq!(edge.attr_str("client").as_deref(), Some("cache"));
+    assert_eq!(edge.attr_str("server").as_deref(), Some(DB_INDEX));
+    assert_eq!(edge.count, redis_spans.len() as u64, "every command");
 }
 
 #[test]

@@ -254,6 +254,21 @@ impl Collector {
         Collector { http_port, grpc_port, out, metrics_out, _dir: dir, _proc: proc }
     }
 
+    /// The metric points once the exporter that sent them has exited: after its last export
+    /// arrived and the collector's file stopped growing (it flushes every 100 ms).
+    pub fn settled_metric_points(&self) -> Vec<ReceivedPoint> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut size = None;
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = std::fs::metadata(&self.metrics_out).map(|m| m.len()).ok();
+            if (now.is_some() && now == size) || Instant::now() > deadline {
+                return self.metric_points();
+            }
+            size = now;
+        }
+    }
+
     /// Every histogram and sum point received so far, in arrival order (a sum's value as its
     /// count).
     pub fn metric_points(&self) -> Vec<ReceivedPoint> {
