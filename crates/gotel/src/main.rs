@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod held;
 mod inspect;
+mod privileges;
 mod prometheus;
 
 use std::path::{Path, PathBuf};
@@ -62,12 +63,15 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-/// The maps every probe shares; the first thing that needs privileges, so it explains them.
+/// The maps every probe shares; the first thing that needs privileges, so the capabilities
+/// are checked (and explained) first.
 fn shared_maps(agent: &AgentArgs) -> anyhow::Result<SharedMaps> {
+    privileges::check()?;
     SharedMaps::create(agent.ring_buffer_mib).map_err(|e| {
         anyhow!(
             "{e}\ngotel needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE + \
-             CAP_DAC_READ_SEARCH, on Linux 5.17 or later (6.6+ for one link per function's RETs)"
+             CAP_DAC_READ_SEARCH + CAP_NET_ADMIN, on Linux 5.17 or later (6.6+ for \
+             uprobe_multi links, which need no CAP_SYS_ADMIN)"
         )
     })
 }

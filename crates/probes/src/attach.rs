@@ -1,11 +1,14 @@
 //! Attaching probes to one function: at its entry, or on its prologue's stack-check jump (an
 //! instruction the kernel emulates, an order of magnitude cheaper than one it single-steps),
 //! and at each RET, as one uprobe_multi link where the kernel has it (6.6+), else one uprobe
-//! per RET.
+//! per RET. Where the kernel has uprobe_multi links every probe is one, single places too: a
+//! uprobe perf event needs CAP_SYS_ADMIN on some kernels (this project's 6.18 among them), a
+//! uprobe_multi link only CAP_BPF and CAP_PERFMON.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
-use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts};
+use libbpf_rs::{Link, ProgramAttachType, ProgramMut, UprobeMultiOpts};
 
 use crate::{AttachContext, CallReturn, Error, FunctionPlan, Placement};
 
@@ -54,7 +57,8 @@ impl Attached {
         move |source| Error::Bpf { what, source }
     }
 
-    /// A uprobe at file offset `offset`; `what` names the place in errors.
+    /// A uprobe at file offset `offset`; `what` names the place in errors. A program loaded
+    /// for uprobe_multi links (`load`) gets a link of one place.
     pub(crate) fn at(
         &mut self,
         offset: u64,
@@ -62,10 +66,13 @@ impl Attached {
         what: &str,
     ) -> Result<(), Error> {
         let offset = usize::try_from(offset).unwrap_or(usize::MAX);
-        let link = prog
-            .attach_uprobe(false, -1, &self.executable, offset)
-            .map_err(self.error(format!("attach uprobe at {what}")))?;
-        self.links.push(link);
+        let link = if matches!(prog.attach_type(), ProgramAttachType::TraceUprobeMulti) {
+            let opts = UprobeMultiOpts { offsets: vec![offset], ..Default::default() };
+            prog.attach_uprobe_multi_with_opts(-1, &self.executable, "", opts)
+        } else {
+            prog.attach_uprobe(false, -1, &self.executable, offset)
+        };
+        self.links.push(link.map_err(self.error(format!("attach uprobe at {what}")))?);
         Ok(())
     }
 
@@ -162,4 +169,46 @@ impl Attached {
         ));
         Ok(())
     }
+}
+
+/// Whether this kernel makes uprobe_multi links (Linux 6.6+), asked once as libbpf's own
+/// feature probe asks: a link of a trivial program to "/" fails with EBADF (not a regular
+/// file) where the link type exists, with EINVAL where it does not.
+pub(crate) fn uprobe_multi_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        use libbpf_rs::libbpf_sys as sys;
+        // r0 = 0; exit
+        let insns: [u64; 2] = [0xb7, 0x95];
+        // SAFETY: the options are zeroed C structs with their sizes set, the instructions
+        // outlive the calls, and the descriptors made are closed here.
+        unsafe {
+            let mut load: sys::bpf_prog_load_opts = std::mem::zeroed();
+            load.sz = std::mem::size_of::<sys::bpf_prog_load_opts>() as _;
+            load.expected_attach_type = sys::BPF_TRACE_UPROBE_MULTI;
+            let prog = sys::bpf_prog_load(
+                sys::BPF_PROG_TYPE_KPROBE,
+                c"gotel_probe".as_ptr(),
+                c"GPL".as_ptr(),
+                insns.as_ptr().cast(),
+                2,
+                &mut load,
+            );
+            if prog < 0 {
+                return false;
+            }
+            let offset: std::os::raw::c_ulong = 0;
+            let mut link: sys::bpf_link_create_opts = std::mem::zeroed();
+            link.sz = std::mem::size_of::<sys::bpf_link_create_opts>() as _;
+            link.__bindgen_anon_1.uprobe_multi.path = c"/".as_ptr();
+            link.__bindgen_anon_1.uprobe_multi.offsets = &offset;
+            link.__bindgen_anon_1.uprobe_multi.cnt = 1;
+            let fd = sys::bpf_link_create(prog, -1, sys::BPF_TRACE_UPROBE_MULTI, &link);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            libc::close(prog);
+            fd == -libc::EBADF
+        }
+    })
 }

@@ -5,7 +5,7 @@
 use std::mem::MaybeUninit;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::OpenObject;
+use libbpf_rs::{OpenObject, ProgramAttachType};
 
 use crate::{AttachContext, Error};
 
@@ -69,6 +69,14 @@ pub(crate) fn load<'obj, B: Object<'obj>>(
     })?;
     B::configure(ro, to);
     own(ro);
+    if to.options.uprobe_multi && crate::attach::uprobe_multi_supported() {
+        // Single places get uprobe_multi links too (attach.rs): they need fewer privileges.
+        for mut prog in open.open_object_mut().progs_mut() {
+            if prog.section() == "uprobe" {
+                prog.set_attach_type(ProgramAttachType::TraceUprobeMulti);
+            }
+        }
+    }
     to.shared.reuse_in(&mut open.open_object_mut().maps_mut())?;
     open.load().map_err(bpf("load"))
 }

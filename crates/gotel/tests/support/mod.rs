@@ -507,7 +507,33 @@ pub fn inspect(path: &Path) -> String {
 
 /// gotel with OTLP pointed at `collector` (when given), its stderr captured.
 pub fn gotel(args: &[&str], collector: Option<&Collector>, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gotel"));
+    gotel_command(Command::new(env!("CARGO_BIN_EXE_gotel")), args, collector, env)
+}
+
+/// `gotel`, run as user nobody holding only the capabilities `caps` ("+bpf,+perfmon"),
+/// through util-linux's setpriv.
+pub fn gotel_as_nobody(
+    caps: &str,
+    args: &[&str],
+    collector: Option<&Collector>,
+    env: &[(&str, &str)],
+) -> Proc {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps=-all,{caps}"))
+        .arg(format!("--ambient-caps=-all,{caps}"))
+        .arg(format!("--bounding-set=-all,{caps}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_gotel"));
+    gotel_command(cmd, args, collector, env)
+}
+
+fn gotel_command(
+    mut cmd: Command,
+    args: &[&str],
+    collector: Option<&Collector>,
+    env: &[(&str, &str)],
+) -> Proc {
     cmd.args(args)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env_remove("OTEL_SERVICE_NAME")
