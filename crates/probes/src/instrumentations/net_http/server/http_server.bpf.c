@@ -157,6 +157,9 @@ static __always_inline struct span_ctx *h2_stream_parent(u64 rw, struct stream_c
 	return bpf_map_lookup_elem(&stream_ctx, sk);
 }
 
+/* How soon after an entry the same request's prologue may run again (morestack). */
+#define RESTART_NS 10000000ULL
+
 SEC("uprobe")
 int http_server_enter(struct pt_regs *ctx)
 {
@@ -171,6 +174,12 @@ int http_server_enter(struct pt_regs *ctx)
 		.rw_data = GO_ARG3(ctx), /* rw's itab is in ARG2 */
 		.req = GO_ARG4(ctx),
 	};
+	/* When the goroutine's stack must grow, morestack runs the prologue again, and this probe
+	 * with it: the request begun a moment ago keeps its span (its parent was taken already).
+	 * An entry left by a request that panicked is older than that. */
+	struct server_call *begun = bpf_map_lookup_elem(&server_calls, &key);
+	if (begun && begun->req == call.req && call.start_ns - begun->start_ns < RESTART_NS)
+		return 0;
 	/* A client span on this host whose request arrived on this connection (HTTP/1) or stream
 	 * (HTTP/2) is the parent. */
 	struct span_ctx *parent = 0;
