@@ -338,6 +338,13 @@ impl Pipeline {
                 probe.requests_reused
             );
         }
+        if probe.entries_repeated > 0 {
+            summary += &format!(
+                ", {} HTTP server entries run again as the stack grew (the request kept its \
+                 span)",
+                probe.entries_repeated
+            );
+        }
         if probe.returns_without_entry > 0 {
             summary += &format!(
                 ", {} calls ended without a recorded start (in flight at attach)",

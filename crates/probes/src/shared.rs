@@ -13,7 +13,7 @@ use crate::Error;
 /// spans/s.
 pub const DEFAULT_RINGBUF_MIB: u32 = 4;
 const MAX_TRACED_PIDS: u32 = 16384;
-const STAT_COUNT: u32 = 5;
+const STAT_COUNT: u32 = 6;
 const CTX_MAX: u32 = 65536;
 const SERVER_CALLS_MAX: u32 = 32768;
 const DB_CALLS_MAX: u32 = 32768;
@@ -37,6 +37,9 @@ pub struct ProbeStats {
     /// HTTP/2 requests (Go 1.27+) whose Request the GC had reused by the time they ended: their
     /// span has what the request began with, and no ServeMux pattern.
     pub requests_reused: u64,
+    /// HTTP server entries run again when morestack restarted the function: the request kept
+    /// the span it began with.
+    pub entries_repeated: u64,
 }
 
 pub struct SharedMaps {
@@ -122,6 +125,7 @@ impl SharedMaps {
             tls_streams_full: sum_per_cpu(&self.stats, 2),
             requests_on_older_connections: sum_per_cpu(&self.stats, 3),
             requests_reused: sum_per_cpu(&self.stats, 4),
+            entries_repeated: sum_per_cpu(&self.stats, 5),
         }
     }
 

@@ -81,6 +81,7 @@ enum stat {
 	STAT_TLS_STREAMS_FULL, /* TLS streams whose socket had TLS_STREAM_SLOTS waiting already */
 	STAT_NOT_ENROLLED, /* HTTP requests to another host on a connection injection never saw open */
 	STAT_REQUEST_REUSED, /* HTTP/2 requests whose Request the GC reused before they ended */
+	STAT_ENTRY_REPEATED, /* HTTP server entries run again by morestack (the request kept its span) */
 	STAT_MAX,
 };
 

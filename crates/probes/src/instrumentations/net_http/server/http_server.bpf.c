@@ -178,8 +178,10 @@ int http_server_enter(struct pt_regs *ctx)
 	 * with it: the request begun a moment ago keeps its span (its parent was taken already).
 	 * An entry left by a request that panicked is older than that. */
 	struct server_call *begun = bpf_map_lookup_elem(&server_calls, &key);
-	if (begun && begun->req == call.req && call.start_ns - begun->start_ns < RESTART_NS)
+	if (begun && begun->req == call.req && call.start_ns - begun->start_ns < RESTART_NS) {
+		count(STAT_ENTRY_REPEATED);
 		return 0;
+	}
 	/* A client span on this host whose request arrived on this connection (HTTP/1) or stream
 	 * (HTTP/2) is the parent. */
 	struct span_ctx *parent = 0;
