@@ -229,19 +229,7 @@ mod tests {
 
     /// The same request through the generated types: the oracle the bytes must equal.
     fn through_generated_types(spans: &[(Arc<ProcessResource>, Span)]) -> Vec<u8> {
-        let value = |v: &AttributeValue| pb_common::AnyValue {
-            value: Some(match v {
-                AttributeValue::String(s) => {
-                    pb_common::any_value::Value::StringValue(s.to_string())
-                }
-                AttributeValue::Int(i) => pb_common::any_value::Value::IntValue(*i),
-                AttributeValue::Bool(b) => pb_common::any_value::Value::BoolValue(*b),
-            }),
-        };
-        let kv = |k: &str, v: &AttributeValue| pb_common::KeyValue {
-            key: k.to_string(),
-            value: Some(value(v)),
-        };
+        let kv = crate::metrics::key_value;
         let mut groups: Vec<(Arc<ProcessResource>, Vec<pb::Span>)> = Vec::new();
         for (resource, s) in spans {
             let span = pb::Span {

@@ -16,6 +16,8 @@ pub use histograms::{
     Distribution, Histograms, MetricPoints, Point, ProcessMetrics, Temporality,
     DEFAULT_CARDINALITY_LIMIT,
 };
+#[cfg(test)] // the traces encoder's oracle converts attributes so too
+pub(crate) use otlp::key_value;
 pub use otlp::{encode_metrics, MetricsExporter};
 pub use prometheus::prometheus_text;
 pub use service_graph::{ServiceGraph, PAIR_WAIT};

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use trace::{AttributeValue, KeyValue, Shape};
 
-use super::histograms::{Histograms, ProcessMetrics, Temporality};
+use super::histograms::{Histograms, MetricPoints, Point, ProcessMetrics, Temporality};
 use crate::encode::{SCOPE_NAME, SCOPE_VERSION};
 use crate::otlp::{send_with_retry, Client, OtlpConfig};
 
@@ -28,8 +28,106 @@ fn any_value(v: &AttributeValue) -> pb_common::AnyValue {
     pb_common::AnyValue { value: Some(value) }
 }
 
-fn key_value(key: &str, value: &AttributeValue) -> pb_common::KeyValue {
+pub(crate) fn key_value(key: &str, value: &AttributeValue) -> pb_common::KeyValue {
     pb_common::KeyValue { key: key.to_string(), value: Some(any_value(value)) }
+}
+
+fn attributes(point: &Point) -> Vec<pb_common::KeyValue> {
+    point.attributes.iter().map(|KeyValue { key, value }| key_value(key, value)).collect()
+}
+
+/// A count's points: a monotonic sum.
+fn sum(m: &MetricPoints, temporality: i32, now_unix_nanos: u64) -> pb::metric::Data {
+    let data_points = m
+        .points
+        .iter()
+        .map(|point| pb::NumberDataPoint {
+            attributes: attributes(point),
+            start_time_unix_nano: point.start_unix_nanos,
+            time_unix_nano: now_unix_nanos,
+            value: Some(pb::number_data_point::Value::AsInt(point.distribution.count as i64)),
+            ..Default::default()
+        })
+        .collect();
+    pb::metric::Data::Sum(pb::Sum {
+        data_points,
+        aggregation_temporality: temporality,
+        is_monotonic: true,
+    })
+}
+
+/// A histogram's points in their base-2 exponential buckets.
+fn exponential(m: &MetricPoints, temporality: i32, now_unix_nanos: u64) -> pb::metric::Data {
+    let data_points = m
+        .points
+        .iter()
+        .filter_map(|point| {
+            let d = &point.distribution;
+            let e = d.exponential.as_ref()?;
+            Some(pb::ExponentialHistogramDataPoint {
+                attributes: attributes(point),
+                start_time_unix_nano: point.start_unix_nanos,
+                time_unix_nano: now_unix_nanos,
+                count: d.count,
+                sum: Some(d.sum),
+                scale: e.scale,
+                zero_count: e.zero_count,
+                positive: Some(pb::exponential_histogram_data_point::Buckets {
+                    offset: e.offset,
+                    bucket_counts: e.counts.clone(),
+                }),
+                min: Some(d.min),
+                max: Some(d.max),
+                ..Default::default()
+            })
+        })
+        .collect();
+    pb::metric::Data::ExponentialHistogram(pb::ExponentialHistogram {
+        data_points,
+        aggregation_temporality: temporality,
+    })
+}
+
+/// A histogram's points in the unit's explicit buckets.
+fn explicit(m: &MetricPoints, temporality: i32, now_unix_nanos: u64) -> pb::metric::Data {
+    let data_points = m
+        .points
+        .iter()
+        .map(|point| {
+            let d = &point.distribution;
+            pb::HistogramDataPoint {
+                attributes: attributes(point),
+                start_time_unix_nano: point.start_unix_nanos,
+                time_unix_nano: now_unix_nanos,
+                count: d.count,
+                sum: Some(d.sum),
+                bucket_counts: d.buckets.clone(),
+                explicit_bounds: m.metric.unit.boundaries().to_vec(),
+                min: Some(d.min),
+                max: Some(d.max),
+                ..Default::default()
+            }
+        })
+        .collect();
+    pb::metric::Data::Histogram(pb::Histogram { data_points, aggregation_temporality: temporality })
+}
+
+fn metric(m: &MetricPoints, temporality: i32, now_unix_nanos: u64) -> pb::Metric {
+    let exponential_kept = m.points.iter().any(|p| p.distribution.exponential.is_some());
+    let (unit, data) = match m.metric.shape {
+        Shape::Count => ("1", sum(m, temporality, now_unix_nanos)),
+        Shape::Histogram if exponential_kept => {
+            (m.metric.unit.ucum(), exponential(m, temporality, now_unix_nanos))
+        }
+        Shape::Histogram => (m.metric.unit.ucum(), explicit(m, temporality, now_unix_nanos)),
+    };
+    pb::Metric {
+        name: m.metric.name.to_string(),
+        description: m.metric.description.to_string(),
+        unit: unit.to_string(),
+        data: Some(data),
+        ..Default::default()
+    }
 }
 
 /// The request for `processes`, each under its resource, taken at `now_unix_nanos`.
@@ -38,137 +136,27 @@ pub fn encode_metrics(
     temporality: Temporality,
     now_unix_nanos: u64,
 ) -> Vec<u8> {
-    let aggregation_temporality = match temporality {
+    let temporality = match temporality {
         Temporality::Cumulative => pb::AggregationTemporality::Cumulative,
         Temporality::Delta => pb::AggregationTemporality::Delta,
     } as i32;
     let resource_metrics = processes
         .iter()
-        .map(|p| {
-            let metrics = p
-                .metrics
-                .iter()
-                .map(|m| {
-                    let attributes = |point: &super::Point| {
-                        point
-                            .attributes
-                            .iter()
-                            .map(|KeyValue { key, value }| key_value(key, value))
-                            .collect()
-                    };
-                    if m.metric.shape == Shape::Count {
-                        let data_points = m
-                            .points
-                            .iter()
-                            .map(|point| pb::NumberDataPoint {
-                                attributes: attributes(point),
-                                start_time_unix_nano: point.start_unix_nanos,
-                                time_unix_nano: now_unix_nanos,
-                                value: Some(pb::number_data_point::Value::AsInt(
-                                    point.distribution.count as i64,
-                                )),
-                                ..Default::default()
-                            })
-                            .collect();
-                        return pb::Metric {
-                            name: m.metric.name.to_string(),
-                            description: m.metric.description.to_string(),
-                            unit: "1".to_string(),
-                            data: Some(pb::metric::Data::Sum(pb::Sum {
-                                data_points,
-                                aggregation_temporality,
-                                is_monotonic: true,
-                            })),
-                            ..Default::default()
-                        };
-                    }
-                    if m.points.iter().any(|p| p.distribution.exponential.is_some()) {
-                        let data_points = m
-                            .points
-                            .iter()
-                            .filter_map(|point| {
-                                let d = &point.distribution;
-                                let e = d.exponential.as_ref()?;
-                                Some(pb::ExponentialHistogramDataPoint {
-                                    attributes: attributes(point),
-                                    start_time_unix_nano: point.start_unix_nanos,
-                                    time_unix_nano: now_unix_nanos,
-                                    count: d.count,
-                                    sum: Some(d.sum),
-                                    scale: e.scale,
-                                    zero_count: e.zero_count,
-                                    positive: Some(pb::exponential_histogram_data_point::Buckets {
-                                        offset: e.offset,
-                                        bucket_counts: e.counts.clone(),
-                                    }),
-                                    min: Some(d.min),
-                                    max: Some(d.max),
-                                    ..Default::default()
-                                })
-                            })
-                            .collect();
-                        return pb::Metric {
-                            name: m.metric.name.to_string(),
-                            description: m.metric.description.to_string(),
-                            unit: m.metric.unit.ucum().to_string(),
-                            data: Some(pb::metric::Data::ExponentialHistogram(
-                                pb::ExponentialHistogram { data_points, aggregation_temporality },
-                            )),
-                            ..Default::default()
-                        };
-                    }
-                    let data_points = m
-                        .points
-                        .iter()
-                        .map(|point| {
-                            let d = &point.distribution;
-                            pb::HistogramDataPoint {
-                                attributes: attributes(point),
-                                start_time_unix_nano: point.start_unix_nanos,
-                                time_unix_nano: now_unix_nanos,
-                                count: d.count,
-                                sum: Some(d.sum),
-                                bucket_counts: d.buckets.clone(),
-                                explicit_bounds: m.metric.unit.boundaries().to_vec(),
-                                min: Some(d.min),
-                                max: Some(d.max),
-                                ..Default::default()
-                            }
-                        })
-                        .collect();
-                    pb::Metric {
-                        name: m.metric.name.to_string(),
-                        description: m.metric.description.to_string(),
-                        unit: m.metric.unit.ucum().to_string(),
-                        data: Some(pb::metric::Data::Histogram(pb::Histogram {
-                            data_points,
-                            aggregation_temporality,
-                        })),
-                        ..Default::default()
-                    }
-                })
-                .collect();
-            pb::ResourceMetrics {
-                resource: Some(Resource {
-                    attributes: p
-                        .resource
-                        .attributes
-                        .iter()
-                        .map(|(k, v)| key_value(k, v))
-                        .collect(),
+        .map(|p| pb::ResourceMetrics {
+            resource: Some(Resource {
+                attributes: p.resource.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
+                ..Default::default()
+            }),
+            scope_metrics: vec![pb::ScopeMetrics {
+                scope: Some(pb_common::InstrumentationScope {
+                    name: SCOPE_NAME.to_string(),
+                    version: SCOPE_VERSION.to_string(),
                     ..Default::default()
                 }),
-                scope_metrics: vec![pb::ScopeMetrics {
-                    scope: Some(pb_common::InstrumentationScope {
-                        name: SCOPE_NAME.to_string(),
-                        version: SCOPE_VERSION.to_string(),
-                        ..Default::default()
-                    }),
-                    metrics,
-                    ..Default::default()
-                }],
+                metrics: p.metrics.iter().map(|m| metric(m, temporality, now_unix_nanos)).collect(),
                 ..Default::default()
-            }
+            }],
+            ..Default::default()
         })
         .collect();
     ExportMetricsServiceRequest { resource_metrics }.encode_to_vec()
