@@ -263,15 +263,6 @@ impl Histograms {
         self.overflowed
     }
 
-    /// Series held now.
-    pub fn len(&self) -> usize {
-        self.series.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
-
     /// The points to export now, grouped by process and metric, in a stable order. Delta
     /// points cover the time since the last delta export (series without measurements in it
     /// are left out) and start the next interval.

@@ -234,7 +234,9 @@ mod tests {
         let cumulative = h.collect(Temporality::Cumulative, 30);
         assert_eq!(cumulative[0].metrics[0].points[0].distribution.count, 2);
         h.retain_processes(|pid| pid != 2);
-        assert_eq!(h.len(), 1);
+        let left = h.collect(Temporality::Cumulative, 40);
+        assert_eq!(left.len(), 1, "process 2's series are gone");
+        assert_eq!((left[0].resource.pid, left[0].metrics[0].points.len()), (1, 1));
     }
 
     #[test]
