@@ -165,11 +165,9 @@ fn grpc_over_a_unix_socket_v1_85() {
 
     // The last export at exit carries every call (cumulative: the last point of a series).
     gotel.signal_and_wait(libc::SIGTERM, WAIT);
-    let mut counts = std::collections::HashMap::new();
-    for p in collector.settled_metric_points() {
-        let series = (p.metric.clone(), format!("{:?}", p.attributes));
-        let n = counts.entry(series).or_insert(0);
-        *n = p.count.max(*n);
+    let points = collector.settled_metric_points();
+    let counts = series_counts(&points, |p| (p.metric.clone(), format!("{:?}", p.attributes)));
+    for p in &points {
         if p.metric.starts_with("rpc.") {
             assert_eq!(p.unit, "ms");
             assert_eq!(p.attr_str("rpc.system").as_deref(), Some("grpc"), "{p:?}");

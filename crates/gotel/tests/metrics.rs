@@ -48,19 +48,12 @@ fn unsampled(
 /// Counts per (metric, route or server port, status), summed over delta points or taken from
 /// the last cumulative one.
 fn counts(points: &[ReceivedPoint]) -> HashMap<(String, String, String), u64> {
-    let mut out = HashMap::new();
-    for p in points {
+    series_counts(points, |p| {
         let series =
             p.attr_str("http.route").or_else(|| p.attr("server.port").map(|v| v.to_string()));
         let status = p.attr("http.response.status_code").map(|v| v.to_string()).unwrap_or_default();
-        let key = (p.metric.clone(), series.unwrap_or_default(), status);
-        let n = out.entry(key).or_insert(0);
-        match p.temporality {
-            1 => *n += p.count,
-            _ => *n = p.count.max(*n),
-        }
-    }
-    out
+        (p.metric.clone(), series.unwrap_or_default(), status)
+    })
 }
 
 fn every_request_counts(protocol: &str, temporality: &str, aggregation: &str) {
@@ -120,21 +113,15 @@ fn every_request_counts(protocol: &str, temporality: &str, aggregation: &str) {
     }
     // The service graph: each /one's call to /c pairs its client span with /c's server span;
     // the requests the test sent come from the user.
-    let mut edges: HashMap<(String, String, String, String), u64> = HashMap::new();
-    for p in &graph {
-        assert_eq!(p.temporality, want_temporality);
-        let key = (
+    assert!(graph.iter().all(|p| p.temporality == want_temporality), "{graph:#?}");
+    let edges = series_counts(&graph, |p| {
+        (
             p.metric.clone(),
             p.attr_str("client").unwrap_or_default(),
             p.attr_str("server").unwrap_or_default(),
             p.attr_str("connection_type").unwrap_or_default(),
-        );
-        let n = edges.entry(key).or_insert(0);
-        match p.temporality {
-            1 => *n += p.count,
-            _ => *n = p.count.max(*n),
-        }
-    }
+        )
+    });
     let edge = |metric: &str, client: &str, connection: &str| {
         let key =
             (metric.to_string(), client.to_string(), "shop".to_string(), connection.to_string());

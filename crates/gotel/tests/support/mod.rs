@@ -419,6 +419,23 @@ fn attrs(list: &Value) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The count of each series `key` names: summed over its delta points, the latest (the
+/// largest) of its cumulative ones.
+pub fn series_counts<K: Eq + std::hash::Hash>(
+    points: &[ReceivedPoint],
+    key: impl Fn(&ReceivedPoint) -> K,
+) -> std::collections::HashMap<K, u64> {
+    let mut out = std::collections::HashMap::new();
+    for p in points {
+        let n = out.entry(key(p)).or_insert(0);
+        match p.temporality {
+            1 => *n += p.count,
+            _ => *n = p.count.max(*n),
+        }
+    }
+    out
+}
+
 /// One histogram data point as the collector's file exporter wrote it.
 #[derive(Debug, Clone)]
 pub struct ReceivedPoint {
