@@ -111,22 +111,9 @@ impl OtlpConfig {
         Self::for_signal(Signal::Traces, get, endpoint, protocol)
     }
 
-    /// Reads the OTLP settings for metrics: on when OTEL_METRICS_EXPORTER asks for otlp, or,
-    /// unset, when an OTLP endpoint is configured (the terminal view needs no collector);
-    /// OTEL_METRICS_EXPORTER without otlp (none, prometheus) turns them off.
-    pub fn metrics_from_env(
-        get: impl Fn(&str) -> Option<String>,
-        endpoint: Option<String>,
-        protocol: Option<String>,
-    ) -> Result<Option<Self>, ConfigError> {
-        let asked = get("OTEL_METRICS_EXPORTER").filter(|v| !v.trim().is_empty());
-        if asked.is_some_and(|v| !v.split(',').any(|x| x.trim() == "otlp")) {
-            return Ok(None);
-        }
-        Self::for_signal(Signal::Metrics, get, endpoint, protocol)
-    }
-
-    fn for_signal(
+    /// The settings of `signal`'s exporter: `None` when no endpoint is configured and its
+    /// exporter variable (OTEL_TRACES_EXPORTER, OTEL_METRICS_EXPORTER) does not ask for otlp.
+    pub(crate) fn for_signal(
         signal: Signal,
         get: impl Fn(&str) -> Option<String>,
         endpoint: Option<String>,
@@ -173,12 +160,7 @@ impl OtlpConfig {
         if !endpoint.starts_with("http://") {
             return Err(ConfigError::Endpoint { var, value: endpoint });
         }
-        let millis = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
-            match get(var) {
-                None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|_| ConfigError::Number { var, value: v }),
-            }
-        };
+        let millis = |var, default| number(get, var, default);
         let headers = get(vars.headers)
             .or_else(|| get("OTEL_EXPORTER_OTLP_HEADERS"))
             .map(|h| trace::parse_resource_attributes(&h))
@@ -197,6 +179,18 @@ impl OtlpConfig {
             max_queue_size: millis("OTEL_BSP_MAX_QUEUE_SIZE", 2_048)?.max(1) as usize,
             max_batch_size: millis("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.max(1) as usize,
         }))
+    }
+}
+
+/// The number `var` holds (of `get`, blank as unset), else `default`.
+pub(crate) fn number(
+    get: impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match get(var).filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError::Number { var, value: v }),
     }
 }
 

@@ -22,7 +22,7 @@ pub use otlp::{encode_metrics, MetricsExporter};
 pub use prometheus::prometheus_text;
 pub use service_graph::{ServiceGraph, PAIR_WAIT};
 
-use crate::otlp::{ConfigError, OtlpConfig};
+use crate::otlp::{number, ConfigError, OtlpConfig, Signal};
 
 /// The wall clock, as metric points' times are.
 pub fn unix_nanos_now() -> u64 {
@@ -73,13 +73,13 @@ impl MetricsConfig {
                 choices: "otlp, prometheus or none (comma-separated)",
             });
         }
-        let otlp = OtlpConfig::metrics_from_env(get, otlp_endpoint, otlp_protocol)?;
-        let millis = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
-            match get(var) {
-                None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|_| ConfigError::Number { var, value: v }),
-            }
+        // OTLP when OTEL_METRICS_EXPORTER asks for it, or, unset, when an OTLP endpoint is
+        // configured (the terminal view needs no collector); without otlp in it, none.
+        let otlp = match exporters.is_empty() || wants("otlp") {
+            true => OtlpConfig::for_signal(Signal::Metrics, get, otlp_endpoint, otlp_protocol)?,
+            false => None,
         };
+        let millis = |var, default| number(get, var, default);
         let interval = Duration::from_millis(millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?.max(1));
         let var = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
         let temporality = match get(var).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
