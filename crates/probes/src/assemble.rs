@@ -99,7 +99,8 @@ mod tests {
     #[test]
     fn an_unsampled_event_is_its_span_marked_so() {
         let mut bytes = encode(&sample());
-        bytes[3] |= 0x80; // EVENT_UNSAMPLED in the kind
+        let kind = event::Fields(&bytes).u32(0) | event::UNSAMPLED;
+        bytes[..4].copy_from_slice(&kind.to_le_bytes());
         let a = assembler().assemble(&bytes).unwrap();
         assert_eq!((a.span.name.as_ref(), a.sampled), ("GET /users/{id}", false));
     }

@@ -232,7 +232,7 @@ impl EventBytes {
 
 /// Set in a header's kind when the sampler dropped the span (EVENT_UNSAMPLED, gotel.h): it
 /// counts in metrics and is not exported.
-pub const UNSAMPLED: u32 = 0x8000_0000;
+pub(crate) const UNSAMPLED: u32 = 0x8000_0000;
 
 /// The kind of a sample and whether its span was sampled, or why it has none.
 pub(crate) fn kind(bytes: &[u8]) -> Result<(u32, bool), DecodeError> {
