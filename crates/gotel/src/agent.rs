@@ -84,10 +84,8 @@ pub fn instrument(
     }
     drop(plans);
     drop(bin);
-    // The binary and its DWARF were read into the heap; hand that memory back to the system
-    // rather than keep it as the agent's high-water mark.
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe { libc::malloc_trim(0) };
+    // The binary and its DWARF were read into the heap.
+    crate::memory::release_freed();
     for a in &attached {
         let links = if a.multi { "" } else { " (one uprobe per RET)" };
         tracing::info!(
@@ -434,7 +432,7 @@ fn start_metrics(
         }
         None => None,
     };
-    crate::prometheus::map_large_allocations();
+    crate::memory::map_large_allocations();
     if let Some(addr) = config.prometheus {
         crate::prometheus::serve(addr, Arc::clone(&histograms))?;
         tracing::info!("metrics in the Prometheus format on http://{addr}/metrics");

@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod held;
 mod inspect;
+mod memory;
 mod privileges;
 mod prometheus;
 

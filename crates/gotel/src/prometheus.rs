@@ -29,25 +29,10 @@ pub fn serve(addr: SocketAddr, histograms: Arc<Mutex<Histograms>>) -> anyhow::Re
                 .expect("a valid header");
             let body = exposition(&histograms);
             let _ = request.respond(tiny_http::Response::from_string(body).with_header(header));
-            release_freed_memory();
+            crate::memory::release_freed(); // an exposition of many series is megabytes
         }
     })?;
     Ok(())
-}
-
-/// An exposition of many series is megabytes, built and freed at each scrape: hand the
-/// memory back rather than keep it as the agent's resident high-water mark.
-pub fn release_freed_memory() {
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe { libc::malloc_trim(0) };
-}
-
-/// Allocations from this size on get pages of their own, given back when freed. glibc would
-/// raise its threshold to the size of the first such block freed, and keep every later
-/// exposition (megabytes) in the heap for good.
-pub fn map_large_allocations() {
-    // SAFETY: mallopt only changes the allocator's policy for later allocations.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) };
 }
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";

@@ -86,7 +86,7 @@ impl Health {
                 let header = tiny_http::Header::from_bytes("Content-Type", content_type)
                     .expect("a valid header");
                 let _ = request.respond(tiny_http::Response::from_string(body).with_header(header));
-                crate::prometheus::release_freed_memory();
+                crate::memory::release_freed();
             }
         })?;
         Ok(())
