@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -17,16 +17,6 @@ const COUNT: &str = "demo.Greeter/Count";
 
 fn grpc_fixture(name: &str) -> PathBuf {
     fixture(&format!("grpc/{name}"))
-}
-
-fn start(exe: &std::path::Path, args: &[&str]) -> Proc {
-    let child = Command::new(exe)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the gRPC fixture");
-    Proc::new(child)
 }
 
 /// A private copy of the gRPC fixture `fixture_name` under `gotel attach --exe`, exporting to a
@@ -77,9 +67,11 @@ fn rpcs_become_linked_spans(fixture_name: &str) {
 
     let (grpc_port, http_port) = (free_port(), free_port());
     let grpc_addr = format!("127.0.0.1:{grpc_port}");
-    let _server = start(&exe, &["-serve", &grpc_addr]);
-    let _front =
-        start(&exe, &["-http", &format!("127.0.0.1:{http_port}"), "-grpc-target", &grpc_addr]);
+    let _server = start_program(&exe, &["-serve", &grpc_addr]);
+    let _front = start_program(
+        &exe,
+        &["-http", &format!("127.0.0.1:{http_port}"), "-grpc-target", &grpc_addr],
+    );
     wait_for_port(grpc_port, WAIT);
     wait_for_port(http_port, WAIT);
 
@@ -153,7 +145,7 @@ fn grpc_over_a_unix_socket_v1_85() {
     let (collector, dir, exe, mut gotel) = attached_copy("grpc-unix", "grpc-v1.85.0");
     let path = dir.0.join("greeter.sock");
     let socket = format!("unix:{}", path.display());
-    let _server = start(&exe, &["-serve", &socket]);
+    let _server = start_program(&exe, &["-serve", &socket]);
     wait_for_unix_socket(&path, WAIT);
     let out = Command::new(&exe)
         .args(["-client", &socket, "-n", "100", "-concurrency", "8"])
@@ -320,9 +312,11 @@ fn a_grpc_handlers_http_call_is_its_child() {
     let (grpc_port, http_port) = (free_port(), free_port());
     let grpc_addr = format!("127.0.0.1:{grpc_port}");
     let next = format!("http://127.0.0.1:{http_port}/hello");
-    let _server = start(&exe, &["-serve", &grpc_addr, "-next", &next]);
-    let _front =
-        start(&exe, &["-http", &format!("127.0.0.1:{http_port}"), "-grpc-target", &grpc_addr]);
+    let _server = start_program(&exe, &["-serve", &grpc_addr, "-next", &next]);
+    let _front = start_program(
+        &exe,
+        &["-http", &format!("127.0.0.1:{http_port}"), "-grpc-target", &grpc_addr],
+    );
     wait_for_port(grpc_port, WAIT);
     wait_for_port(http_port, WAIT);
     http_get(http_port, "/call?name=chain");
@@ -366,7 +360,7 @@ fn joins_incoming_traceparent(fixture_name: &str) {
         attached_copy(&format!("grpc-tp-{fixture_name}"), fixture_name);
     let grpc_port = free_port();
     let grpc_addr = format!("127.0.0.1:{grpc_port}");
-    let _server = start(&exe, &["-serve", &grpc_addr]);
+    let _server = start_program(&exe, &["-serve", &grpc_addr]);
     wait_for_port(grpc_port, WAIT);
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let parent = "b7ad6b7169203331";

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -61,10 +61,7 @@ fn the_core_runs_as_nobody_with_the_five_capabilities() {
     gotel.wait_for_log("tracing every process", WAIT);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let run = |args: &[&str]| {
-        Command::new(&exe).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
-    };
-    let _server = Proc::new(run(&["-serve", &addr]));
+    let _server = start_program(&exe, &["-serve", &addr]);
     wait_for_port(port, WAIT);
     let out = Command::new(&exe).args(["-client", &addr, "-n", "20"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -572,6 +572,17 @@ fn gotel_command(
     Proc::capturing_stderr(cmd.spawn().expect("start gotel"))
 }
 
+/// `exe` with `args`, without gotel, its output discarded.
+pub fn start_program(exe: &Path, args: &[&str]) -> Proc {
+    let child = Command::new(exe)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", exe.display()));
+    Proc::new(child)
+}
+
 /// A fixture started directly, without gotel.
 pub fn start_fixture(path: &Path, port: u16) -> Proc {
     let child = Command::new(path)
