@@ -214,6 +214,21 @@ fn footprint(pid: u32) -> Footprint {
     Footprint { fds, probe_fds, rss_kib }
 }
 
+/// The footprint once its open fds hold still for 200 ms (at most 5 s): a connection of ours
+/// to the daemon's endpoints may still be closing on its side when we look.
+fn settled_footprint(pid: u32) -> Footprint {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = footprint(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = footprint(pid);
+        if now.fds == last.fds || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn wait_until_idle(metrics_port: u16) {
     let deadline = Instant::now() + WAIT;
     while !status(metrics_port)["executables"].as_array().unwrap().is_empty() {
@@ -270,12 +285,12 @@ fn churn_leaves_nothing_behind() {
     // buffers from mmap to the heap after the first is freed); from there memory is flat.
     run_batch();
     run_batch();
-    let before = footprint(d.pid());
+    let before = settled_footprint(d.pid());
     let churned = 200;
     for _ in 0..churned / BATCH {
         run_batch();
     }
-    let after = footprint(d.pid());
+    let after = settled_footprint(d.pid());
     let s = status(metrics_port);
     assert_eq!(s["counters"]["processes_traced_total"], (churned + 2 * BATCH) as u64, "{s}");
     eprintln!("churn of {churned} processes: before {before:?}, after {after:?}");
