@@ -36,9 +36,10 @@ debian_archive_uri() {
 
 # postgresql, mariadb-server, redis-server: the real servers the database tests start private
 # instances of; nginx-light: the proxy the cross-host tests put between client and server;
-# prometheus: the real scraper of gotel's metrics endpoint (tests start their own instance).
+# prometheus: the real scraper of gotel's metrics endpoint (tests start their own instance);
+# bpftool: the kernel's own view of gotel's programs, links and maps (fault tests, soak).
 need_pkgs=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make wrk iproute2 python3-venv
-  postgresql mariadb-server redis-server nginx-light prometheus
+  postgresql mariadb-server redis-server nginx-light prometheus bpftool
   golang-1.19-go golang-1.21-go golang-1.22-go golang-1.23-go golang-1.24-go golang-1.26-go golang-1.27-go)
 
 missing=()
