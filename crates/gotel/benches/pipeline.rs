@@ -27,6 +27,7 @@ fn raw_events(n: usize) -> Vec<Vec<u8>> {
                 proto_major: 1,
                 proto_minor: 1,
                 tls: false,
+                panicked: false,
                 method: "GET".into(),
                 path: format!("/users/{i}"),
                 query: "fields=name".into(),

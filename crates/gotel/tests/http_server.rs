@@ -497,3 +497,46 @@ fn a_secret_in_the_targets_environment_never_leaves_the_agent() {
     assert!(log.iter().any(|l| l.contains("DEBUG")), "the agent logged at debug level");
     assert!(!log.iter().any(|l| l.contains(secret)), "logged: {log:#?}");
 }
+
+/// A handler that panics: net/http recovers it and closes the connection (the client gets no
+/// response, as without gotel), and the span ends there, an error of type "panic"; under a
+/// middleware that recovers it, the span is the 500 the middleware answered. Nothing of a
+/// panicked request stays behind: the requests after it get spans of their own, right.
+#[test]
+fn a_handler_that_panics_gives_an_error_span_and_leaves_nothing_behind() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("panic");
+    let port = free_port();
+    let fx = fixture("httpserver-go1.26");
+    let addr = format!("127.0.0.1:{port}");
+    let _gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    for _ in 0..3 {
+        let head = format!("GET /panic HTTP/1.1\r\nHost: {addr}");
+        assert_eq!(raw_request(port, head.as_bytes()), 0, "no response, as net/http does");
+        assert_eq!(http_get(port, "/recovered").0, 500);
+        assert_eq!(http_get(port, "/hello").0, 200);
+    }
+    let spans = collector.wait_for_spans(9, WAIT);
+    assert_eq!(spans.len(), 9, "{spans:#?}");
+    let of = |path: &str| -> Vec<&ReceivedSpan> {
+        spans.iter().filter(|s| s.attr_str("url.path").as_deref() == Some(path)).collect()
+    };
+    for s in of("/panic") {
+        assert_eq!(s.name(), "GET /panic");
+        assert_eq!(s.attr_str("error.type").as_deref(), Some("panic"));
+        assert_eq!(s.attr_int("http.response.status_code"), None);
+        assert_eq!(s.span["status"]["code"], 2, "an error");
+    }
+    for s in of("/recovered") {
+        assert_eq!(s.attr_int("http.response.status_code"), Some(500));
+        assert_eq!(s.attr_str("error.type").as_deref(), Some("500"));
+    }
+    for s in of("/hello") {
+        assert_eq!(s.attr_int("http.response.status_code"), Some(200));
+        assert_eq!(s.hex("parentSpanId"), "", "no stale parent");
+        assert_eq!(s.span["status"].get("code"), None, "unset");
+    }
+    let ids: std::collections::HashSet<String> = spans.iter().map(|s| s.hex("traceId")).collect();
+    assert_eq!(ids.len(), 9, "each request its own trace");
+}

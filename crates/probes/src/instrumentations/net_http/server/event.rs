@@ -12,6 +12,8 @@ pub struct HttpServerEvent {
     pub proto_major: u8,
     pub proto_minor: u8,
     pub tls: bool,
+    /// The handler panicked and net/http closed the connection: no response was finished.
+    pub panicked: bool,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -36,7 +38,7 @@ const TRACESTATE: (usize, usize, usize) = (924, 926, 256);
 pub fn encode(e: &HttpServerEvent) -> Vec<u8> {
     let mut b = EventBytes::new(HttpServerEvent::SIZE, super::KIND, &e.header);
     b.put(56, &e.status.to_le_bytes());
-    b.put(58, &[e.proto_major, e.proto_minor, u8::from(e.tls)]);
+    b.put(58, &[e.proto_major, e.proto_minor, u8::from(e.tls), u8::from(e.panicked)]);
     let s = |(len_at, at, cap), v| (len_at, at, cap, v);
     b.strings(&[
         s(METHOD, &e.method),
@@ -63,6 +65,7 @@ impl SpanEvent for HttpServerEvent {
             proto_major: f.u8(58),
             proto_minor: f.u8(59),
             tls: f.u8(60) != 0,
+            panicked: f.u8(61) != 0,
             method: string(METHOD),
             path: string(PATH),
             query: string(QUERY),
@@ -102,6 +105,7 @@ pub(crate) mod tests {
             proto_major: 1,
             proto_minor: 1,
             tls: false,
+            panicked: false,
             method: "GET".into(),
             path: "/users/7".into(),
             query: "a=1".into(),

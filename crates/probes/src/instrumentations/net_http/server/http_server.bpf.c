@@ -57,7 +57,8 @@ struct http_server_event {
 	u8 proto_major;
 	u8 proto_minor;
 	u8 tls;
-	u8 _pad[3];
+	u8 panicked; /* net/http recovered the handler's panic: no response was finished */
+	u8 _pad[2];
 	u16 method_len, path_len, query_len, host_len, remote_len, pattern_len;
 	char method[METHOD_CAP];
 	char path[PATH_CAP];
@@ -241,8 +242,10 @@ int http_server_enter(struct pt_regs *ctx)
 	return 0;
 }
 
-/* The response status; 0 when it cannot be known (HTTP/2 without its offsets). */
-static __always_inline u16 response_status(const struct server_call *call, u8 proto_major)
+/* The response status; 0 when it cannot be known (HTTP/2 without its offsets) or was never
+ * set (a handler that panicked first). */
+static __always_inline u16 response_status(const struct server_call *call, u8 proto_major,
+					   bool panicked)
 {
 	u64 status;
 	if (proto_major == 2) {
@@ -254,10 +257,10 @@ static __always_inline u16 response_status(const struct server_call *call, u8 pr
 		status = read_u64(call->rw_data + off_response_status);
 	}
 	/* A handler that wrote nothing gets 200 when the server finishes the response. */
-	return status ? (u16)status : 200;
+	return status || panicked ? (u16)status : 200;
 }
 
-static __always_inline int http_server_return(struct pt_regs *ctx)
+static __always_inline int end_request(struct pt_regs *ctx, bool panicked)
 {
 	u32 pid = bpf_get_current_pid_tgid() >> 32;
 	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
@@ -302,7 +305,8 @@ static __always_inline int http_server_return(struct pt_regs *ctx)
 		request_fields_of(copy);
 	}
 	e->proto_major = f->proto_major;
-	e->status = response_status(call, e->proto_major);
+	e->panicked = panicked;
+	e->status = response_status(call, e->proto_major, panicked);
 	e->proto_minor = f->proto_minor;
 	e->tls = f->tls;
 	e->method_len = f->method_len;
@@ -339,13 +343,26 @@ done:
 SEC("uprobe.multi")
 int http_server_return_multi(struct pt_regs *ctx)
 {
-	return http_server_return(ctx);
+	return end_request(ctx, false);
 }
 
 SEC("uprobe")
 int http_server_return_single(struct pt_regs *ctx)
 {
-	return http_server_return(ctx);
+	return end_request(ctx, false);
+}
+
+/* net/http.(*conn).serve.func1, the deferred function that recovers a handler's panic and
+ * closes the connection: it runs once per HTTP/1 connection, and finds the goroutine serving a
+ * request only when the handler panicked out of it (every other request ended before). */
+SEC("uprobe")
+int http_server_panicked(struct pt_regs *ctx)
+{
+	u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct goroutine_key key = { .pid = pid, .g = GO_G(ctx) };
+	if (!bpf_map_lookup_elem(&server_calls, &key))
+		return 0;
+	return end_request(ctx, true);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

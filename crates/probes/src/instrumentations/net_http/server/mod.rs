@@ -28,6 +28,9 @@ const KIND: u32 = 1;
 const ENTRY: &str = "net/http.serverHandler.ServeHTTP";
 /// Every HTTP/1 request served ends here, on the serving goroutine, right after ServeHTTP.
 const HTTP1_END: &str = "net/http.(*response).finishRequest";
+/// The deferred function of an HTTP/1 connection's goroutine that recovers a handler's panic
+/// (and closes the connection): where a request whose handler panicked ends.
+const HTTP1_RECOVER: &str = "net/http.(*conn).serve.func1";
 /// Every HTTP/2 request ends here (the package moved in Go 1.27).
 const HTTP2_END: &[&str] = &[
     "net/http.(*http2responseWriter).handlerDone",
@@ -118,6 +121,8 @@ struct HttpServerPlan {
     serve: FunctionPlan,
     /// Where HTTP/1 and HTTP/2 requests end, for exit probes cheaper than ServeHTTP's RETs.
     request_ends: Option<(FunctionPlan, FunctionPlan)>,
+    /// Where a request whose handler panicked ends (None: such requests get no span).
+    panic_recovery: Option<FunctionPlan>,
     fields: Vec<FieldOffset>,
     /// None: incoming traceparent headers are not read.
     header_map: Option<HeaderMap>,
@@ -142,6 +147,7 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<HttpServerPlan, String> {
     Ok(HttpServerPlan {
         serve,
         request_ends,
+        panic_recovery: FunctionPlan::entry_only(bin, HTTP1_RECOVER).ok(),
         fields,
         header_map,
         conn_types: conn_types(bin),
@@ -193,6 +199,9 @@ impl Plan for HttpServerPlan {
                 &p.http_server_return_multi,
                 &p.http_server_return_single,
             )?,
+        }
+        if let Some(recover) = &self.panic_recovery {
+            attached.entry_line(recover, &p.http_server_panicked)?;
         }
         Ok(attached)
     }

@@ -61,8 +61,12 @@ pub(super) fn span(e: HttpServerEvent, clock: &MonotonicClock) -> Span {
     if let Some(port) = client_port {
         attrs.push(KeyValue::new("client.port", i64::from(port)));
     }
-    // Server spans are errors for 5xx only: a 4xx is the client's mistake.
-    let status = if e.status >= 500 {
+    // Server spans are errors for 5xx only: a 4xx is the client's mistake. A handler that
+    // panicked sent no whole response, whatever status it had set.
+    let status = if e.panicked {
+        attrs.push(KeyValue::new("error.type", "panic"));
+        Status::Error { message: "the handler panicked".into() }
+    } else if e.status >= 500 {
         attrs.push(KeyValue::new("error.type", e.status.to_string()));
         Status::Error { message: String::new() }
     } else {
@@ -93,6 +97,7 @@ mod tests {
             proto_major: 1,
             proto_minor: 1,
             tls: false,
+            panicked: false,
             method: method.into(),
             path: path.into(),
             query: query.into(),
@@ -138,6 +143,17 @@ mod tests {
         assert_eq!(attr(&s, "http.request.method"), Some(&"_OTHER".into()));
         assert_eq!(attr(&s, "http.request.method_original"), Some(&"BREW".into()));
         assert_eq!(s.status, Status::Unset, "4xx is not a server error");
+    }
+
+    #[test]
+    fn a_handler_that_panicked_is_an_error_with_the_status_it_had_set() {
+        let mut e = event("GET", "/panic", "", "GET /panic", 0);
+        e.panicked = true;
+        let s = span(e, &MonotonicClock::new());
+        assert_eq!(s.name, "GET /panic");
+        assert!(attr(&s, "http.response.status_code").is_none(), "no status was written");
+        assert_eq!(attr(&s, "error.type"), Some(&"panic".into()));
+        assert!(matches!(s.status, Status::Error { .. }));
     }
 
     #[test]
