@@ -372,6 +372,18 @@ fn a_collector_that_is_down_does_not_hurt_the_target() {
     assert!(log.contains("10 dropped (export failed)"), "{log}");
 }
 
+/// The go1.26 httpserver fixture run under gotel with `env`, spans to a collector of its own:
+/// (collector, gotel, port, "127.0.0.1:port").
+fn served(tag: &str, env: &[(&str, &str)]) -> (Collector, Proc, u16, String) {
+    let collector = Collector::start(tag);
+    let port = free_port();
+    let fx = fixture("httpserver-go1.26");
+    let addr = format!("127.0.0.1:{port}");
+    let gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), env);
+    wait_for_port(port, WAIT);
+    (collector, gotel, port, addr)
+}
+
 /// Sends `head` (a request line and headers, without the blank line) as one HTTP/1.1 request
 /// with `Connection: close`; the response's status.
 fn raw_request(port: u16, head: &[u8]) -> u16 {
@@ -387,19 +399,14 @@ fn raw_request(port: u16, head: &[u8]) -> u16 {
 }
 
 /// Requests no well-behaved client sends: malformed traceparent headers (each ignored: the span
-/// starts a trace of its own; a later version's extra field is allowed), a 64 KiB header, 1,000 headers, a path that is not UTF-8 once
-/// decoded, a 100 KB query. The target answers each as without gotel, and each span arrives
+/// starts a trace of its own; a later version's extra field is allowed), a 64 KiB header,
+/// 1,000 headers, a path that is not UTF-8 once decoded, a 100 KB query. The target answers each as without gotel, and each span arrives
 /// right: the path as valid UTF-8 (invalid bytes replaced, as OTLP's strings must be), the
 /// query cut at the 256 bytes the probe copies.
 #[test]
 fn bad_input_gives_right_spans_and_harms_nothing() {
     let Some(()) = privileged() else { return };
-    let collector = Collector::start("bad-input");
-    let port = free_port();
-    let fx = fixture("httpserver-go1.26");
-    let addr = format!("127.0.0.1:{port}");
-    let _gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
-    wait_for_port(port, WAIT);
+    let (collector, _gotel, port, addr) = served("bad-input", &[]);
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let malformed = [
         format!("00-{trace}-b7ad6b7169203331"),    // a field missing
@@ -472,9 +479,6 @@ fn bad_input_gives_right_spans_and_harms_nothing() {
 #[test]
 fn a_secret_in_the_targets_environment_never_leaves_the_agent() {
     let Some(()) = privileged() else { return };
-    let collector = Collector::start("secret");
-    let port = free_port();
-    let fx = fixture("httpserver-go1.26");
     let secret = "s3cr3t-7f1d2c9e";
     let env = [
         ("GOTEL_LOG", "debug"),
@@ -483,9 +487,7 @@ fn a_secret_in_the_targets_environment_never_leaves_the_agent() {
         ("OTEL_SERVICE_NAME", "shop"),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging"),
     ];
-    let addr = format!("127.0.0.1:{port}");
-    let gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &env);
-    wait_for_port(port, WAIT);
+    let (collector, gotel, port, _) = served("secret", &env);
     assert_eq!(http_get(port, "/hello").0, 200);
     let spans = collector.wait_for_spans(1, WAIT);
     assert_eq!(spans.len(), 1);
@@ -505,12 +507,7 @@ fn a_secret_in_the_targets_environment_never_leaves_the_agent() {
 #[test]
 fn a_handler_that_panics_gives_an_error_span_and_leaves_nothing_behind() {
     let Some(()) = privileged() else { return };
-    let collector = Collector::start("panic");
-    let port = free_port();
-    let fx = fixture("httpserver-go1.26");
-    let addr = format!("127.0.0.1:{port}");
-    let _gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
-    wait_for_port(port, WAIT);
+    let (collector, _gotel, port, addr) = served("panic", &[]);
     for _ in 0..3 {
         let head = format!("GET /panic HTTP/1.1\r\nHost: {addr}");
         assert_eq!(raw_request(port, head.as_bytes()), 0, "no response, as net/http does");
