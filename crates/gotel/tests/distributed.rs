@@ -316,26 +316,27 @@ enum XnetClient {
     Configured,
 }
 
-/// `requests` at once to A's /a, which calls B's /c with x/net's HTTP/2 client (both from the
-/// xnet fixture built against `version`): each a trace of A's server span, its CLIENT span
-/// (HTTP/2, status 200) and B's server span, the client span's child by connection and stream.
-fn xnet_client(version: &str, client: XnetClient, requests: usize) {
-    let Some(()) = privileged() else { return };
-    raise_fd_limit();
-    let name = format!("xnet-{version}-{client:?}");
-    let collector = Collector::start(&name);
-    let dir = TempDir::new(&name);
+/// A and B from one copy of the xnet fixture built against `version`, both traced by one gotel:
+/// B serves with `serve` ("-tls" or "-h2c"), A calls it at `scheme`://B with `-client mode`.
+struct XnetPair {
+    collector: Collector,
+    _gotel: Proc,
+    a: Proc,
+    b: Proc,
+    a_port: u16,
+    b_port: u16,
+    _dir: TempDir,
+}
+
+fn start_xnet(version: &str, name: &str, serve: &str, scheme: &str, mode: &str) -> XnetPair {
+    let collector = Collector::start(name);
+    let dir = TempDir::new(name);
     let exe = dir.0.join("xnet");
     std::fs::copy(fixture(&format!("xnet/xnet-{version}")), &exe).unwrap();
     let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
     gotel.wait_for_log("tracing every process", WAIT);
-    let (a, b) = (free_port(), free_port());
-    let (serve, scheme, mode) = match client {
-        XnetClient::StandaloneTls => ("-tls", "https", "standalone"),
-        XnetClient::StandaloneH2c => ("-h2c", "http", "standalone"),
-        XnetClient::Configured => ("-tls", "https", "configure"),
-    };
-    let start = |args: &[String]| {
+    let (a_port, b_port) = (free_port(), free_port());
+    let start = |args: &[&str]| {
         let child = std::process::Command::new(&exe)
             .args(args)
             .stderr(std::process::Stdio::null())
@@ -343,19 +344,30 @@ fn xnet_client(version: &str, client: XnetClient, requests: usize) {
             .unwrap();
         Proc::new(child)
     };
-    let _b = start(&["-addr".into(), format!("127.0.0.1:{b}"), serve.into()]);
-    wait_for_port(b, WAIT);
-    let next = format!("{scheme}://127.0.0.1:{b}");
-    let _a = start(&[
-        "-addr".into(),
-        format!("127.0.0.1:{a}"),
-        "-next".into(),
-        next,
-        "-client".into(),
-        mode.into(),
-    ]);
-    wait_for_port(a, WAIT);
-    let (a_pid, b_pid) = (_a.pid(), _b.pid());
+    let b_addr = format!("127.0.0.1:{b_port}");
+    let b = start(&["-addr", &b_addr, serve]);
+    wait_for_port(b_port, WAIT);
+    let (a_addr, next) = (format!("127.0.0.1:{a_port}"), format!("{scheme}://{b_addr}"));
+    let a = start(&["-addr", &a_addr, "-next", &next, "-client", mode]);
+    wait_for_port(a_port, WAIT);
+    XnetPair { collector, _gotel: gotel, a, b, a_port, b_port, _dir: dir }
+}
+
+/// `requests` at once to A's /a, which calls B's /c with x/net's HTTP/2 client (both from the
+/// xnet fixture built against `version`): each a trace of A's server span, its CLIENT span
+/// (HTTP/2, status 200) and B's server span, the client span's child by connection and stream.
+fn xnet_client(version: &str, client: XnetClient, requests: usize) {
+    let Some(()) = privileged() else { return };
+    raise_fd_limit();
+    let (serve, scheme, mode) = match client {
+        XnetClient::StandaloneTls => ("-tls", "https", "standalone"),
+        XnetClient::StandaloneH2c => ("-h2c", "http", "standalone"),
+        XnetClient::Configured => ("-tls", "https", "configure"),
+    };
+    let name = format!("xnet-{version}-{client:?}");
+    let pair = start_xnet(version, &name, serve, scheme, mode);
+    let (a, b, collector) = (pair.a_port, pair.b_port, &pair.collector);
+    let (a_pid, b_pid) = (pair.a.pid(), pair.b.pid());
 
     let calls: Vec<_> =
         (0..requests).map(|_| std::thread::spawn(move || http_get(a, "/a"))).collect();
@@ -432,4 +444,41 @@ fn xnet_http2_transport_h2c_newest_on_go1_27() {
 #[test]
 fn xnet_http2_configured_transport_over_tls_newest_on_go1_27() {
     xnet_client("v0.63.0+go1.27", XnetClient::Configured, 100);
+}
+
+/// An HTTP/2 handler that panics (B's /panic, called by A with x/net's client over TLS): the
+/// server resets the stream, and B's span ends there, an error of type "panic", the child of
+/// A's client span, which failed.
+fn an_http2_handler_panics(version: &str) {
+    let Some(()) = privileged() else { return };
+    let pair = start_xnet(version, &format!("h2-panic-{version}"), "-tls", "https", "standalone");
+    let (a, collector) = (pair.a_port, &pair.collector);
+    for _ in 0..3 {
+        let (status, body) = http_get(a, "/a?to=/panic");
+        assert_eq!(status, 200);
+        assert!(body.starts_with("a: ") && !body.contains("200 OK"), "the call failed: {body}");
+    }
+    let spans = collector.wait_for_spans(9, WAIT);
+    assert_eq!(spans.len(), 9, "{spans:#?}");
+    let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap() as u32;
+    let panicked: Vec<_> = spans.iter().filter(|s| pid(s) == pair.b.pid()).collect();
+    assert_eq!(panicked.len(), 3);
+    for s in panicked {
+        assert_eq!(s.attr_str("url.path").as_deref(), Some("/panic"));
+        assert_eq!(s.attr_str("error.type").as_deref(), Some("panic"));
+        assert_eq!(s.attr_str("network.protocol.version").as_deref(), Some("2"));
+        let parent = spans.iter().find(|p| p.hex("spanId") == s.hex("parentSpanId"));
+        let parent = parent.expect("the client span is the parent");
+        assert_eq!((parent.kind(), parent.span["status"]["code"].as_i64()), (3, Some(2)));
+    }
+}
+
+#[test]
+fn an_http2_handler_that_panics_gives_an_error_span_go1_26() {
+    an_http2_handler_panics("v0.63.0");
+}
+
+#[test]
+fn an_http2_handler_that_panics_gives_an_error_span_go1_27() {
+    an_http2_handler_panics("v0.63.0+go1.27");
 }

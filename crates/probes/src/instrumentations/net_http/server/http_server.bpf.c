@@ -354,7 +354,9 @@ int http_server_return_single(struct pt_regs *ctx)
 
 /* net/http.(*conn).serve.func1, the deferred function that recovers a handler's panic and
  * closes the connection: it runs once per HTTP/1 connection, and finds the goroutine serving a
- * request only when the handler panicked out of it (every other request ended before). */
+ * request only when the handler panicked out of it (every other request ended before). Also
+ * at the call an HTTP/2 handler's deferred function makes to reset the stream of a handler
+ * that panicked (made on that path alone). */
 SEC("uprobe")
 int http_server_panicked(struct pt_regs *ctx)
 {

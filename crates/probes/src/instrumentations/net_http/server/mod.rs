@@ -31,6 +31,18 @@ const HTTP1_END: &str = "net/http.(*response).finishRequest";
 /// The deferred function of an HTTP/1 connection's goroutine that recovers a handler's panic
 /// (and closes the connection): where a request whose handler panicked ends.
 const HTTP1_RECOVER: &str = "net/http.(*conn).serve.func1";
+/// The deferred function of an HTTP/2 handler's goroutine, and the call it makes only when the
+/// handler panicked (to reset the stream), before Go 1.27 and from it.
+const HTTP2_PANICKED: [(&str, &str); 2] = [
+    (
+        "net/http.(*http2serverConn).runHandler.func1",
+        "net/http.(*http2serverConn).writeFrameFromHandler",
+    ),
+    (
+        "net/http/internal/http2.(*serverConn).runHandler.func1",
+        "net/http/internal/http2.(*serverConn).writeFrameFromHandler",
+    ),
+];
 /// Every HTTP/2 request ends here (the package moved in Go 1.27).
 const HTTP2_END: &[&str] = &[
     "net/http.(*http2responseWriter).handlerDone",
@@ -121,8 +133,11 @@ struct HttpServerPlan {
     serve: FunctionPlan,
     /// Where HTTP/1 and HTTP/2 requests end, for exit probes cheaper than ServeHTTP's RETs.
     request_ends: Option<(FunctionPlan, FunctionPlan)>,
-    /// Where a request whose handler panicked ends (None: such requests get no span).
+    /// Where an HTTP/1 request whose handler panicked ends (None: such requests get no span).
     panic_recovery: Option<FunctionPlan>,
+    /// Where an HTTP/2 one does: (the function, file offsets of its calls that reset a
+    /// stream whose handler panicked).
+    h2_panic_resets: Option<(String, Vec<u64>)>,
     fields: Vec<FieldOffset>,
     /// None: incoming traceparent headers are not read.
     header_map: Option<HeaderMap>,
@@ -148,6 +163,11 @@ fn plan(bin: &GoBinary, layouts: &Layouts) -> Result<HttpServerPlan, String> {
         serve,
         request_ends,
         panic_recovery: FunctionPlan::entry_only(bin, HTTP1_RECOVER).ok(),
+        h2_panic_resets: HTTP2_PANICKED.iter().find_map(|(deferred, reset)| {
+            let (deferred, reset) = (bin.function(deferred).ok()?, bin.function(reset).ok()?);
+            let calls = bin.calls_to(&deferred, &reset);
+            (!calls.is_empty()).then_some((deferred.name, calls))
+        }),
         fields,
         header_map,
         conn_types: conn_types(bin),
@@ -202,6 +222,16 @@ impl Plan for HttpServerPlan {
         }
         if let Some(recover) = &self.panic_recovery {
             attached.entry_line(recover, &p.http_server_panicked)?;
+        }
+        if let Some((deferred, calls)) = &self.h2_panic_resets {
+            for &call in calls {
+                attached.at(
+                    call,
+                    &p.http_server_panicked,
+                    &format!("{deferred} call {call:#x}"),
+                )?;
+            }
+            attached.probes.push(format!("{deferred}: at its call resetting a panicked stream"));
         }
         Ok(attached)
     }
