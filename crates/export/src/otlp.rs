@@ -375,9 +375,11 @@ pub(crate) async fn send_with_retry(
         };
         match result {
             Ok(()) => return true,
-            Err(Failure { retryable, message }) => {
+            Err(Failure { retryable, message, retry_after }) => {
                 let shutting_down = *closing.borrow();
-                if !retryable || shutting_down || started.elapsed() + backoff > budget {
+                // The server's Retry-After, where it gave one, in place of our own backoff.
+                let wait = retry_after.unwrap_or(backoff);
+                if !retryable || shutting_down || started.elapsed() + wait > budget {
                     tracing::warn!(
                         endpoint = %config.endpoint,
                         error = %message,
@@ -385,9 +387,9 @@ pub(crate) async fn send_with_retry(
                     );
                     return false;
                 }
-                tracing::debug!(error = %message, retry_in = ?backoff, "OTLP export failed, retrying");
+                tracing::debug!(error = %message, retry_in = ?wait, "OTLP export failed, retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = closing.changed() => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -399,6 +401,14 @@ pub(crate) async fn send_with_retry(
 struct Failure {
     retryable: bool,
     message: String,
+    /// How long the server asked us to wait (HTTP Retry-After, in seconds).
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn retryable(message: String) -> Failure {
+        Failure { retryable: true, message, retry_after: None }
+    }
 }
 
 async fn send_http(
@@ -415,12 +425,18 @@ async fn send_http(
         Ok(resp) if resp.status().is_success() => Ok(()),
         Ok(resp) => {
             let code = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+                .map(Duration::from_secs);
             Err(Failure {
                 retryable: matches!(code, 429 | 502 | 503 | 504),
                 message: format!("HTTP {code} from collector"),
+                retry_after,
             })
         }
-        Err(e) => Err(Failure { retryable: true, message: e.to_string() }),
+        Err(e) => Err(Failure::retryable(e.to_string())),
     }
 }
 
@@ -430,7 +446,7 @@ async fn send_grpc(
     request: Bytes,
 ) -> Result<(), Failure> {
     if let Err(e) = grpc.ready().await {
-        return Err(Failure { retryable: true, message: format!("gRPC: {e}") });
+        return Err(Failure::retryable(format!("gRPC: {e}")));
     }
     let mut req = tonic::Request::new(request);
     for (k, v) in &config.headers {
@@ -457,6 +473,7 @@ async fn send_grpc(
             Err(Failure {
                 retryable,
                 message: format!("gRPC {:?}: {}", status.code(), status.message()),
+                retry_after: None,
             })
         }
     }
