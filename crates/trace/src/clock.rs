@@ -1,9 +1,13 @@
 //! BPF timestamps are CLOCK_MONOTONIC; spans need Unix epoch time. The offset between the two
-//! moves when the wall clock is stepped or slewed, so it is measured again every few seconds.
+//! moves when the wall clock is stepped or slewed, so it is measured again every few seconds,
+//! and at once (within CHECK_EVERY) when the kernel says the wall clock was set.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// How often the step watch is read: a syscall, so not per event.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 fn now_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -17,6 +21,9 @@ fn now_ns(clock: libc::clockid_t) -> i128 {
 pub struct MonotonicClock {
     realtime_minus_monotonic: i128,
     measured_at: Instant,
+    checked_at: Instant,
+    /// None where the kernel gives no timerfd: steps are then seen at the next refresh.
+    steps: Option<StepWatch>,
 }
 
 impl Default for MonotonicClock {
@@ -27,18 +34,80 @@ impl Default for MonotonicClock {
 
 impl MonotonicClock {
     pub fn new() -> Self {
-        MonotonicClock { realtime_minus_monotonic: measure_offset(), measured_at: Instant::now() }
+        let now = Instant::now();
+        MonotonicClock {
+            realtime_minus_monotonic: measure_offset(),
+            measured_at: now,
+            checked_at: now,
+            steps: StepWatch::new(),
+        }
     }
 
     pub fn refresh_if_stale(&mut self) {
-        if self.measured_at.elapsed() >= REFRESH_EVERY {
-            *self = Self::new();
+        let now = Instant::now();
+        if now.duration_since(self.checked_at) < CHECK_EVERY {
+            return;
+        }
+        self.checked_at = now;
+        let stepped = self.steps.as_ref().is_some_and(StepWatch::stepped);
+        if stepped || now.duration_since(self.measured_at) >= REFRESH_EVERY {
+            self.realtime_minus_monotonic = measure_offset();
+            self.measured_at = now;
         }
     }
 
     pub fn to_unix_nanos(&self, monotonic_ns: u64) -> u64 {
         let t = i128::from(monotonic_ns) + self.realtime_minus_monotonic;
         u64::try_from(t).unwrap_or(0)
+    }
+}
+
+/// A timerfd on CLOCK_REALTIME armed with TFD_TIMER_CANCEL_ON_SET: reading it fails with
+/// ECANCELED once the wall clock is set (date -s, an NTP step), and it is then armed again.
+#[derive(Debug)]
+struct StepWatch(OwnedFd);
+
+impl StepWatch {
+    fn new() -> Option<StepWatch> {
+        // SAFETY: timerfd_create takes no pointers; a non-negative result is a new fd we own.
+        let fd = unsafe {
+            libc::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd was just created and nothing else owns it.
+        let watch = StepWatch(unsafe { OwnedFd::from_raw_fd(fd) });
+        watch.arm().then_some(watch)
+    }
+
+    /// An absolute expiry far in the future: the timer never fires, it only gets cancelled.
+    fn arm(&self) -> bool {
+        let in_a_century = now_ns(libc::CLOCK_REALTIME) / 1_000_000_000 + 100 * 365 * 86_400;
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec { tv_sec: in_a_century as libc::time_t, tv_nsec: 0 },
+        };
+        let flags = libc::TFD_TIMER_ABSTIME | libc::TFD_TIMER_CANCEL_ON_SET;
+        // SAFETY: spec lives for the call; the old value is not asked for.
+        unsafe {
+            libc::timerfd_settime(self.0.as_raw_fd(), flags, &spec, std::ptr::null_mut()) == 0
+        }
+    }
+
+    /// Whether the wall clock was set since the last look.
+    fn stepped(&self) -> bool {
+        let mut expirations = 0u64;
+        // SAFETY: reads at most 8 bytes into the u64 we pass.
+        let n = unsafe {
+            libc::read(self.0.as_raw_fd(), (&raw mut expirations).cast(), size_of::<u64>())
+        };
+        let cancelled =
+            n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECANCELED);
+        if cancelled {
+            self.arm();
+        }
+        cancelled
     }
 }
 
@@ -70,6 +139,12 @@ mod tests {
         let wall = now_ns(libc::CLOCK_REALTIME);
         let converted = i128::from(clock.to_unix_nanos(mono));
         assert!((converted - wall).abs() < 1_000_000, "off by {} ns", converted - wall);
+    }
+
+    #[test]
+    fn a_fresh_watch_has_seen_no_step() {
+        let watch = StepWatch::new().expect("timerfd");
+        assert!(!watch.stepped());
     }
 
     #[test]
