@@ -59,6 +59,14 @@ pub struct SharedMaps {
     matched_routes: MapHandle,
 }
 
+/// Deletes the entries of a map keyed by struct goroutine_key (gotel.h: the pid first) that
+/// belong to `pid`; how many.
+fn delete_keys_of(map: &MapHandle, pid: u32) -> usize {
+    let theirs: Vec<Vec<u8>> =
+        map.keys().filter(|k| k.get(..4) == Some(&pid.to_ne_bytes()[..])).collect();
+    theirs.iter().filter(|k| map.delete(k).is_ok()).count()
+}
+
 impl SharedMaps {
     /// `ring_mib`: the ring buffer's size in MiB, a power of two.
     pub fn create(ring_mib: u32) -> Result<Self, Error> {
@@ -112,10 +120,18 @@ impl SharedMaps {
             .map_err(|source| Error::Bpf { what: format!("trace pid {pid}"), source })
     }
 
-    /// Stops tracing `pid` (it exited, or was never meant to be traced); its pid may be reused.
-    pub fn untrace_pid(&self, pid: u32) {
+    /// Stops tracing `pid` (it exited, or was never meant to be traced); its pid may be reused,
+    /// so what its goroutines left in the shared maps goes too: requests in flight when it was
+    /// killed or that never ended, the spans its goroutines worked for. Returns how many
+    /// entries that removed.
+    pub fn untrace_pid(&self, pid: u32) -> usize {
         // Absent already is as good as removed.
         let _ = self.traced_pids.delete(&pid.to_ne_bytes());
+        let _ = self.client_pids.delete(&pid.to_ne_bytes());
+        [&self.server_calls, &self.goroutine_ctx, &self.db_calls, &self.matched_routes]
+            .into_iter()
+            .map(|map| delete_keys_of(map, pid))
+            .sum()
     }
 
     pub fn stats(&self) -> ProbeStats {

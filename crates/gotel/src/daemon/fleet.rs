@@ -348,10 +348,10 @@ impl<'a> Fleet<'a> {
     fn ended(&mut self, pid: u32, now: Instant) {
         let Some(tracked) = self.tracked.remove(&pid) else { return };
         let Seen::Traced { file } = tracked.seen else { return };
-        self.shared.untrace_pid(pid);
+        let left = self.shared.untrace_pid(pid);
         self.traced.remove(&pid);
         self.to_forget.push((now + RESOURCE_LINGER, pid));
-        tracing::info!("pid {pid} exited");
+        tracing::info!("pid {pid} exited ({left} map entries it left removed)");
         if let Some(attached) = self.files.get_mut(&file) {
             attached.pids.remove(&pid);
             if attached.pids.is_empty() {

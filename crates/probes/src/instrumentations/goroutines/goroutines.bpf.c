@@ -57,13 +57,16 @@ static __always_inline void inherit(u32 pid, u64 callergp, u64 newg)
 	struct goroutine_key parent = { .pid = pid, .g = callergp };
 	struct goroutine_key child = { .pid = pid, .g = newg };
 	struct span_ctx *inherited = goroutine_span(&parent);
-	/* g structs are recycled: always overwrite what a dead goroutine left behind. */
+	/* g structs are recycled: always overwrite what a dead goroutine left behind, the HTTP
+	 * request it served too (a hijacked or killed request never reached its end). A new
+	 * goroutine serves no request yet. */
 	if (inherited) {
 		struct span_ctx copy = *inherited;
 		bpf_map_update_elem(&goroutine_ctx, &child, &copy, BPF_ANY);
 	} else {
 		bpf_map_delete_elem(&goroutine_ctx, &child);
 	}
+	bpf_map_delete_elem(&server_calls, &child);
 }
 
 static __always_inline int goroutine_spawned(u64 newg)
