@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod daemon;
+mod followed;
 mod held;
 mod inspect;
 mod memory;
@@ -21,6 +22,7 @@ use probes::{AttachOptions, Sampler, SharedMaps};
 
 use crate::agent::{collect, instrument, start_propagation, stop_on_signals, stopped, Pipeline};
 use crate::cli::{AgentArgs, Cli, Command};
+use crate::followed::FollowedPath;
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
@@ -172,12 +174,17 @@ fn attach_exe(agent: &AgentArgs, exe: &Path) -> anyhow::Result<ExitCode> {
     let exe = std::fs::canonicalize(exe).with_context(|| format!("{}", exe.display()))?;
     let shared = shared_maps(agent)?;
     let mut pipeline = Pipeline::new(agent, false)?;
-    let instrumented = instrument(&exe, &exe, &shared, attach_options(agent, false, &pipeline)?)?;
+    let options = attach_options(agent, false, &pipeline)?;
+    let instrumented = instrument(&exe, &exe, &shared, options)?;
     pipeline.resources().add_executable(&exe, &instrumented.go_version);
     let injection = start_propagation(&shared, agent.inject_mode(), instrumented.wants_injection());
+    let mut followed = FollowedPath::new(&exe, options, instrumented);
     tracing::info!("tracing every process of {} until Ctrl-C", exe.display());
     let signals = stop_on_signals()?;
-    let pipeline = collect(&shared, pipeline, |_| stopped(&signals))?;
+    let pipeline = collect(&shared, pipeline, |pipeline| {
+        followed.check(&shared, pipeline);
+        stopped(&signals)
+    })?;
     pipeline.finish(&shared, injection.as_ref());
     Ok(ExitCode::SUCCESS)
 }
