@@ -259,23 +259,6 @@ fn a_collector_that_closes_connections_costs_bounded_counted_drops() {
     a_stuck_collector(Fault::Close);
 }
 
-/// The ids of the BPF programs and links the process `pid` holds open, from its fds' fdinfo.
-fn bpf_objects_of(pid: u32) -> (HashSet<u64>, HashSet<u64>) {
-    let (mut progs, mut links) = (HashSet::new(), HashSet::new());
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().map_while(Result::ok) {
-        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
-        for line in info.lines() {
-            let id = |key: &str| line.strip_prefix(key).and_then(|v| v.trim().parse().ok());
-            if let Some(id) = id("link_id:") {
-                links.insert(id);
-            } else if let Some(id) = id("prog_id:") {
-                progs.insert(id);
-            }
-        }
-    }
-    (progs, links)
-}
-
 /// Whether the kernel still has any of these program or link ids.
 fn any_left(what: &str, ids: &HashSet<u64>) -> bool {
     ids.iter().any(|id| {
@@ -311,7 +294,7 @@ fn gotel_killed_under_load_and_started_again() {
         assert_eq!(conn.get(&format!("/users/{i}")), format!("user {i}\n"));
     }
     collector.wait_for_spans(20, WAIT);
-    let (progs, links) = bpf_objects_of(first.pid());
+    let BpfHeld { progs, links, .. } = bpf_held_by(first.pid());
     assert!(!progs.is_empty() && !links.is_empty(), "gotel holds programs and links");
 
     // Killed between two requests of a stream that does not stop for it.
@@ -340,7 +323,7 @@ fn gotel_killed_under_load_and_started_again() {
     std::thread::sleep(Duration::from_millis(500));
     let count = collector.spans().iter().filter(|s| restarted(s)).count();
     assert_eq!(count, 30, "one span a request: no duplicate probes");
-    let (_, links_again) = bpf_objects_of(second.pid());
+    let links_again = bpf_held_by(second.pid()).links;
     assert_eq!(links_again.len(), links.len(), "the same links as the first gotel");
 }
 

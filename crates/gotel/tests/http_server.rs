@@ -142,43 +142,6 @@ fn every_request_kind_go1_26() {
     every_request_kind("go1.26", true, false);
 }
 
-/// 1,000 requests in their handlers at the same moment: one span each, none lost or mixed.
-#[test]
-fn a_thousand_requests_in_flight_at_once() {
-    let Some(()) = privileged() else { return };
-    raise_fd_limit();
-    let collector = Collector::start("thousand");
-    let port = free_port();
-    let fx = fixture("httpserver-go1.26");
-    let _gotel = gotel(
-        &["run", "--", fx.to_str().unwrap(), "-addr", &format!("127.0.0.1:{port}")],
-        Some(&collector),
-        &[],
-    );
-    wait_for_port(port, WAIT);
-    const N: usize = 1000;
-    let clients: Vec<_> = (0..N)
-        .map(|i| {
-            std::thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || http_get(port, &format!("/barrier?n={N}&i={i}")))
-                .unwrap()
-        })
-        .collect();
-    for c in clients {
-        let (status, body) = c.join().unwrap();
-        assert_eq!((status, body.trim()), (200, "released"), "all {N} were in flight together");
-    }
-    let spans = collector.wait_for_spans(N, Duration::from_secs(30));
-    assert_eq!(spans.len(), N);
-    let queries: HashSet<String> = spans.iter().filter_map(|s| s.attr_str("url.query")).collect();
-    let expected: HashSet<String> = (0..N).map(|i| format!("n={N}&i={i}")).collect();
-    assert_eq!(queries, expected, "each span carries its own request's query");
-    let ports: HashSet<i64> = spans.iter().filter_map(|s| s.attr_int("client.port")).collect();
-    assert_eq!(ports.len(), N, "each span carries its own connection");
-    assert!(spans.iter().all(|s| s.attr_int("http.response.status_code") == Some(200)));
-}
-
 /// Without OTEL_SERVICE_NAME in the program's environment: gotel's flag, else the file's name.
 #[test]
 fn service_name_falls_back_to_the_flag_then_the_executable() {

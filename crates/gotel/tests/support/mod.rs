@@ -3,6 +3,7 @@
 //! it they skip loudly, except under CI (CI=true) where skipping would hide a broken machine.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -1004,4 +1005,60 @@ impl Drop for OtherHost {
         let _ = std::process::Command::new("ip").args(["link", "del", &self.host_veth]).status();
         let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
     }
+}
+
+/// The ids of the BPF programs, links and maps a process holds open.
+#[derive(Debug, Default)]
+pub struct BpfHeld {
+    pub progs: HashSet<u64>,
+    pub links: HashSet<u64>,
+    pub maps: HashSet<u64>,
+}
+
+/// What `pid` holds, from its fds' fdinfo (a link's names its program too).
+pub fn bpf_held_by(pid: u32) -> BpfHeld {
+    let mut held = BpfHeld::default();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().map_while(Result::ok) {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        for line in info.lines() {
+            let id = |key: &str| line.strip_prefix(key).and_then(|v| v.trim().parse().ok());
+            if let Some(id) = id("link_id:") {
+                held.links.insert(id);
+            } else if let Some(id) = id("prog_id:") {
+                held.progs.insert(id);
+            } else if let Some(id) = id("map_id:") {
+                held.maps.insert(id);
+            }
+        }
+    }
+    held
+}
+
+fn bpftool(args: &[&str]) -> Value {
+    let out = Command::new("bpftool").arg("-j").args(args).output();
+    let out = out.expect("bpftool (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The keys, as bytes, of the map called `name` that process `holder` (a gotel) holds.
+pub fn map_keys(holder: u32, name: &str) -> Vec<Vec<u8>> {
+    let id = bpf_held_by(holder)
+        .maps
+        .into_iter()
+        .find(|id| bpftool(&["map", "show", "id", &id.to_string()])["name"] == name)
+        .unwrap_or_else(|| panic!("pid {holder} holds no map {name}"));
+    let entries = bpftool(&["map", "dump", "id", &id.to_string()]);
+    let byte = |b: &Value| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok();
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_array().unwrap().iter().filter_map(byte).collect())
+        .collect()
+}
+
+/// How many of `keys` (struct goroutine_key: the pid first) are the process `pid`'s.
+pub fn keys_of_process(keys: &[Vec<u8>], pid: u32) -> usize {
+    keys.iter().filter(|k| k.get(..4) == Some(&pid.to_ne_bytes()[..])).count()
 }
