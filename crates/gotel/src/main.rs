@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod daemon;
+mod endpoint;
 mod followed;
 mod held;
 mod inspect;

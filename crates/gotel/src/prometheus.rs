@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use export::metrics::{prometheus_text, Histograms, Temporality};
 
+use crate::endpoint::{Limits, Response};
+
 /// The exposition of `histograms` as they stand (cumulative, as Prometheus expects).
 pub fn exposition(histograms: &Mutex<Histograms>) -> String {
     match histograms.lock() {
@@ -17,20 +19,9 @@ pub fn exposition(histograms: &Mutex<Histograms>) -> String {
 }
 
 pub fn serve(addr: SocketAddr, histograms: Arc<Mutex<Histograms>>) -> anyhow::Result<()> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("serving Prometheus metrics on {addr}: {e}"))?;
-    std::thread::Builder::new().name("gotel-prometheus".into()).spawn(move || {
-        for request in server.incoming_requests() {
-            if request.url() != "/metrics" {
-                let _ = request.respond(tiny_http::Response::empty(404));
-                continue;
-            }
-            let header = tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE)
-                .expect("a valid header");
-            let body = exposition(&histograms);
-            let _ = request.respond(tiny_http::Response::from_string(body).with_header(header));
-            crate::memory::release_freed(); // an exposition of many series is megabytes
-        }
+    crate::endpoint::serve(addr, "gotel-prometheus", Limits::default(), move |path| {
+        (path == "/metrics")
+            .then(|| Response { body: exposition(&histograms), content_type: CONTENT_TYPE })
     })?;
     Ok(())
 }

@@ -16,6 +16,9 @@ const WAIT: Duration = Duration::from_secs(20);
 /// (traced within a second of start) should not pay for the other test's churn.
 static ONE_DAEMON: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// In the daemon's OTLP headers and in a target's environment: it must never leave the agent.
+const SECRET: &str = "s3cr3t-0b6c41d7";
+
 fn copy_fixture(fixture_name: &str, to: &Path) -> PathBuf {
     // Written under another name, then renamed: replacing a running binary in place is how
     // deployments do it (the old inode lives on in the processes that run it).
@@ -51,6 +54,18 @@ fn status(metrics_port: u16) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// The status line the daemon's endpoint answers a request whose head is `len` bytes long.
+fn refused_head(port: u16, len: usize) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let head = format!("GET /status HTTP/1.1\r\nX-Big: {}\r\n\r\n", "x".repeat(len));
+    let _ = conn.write_all(head.as_bytes()); // it may close before reading the rest
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
 fn daemon(collector: &Collector, metrics_port: u16, rules: &[&str], extra: &[&str]) -> Proc {
     let metrics = format!("127.0.0.1:{metrics_port}");
     let mut args = vec!["daemon", "--metrics-addr", &metrics, "--inject-traceparent", "off"];
@@ -58,7 +73,9 @@ fn daemon(collector: &Collector, metrics_port: u16, rules: &[&str], extra: &[&st
         args.extend(["--instrument", rule]);
     }
     args.extend(extra);
-    let d = gotel(&args, Some(collector), &[("GOTEL_CONFIG", "/dev/null")]);
+    let headers = format!("authorization=Bearer {SECRET}");
+    let env = [("GOTEL_CONFIG", "/dev/null"), ("OTEL_EXPORTER_OTLP_HEADERS", headers.as_str())];
+    let d = gotel(&args, Some(collector), &env);
     d.wait_for_log("scanning for Go processes", WAIT);
     assert!(!d.log().join("\n").contains("not watching execs"), "{:?}", d.log());
     d
@@ -92,7 +109,11 @@ fn the_daemon_traces_what_its_rules_select_within_a_second() {
     let mut expect = Vec::new(); // (port, service.name) of the traced requests
     for (exe, env, traced) in [
         (&alpha, vec![], Some("svc-alpha")),
-        (&beta, vec![("OTEL_SERVICE_NAME", "beta-from-env")], Some("beta-from-env")),
+        (
+            &beta,
+            vec![("OTEL_SERVICE_NAME", "beta-from-env"), ("DB_PASSWORD", SECRET)],
+            Some("beta-from-env"),
+        ),
         (&debug, vec![], None),
         (&other, vec![], None),
         (&portly, vec![], Some("portly")),
@@ -167,6 +188,15 @@ fn the_daemon_traces_what_its_rules_select_within_a_second() {
         l.starts_with("http_server_request_duration_seconds_count{job=\"beta-from-env\"")
     });
     assert!(replaced_count.is_some_and(|l| l.ends_with(" 1")), "{metrics}");
+    // No secret of the daemon's or a target's is shown or exported or logged.
+    let shown = [s.to_string(), metrics, collector.raw(), d.log().join("\n")];
+    assert!(shown.iter().all(|text| !text.contains(SECRET)), "{shown:#?}");
+    // Whatever reaches the port is bounded: a 64 KiB head is refused, the endpoints serve on.
+    assert_eq!(
+        refused_head(metrics_port, 64 * 1024),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(http_get(metrics_port, "/healthz"), (200, "ok\n".to_string()));
 
     // Gone processes detach their executables.
     drop(procs);

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use export::metrics::Histograms;
+
+use crate::endpoint::{Limits, Response};
 use serde_json::json;
 
 /// Everything the endpoints report, as of the last publish.
@@ -67,27 +69,17 @@ impl Health {
         self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Serves the endpoints on a thread of its own.
+    /// Serves the endpoints on a thread of their own.
     pub fn serve(&self, addr: SocketAddr) -> anyhow::Result<()> {
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| anyhow::anyhow!("serving metrics on {addr}: {e}"))?;
         let health = self.clone();
-        std::thread::Builder::new().name("gotel-metrics".into()).spawn(move || {
-            for request in server.incoming_requests() {
-                let (body, content_type) = match request.url() {
-                    "/metrics" => (health.prometheus(), crate::prometheus::CONTENT_TYPE),
-                    "/status" => (health.status_json(), "application/json"),
-                    "/healthz" => ("ok\n".to_string(), "text/plain"),
-                    _ => {
-                        let _ = request.respond(tiny_http::Response::empty(404));
-                        continue;
-                    }
-                };
-                let header = tiny_http::Header::from_bytes("Content-Type", content_type)
-                    .expect("a valid header");
-                let _ = request.respond(tiny_http::Response::from_string(body).with_header(header));
-                crate::memory::release_freed();
-            }
+        crate::endpoint::serve(addr, "gotel-metrics", Limits::default(), move |path| {
+            let (body, content_type) = match path {
+                "/metrics" => (health.prometheus(), crate::prometheus::CONTENT_TYPE),
+                "/status" => (health.status_json(), "application/json"),
+                "/healthz" => ("ok\n".to_string(), "text/plain"),
+                _ => return None,
+            };
+            Some(Response { body, content_type })
         })?;
         Ok(())
     }
