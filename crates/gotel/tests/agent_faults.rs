@@ -270,9 +270,9 @@ fn any_left(what: &str, ids: &HashSet<u64>) -> bool {
 }
 
 /// gotel SIGKILLed while the program serves a steady stream on a kept-alive connection: the
-/// kernel drops every program and link gotel held, the connection keeps working, the program's
-/// answers stay the same. A gotel started again attaches the same probes once (as many links
-/// as the first) and gives each request one span.
+/// kernel drops every program and link gotel held (the socket layer's sock_ops among them),
+/// the connection keeps working, the program's answers stay the same. A gotel started again
+/// attaches the same probes once (as many links as the first) and gives each request one span.
 #[test]
 fn gotel_killed_under_load_and_started_again() {
     let Some(()) = privileged() else { return };
@@ -296,6 +296,8 @@ fn gotel_killed_under_load_and_started_again() {
     collector.wait_for_spans(20, WAIT);
     let BpfHeld { progs, links, .. } = bpf_held_by(first.pid());
     assert!(!progs.is_empty() && !links.is_empty(), "gotel holds programs and links");
+    let types: HashSet<String> = progs.iter().map(|&id| prog_type(id)).collect();
+    assert!(types.contains("sock_ops"), "the socket layer's program among them: {types:?}");
 
     // Killed between two requests of a stream that does not stop for it.
     let stream = std::thread::spawn(move || {

@@ -1041,6 +1041,11 @@ fn bpftool(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The type of BPF program `id` as bpftool names it (`sock_ops`, `sk_msg`, `kprobe`, ...).
+pub fn prog_type(id: u64) -> String {
+    bpftool(&["prog", "show", "id", &id.to_string()])["type"].as_str().unwrap_or("?").to_string()
+}
+
 /// The keys, as bytes, of the map called `name` that process `holder` (a gotel) holds.
 pub fn map_keys(holder: u32, name: &str) -> Vec<Vec<u8>> {
     let id = bpf_held_by(holder)
