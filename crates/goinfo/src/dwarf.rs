@@ -35,7 +35,14 @@ pub(crate) fn struct_layouts(
         return Err(Error::NoDwarf { path: Default::default() });
     }
     let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
+    layouts(&dwarf, wanted)
+}
 
+/// The layouts of the structs in `wanted` that `dwarf`'s units describe.
+pub(crate) fn layouts(
+    dwarf: &gimli::Dwarf<Reader<'_>>,
+    wanted: &[&str],
+) -> Result<StructLayouts, Error> {
     let mut out = StructLayouts::new();
     let mut units = dwarf.units();
     while let Some(header) = units.next().map_err(dwarf_err)? {
@@ -54,7 +61,7 @@ pub(crate) fn struct_layouts(
             }
             match entry.tag() {
                 gimli::DW_TAG_structure_type if collecting.is_none() => {
-                    let Some(name) = attr_string(&dwarf, entry, gimli::DW_AT_name) else {
+                    let Some(name) = attr_string(dwarf, entry, gimli::DW_AT_name) else {
                         continue;
                     };
                     if wanted.contains(&name.as_str()) && !out.contains_key(&name) {
@@ -66,7 +73,7 @@ pub(crate) fn struct_layouts(
                     let Some((_, struct_name)) = &collecting else {
                         continue;
                     };
-                    let Some(field) = attr_string(&dwarf, entry, gimli::DW_AT_name) else {
+                    let Some(field) = attr_string(dwarf, entry, gimli::DW_AT_name) else {
                         continue;
                     };
                     let offset = match entry.attr_value(gimli::DW_AT_data_member_location) {
@@ -92,7 +99,7 @@ pub(crate) fn struct_layouts(
     Ok(out)
 }
 
-type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
+pub(crate) type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
 
 /// A string attribute in the forms Go's linker writes: inline, or in .debug_str or
 /// .debug_line_str (offsets into .debug_str_offsets would need the unit's base, which Go does

@@ -4,8 +4,8 @@
 
 mod buildinfo;
 mod dwarf;
-#[cfg(test)]
-mod fuzz;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pclntab;
 mod rets;
 mod stated_version;
