@@ -61,6 +61,8 @@ static __always_inline bool parse_traceparent(const u8 *t, struct incoming *out)
 {
 	if (t[2] != '-' || t[35] != '-' || t[52] != '-' || (t[0] == 'f' && t[1] == 'f'))
 		return false;
+	if (hex_value(t[0]) < 0 || hex_value(t[1]) < 0) /* the version: two hex digits too */
+		return false;
 	u8 any_trace = 0, any_span = 0;
 	for (int i = 0; i < 16; i++) {
 		int hi = hex_value(t[3 + 2 * i]), lo = hex_value(t[4 + 2 * i]);
