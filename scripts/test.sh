@@ -46,7 +46,10 @@ step "deployment files (Kubernetes manifest, Helm chart, systemd unit)"
 bash scripts/validate-deploy.sh
 step "format and lint"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "fuzzing, a short pass of each target from its committed corpus (scripts/fuzz.sh)"
+bash scripts/fuzz.sh --seconds 10
 step "tests"
 if [ "$(id -u)" != 0 ]; then
   echo "!!! not root: end-to-end tests will be SKIPPED (they need to attach uprobes) !!!"

@@ -26,7 +26,7 @@ pub(crate) fn struct_layouts(
     };
     let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
         Ok(match file.section_by_name(id.name()).filter(|_| needed(id)) {
-            Some(s) => s.uncompressed_data().unwrap_or(Cow::Borrowed(&[])),
+            Some(s) => uncompressed(&s),
             None => Cow::Borrowed(&[]),
         })
     };
@@ -35,7 +35,32 @@ pub(crate) fn struct_layouts(
         return Err(Error::NoDwarf { path: Default::default() });
     }
     let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
+    layouts(&dwarf, wanted)
+}
 
+/// How many times its size a compressed section may claim to be once inflated. DWARF inflates
+/// about 4 times; the claim is allocated before a byte is inflated, so a file's few bytes must
+/// not have the agent reserve gigabytes.
+const MAX_INFLATION: u64 = 100;
+
+/// A section's bytes, inflated if compressed; empty if they cannot be, or if the size claimed
+/// is not plausible.
+fn uncompressed<'d>(section: &object::Section<'d, '_>) -> Cow<'d, [u8]> {
+    match section.compressed_data() {
+        Ok(c) if plausible(&c) => section.uncompressed_data().unwrap_or(Cow::Borrowed(&[])),
+        _ => Cow::Borrowed(&[]),
+    }
+}
+
+fn plausible(c: &object::CompressedData<'_>) -> bool {
+    c.uncompressed_size <= (c.data.len() as u64).saturating_mul(MAX_INFLATION)
+}
+
+/// The layouts of the structs in `wanted` that `dwarf`'s units describe.
+pub(crate) fn layouts(
+    dwarf: &gimli::Dwarf<Reader<'_>>,
+    wanted: &[&str],
+) -> Result<StructLayouts, Error> {
     let mut out = StructLayouts::new();
     let mut units = dwarf.units();
     while let Some(header) = units.next().map_err(dwarf_err)? {
@@ -54,7 +79,7 @@ pub(crate) fn struct_layouts(
             }
             match entry.tag() {
                 gimli::DW_TAG_structure_type if collecting.is_none() => {
-                    let Some(name) = attr_string(&dwarf, entry, gimli::DW_AT_name) else {
+                    let Some(name) = attr_string(dwarf, entry, gimli::DW_AT_name) else {
                         continue;
                     };
                     if wanted.contains(&name.as_str()) && !out.contains_key(&name) {
@@ -66,7 +91,7 @@ pub(crate) fn struct_layouts(
                     let Some((_, struct_name)) = &collecting else {
                         continue;
                     };
-                    let Some(field) = attr_string(&dwarf, entry, gimli::DW_AT_name) else {
+                    let Some(field) = attr_string(dwarf, entry, gimli::DW_AT_name) else {
                         continue;
                     };
                     let offset = match entry.attr_value(gimli::DW_AT_data_member_location) {
@@ -92,7 +117,7 @@ pub(crate) fn struct_layouts(
     Ok(out)
 }
 
-type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
+pub(crate) type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
 
 /// A string attribute in the forms Go's linker writes: inline, or in .debug_str or
 /// .debug_line_str (offsets into .debug_str_offsets would need the unit's base, which Go does
@@ -113,4 +138,39 @@ fn attr_string(
 
 fn dwarf_err(e: gimli::Error) -> Error {
     Error::Dwarf { path: Default::default(), reason: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the binary fuzz target: a compressed section's header claimed 2^56 bytes
+    /// uncompressed, and that much was reserved before inflating (a real zlib stream inflates
+    /// up to 1032 times: a small file could have had the agent take a gigabyte). A claim past
+    /// MAX_INFLATION times the section's size is not believed.
+    #[test]
+    fn a_compressed_section_claiming_too_much_is_not_inflated() {
+        let zlib = |data: &'static [u8], uncompressed_size| object::CompressedData {
+            format: object::CompressionFormat::Zlib,
+            data,
+            uncompressed_size,
+        };
+        assert!(plausible(&zlib(&[0; 1000], 4000)), "what DWARF compresses to");
+        assert!(!plausible(&zlib(&[0; 1000], 1 << 56)));
+        assert!(!plausible(&zlib(&[0; 1000], 1000 * MAX_INFLATION + 1)));
+        let plain = object::CompressedData::none(&[0; 16]);
+        assert!(plausible(&plain));
+    }
+
+    /// The sections gotel reads of a real executable still inflate.
+    #[test]
+    fn real_compressed_dwarf_inflates() {
+        let seed = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/corpus/binary/seed-go1.26.8-symtab-dwarf"
+        );
+        let elf = std::fs::read(seed).unwrap();
+        let file = object::File::parse(&*elf).unwrap();
+        assert!(struct_layouts(&file, &["main.T"]).unwrap().contains_key("main.T"));
+    }
 }

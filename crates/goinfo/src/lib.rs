@@ -4,8 +4,8 @@
 
 mod buildinfo;
 mod dwarf;
-#[cfg(test)]
-mod fuzz;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pclntab;
 mod rets;
 mod stated_version;
@@ -175,11 +175,7 @@ impl GoBinary {
             .section_by_name(".go.buildinfo")
             .ok_or_else(|| Error::NotGo { path: path.into() })?;
         let section_data = section.data().map_err(|_| Error::NotGo { path: path.into() })?;
-        let read_at = |addr: u64, len: usize| -> Option<Vec<u8>> {
-            let off = vaddr_to_offset(&segments, addr)?;
-            data.get(usize::try_from(off).ok()?..usize::try_from(off).ok()? + len)
-                .map(<[u8]>::to_vec)
-        };
+        let read_at = |addr, len| bytes_at(&data, &segments, addr, len).map(<[u8]>::to_vec);
         let build_info = buildinfo::parse(section_data, read_at).map_err(|e| e.with_path(path))?;
 
         let mut functions = HashMap::new();
@@ -387,9 +383,14 @@ impl GoBinary {
 
 impl types::Memory for GoBinary {
     fn read(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
-        let off = usize::try_from(vaddr_to_offset(&self.segments, vaddr)?).ok()?;
-        self.data.get(off..off.checked_add(len)?)
+        bytes_at(&self.data, &self.segments, vaddr, len)
     }
+}
+
+/// The `len` bytes of the file `data` at virtual address `addr`, if a segment holds them.
+fn bytes_at<'d>(data: &'d [u8], segments: &[Segment], addr: u64, len: usize) -> Option<&'d [u8]> {
+    let off = usize::try_from(vaddr_to_offset(segments, addr)?).ok()?;
+    data.get(off..off.checked_add(len)?)
 }
 
 fn pclntab_of(file: &object::File<'_>) -> Result<Vec<PclnFunction>, Error> {
@@ -404,4 +405,20 @@ fn vaddr_to_offset(segments: &[Segment], addr: u64) -> Option<u64> {
         .iter()
         .find(|s| addr >= s.vaddr && addr - s.vaddr < s.file_size)
         .map(|s| addr - s.vaddr + s.file_offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A length read from the file (a pre-1.18 buildinfo's string header) is not trusted: one
+    /// near usize::MAX overflowed the end of the range.
+    #[test]
+    fn a_read_past_the_address_space_is_none() {
+        let data = [1u8; 32];
+        let segments = [Segment { vaddr: 0x1000, file_offset: 16, file_size: 16 }];
+        assert_eq!(bytes_at(&data, &segments, 0x1004, 4), Some(&data[20..24]));
+        assert_eq!(bytes_at(&data, &segments, 0x1004, usize::MAX), None);
+        assert_eq!(bytes_at(&data, &segments, 0x2000, 1), None);
+    }
 }

@@ -40,7 +40,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 fn read_name(mem: &dyn Memory, vaddr: u64) -> Option<String> {
     let head = mem.read(vaddr, 11).or_else(|| mem.read(vaddr, 2))?;
     let (len, n) = crate::buildinfo::read_uvarint(head.get(1..)?)?;
-    let bytes = mem.read(vaddr + 1 + n as u64, usize::try_from(len).ok()?)?;
+    let bytes = mem.read(vaddr.checked_add(1 + n as u64)?, usize::try_from(len).ok()?)?;
     std::str::from_utf8(bytes).ok().map(str::to_string)
 }
 
@@ -188,4 +188,27 @@ fn named_struct<'w>(
         fields.insert(field_name, if offset_embed { raw >> 1 } else { raw });
     }
     Some((full, fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memory that holds the same bytes at every address.
+    struct Everywhere(Vec<u8>);
+
+    impl Memory for Everywhere {
+        fn read(&self, _vaddr: u64, len: usize) -> Option<&[u8]> {
+            self.0.get(..len)
+        }
+    }
+
+    /// Found by the types fuzz target: a name offset that puts a name at the top of the
+    /// address space made the address of its bytes overflow.
+    #[test]
+    fn a_name_at_the_end_of_the_address_space_is_none() {
+        let mem = Everywhere(vec![0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(read_name(&mem, 0x1000).as_deref(), Some("\0"));
+        assert_eq!(read_name(&mem, u64::MAX - 1), None);
+    }
 }

@@ -375,6 +375,7 @@ fn bad_input_gives_right_spans_and_harms_nothing() {
         format!("00-{trace}-b7ad6b7169203331"),    // a field missing
         format!("00-{trace}-b7ad6b71692033zz-01"), // not hex
         format!("ff-{trace}-b7ad6b7169203331-01"), // version ff is invalid
+        format!("zz-{trace}-b7ad6b7169203331-01"), // version not hex (found by fuzzing)
         "00-00000000000000000000000000000000-b7ad6b7169203331-01".to_string(), // zero trace id
         format!("00-{trace}-0000000000000000-01"), // zero parent id
         format!("00-{}-B7AD6B7169203331-01", trace.to_uppercase()), // upper case

@@ -61,6 +61,8 @@ static __always_inline bool parse_traceparent(const u8 *t, struct incoming *out)
 {
 	if (t[2] != '-' || t[35] != '-' || t[52] != '-' || (t[0] == 'f' && t[1] == 'f'))
 		return false;
+	if (hex_value(t[0]) < 0 || hex_value(t[1]) < 0) /* the version: two hex digits too */
+		return false;
 	u8 any_trace = 0, any_span = 0;
 	for (int i = 0; i < 16; i++) {
 		int hi = hex_value(t[3 + 2 * i]), lo = hex_value(t[4 + 2 * i]);
@@ -81,6 +83,20 @@ static __always_inline bool parse_traceparent(const u8 *t, struct incoming *out)
 		return false;
 	out->sampled = (u8)(f_hi << 4 | f_lo) & 1;
 	return true;
+}
+
+/* Whether an incoming traceparent value of `len` bytes, whose first 56 (as many as it has) are
+ * in `text`, is one to continue, parsed into `out`. Version 00 is exactly 55 characters; a
+ * later version may add fields after a '-'. No helper calls: the fuzz target in fuzz/ runs it
+ * on the host. */
+static __always_inline bool accept_traceparent(const u8 *text, u64 len, struct incoming *out)
+{
+	if (len < TRACEPARENT_LEN)
+		return false;
+	if (len > TRACEPARENT_LEN &&
+	    (text[TRACEPARENT_LEN] != '-' || (text[0] == '0' && text[1] == '0')))
+		return false;
+	return parse_traceparent(text, out);
 }
 
 /* A span context a request already carried, for the client span sending it to link to (the
@@ -289,7 +305,6 @@ static __always_inline void incoming_traceparent(u64 req, struct incoming *out)
 	out->value = s.value;
 	out->state = s.state;
 	out->state_len = s.state_len;
-	/* Version 00 is exactly 55 characters; a later version may add fields after a '-'. */
 	u8 text[TRACEPARENT_LEN + 1];
 	bool longer = s.value_len > TRACEPARENT_LEN;
 	if (!out->value)
@@ -297,7 +312,5 @@ static __always_inline void incoming_traceparent(u64 req, struct incoming *out)
 	if (longer ? bpf_probe_read_user(text, TRACEPARENT_LEN + 1, (void *)out->value) :
 		     bpf_probe_read_user(text, TRACEPARENT_LEN, (void *)out->value))
 		return;
-	if (longer && (text[TRACEPARENT_LEN] != '-' || (text[0] == '0' && text[1] == '0')))
-		return;
-	out->found = parse_traceparent(text, out);
+	out->found = accept_traceparent(text, s.value_len, out);
 }
