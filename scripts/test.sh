@@ -52,3 +52,5 @@ if [ "$(id -u)" != 0 ]; then
   echo "!!! not root: end-to-end tests will be SKIPPED (they need to attach uprobes) !!!"
 fi
 cargo test --workspace --locked
+step "soak, short mode: 20 traced processes under churn and two collector outages (scripts/soak.sh)"
+bash scripts/soak.sh --minutes 2 --gotel target/debug/gotel
