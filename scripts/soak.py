@@ -32,6 +32,19 @@ to 8 s before the next), spans received = requests sent x spans per request, cou
 in the window of its start time (a request straddling a window's edge may count or not: the
 check allows for those, and says how many there were).
 
+Footprint, start vs end, both with no request in flight (tolerances, and why):
+  agent RSS          +4 MiB: the queue filled during an outage (2048 spans and the batch being
+                     retried) costs about 1.5 MiB at the time and is handed back; a leak of 32
+                     bytes a request, or 64 KiB a restarted process, over 20 minutes fails it
+  open fds           +2: the OTLP exporters' kept-alive connections (spans, metrics) reopen
+                     after an outage and may be open or not; BPF fds (maps, programs, links,
+                     perf events) must be equal, as must BPF links and programs (bpftool)
+  BPF map entries    per hash map, entries of the processes traced now: +8 (per-connection
+                     entries such as a gRPC connection's last HTTP/2 stream come and go);
+                     goroutine_ctx at most 256 entries per process (see PER_PROCESS_CAP);
+                     entries of exited processes: none
+  processes traced and executables attached: equal
+
 Usage: scripts/soak.sh [--minutes 20] [--rate 8] ...   (as root; needs gotel built, the
 fixtures, the collector, PostgreSQL, Redis and bpftool: scripts/test.sh's setup)
 """
@@ -85,6 +98,12 @@ UNITS = [
 ]
 # Workloads whose processes make spans as they start (dbsql's CREATE TABLE, redis's SET).
 STARTUP_SPANS = {"db", "redis"}
+# A goroutine's entry in goroutine_ctx stays after it ends, until its g struct is reused for
+# another goroutine (which overwrites or deletes it): entries of a process grow to the size of
+# its pool of g structs (about 66 for the db and redis services here, reached within minutes)
+# and stay there. Judged per traced process against a cap instead of start vs end: a leak of an
+# entry per request (8 a second) passes it within a minute.
+PER_PROCESS_CAP = {"goroutine_ctx": 256}
 # pid -> unit#index.process/start (for the report)
 PID_NAMES = {}
 WAIT = 30  # seconds for a process to listen, or to be traced
@@ -438,8 +457,19 @@ class Soak:
         # Warm-up: the first requests, one round of churn and the first scrapes raise the
         # allocator's high-water marks; flatness is measured from the end of it.
         time.sleep(warmup / 2)
-        for unit in self.units[:2]:
-            self.restart(unit, signal.SIGKILL)
+        # Two pools of units, taken in turn: those whose processes make spans as they start
+        # are restarted away from outages only.
+        pools = [[u for u in self.units if u.workload in STARTUP_SPANS],
+                 [u for u in self.units if u.workload not in STARTUP_SPANS]]
+        turn = [0, 0]
+
+        def next_of(pool):
+            unit = pools[pool][turn[pool] % len(pools[pool])]
+            turn[pool] += 1
+            return unit
+
+        for pool in (0, 1):
+            self.restart(next_of(pool), signal.SIGKILL)
         time.sleep(max(0.0, warmup / 2 - 2))
         start = self.quiet_sample("start")
         self.samples = [start]
@@ -451,7 +481,6 @@ class Soak:
                       + [(t0 + k * a.churn_every, "churn", 0)
                          for k in range(1, int(duration // a.churn_every) + 1)],
                       key=lambda e: e[:2])
-        next_unit = 2
         next_progress = t0 + a.progress_every
         sig = signal.SIGTERM
         while time.time() < t0 + duration:
@@ -463,15 +492,8 @@ class Soak:
                 else:
                     # Near an outage only units whose start makes no span are restarted.
                     near = self.near_outage(now, plan)
-                    for _ in range(a.churn):
-                        for _ in range(len(self.units)):
-                            unit = self.units[next_unit % len(self.units)]
-                            next_unit += 1
-                            if not near or unit.workload not in STARTUP_SPANS:
-                                break
-                        else:
-                            break
-                        self.restart(unit, sig)
+                    for i in range(a.churn):
+                        self.restart(next_of(1 if near else i % 2), sig)
                         sig = signal.SIGKILL if sig == signal.SIGTERM else signal.SIGTERM
                 continue
             if now >= next_progress:
@@ -582,14 +604,21 @@ class Soak:
             info = m0.get(name) or m1[name]
             if info["type"] not in HASH_MAPS:
                 continue
-            # Entries of the processes traced now: those of exited ones are the row above.
+            label = f"  {name} ({info['type']}, max {info['max_entries']})"
+            if name in PER_PROCESS_CAP:
+                cap = PER_PROCESS_CAP[name]
+                peak = lambda s, n=name: max((c for p, c in by_name(s).get(n, {}).get(
+                    "pids", {}).items() if p in s["traced"]), default=0)
+                map_rows.append((label + ", most of one process", peak, f"<= {cap}",
+                                 lambda v0, v1, cap=cap: v1 <= cap))
+                continue
+            # Entries of the processes traced now: those of exited ones are the row below.
             live = lambda s, n=name: (by_name(s).get(n, {}).get("entries") or 0) - \
                 by_name(s).get(n, {}).get("stale", 0)
-            map_rows.append((f"  {name} ({info['type']}, max {info['max_entries']})", live,
-                             f"+{a.map_slack}",
+            map_rows.append((label, live, f"+{a.map_slack}",
                              lambda v0, v1: v1 <= v0 + a.map_slack))
         log("\nfootprint: start and end with no request in flight, max over all samples")
-        log(f"{'metric':44} {'start':>8} {'end':>8} {'max':>8}  {'tolerance':10} result")
+        log(f"{'metric':58} {'start':>7} {'end':>7} {'max':>7}  {'tolerance':10} result")
         results = {}
         for name, get, tolerance, ok in rows[:6] + map_rows + rows[6:]:
             v0, v1 = get(start), get(end)
@@ -599,7 +628,7 @@ class Soak:
             else:
                 passed = v1 == v0 if ok is None else ok(v0, v1)
             results[name.strip()] = passed
-            log(f"{name:44} {v0:>8} {v1:>8} {hi:>8}  {tolerance:10} "
+            log(f"{name:58} {v0:>7} {v1:>7} {hi:>7}  {tolerance:10} "
                 f"{'ok' if passed else 'NOT FLAT'}")
         log("")
         rss0, rss1 = mib(start), mib(end)
@@ -617,11 +646,13 @@ class Soak:
         grown = [f"{r[0].strip()} {r[1](start)} -> {r[1](end)}" for r in map_rows
                  if not r[3](r[1](start), r[1](end))]
         self.check("BPF map entries of traced processes flat", not grown,
-                   f"no hash map grew by more than {a.map_slack}" if not grown
+                   f"every hash map within +{a.map_slack}, goroutine_ctx <= "
+                   f"{PER_PROCESS_CAP['goroutine_ctx']} a process" if not grown
                    else "grew: " + "; ".join(grown))
         for r in map_rows:
             name = r[0].split()[0]
-            if r[3](r[1](start), r[1](end)) or "pids" not in m1.get(name, {}):
+            if r[3](r[1](start), r[1](end)) and name not in PER_PROCESS_CAP or \
+                    "pids" not in m1.get(name, {}):
                 continue
             p0, p1 = m0.get(name, {}).get("pids", {}), m1[name]["pids"]
             log(f"  {name} per traced process, start -> end: " + ", ".join(
@@ -747,7 +778,7 @@ def main():
                     "second (default 20,40: the second past the exporter's 30 s retry budget; "
                     "10,12 for a run under 10 minutes)")
     ap.add_argument("--progress-every", type=float, default=30)
-    ap.add_argument("--rss-slack-mib", type=float, default=8)
+    ap.add_argument("--rss-slack-mib", type=float, default=4)
     ap.add_argument("--map-slack", type=int, default=8)
     ap.add_argument("--known", default="", help="comma-separated known failures reported as "
                     "WARN, not failing the run: stale-entries (map entries of exited processes)")
