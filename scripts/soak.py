@@ -308,6 +308,25 @@ class Received:
         return len(self.seen)
 
 
+def descendants(pid):
+    """Every process below `pid`, each before its own children."""
+    out = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+        for child in children:
+            out.append(child)
+            out += descendants(child)
+    return out
+
+
 def settled_fds(pid):
     """Open fds by kind once their count holds still for 300 ms (at most 5 s): a connection of
     ours to the daemon's endpoints may still be closing on its side when we look."""
@@ -378,7 +397,10 @@ class Soak:
                              "(scripts/test.sh's steps)")
         log(f"soak: {len(UNITS)} units, {sum(len(p) for _, _, p in UNITS)} processes, "
             f"{a.rate} requests/s each, {a.minutes} min; work dir {self.work}")
-        self.stores = (Postgres(), Redis())
+        # One at a time, so an interruption in between leaves nothing unknown to cleanup().
+        self.stores = []
+        self.stores.append(Postgres())
+        self.stores.append(Redis())
         self.collector = FileCollector(self.work)
         self.collector.start()
         self.daemon = Daemon(a.gotel, self.work, self.collector, a.inject)
@@ -409,6 +431,12 @@ class Soak:
                 store.stop()
             except Exception as e:  # noqa: BLE001 - clean up the rest regardless
                 log(f"soak: stopping {type(store).__name__}: {e}")
+        # Whatever an interruption left running (a server caught starting, say).
+        for pid in descendants(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.args.keep:
             log(f"soak: kept {self.work}")
         else:
