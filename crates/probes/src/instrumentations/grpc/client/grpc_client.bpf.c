@@ -54,6 +54,7 @@ struct client_call {
 	u8 sampled;
 	u8 in_new_stream; /* between NewStream's entry and its return */
 	u8 tls; /* the connection is TLS: the span id is tagged with the stream id */
+	u8 headers_queued; /* the loopy writer publishes the stream as it writes its headers */
 	u8 trace_id[16];
 	u8 span_id[8];
 	u8 parent_span_id[8];
@@ -202,6 +203,7 @@ int grpc_client_put(struct pt_regs *ctx)
 	if (call->tls)
 		pending.span.flags |= SPAN_OVER_TLS;
 	bpf_map_update_elem(&grpc_pending_headers, &pk, &pending, BPF_ANY);
+	call->headers_queued = 1;
 	return 0;
 }
 
@@ -253,7 +255,9 @@ static __always_inline int grpc_client_stream(struct pt_regs *ctx)
 	/* As the loopy writer tags the span it publishes, whichever runs first. */
 	if (call->tls)
 		tag_with_stream(call->span_id, call->conn.stream_id);
-	if (call->has_conn) {
+	/* Unless the loopy writer published it before the headers left: the server may have
+	 * taken that entry already, and one written now would outlive the stream. */
+	if (call->has_conn && !call->headers_queued) {
 		/* The server span at the other end of this stream, on this host, is our child. */
 		struct span_ctx span = span_ctx_of(call->trace_id, call->span_id, call->sampled);
 		bpf_map_update_elem(&stream_ctx, &call->conn, &span, BPF_ANY);
