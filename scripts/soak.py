@@ -384,7 +384,6 @@ class Soak:
         self.churned = 0
         self.counters = []  # (epoch, /status counters), polled through the run
         self.failures = []
-        self.warnings = []
 
     # Setup and teardown
 
@@ -600,14 +599,10 @@ class Soak:
 
     # The checks
 
-    def check(self, name, ok, detail, known=False):
-        """A status line; a failure the run was told is known (--known) is a WARN."""
-        status = "PASS" if ok else "WARN" if known else "FAIL"
-        log(f"{status}  {name}: {detail}")
-        if status == "FAIL":
+    def check(self, name, ok, detail):
+        log(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+        if not ok:
             self.failures.append(name)
-        elif status == "WARN":
-            self.warnings.append(name)
 
     def report(self):
         a = self.args
@@ -689,8 +684,7 @@ class Soak:
         stale = {m["name"]: m["stale"] for m in end["bpf"]["maps"].values() if m.get("stale")}
         self.check("no BPF map entries of exited processes", not stale,
                    "none left" if not stale else
-                   f"{sum(stale.values())} left by {self.churned} unit restarts: {stale}",
-                   known="stale-entries" in a.known.split(","))
+                   f"{sum(stale.values())} left by {self.churned} unit restarts: {stale}")
         n = sum(len(u.specs) for u in self.units)
         self.check("every process traced", start["processes"] == end["processes"] == n
                    and results["executables attached"],
@@ -699,8 +693,6 @@ class Soak:
                    f"{self.churned} unit restarts")
         self.account()
         verdict = "FAILED: " + ", ".join(self.failures) if self.failures else "passed"
-        if self.warnings:
-            verdict += " (known, not failing: " + ", ".join(self.warnings) + ")"
         log(f"\nsoak: {verdict}")
         return not self.failures
 
@@ -808,8 +800,6 @@ def main():
     ap.add_argument("--progress-every", type=float, default=30)
     ap.add_argument("--rss-slack-mib", type=float, default=4)
     ap.add_argument("--map-slack", type=int, default=8)
-    ap.add_argument("--known", default="", help="comma-separated known failures reported as "
-                    "WARN, not failing the run: stale-entries (map entries of exited processes)")
     ap.add_argument("--inject", help="--inject-traceparent for the daemon (default: its own)")
     ap.add_argument("--gotel", default=None, help="gotel binary (default: the release build, "
                     "else the debug build)")
