@@ -56,11 +56,13 @@ impl Greeter {
     /// The gRPC fixture `fixture_name`'s server.
     fn start(fixture_name: &str, subnet: u8, listen: Option<&str>, args: &[&str]) -> Greeter {
         let exe = fixture(&format!("grpc/{fixture_name}"));
-        Greeter::serve(&exe, fixture_name, subnet, listen, "-serve", args)
+        Greeter::serve(gotel, &exe, fixture_name, subnet, listen, "-serve", args)
     }
 
-    /// `fixture` with `addr_flag` naming where it listens, and `args`.
+    /// `fixture` with `addr_flag` naming where it listens, and `args`, under a gotel that
+    /// `launch` starts.
     fn serve(
+        launch: Launch,
         fixture: &std::path::Path,
         name: &str,
         subnet: u8,
@@ -74,7 +76,7 @@ impl Greeter {
         let dir = TempDir::new(&tag);
         let exe = dir.0.join("server");
         std::fs::copy(fixture, &exe).unwrap();
-        let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
+        let gotel = launch(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
         gotel.wait_for_log("tracing every process", WAIT);
         let addr = listen.map_or_else(|| format!("{}:{}", host.theirs, free_port()), String::from);
         let server = Proc::new(
@@ -295,23 +297,27 @@ fn h2c_streaming_calls_across_hosts() {
     }
 }
 
+/// How a test starts gotel: [`gotel`], or as an unprivileged user.
+type Launch = fn(&[&str], Option<&Collector>, &[(&str, &str)]) -> Proc;
+
 /// The chain fixture serving on another host under its own gotel (`server_args`: HTTPS with
 /// HTTP/1.1 only, HTTP/2 too, h2c), and the chain fixture on this one (with `client_args`)
-/// under another, exporting to the same collector: (the server, the client's gotel, the
-/// client's port).
+/// under another, exporting to the same collector; both gotels started by `launch`: (the
+/// server, the client's gotel, the client's port).
 fn chain_across_hosts(
+    launch: Launch,
     subnet: u8,
     server_args: &[&str],
     client_args: &[&str],
 ) -> (Greeter, Proc, u16) {
-    let server =
-        Greeter::serve(&fixture("chain-go1.26"), "chain", subnet, None, "-addr", server_args);
+    let chain = fixture("chain-go1.26");
+    let server = Greeter::serve(launch, &chain, "chain", subnet, None, "-addr", server_args);
     let port = free_port();
     let client_exe = fixture("chain-go1.26");
     let addr = format!("127.0.0.1:{port}");
     let mut args = vec!["run", "--", client_exe.to_str().unwrap(), "-addr", &addr];
     args.extend_from_slice(client_args);
-    let client = gotel(&args, Some(&server.collector), &[]);
+    let client = launch(&args, Some(&server.collector), &[]);
     wait_for_port(port, WAIT);
     (server, client, port)
 }
@@ -361,7 +367,7 @@ fn https_parents(collector: &Collector, server_port: &str, n: usize) -> Vec<Opti
 #[test]
 fn https_requests_continue_the_trace_across_hosts() {
     let Some(()) = privileged() else { return };
-    let (server, mut client, port) = chain_across_hosts(19, &["-tls"], &[]);
+    let (server, mut client, port) = chain_across_hosts(gotel, 19, &["-tls"], &[]);
     let url = format!("https://{}/c", server.addr);
     let (status, body) = http_get(port, &format!("/fanout?url={url}&n=200"));
     assert_eq!((status, body.as_str()), (200, "fanout: 200\n"));
@@ -379,13 +385,35 @@ fn https_requests_continue_the_trace_across_hosts() {
     assert!(linked >= 200, "{linked}/203 linked: {log}");
 }
 
+/// The same as a user holding only the capabilities the README documents, on both hosts:
+/// gotel attaches to root's processes, and the client span rides in the TCP option all the
+/// same (CAP_NET_ADMIN lets gotel attach its socket-layer program).
+#[test]
+fn https_across_hosts_as_nobody_with_the_documented_capabilities() {
+    let Some(()) = privileged() else { return };
+    let as_nobody: Launch =
+        |args, collector, env| gotel_as_nobody(DOCUMENTED_CAPS, args, collector, env);
+    let (server, mut client, port) = chain_across_hosts(as_nobody, 37, &["-tls"], &[]);
+    let url = format!("https://{}/c", server.addr);
+    let (status, body) = http_get(port, &format!("/fanout?url={url}&n=50"));
+    assert_eq!((status, body.as_str()), (200, "fanout: 50\n"));
+    let server_port = server.addr.rsplit(':').next().unwrap();
+    let parents = https_parents(&server.collector, server_port, 50);
+    client.signal_and_wait(libc::SIGTERM, WAIT);
+    let log = client.log().join("\n");
+    assert!(!log.contains("without CAP_"), "nothing is missing: {log}");
+    let linked = parents.iter().flatten().count();
+    assert!(log.contains(&format!("{linked} TLS requests' spans sent in a TCP option")), "{log}");
+    assert!(linked >= 48, "{linked}/50 linked: {log}");
+}
+
 /// nginx terminating TLS on the other host, in front of the HTTPS server there: the TCP
 /// option rides only to nginx, so the server behind it makes root spans; every request still
 /// succeeds, and none is put under a client span that did not send it.
 #[test]
 fn https_through_a_tls_terminating_proxy_makes_roots_and_breaks_nothing() {
     let Some(()) = privileged() else { return };
-    let (server, mut client, port) = chain_across_hosts(27, &["-tls"], &[]);
+    let (server, mut client, port) = chain_across_hosts(gotel, 27, &["-tls"], &[]);
     let dir = &server.dir.0;
     let (cert, key) = (dir.join("proxy.crt"), dir.join("proxy.key"));
     let made = std::process::Command::new("openssl")
@@ -447,7 +475,7 @@ fn one_at_a_time_then_200<'s>(
 #[test]
 fn http2_over_tls_continues_the_trace_across_hosts() {
     let Some(()) = privileged() else { return };
-    let (server, mut client, port) = chain_across_hosts(24, &["-tls", "-h2"], &[]);
+    let (server, mut client, port) = chain_across_hosts(gotel, 24, &["-tls", "-h2"], &[]);
     let (server_port, one_at_a_time) = one_at_a_time_then_200(&server, port, "https");
     let parents = https_parents(&server.collector, server_port, 253);
     client.signal_and_wait(libc::SIGTERM, WAIT);
@@ -481,7 +509,7 @@ fn http2_over_tls_continues_the_trace_across_hosts() {
 #[test]
 fn net_http_h2c_continues_the_trace_across_hosts() {
     let Some(()) = privileged() else { return };
-    let (server, mut client, port) = chain_across_hosts(25, &["-h2c"], &["-h2c"]);
+    let (server, mut client, port) = chain_across_hosts(gotel, 25, &["-h2c"], &["-h2c"]);
     let (server_port, one_at_a_time) = one_at_a_time_then_200(&server, port, "http");
     // A trace joined with a tracestate over 127 bytes (an HPACK length of two bytes).
     let state = format!("congo={},rojo=00f067aa0ba902b7", "t61rcWkgMzE".repeat(15));

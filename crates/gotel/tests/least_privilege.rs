@@ -11,8 +11,6 @@ use std::time::Duration;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
-/// The documented set (README, "Privileges and kernel").
-const CORE: &str = "+bpf,+perfmon,+sys_ptrace,+dac_read_search,+net_admin";
 const SERVER: i64 = 2;
 const CLIENT: i64 = 3;
 
@@ -46,7 +44,7 @@ fn chain_as_nobody(tag: &str, caps: &str) -> Proc {
 #[test]
 fn the_core_runs_as_nobody_with_the_five_capabilities() {
     let Some(()) = privileged() else { return };
-    let gotel = chain_as_nobody("least-privilege-core", CORE);
+    let gotel = chain_as_nobody("least-privilege-core", DOCUMENTED_CAPS);
     let warnings: Vec<String> =
         gotel.log().into_iter().filter(|l| l.contains("without CAP_")).collect();
     assert!(warnings.is_empty(), "nothing is missing: {warnings:?}");
@@ -57,7 +55,7 @@ fn the_core_runs_as_nobody_with_the_five_capabilities() {
     let exe = dir.0.join("greeter");
     std::fs::copy(fixture("grpc/grpc-v1.85.0"), &exe).unwrap();
     let attach = ["attach", "--exe", exe.to_str().unwrap()];
-    let gotel = gotel_as_nobody(CORE, &attach, Some(&collector), &[]);
+    let gotel = gotel_as_nobody(DOCUMENTED_CAPS, &attach, Some(&collector), &[]);
     gotel.wait_for_log("tracing every process", WAIT);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");

@@ -528,6 +528,10 @@ pub fn gotel(args: &[&str], collector: Option<&Collector>, env: &[(&str, &str)])
     gotel_command(Command::new(env!("CARGO_BIN_EXE_gotel")), args, collector, env)
 }
 
+/// The capabilities gotel needs, as the README documents them ("Privileges and kernel"), in
+/// setpriv's spelling.
+pub const DOCUMENTED_CAPS: &str = "+bpf,+perfmon,+sys_ptrace,+dac_read_search,+net_admin";
+
 /// `gotel`, run as user nobody holding only the capabilities `caps` ("+bpf,+perfmon"),
 /// through util-linux's setpriv.
 pub fn gotel_as_nobody(
