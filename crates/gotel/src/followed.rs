@@ -1,7 +1,9 @@
 //! `attach --exe` follows its path, not just the file it named at start: a deployment that
 //! renames a new binary over the old one gets the new file instrumented too, and the old
-//! file's probes go once no process runs it any more.
+//! file's probes go once no process runs it any more. Processes that exit (or exec another
+//! program) have what their requests left in the shared maps removed, as the daemon does.
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,6 +28,8 @@ pub struct FollowedPath {
     files: Vec<(FileId, Instrumented)>,
     /// A file that could not be instrumented, not tried again.
     refused: Option<FileId>,
+    /// The processes that ran one of `files` at the last check.
+    running: HashSet<u32>,
     next_check: Instant,
 }
 
@@ -37,12 +41,14 @@ impl FollowedPath {
             options,
             files: vec![(id, first)],
             refused: None,
+            running: HashSet::new(),
             next_check: Instant::now() + CHECK_EVERY,
         }
     }
 
-    /// Instruments the file the path names now, if it is new, and lets go of older files
-    /// nothing runs. Cheap when called often: it looks once a second.
+    /// Instruments the file the path names now, if it is new, lets go of older files nothing
+    /// runs, and clears what processes that ended left behind. Cheap when called often: it
+    /// looks once a second.
     pub fn check(&mut self, shared: &SharedMaps, pipeline: &mut Pipeline) {
         let now = Instant::now();
         if now < self.next_check {
@@ -66,19 +72,37 @@ impl FollowedPath {
                 }
             }
         }
+        let running = running_files();
+        let ours: HashSet<u32> = running
+            .iter()
+            .filter(|(_, file)| self.files.iter().any(|(id, _)| id == *file))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for &pid in ours.difference(&self.running) {
+            tracing::info!("tracing pid {pid} ({path})");
+        }
+        for &pid in self.running.difference(&ours) {
+            let left = shared.untrace_pid(pid);
+            tracing::info!(
+                "pid {pid} exited or ran another program ({left} map entries it left removed)"
+            );
+        }
+        self.running = ours;
         if self.files.len() > 1 {
-            let running = running_files();
             let newest = self.files.last().map(|(id, _)| *id);
-            self.files.retain(|(id, _)| Some(*id) == newest || running.contains(id));
+            let in_use: HashSet<FileId> = running.into_values().collect();
+            self.files.retain(|(id, _)| Some(*id) == newest || in_use.contains(id));
         }
     }
 }
 
-/// The files every process on the host runs (what /proc/PID/exe names).
-fn running_files() -> std::collections::HashSet<FileId> {
+/// The file every process on the host runs (what /proc/PID/exe names), by pid.
+fn running_files() -> HashMap<u32, FileId> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Default::default() };
     dir.map_while(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-        .filter_map(|e| file_id(&e.path().join("exe")))
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            Some((pid, file_id(&e.path().join("exe"))?))
+        })
         .collect()
 }

@@ -53,13 +53,21 @@ fn raw_get(port: u16, path: &str) -> Vec<u8> {
     text.split_inclusive("\r\n").filter(|l| !l.starts_with("Date: ")).collect::<String>().into()
 }
 
-/// The daemon logged that `pid` exited: how many map entries it removed for it.
-fn removed_at_exit(daemon: &Proc, pid: u32) -> usize {
-    let needle = format!("pid {pid} exited (");
-    daemon.wait_for_log(&needle, WAIT);
-    let log = daemon.log();
+/// gotel logged that `pid` exited: how many map entries it removed for it.
+fn removed_at_exit(gotel: &Proc, pid: u32) -> usize {
+    let needle = format!("pid {pid} exited");
+    gotel.wait_for_log(&needle, WAIT);
+    let log = gotel.log();
     let line = log.iter().find(|l| l.contains(&needle)).unwrap();
-    line.split(&needle).nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).unwrap()
+    let count = line.split(&needle).nth(1).and_then(|r| r.split('(').nth(1));
+    count.and_then(|r| r.split(' ').next()?.parse().ok()).unwrap()
+}
+
+/// `gotel attach --exe` on `exe`.
+fn attach_exe(collector: &Collector, exe: &Path) -> Proc {
+    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(collector), &[]);
+    gotel.wait_for_log("tracing every process", WAIT);
+    gotel
 }
 
 /// The go1.26 httpserver fixture under `gotel run`, and beside it the same program without
@@ -86,28 +94,26 @@ fn beside(tag: &str) -> Beside {
 }
 
 /// A program SIGKILLed while a request is in its handler: the client sees the connection
-/// drop, as without gotel; the daemon removes the request's entry from its maps when it sees
-/// the exit (so a later process given the same pid cannot find it); the program started again
-/// gets spans of its own, none with a parent.
-#[test]
-fn a_target_killed_mid_request_leaves_nothing_behind() {
-    let Some(()) = privileged() else { return };
-    let _one = ONE_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
-    let collector = Collector::start("killed-mid-request");
-    let dir = TempDir::new("killed-mid-request");
+/// drop, as without gotel; gotel (the daemon, or `attach --exe`) removes the request's entry
+/// from its maps when it sees the exit (so a later process given the same pid cannot find
+/// it); the program started again gets spans of its own, none with a parent.
+fn killed_mid_request(tag: &str, under: fn(&Collector, &Path) -> Proc) {
+    let collector = Collector::start(tag);
+    let dir = TempDir::new(tag);
     let exe = private_copy("httpserver-go1.26", &dir, "payments");
-    let d = daemon(&collector, &[&exe]);
+    let d = under(&collector, &exe);
     let port = free_port();
     let mut target = start_fixture(&exe, port);
     wait_for_port(port, WAIT);
     let deadline = Instant::now() + WAIT;
     while collector.spans().is_empty() {
-        assert!(Instant::now() < deadline, "the daemon never traced the program");
+        assert!(Instant::now() < deadline, "gotel never traced the program");
         let _ = http_get(port, "/hello?warm=1");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let in_flight = std::thread::spawn(move || raw_get(port, "/slow?ms=60000"));
     let pid = target.pid();
+    d.wait_for_log(&format!("tracing pid {pid} ("), WAIT);
+    let in_flight = std::thread::spawn(move || raw_get(port, "/slow?ms=60000"));
     let deadline = Instant::now() + WAIT;
     while keys_of_process(&map_keys(d.pid(), "server_calls"), pid) == 0 {
         assert!(Instant::now() < deadline, "the slow request never showed in server_calls");
@@ -133,6 +139,19 @@ fn a_target_killed_mid_request_leaves_nothing_behind() {
         spans.iter().filter(|s| s.attr_str("url.query").as_deref() == Some("after=kill")).collect();
     assert!(!after.is_empty());
     assert!(after.iter().all(|s| s.hex("parentSpanId").is_empty()), "no stale parent");
+}
+
+#[test]
+fn a_target_killed_mid_request_leaves_nothing_behind_under_the_daemon() {
+    let Some(()) = privileged() else { return };
+    let _one = ONE_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
+    killed_mid_request("killed-under-daemon", |collector, exe| daemon(collector, &[exe]));
+}
+
+#[test]
+fn a_target_killed_mid_request_leaves_nothing_behind_under_attach_exe() {
+    let Some(()) = privileged() else { return };
+    killed_mid_request("killed-under-attach", attach_exe);
 }
 
 /// A handler blocked for good: its request's entry stays while it is in flight (its span will
@@ -207,8 +226,7 @@ fn a_binary_replaced_on_disk_while_attached() {
     let collector = Collector::start("replaced");
     let dir = TempDir::new("replaced");
     let exe = private_copy("httpserver-go1.26", &dir, "catalog");
-    let gotel = gotel(&["attach", "--exe", exe.to_str().unwrap()], Some(&collector), &[]);
-    gotel.wait_for_log("tracing every process", WAIT);
+    let gotel = attach_exe(&collector, &exe);
     let links = bpf_held_by(gotel.pid()).links.len();
     let port = free_port();
     let mut old = start_fixture(&exe, port);
