@@ -100,3 +100,32 @@ fn without_perfmon_gotel_exits_naming_it() {
     gotel.wait_for_log("missing: CAP_PERFMON", WAIT);
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the program never ran");
 }
+
+/// Fleet mode as nobody: the daemon sees root's processes start (its exec tracepoint and
+/// /proc), traces the one its rule selects, and serves its endpoints.
+#[test]
+fn the_daemon_runs_as_nobody_with_the_documented_capabilities() {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start("least-privilege-daemon");
+    let dir = TempDir::new("least-privilege-daemon");
+    let exe = dir.0.join("orders");
+    std::fs::copy(fixture("httpserver-go1.26"), &exe).unwrap();
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let rule = format!("exe={}", exe.display());
+    let args = ["daemon", "--metrics-addr", &metrics, "--instrument", &rule];
+    let env = [("GOTEL_CONFIG", "/dev/null")];
+    let daemon = gotel_as_nobody(DOCUMENTED_CAPS, &args, Some(&collector), &env);
+    daemon.wait_for_log("scanning for Go processes", WAIT);
+    let port = free_port();
+    let target = start_fixture(&exe, port);
+    wait_for_port(port, WAIT);
+    daemon.wait_for_log(&format!("tracing pid {} (", target.pid()), WAIT);
+    assert_eq!(http_get(port, "/users/7").0, 200);
+    let spans = collector.wait_for_spans(1, WAIT);
+    assert_eq!(spans[0].name(), "GET /users/{id}");
+    assert_eq!(spans[0].resource_str("service.name").as_deref(), Some("orders"));
+    assert_eq!(http_get(metrics_port, "/healthz").0, 200);
+    let log = daemon.log().join("\n");
+    assert!(!log.contains("without CAP_") && !log.contains("not watching execs"), "{log}");
+}
