@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,15 +18,6 @@ static ONE_DAEMON: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// In the daemon's OTLP headers and in a target's environment: it must never leave the agent.
 const SECRET: &str = "s3cr3t-0b6c41d7";
-
-fn copy_fixture(fixture_name: &str, to: &Path) -> PathBuf {
-    // Written under another name, then renamed: replacing a running binary in place is how
-    // deployments do it (the old inode lives on in the processes that run it).
-    let tmp = to.with_extension("new");
-    std::fs::copy(fixture(fixture_name), &tmp).unwrap();
-    std::fs::rename(&tmp, to).unwrap();
-    to.to_path_buf()
-}
 
 fn start(exe: &Path, port: u16, env: &[(&str, &str)]) -> (Proc, Instant) {
     let mut cmd = Command::new(exe);

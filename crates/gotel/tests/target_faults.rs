@@ -31,15 +31,6 @@ fn daemon(collector: &Collector, exes: &[&Path]) -> Proc {
     d
 }
 
-/// A private copy of a fixture at `dir/name`: a file (inode) of its own.
-fn private_copy(fixture_name: &str, dir: &TempDir, name: &str) -> std::path::PathBuf {
-    let to = dir.0.join(name);
-    let tmp = to.with_extension("new");
-    std::fs::copy(fixture(fixture_name), &tmp).unwrap();
-    std::fs::rename(&tmp, &to).unwrap();
-    to
-}
-
 /// The raw response to `GET path` on a new connection, its Date header taken out (the one
 /// line that differs between two runs of the same program).
 fn raw_get(port: u16, path: &str) -> Vec<u8> {
@@ -100,7 +91,7 @@ fn beside(tag: &str) -> Beside {
 fn killed_mid_request(tag: &str, under: fn(&Collector, &Path) -> Proc) {
     let collector = Collector::start(tag);
     let dir = TempDir::new(tag);
-    let exe = private_copy("httpserver-go1.26", &dir, "payments");
+    let exe = copy_fixture("httpserver-go1.26", &dir.0.join("payments"));
     let d = under(&collector, &exe);
     let port = free_port();
     let mut target = start_fixture(&exe, port);
@@ -225,14 +216,14 @@ fn a_binary_replaced_on_disk_while_attached() {
     let Some(()) = privileged() else { return };
     let collector = Collector::start("replaced");
     let dir = TempDir::new("replaced");
-    let exe = private_copy("httpserver-go1.26", &dir, "catalog");
+    let exe = copy_fixture("httpserver-go1.26", &dir.0.join("catalog"));
     let gotel = attach_exe(&collector, &exe);
     let links = bpf_held_by(gotel.pid()).links.len();
     let port = free_port();
     let mut old = start_fixture(&exe, port);
     wait_for_port(port, WAIT);
     assert_eq!(http_get(port, "/users/1").0, 200);
-    private_copy("httpserver-go1.26", &dir, "catalog");
+    copy_fixture("httpserver-go1.26", &dir.0.join("catalog"));
     gotel.wait_for_log("was replaced: the new file is traced too", WAIT);
     assert_eq!(http_get(port, "/users/2").0, 200);
     let new_port = free_port();
@@ -266,8 +257,8 @@ fn a_target_that_execs_another_program() {
     let _one = ONE_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
     let collector = Collector::start("exec");
     let dir = TempDir::new("exec");
-    let before = private_copy("httpserver-go1.26", &dir, "gateway-v1");
-    let after = private_copy("httpserver-go1.24", &dir, "gateway-v2");
+    let before = copy_fixture("httpserver-go1.26", &dir.0.join("gateway-v1"));
+    let after = copy_fixture("httpserver-go1.24", &dir.0.join("gateway-v2"));
     let d = daemon(&collector, &[&before, &after]);
     let (port, next_port) = (free_port(), free_port());
     let target = start_fixture(&before, port);

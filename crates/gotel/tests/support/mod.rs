@@ -14,6 +14,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+/// A private copy of a fixture at `to`, a file (inode) of its own: written under another name,
+/// then renamed, as deployments replace a running binary (the old inode lives on in the
+/// processes that run it).
+pub fn copy_fixture(fixture_name: &str, to: &Path) -> PathBuf {
+    let tmp = to.with_extension("new");
+    std::fs::copy(fixture(fixture_name), &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+    to.to_path_buf()
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
