@@ -109,12 +109,7 @@ fn read_head(
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        conn.set_read_timeout(Some(left))?;
-        let n = conn.read(&mut buf)?;
+        let n = read_by(conn, &mut buf, deadline)?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
@@ -137,17 +132,22 @@ fn linger(mut conn: TcpStream) -> std::io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1);
     let (mut buf, mut left) = ([0u8; 4096], 1usize << 20);
     while left > 0 {
-        let time = deadline.saturating_duration_since(Instant::now());
-        if time.is_zero() {
-            break;
-        }
-        conn.set_read_timeout(Some(time))?;
-        match conn.read(&mut buf)? {
-            0 => break,
-            n => left = left.saturating_sub(n),
+        match read_by(&mut conn, &mut buf, deadline) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
         }
     }
     Ok(())
+}
+
+/// One read that must end by `deadline`: TimedOut once it has passed.
+fn read_by(conn: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<usize> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    conn.set_read_timeout(Some(left))?;
+    conn.read(buf)
 }
 
 fn respond(
