@@ -22,18 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-from benchlib import REPO, free_port, status_kib, wait_port
+from benchlib import COLLECTOR, FIXTURES, REPO, free_port, http_get, status_kib, wait_port
 
 GOTEL = os.path.join(REPO, "target/release/gotel")
-FIXTURES = os.environ.get("GOTEL_FIXTURES_DIR", os.path.join(REPO, "target/fixtures"))
-COLLECTOR = os.path.join(REPO, "target/tools/otelcol-gotel")
-
-
-def get(url):
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return r.read().decode()
 
 
 def main():
@@ -94,7 +86,7 @@ def main():
             time.sleep(0.05)
         deadline = time.time() + 60
         while True:
-            status = json.loads(get(f"http://127.0.0.1:{metrics_port}/status"))
+            status = json.loads(http_get(f"http://127.0.0.1:{metrics_port}/status"))
             if len(status["processes"]) >= args.processes:
                 break
             if time.time() > deadline:
@@ -104,9 +96,9 @@ def main():
         for port in ports:
             wait_port(port)
             for _ in range(args.requests):
-                get(f"http://127.0.0.1:{port}/hello")
+                http_get(f"http://127.0.0.1:{port}/hello")
         time.sleep(1.5)
-        status = json.loads(get(f"http://127.0.0.1:{metrics_port}/status"))
+        status = json.loads(http_get(f"http://127.0.0.1:{metrics_port}/status"))
         rss = status_kib(daemon.pid, "VmRSS")
         hwm = status_kib(daemon.pid, "VmHWM")
         sent = args.processes * args.requests

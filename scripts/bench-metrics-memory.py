@@ -13,17 +13,16 @@ its peak, and the series the Prometheus endpoint shows.
 Needs root, the release build and the fixtures (scripts/build-fixtures.sh).
 Usage: scripts/bench-metrics-memory.py [--routes N] [--requests N]
 """
-import argparse, os, subprocess, sys, time, urllib.request
+import argparse, os, subprocess, sys, time
 
-from benchlib import REPO, free_port, status_kib, wait_port
+from benchlib import REPO, free_port, http_get, status_kib, wait_port
 
 GOTEL = os.path.join(REPO, "target/release/gotel")
 FIXTURE = os.path.join(REPO, "target/fixtures/httpserver-go1.26")
 
 
 def get(port, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-        return r.read()
+    return http_get(f"http://127.0.0.1:{port}{path}", timeout=10)
 
 
 def run(routes, spread, requests):
@@ -42,7 +41,7 @@ def run(routes, spread, requests):
             get(port, f"/route{n}/{i}")
         time.sleep(0.5)  # the agent reads what is left in the ring buffer
         counted_rss = status_kib(gotel.pid, "VmRSS")
-        text = get(prom, "/metrics").decode()
+        text = get(prom, "/metrics")
         time.sleep(0.3)  # the endpoint hands the exposition's memory back after responding
         series = sum(1 for l in text.splitlines()
                      if l.startswith("http_server_request_duration_seconds_count{"))

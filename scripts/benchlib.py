@@ -100,6 +100,7 @@ def http_get(url, timeout=5):
 
 
 COLLECTOR = os.environ.get("GOTEL_COLLECTOR", os.path.join(REPO, "target/tools/otelcol-gotel"))
+FIXTURES = os.environ.get("GOTEL_FIXTURES_DIR", os.path.join(REPO, "target/fixtures"))
 
 
 class FileCollector:

@@ -61,10 +61,9 @@ import tempfile
 import threading
 import time
 
-from benchlib import (HASH_MAPS, REPO, FileCollector, Postgres, Redis, bpf_footprint, free_port,
-                      http_get, open_fds, status_kib, wait_port)
+from benchlib import (FIXTURES, HASH_MAPS, REPO, FileCollector, Postgres, Redis, bpf_footprint,
+                      free_port, http_get, open_fds, status_kib, wait_port)
 
-FIXTURES = os.environ.get("GOTEL_FIXTURES_DIR", os.path.join(REPO, "target/fixtures"))
 SPANS_PER_REQUEST = {"http": 1, "chain": 3, "grpc": 3, "db": 2, "redis": 2}
 ADDR = ["-addr", "{addr}"]
 PG = ADDR + ["-dsn", "{dsn}", "-driver"]
