@@ -600,14 +600,7 @@ pub fn start_program(exe: &Path, args: &[&str]) -> Proc {
 
 /// A fixture started directly, without gotel.
 pub fn start_fixture(path: &Path, port: u16) -> Proc {
-    let child = Command::new(path)
-        .arg("-addr")
-        .arg(format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start fixture");
-    Proc::new(child)
+    start_program(path, &["-addr", &format!("127.0.0.1:{port}")])
 }
 
 /// Lets this test process hold many sockets at once.
