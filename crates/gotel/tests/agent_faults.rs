@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -119,8 +119,8 @@ impl FailingCollector {
 }
 
 fn serve_failing(mut conn: TcpStream, fault: Fault, requests: &AtomicUsize) {
-    let mut held = Vec::new();
-    while read_request(&mut conn, &mut held) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    while read_http_message(&mut reader).is_some() {
         requests.fetch_add(1, Ordering::Relaxed);
         match fault {
             Fault::Status(code) => {
@@ -132,40 +132,10 @@ fn serve_failing(mut conn: TcpStream, fault: Fault, requests: &AtomicUsize) {
             }
             Fault::Hang => {
                 // Holds the connection until the client gives up on it.
-                let _ = conn.read_to_end(&mut Vec::new());
+                let _ = reader.read_to_end(&mut Vec::new());
                 return;
             }
             Fault::Close => return,
-        }
-    }
-}
-
-/// Reads one HTTP/1.1 request off `conn`; false at EOF.
-fn read_request(conn: &mut TcpStream, held: &mut Vec<u8>) -> bool {
-    read_message(conn, held).is_some()
-}
-
-/// Reads one HTTP/1.1 message (head and Content-Length body) off `conn`, from what `held`
-/// already has and more reads: its body; None at EOF or on an error.
-fn read_message(conn: &mut TcpStream, held: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        if let Some(end) = held.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&held[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if held.len() >= end + 4 + len {
-                let body = held[end + 4..end + 4 + len].to_vec();
-                held.drain(..end + 4 + len);
-                return Some(body);
-            }
-        }
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => held.extend_from_slice(&buf[..n]),
         }
     }
 }
@@ -332,21 +302,22 @@ fn gotel_killed_under_load_and_started_again() {
 /// One HTTP/1.1 connection, kept alive across requests.
 struct KeptAlive {
     stream: TcpStream,
-    held: Vec<u8>,
+    reader: BufReader<TcpStream>,
 }
 
 impl KeptAlive {
     fn open(port: u16) -> KeptAlive {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        KeptAlive { stream, held: Vec::new() }
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        KeptAlive { stream, reader }
     }
 
     /// GETs `path` on this connection: the body (every status accepted).
     fn get(&mut self, path: &str) -> String {
         let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
         self.stream.write_all(req.as_bytes()).expect("send on the kept-alive connection");
-        let body = read_message(&mut self.stream, &mut self.held);
-        String::from_utf8(body.expect("a response on the kept-alive connection")).unwrap()
+        let response = read_http_message(&mut self.reader);
+        String::from_utf8(response.expect("a response on the kept-alive connection").body).unwrap()
     }
 }

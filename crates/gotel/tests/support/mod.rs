@@ -708,51 +708,65 @@ impl Recorder {
 fn serve_recorded(conn: TcpStream, connection: usize, sink: &Mutex<Vec<RecordedRequest>>) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut out = conn;
-    loop {
-        let mut raw = Vec::new();
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            head.push_str(&line);
-            if line == "\r\n" {
-                break;
-            }
-        }
-        raw.extend_from_slice(head.as_bytes());
-        let header = |name: &str| {
-            head.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-            })
-        };
-        let mut body = Vec::new();
-        if let Some(len) = header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
-            body.resize(len, 0);
-            reader.read_exact(&mut body).unwrap();
-            raw.extend_from_slice(&body);
-        } else if header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-            loop {
-                let mut size_line = String::new();
-                reader.read_line(&mut size_line).unwrap();
-                raw.extend_from_slice(size_line.as_bytes());
-                let size = usize::from_str_radix(size_line.trim(), 16).unwrap();
-                let mut chunk = vec![0u8; size + 2];
-                reader.read_exact(&mut chunk).unwrap();
-                raw.extend_from_slice(&chunk);
-                if size == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..size]);
-            }
-        }
+    while let Some(HttpMessage { head, raw, body }) = read_http_message(&mut reader) {
         sink.lock().unwrap().push(RecordedRequest { head, raw, body, connection });
         if out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
             return;
         }
     }
+}
+
+/// One HTTP/1.1 message, request or response.
+pub struct HttpMessage {
+    /// Start line and headers, up to and including the blank line.
+    pub head: String,
+    /// Everything as it arrived (head and the body as framed, chunked or not).
+    pub raw: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// Reads the next message off `reader`: its body framed by Content-Length, chunked, or
+/// absent. None at the end of the stream or on an error.
+pub fn read_http_message(reader: &mut impl BufRead) -> Option<HttpMessage> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut raw = head.as_bytes().to_vec();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let mut body = Vec::new();
+    if let Some(len) = header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        reader.read_exact(&mut body).ok()?;
+        raw.extend_from_slice(&body);
+    } else if header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line).ok()?;
+            raw.extend_from_slice(size_line.as_bytes());
+            let size = usize::from_str_radix(size_line.trim(), 16).ok()?;
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            raw.extend_from_slice(&chunk);
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    Some(HttpMessage { head, raw, body })
 }
 
 /// A private PostgreSQL server on a loopback port: its own data directory, trust
