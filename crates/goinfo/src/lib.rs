@@ -6,6 +6,7 @@ mod buildinfo;
 mod dwarf;
 #[doc(hidden)]
 pub mod fuzzing;
+mod ok_exit;
 pub mod pclntab;
 mod rets;
 mod stated_version;
@@ -20,6 +21,7 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 pub use buildinfo::{parse_go_version, BuildInfo, Module};
 pub use dwarf::StructLayouts;
+pub use ok_exit::{amd64_ok_exit, OkExit};
 pub use pclntab::PclnFunction;
 pub use rets::{
     amd64_calls_to, amd64_ret_addresses, amd64_returns_from_calls_to, amd64_stack_check_branch,
@@ -325,6 +327,22 @@ impl GoBinary {
             .into_iter()
             .map(|(call, after)| (to_file(call), after.map(to_file)))
             .collect()
+    }
+
+    /// Where `function`'s successful return after its call to `callee` is seen on an emulated
+    /// jump, and which RETs only that path reaches (`OkExit`, as file offsets); None where
+    /// the machine code does not say so unambiguously.
+    pub fn ok_exit(&self, function: &Function, callee: &Function) -> Option<OkExit> {
+        let start = function.file_offset as usize;
+        let end = start.saturating_add(function.size as usize).min(self.data.len());
+        let code = self.data.get(start..end)?;
+        let exit = amd64_ok_exit(code, function.address, callee.address)?;
+        let to_file = |addr: u64| addr - function.address + function.file_offset;
+        Some(OkExit {
+            branch: to_file(exit.branch),
+            rets_behind: exit.rets_behind.into_iter().map(to_file).collect(),
+            other_rets: exit.other_rets.into_iter().map(to_file).collect(),
+        })
     }
 
     /// File offset of the prologue's stack-check jump of `function`, where a uprobe sees the

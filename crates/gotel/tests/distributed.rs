@@ -482,3 +482,72 @@ fn an_http2_handler_that_panics_gives_an_error_span_go1_26() {
 fn an_http2_handler_that_panics_gives_an_error_span_go1_27() {
     an_http2_handler_panics("v0.63.0+go1.27");
 }
+
+/// Client calls that fail end their spans where the error comes back: a refused connection
+/// (no connection made), a peer that closes without answering (the round trip's error), and
+/// a 404 (a successful round trip, which ends on the jump testing its error, with a
+/// status). Each client span is the child of the handler that called, and exactly one.
+fn failed_calls_end_their_client_spans(version: &str) {
+    let Some(()) = privileged() else { return };
+    let collector = Collector::start(&format!("client-errors-{version}"));
+    let port = free_port();
+    let fx = fixture(&format!("chain-go{version}"));
+    let addr = format!("127.0.0.1:{port}");
+    let gotel = gotel(&["run", "--", fx.to_str().unwrap(), "-addr", &addr], Some(&collector), &[]);
+    wait_for_port(port, WAIT);
+    let log = gotel.log().join("\n");
+    assert!(log.contains("roundTrip: entry on the stack-check jump, exit on the jump"), "{log}");
+    let refused = free_port();
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closing = closer.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in closer.incoming().take(1).flatten() {
+            let mut head = [0u8; 1024];
+            let _ = std::io::Read::read(&mut &conn, &mut head);
+        } // dropped: closed without an answer
+    });
+    let calls = [
+        (format!("http://127.0.0.1:{refused}/x"), 502),
+        (format!("http://127.0.0.1:{closing}/y"), 502),
+        (format!("http://127.0.0.1:{port}/missing"), 200), // /fetch passes the body on
+    ];
+    for (url, status) in &calls {
+        assert_eq!(http_get(port, &format!("/fetch?url={url}")).0, *status, "{url}");
+    }
+    let spans = collector.wait_for_spans(7, WAIT);
+    assert_eq!(spans.len(), 7, "3 /fetch, 3 client, 1 /missing: {spans:#?}");
+    let clients: Vec<_> = calls
+        .iter()
+        .map(|(url, _)| {
+            let of_url: Vec<_> = spans
+                .iter()
+                .filter(|s| s.kind() == 3 && s.attr_str("url.full").as_deref() == Some(url))
+                .collect();
+            assert_eq!(of_url.len(), 1, "one client span for {url}: {spans:#?}");
+            of_url[0]
+        })
+        .collect();
+    for client in &clients {
+        let parent = spans.iter().find(|p| p.hex("spanId") == client.hex("parentSpanId"));
+        let parent = parent.expect("the /fetch handler's span is the parent");
+        assert_eq!(parent.attr_str("url.path").as_deref(), Some("/fetch"));
+        assert_eq!(client.status_code(), 2, "an error: {client:#?}");
+    }
+    let error_type = |i: usize| clients[i].attr_str("error.type");
+    assert_eq!(error_type(0).as_deref(), Some("_OTHER"), "refused");
+    assert_eq!(error_type(1).as_deref(), Some("_OTHER"), "closed without an answer");
+    assert_eq!(error_type(2).as_deref(), Some("404"));
+    assert_eq!(clients[2].attr_int("http.response.status_code"), Some(404));
+    let missing = spans.iter().find(|s| s.attr_str("url.path").as_deref() == Some("/missing"));
+    assert_eq!(missing.unwrap().hex("parentSpanId"), clients[2].hex("spanId"));
+}
+
+#[test]
+fn failed_calls_end_their_client_spans_go1_19() {
+    failed_calls_end_their_client_spans("1.19");
+}
+
+#[test]
+fn failed_calls_end_their_client_spans_go1_26() {
+    failed_calls_end_their_client_spans("1.26");
+}

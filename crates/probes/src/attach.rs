@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use libbpf_rs::{Link, ProgramAttachType, ProgramMut, UprobeMultiOpts};
 
+use goinfo::OkExit;
+
 use crate::{AttachContext, CallReturn, Error, FunctionPlan, Placement};
 
 /// The live probes of one instrumentation on one executable. Dropping it detaches them.
@@ -106,14 +108,21 @@ impl Attached {
         ret_multi: &ProgramMut<'_>,
         ret_single: &ProgramMut<'_>,
     ) -> Result<(), Error> {
-        let name = &function.function.name;
-        let offsets: Vec<usize> = function
-            .return_offsets
-            .iter()
-            .map(|&o| usize::try_from(o).unwrap_or(usize::MAX))
-            .collect();
+        self.rets(&function.function.name, &function.return_offsets, ret_multi, ret_single)
+    }
+
+    /// Uprobes on the RETs at `offsets` of the function `name`: one uprobe_multi link, or
+    /// one uprobe each.
+    fn rets(
+        &mut self,
+        name: &str,
+        offsets: &[u64],
+        ret_multi: &ProgramMut<'_>,
+        ret_single: &ProgramMut<'_>,
+    ) -> Result<(), Error> {
         let multi_link = if self.uprobe_multi {
-            let opts = UprobeMultiOpts { offsets: offsets.clone(), ..Default::default() };
+            let offsets = offsets.iter().map(|&o| usize::try_from(o).unwrap_or(usize::MAX));
+            let opts = UprobeMultiOpts { offsets: offsets.collect(), ..Default::default() };
             ret_multi.attach_uprobe_multi_with_opts(-1, &self.executable, "", opts)
         } else {
             Err(libbpf_rs::Error::from(std::io::Error::other("turned off by --no-uprobe-multi")))
@@ -123,11 +132,41 @@ impl Attached {
             Err(e) => {
                 tracing::debug!(error = %e, "{name}: no uprobe_multi link, one uprobe per RET");
                 self.multi = false;
-                for &off in &function.return_offsets {
+                for &off in offsets {
                     self.at(off, ret_single, &format!("{name} RET {off:#x}"))?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Entry of `function` and its exits as `exit` found them: the jump on its callee's
+    /// error (`ok`, where a successful call ends) and the RETs of the error paths; every RET
+    /// where there is no such jump or the placement is entry-ret. Reported as one line.
+    pub(crate) fn function_ok_exit(
+        &mut self,
+        function: &FunctionPlan,
+        exit: Option<&OkExit>,
+        enter: &ProgramMut<'_>,
+        ok: &ProgramMut<'_>,
+        ret_multi: &ProgramMut<'_>,
+        ret_single: &ProgramMut<'_>,
+    ) -> Result<(), Error> {
+        let Some(exit) = exit.filter(|_| self.placement == Placement::Emulated) else {
+            return self.function(function, enter, ret_multi, ret_single);
+        };
+        let name = &function.function.name;
+        let how = self.entry(function, enter)?;
+        self.at(exit.branch, ok, &format!("{name} jump on its callee's error"))?;
+        if !exit.other_rets.is_empty() {
+            self.rets(name, &exit.other_rets, ret_multi, ret_single)?;
+        }
+        self.probes.push(format!(
+            "{name}: entry on {how}, exit on the jump testing its call's error and at the {} \
+             RET(s) of error paths ({} RET(s) behind the jump carry no probe)",
+            exit.other_rets.len(),
+            exit.rets_behind.len()
+        ));
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-/* net/http client spans: uprobes at the entry and RETs of net/http.(*Transport).roundTrip, or
+/* net/http client spans: uprobes at the entry and exits of net/http.(*Transport).roundTrip, or
  * of golang.org/x/net/http2's Transport.roundTripOpt where a program uses that library's
  * transport directly. The span is a child of whatever span the calling goroutine works for
  * (goroutine_span). */
@@ -305,6 +305,18 @@ static __always_inline int end_call(struct pt_regs *ctx, u8 by_xnet)
 SEC("uprobe.multi")
 int http_client_return_multi(struct pt_regs *ctx)
 {
+	return end_call(ctx, 0);
+}
+
+/* roundTrip's jump on its round trip's error (goinfo's OkExit), with the results in their
+ * registers as at a RET: on the nil side the span ends here, and the RETs that side leads to
+ * carry no probe. An error goes on to a retry, whose result comes here again, or to a RET of
+ * an error path, which ends the span. */
+SEC("uprobe")
+int http_client_ok(struct pt_regs *ctx)
+{
+	if (GO_ARG2(ctx))
+		return 0;
 	return end_call(ctx, 0);
 }
 

@@ -8,7 +8,7 @@ mod span;
 
 use std::mem::MaybeUninit;
 
-use goinfo::GoBinary;
+use goinfo::{GoBinary, OkExit};
 use offsets::{FieldOffset, FieldSpec, Layouts};
 
 use super::header_map::{configure_header_map, header_map, with_header_fields, HeaderMap};
@@ -85,6 +85,8 @@ impl Instrumentation for HttpClient {
         let round_trip = FunctionPlan::new(bin, ROUND_TRIP)?;
         let fields = offsets::resolve(bin, layouts, FIELDS)?;
         let pconn_round_trip = FunctionPlan::first_of(bin, &[PCONN_ROUND_TRIP]);
+        let ok_exit =
+            pconn_round_trip.as_ref().and_then(|p| bin.ok_exit(&round_trip.function, &p.function));
         let header_map = header_map(bin, &fields);
         let h2 =
             FunctionPlan::first_of(bin, H2_ROUND_TRIP).zip(FunctionPlan::first_of(bin, H2_HEADERS));
@@ -99,6 +101,7 @@ impl Instrumentation for HttpClient {
             });
         Ok(Box::new(HttpClientPlan {
             round_trip,
+            ok_exit,
             pconn_round_trip,
             h2,
             xnet,
@@ -152,6 +155,10 @@ const FIELDS: &[FieldSpec] = with_header_fields![
 #[derive(Debug, Clone)]
 struct HttpClientPlan {
     round_trip: FunctionPlan,
+    /// Where roundTrip tests the error of its call to persistConn.roundTrip (or of HTTP/2's,
+    /// which joins it there): a successful round trip ends on that jump, not on a RET the
+    /// kernel single-steps. None: every RET ends spans.
+    ok_exit: Option<OkExit>,
     /// Where the connection is known, for same-host parents; None: not linked.
     pconn_round_trip: Option<FunctionPlan>,
     /// HTTP/2's (roundTrip, encodeAndWriteHeaders), where its streams are known; None: HTTP/2
@@ -225,9 +232,11 @@ impl Plan for HttpClientPlan {
         })?;
         let p = &skel.progs;
         let mut attached = Attached::new(to);
-        attached.function(
+        attached.function_ok_exit(
             &self.round_trip,
+            self.ok_exit.as_ref(),
             &p.http_client_enter,
+            &p.http_client_ok,
             &p.http_client_return_multi,
             &p.http_client_return_single,
         )?;
