@@ -41,7 +41,9 @@ metrics count the spans that arrived. Each run: wrk at saturation (requests/s), 
 fixed rate below every configuration's saturation (p50/p99 latency, and CPU per request of
 the services, user+sys from /proc, and of the agents). Added CPU per request is services +
 agents minus the baseline's services. Also: agents' peak RSS, spans at the collector against
-spans expected (requests x spans per request).
+spans expected (requests x spans per request). For gotel's configurations, a short extra
+fixed-rate phase (--probe-seconds) with the kernel's BPF statistics on gives a table of each
+BPF program's runs per request and run time (the uprobe's own trap is not in it).
 
 Needs root, wrk, oha, the release build, the fixtures, the collector and what
 scripts/build-bench.sh builds (README, "Benchmarks").
@@ -50,7 +52,7 @@ Usage: scripts/bench-http.py [--rounds N] [--seconds S] [--workloads server,chai
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request
 
-from benchlib import REPO, Postgres, Redis, free_port, status_kib, wait_port
+from benchlib import REPO, BpfStats, Postgres, Redis, free_port, prog_runs, status_kib, wait_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 OHA = os.path.join(REPO, "target/tools/oha/bin/oha")
@@ -265,8 +267,12 @@ def run_one(args, collector, workload, name, stores, remote=None):
         row["agent_us"] = (a2 - a1) / fixed_total * 1e6
         if agents:
             row["agent_peak_rss_mib"] = sum(status_kib(a.pid, "VmHWM") for a in agents) / 1024
+        probes_total = 0
+        if name.startswith("gotel") and args.probe_seconds:
+            row["probes"], probes_total = probe_table(args, agents[0].pid, port, path, rate)
         # Under a ratio sampler the expectation is the ratio's share, so about right only.
-        row["expected_spans"] = round((warm + sat_total + fixed_total) * spans_per_request * sampled)
+        requests = warm + sat_total + fixed_total + probes_total
+        row["expected_spans"] = round(requests * spans_per_request * sampled)
     finally:
         # Agents flush what they hold when told to stop, then the services (the SDK's flush).
         for p in agents + services:
@@ -280,6 +286,43 @@ def run_one(args, collector, workload, name, stores, remote=None):
         time.sleep(0.5)
         row["spans"] = collector.accepted_spans() - spans0
     return row
+
+
+def probe_table(args, agent, port, path, rate):
+    """Each of the agent's BPF programs' runs per request and run time, over a short extra
+    fixed-rate phase with the kernel's BPF statistics on (kept off while CPU is measured):
+    ({program: [runs per request, ns per run]}, requests)."""
+    with BpfStats():
+        before = prog_runs(agent)
+        _, _, total = oha(port, path, args.probe_seconds, args.connections, rate)
+        after = prog_runs(agent)
+    table = {}
+    for prog, (cnt, ns) in after.items():
+        cnt0, ns0 = before.get(prog, (0, 0))
+        if cnt > cnt0:
+            table[prog] = [(cnt - cnt0) / total, (ns - ns0) / (cnt - cnt0)]
+    return table, total
+
+
+def report_probes(workload, results):
+    """Per configuration of gotel: each program's runs per request and cost, medians."""
+    for name, rows in results.items():
+        tables = [r["probes"] for r in rows if r.get("probes")]
+        if not tables:
+            continue
+        print(f"\n{workload}, {name}: BPF programs per request (kernel statistics, medians)")
+        print("program                          runs/req  ns/run  us/req")
+        progs = sorted({p for t in tables for p in t})
+        total = 0.0
+        lines = []
+        for prog in progs:
+            runs = statistics.median(t.get(prog, [0, 0])[0] for t in tables)
+            ns = statistics.median(t[prog][1] for t in tables if prog in t)
+            total += runs * ns / 1e3
+            lines.append((runs * ns, f"{prog:32} {runs:8.2f}  {ns:6.0f}  {runs * ns / 1e3:6.2f}"))
+        for _, line in sorted(lines, reverse=True):
+            print(line)
+        print(f"{'all programs':32} {'':8}  {'':6}  {total:6.2f}")
 
 
 def med(rows, key):
@@ -333,6 +376,8 @@ def main():
                     help="chain only: B on another host (a network namespace), propagation at work")
     ap.add_argument("--transport", choices=list(TRANSPORTS), default="http",
                     help="with --remote: how A calls B")
+    ap.add_argument("--probe-seconds", type=int, default=2,
+                    help="length of the extra phase counting BPF program runs (0: none)")
     ap.add_argument("--json", default=os.path.join(REPO, "target/bench-http.json"))
     args = ap.parse_args()
     workloads = args.workloads.split(",")
@@ -382,6 +427,7 @@ def main():
             remote.remove()
     for w in workloads:
         report(w, results[w], args)
+        report_probes(w, results[w])
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     json.dump(results, open(args.json, "w"), indent=2)
     print(f"\nraw rounds: {args.json}")

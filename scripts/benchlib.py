@@ -232,6 +232,35 @@ def bpftool(*args):
     return json.loads(out.stdout or "null")
 
 
+def prog_runs(pid):
+    """{program name: (runs, ns run)} of the BPF programs process `pid` holds, as the kernel
+    counts them while kernel.bpf_stats_enabled is 1 (see BpfStats)."""
+    _, ids = open_fds(pid)
+    # The links it holds keep programs it may have closed.
+    progs = ids["prog"] | {link["prog_id"] for link in bpftool("link", "show") or []
+                           if link["id"] in ids["link"] and "prog_id" in link}
+    runs = {}
+    for p in bpftool("prog", "show") or []:
+        if p["id"] in progs:
+            cnt, ns = runs.get(p.get("name", "?"), (0, 0))
+            runs[p.get("name", "?")] = (cnt + p.get("run_cnt", 0), ns + p.get("run_time_ns", 0))
+    return runs
+
+
+class BpfStats:
+    """kernel.bpf_stats_enabled set to 1 for the `with` block (the kernel then counts each
+    program's runs and run time, at the cost of two clock reads a run), as it was after."""
+    PATH = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __enter__(self):
+        self.was = open(self.PATH).read().strip()
+        open(self.PATH, "w").write("1")
+        return self
+
+    def __exit__(self, *exc):
+        open(self.PATH, "w").write(self.was)
+
+
 # Maps whose entries come and go; the others hold max_entries always (arrays) or cannot be
 # listed from user space (ring buffers).
 HASH_MAPS = {"hash", "lru_hash", "percpu_hash", "lru_percpu_hash", "sockhash", "hash_of_maps"}
