@@ -255,6 +255,11 @@ impl OtlpExporter {
         }
     }
 
+    /// How many spans one export request carries (OTEL_BSP_MAX_EXPORT_BATCH_SIZE).
+    pub fn batch_size(&self) -> usize {
+        self.config.max_batch_size
+    }
+
     /// (exported, dropped because the queue was full, dropped because export failed)
     pub fn stats_snapshot(&self) -> (u64, u64, u64) {
         (

@@ -107,8 +107,9 @@ pub struct Pipeline {
     bad_events: u64,
     /// Processes already warned about implausible events (one warning each).
     warned_pids: std::collections::HashSet<u32>,
-    /// Spans read since the last drain, for the exporter.
+    /// Spans read and not yet handed to the exporter: at most a batch and one drain.
     to_export: Vec<(Arc<ProcessResource>, Span)>,
+    handed_over: Instant,
     /// Every span's duration, sampled or not, when metrics are on.
     histograms: Option<Arc<Mutex<Histograms>>>,
     /// Client and server spans paired into the service graph's edges (in `histograms`).
@@ -125,6 +126,8 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 
 /// How often series of exited processes are dropped when only Prometheus reads them.
 const METRICS_SWEEP: Duration = Duration::from_secs(60);
+/// How long read spans may wait for a batch's worth before the exporter gets them.
+const HAND_OVER_EVERY: Duration = Duration::from_millis(200);
 
 fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -173,6 +176,7 @@ impl Pipeline {
             bad_events: 0,
             warned_pids: Default::default(),
             to_export: Vec::new(),
+            handed_over: Instant::now(),
             histograms,
             graph: ServiceGraph::default(),
             metrics_exporter,
@@ -241,14 +245,13 @@ impl Pipeline {
         }
     }
 
-    /// After each drain of the ring buffer: hand what was read to the exporter in one piece.
+    /// After each drain of the ring buffer: hand what was read to the exporter in one piece,
+    /// once it makes a batch or has waited HAND_OVER_EVERY (each hand-over wakes the export
+    /// thread, and the export batch delay is seconds anyway).
     fn tick(&mut self) {
-        if let Some(otlp) = &self.otlp {
-            if !self.to_export.is_empty() {
-                // Sized like the last drain: no regrowing from empty on every drain.
-                let next = Vec::with_capacity(self.to_export.len());
-                otlp.offer(std::mem::replace(&mut self.to_export, next));
-            }
+        let batch = self.otlp.as_ref().map_or(usize::MAX, OtlpExporter::batch_size);
+        if self.to_export.len() >= batch || self.handed_over.elapsed() >= HAND_OVER_EVERY {
+            self.hand_over();
         }
         if let Some(console) = &mut self.console {
             console.tick(Instant::now());
@@ -259,6 +262,17 @@ impl Pipeline {
             if self.metrics_exporter.is_none() && now >= self.next_metrics_sweep {
                 h.retain_processes(process_alive);
                 self.next_metrics_sweep = now + METRICS_SWEEP;
+            }
+        }
+    }
+
+    fn hand_over(&mut self) {
+        self.handed_over = Instant::now();
+        if let Some(otlp) = &self.otlp {
+            if !self.to_export.is_empty() {
+                // Sized like the last one: no regrowing from empty every time.
+                let next = Vec::with_capacity(self.to_export.len());
+                otlp.offer(std::mem::replace(&mut self.to_export, next));
             }
         }
     }
@@ -279,6 +293,7 @@ impl Pipeline {
     /// Flushes every exporter and reports what happened.
     pub fn finish(mut self, shared: &SharedMaps, injection: Option<&Injection>) {
         self.tick();
+        self.hand_over();
         if let Some(console) = &mut self.console {
             console.flush();
         }
