@@ -111,13 +111,59 @@ impl Hasher for FxHasher {
 
 type Fx = BuildHasherDefault<FxHasher>;
 
+/// An attribute's value as a measurement passes it in, borrowed: finding the series it counts
+/// in allocates nothing, only filing a new series copies it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+}
+
+impl<'a> From<&'a AttributeValue> for Value<'a> {
+    fn from(v: &'a AttributeValue) -> Self {
+        match v {
+            AttributeValue::String(s) => Value::Str(s),
+            AttributeValue::Int(i) => Value::Int(*i),
+            AttributeValue::Bool(b) => Value::Bool(*b),
+        }
+    }
+}
+
+impl Value<'_> {
+    fn to_owned(self) -> AttributeValue {
+        match self {
+            Value::Str(s) => AttributeValue::String(s.to_string().into()),
+            Value::Int(i) => AttributeValue::Int(i),
+            Value::Bool(b) => AttributeValue::Bool(b),
+        }
+    }
+}
+
+/// A borrowed attribute: (key, value).
+pub type Attribute<'a> = (&'static str, Value<'a>);
+
+fn borrowed(kv: &KeyValue) -> Attribute<'_> {
+    (kv.key, Value::from(&kv.value))
+}
+
+/// Whether a series' attributes are these, in this order.
+fn same_attributes<'a>(owned: &[KeyValue], mut these: impl Iterator<Item = Attribute<'a>>) -> bool {
+    owned.iter().all(|kv| these.next().is_some_and(|b| borrowed(kv) == b)) && these.next().is_none()
+}
+
 /// The hash a series of these attributes is filed under.
-fn series_hash<'a>(pid: u32, metric: &str, attributes: impl Iterator<Item = &'a KeyValue>) -> u64 {
+fn series_hash<'a>(pid: u32, metric: &str, attributes: impl Iterator<Item = Attribute<'a>>) -> u64 {
     let mut h = FxHasher::default();
     pid.hash(&mut h);
     metric.hash(&mut h);
-    for a in attributes {
-        a.hash(&mut h);
+    for (key, value) in attributes {
+        key.hash(&mut h);
+        match value {
+            Value::Str(s) => (0u8, s).hash(&mut h),
+            Value::Int(i) => (1u8, i).hash(&mut h),
+            Value::Bool(b) => (2u8, b).hash(&mut h),
+        }
     }
     h.finish()
 }
@@ -174,36 +220,41 @@ impl Histograms {
         metric: &'static DurationMetric,
         span: &Span,
     ) {
-        let attributes =
-            metric.attributes.iter().filter_map(|k| span.attributes.iter().find(|a| a.key == *k));
+        let attributes = metric
+            .attributes
+            .iter()
+            .filter_map(|k| span.attributes.iter().find(|a| a.key == *k))
+            .map(borrowed);
         self.record_in(resource, metric, attributes, span.start_unix_nanos, span.duration_nanos());
     }
 
     /// Counts a duration of `nanos` that began at `start_unix_nanos` in `metric`, with
     /// `attributes`.
-    pub fn record_with(
+    pub(crate) fn record_with(
         &mut self,
         resource: &Arc<ProcessResource>,
         metric: &'static DurationMetric,
-        attributes: &[KeyValue],
+        attributes: &[Attribute<'_>],
         start_unix_nanos: u64,
         nanos: u64,
     ) {
-        self.record_in(resource, metric, attributes.iter(), start_unix_nanos, nanos);
+        self.record_in(resource, metric, attributes.iter().copied(), start_unix_nanos, nanos);
     }
 
     fn record_in<'a>(
         &mut self,
         resource: &Arc<ProcessResource>,
         metric: &'static DurationMetric,
-        attributes: impl Iterator<Item = &'a KeyValue> + Clone,
+        attributes: impl Iterator<Item = Attribute<'a>> + Clone,
         start_unix_nanos: u64,
         nanos: u64,
     ) {
         let pid = resource.pid;
         let hash = series_hash(pid, metric.name, attributes.clone());
         let same = |k: &SeriesKey| {
-            k.pid == pid && k.metric == metric.name && k.attributes.iter().eq(attributes.clone())
+            k.pid == pid
+                && k.metric == metric.name
+                && same_attributes(&k.attributes, attributes.clone())
         };
         let found = self.series.get(&hash).and_then(|b| b.iter().position(|(k, _)| same(k)));
         let (hash, at) = match found {
@@ -212,7 +263,7 @@ impl Histograms {
                 resource,
                 metric,
                 hash,
-                attributes.cloned().collect(),
+                attributes.map(|(key, value)| KeyValue { key, value: value.to_owned() }).collect(),
                 start_unix_nanos,
             ),
         };
@@ -237,7 +288,7 @@ impl Histograms {
         if *sets + 1 >= self.limit {
             self.overflowed += 1;
             attributes = vec![KeyValue::new("otel.metric.overflow", AttributeValue::Bool(true))];
-            hash = series_hash(pid, metric.name, attributes.iter());
+            hash = series_hash(pid, metric.name, attributes.iter().map(borrowed));
             let key = SeriesKey { pid, metric: metric.name, attributes: attributes.clone() };
             if let Some(at) =
                 self.series.get(&hash).and_then(|b| b.iter().position(|(k, _)| *k == key))
