@@ -14,9 +14,29 @@ pub(crate) fn split_host_port(s: &str) -> (&str, Option<u16>) {
     }
 }
 
+/// `split_host_port` of an owned string, the host kept in the string's own allocation: a span
+/// takes it as is, with no copy.
+pub(crate) fn into_host_port(mut s: String) -> (String, Option<u16>) {
+    let (host, port) = split_host_port(&s);
+    let start = host.as_ptr() as usize - s.as_ptr() as usize;
+    let end = start + host.len();
+    s.truncate(end);
+    s.drain(..start);
+    (s, port)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_host_port_forms() {
+        let owned = |s: &str| into_host_port(s.to_string());
+        assert_eq!(owned("a.b:80"), ("a.b".to_string(), Some(80)));
+        assert_eq!(owned("[::1]:9"), ("::1".to_string(), Some(9)));
+        assert_eq!(owned("::1"), ("::1".to_string(), None));
+        assert_eq!(owned(""), (String::new(), None));
+    }
 
     #[test]
     fn host_port_forms() {

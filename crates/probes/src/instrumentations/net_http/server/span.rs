@@ -7,7 +7,7 @@ use trace::{KeyValue, MonotonicClock, Span, SpanKind, Status};
 
 use super::event::HttpServerEvent;
 use crate::instrumentations::net_http::{known_method, protocol_version, push_method};
-use crate::semconv::split_host_port;
+use crate::semconv::into_host_port;
 
 /// The route of a ServeMux pattern "[METHOD ][HOST]/[PATH]": its path part.
 fn route_of(pattern: &str) -> Option<&str> {
@@ -47,16 +47,16 @@ pub(super) fn span(e: HttpServerEvent, clock: &MonotonicClock) -> Span {
         "network.protocol.version",
         protocol_version(e.proto_major, e.proto_minor),
     ));
-    let (host, port) = split_host_port(&e.host);
+    let (host, port) = into_host_port(e.host);
     if !host.is_empty() {
-        attrs.push(KeyValue::new("server.address", host.to_string()));
+        attrs.push(KeyValue::new("server.address", host));
     }
     if let Some(port) = port {
         attrs.push(KeyValue::new("server.port", i64::from(port)));
     }
-    let (client, client_port) = split_host_port(&e.remote_addr);
+    let (client, client_port) = into_host_port(e.remote_addr);
     if !client.is_empty() {
-        attrs.push(KeyValue::new("client.address", client.to_string()));
+        attrs.push(KeyValue::new("client.address", client));
     }
     if let Some(port) = client_port {
         attrs.push(KeyValue::new("client.port", i64::from(port)));
