@@ -111,6 +111,14 @@ fn the_daemon_traces_what_its_rules_select_within_a_second() {
     ] {
         let port = if exe == &portly { portly_port } else { free_port() };
         let (p, started) = start(exe, port, &env);
+        // A port rule can match only once the port listens: its second counts from then.
+        let started = match exe == &portly {
+            true => {
+                wait_for_port(port, WAIT);
+                Instant::now()
+            }
+            false => started,
+        };
         request_one_second_after(port, started, "/hello");
         if let Some(name) = traced {
             expect.push((port, name.to_string(), p.pid()));
