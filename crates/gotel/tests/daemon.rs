@@ -168,12 +168,14 @@ fn the_daemon_traces_what_its_rules_select_within_a_second() {
     let log = d.log().join("\n");
     assert!(log.contains(&format!("not tracing pid {} ", procs[1].2.pid())), "{log}");
     assert!(log.contains("exclude rule #1"), "{log}");
-    // Every trace started within the second; say how fast.
+    // Every trace the exec rules started within the second; say how fast. (The port rule's
+    // counts from when the port listens, which the log does not say: it is left out.)
     let delays: Vec<u64> = log
         .lines()
+        .filter(|l| !l.contains("instrument rule #2"))
         .filter_map(|l| l.split(" ms after it started").next()?.rsplit("; ").next()?.parse().ok())
         .collect();
-    assert_eq!(delays.len(), total, "{log}");
+    assert_eq!(delays.len(), total - 1, "{log}");
     assert!(delays.iter().all(|&ms| ms < 1000), "traced within 1 s of start: {delays:?} ms");
     eprintln!("start-to-traced delays: {delays:?} ms");
 
