@@ -180,54 +180,95 @@ fn scope_len() -> usize {
     field_len(SCOPE_NAME.len()) + field_len(SCOPE_VERSION.len())
 }
 
+/// An export request encoded a span at a time, as spans arrive: each goes into its process's
+/// ResourceSpans at once, on the thread that decoded it, so no span waits as a struct (nor is
+/// freed on another thread), and `finish` only writes the headers around the bytes.
+#[derive(Default)]
+pub struct RequestEncoder {
+    groups: Vec<Group>,
+    spans: usize,
+    /// The span buffers of requests already finished, kept for their capacity.
+    spare: Vec<Vec<u8>>,
+}
+
+/// One process's spans, in order of arrival.
+struct Group {
+    resource: Arc<ProcessResource>,
+    /// Each span as a whole `ScopeSpans.spans` field.
+    spans: Vec<u8>,
+}
+
+impl RequestEncoder {
+    /// Adds `span` to the request, under its process.
+    pub fn push(&mut self, resource: &Arc<ProcessResource>, span: &Span) {
+        let same = |g: &Group| Arc::ptr_eq(&g.resource, resource) || g.resource.pid == resource.pid;
+        let at = match self.groups.iter().rposition(same) {
+            Some(at) => at,
+            None => {
+                let spans = self.spare.pop().unwrap_or_default();
+                self.groups.push(Group { resource: Arc::clone(resource), spans });
+                self.groups.len() - 1
+            }
+        };
+        let len = span_len(span);
+        let out = &mut self.groups[at].spans;
+        out.reserve(field_len(len));
+        put_span(out, span, len);
+        self.spans += 1;
+    }
+
+    /// Spans pushed since the last `finish`.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    /// The request of every span pushed since the last one, grouped by process in order of
+    /// first appearance; the next request starts empty.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let scope_spans_len = |g: &Group| field_len(scope_len()) + g.spans.len();
+        // Resource { attributes = 1 }
+        let resource_len = |g: &Group| -> usize {
+            g.resource.attributes.iter().map(|(k, v)| field_len(key_value_len(k, v))).sum()
+        };
+        // ResourceSpans { resource = 1; scope_spans = 2 }
+        let resource_spans_len =
+            |g: &Group| field_len(resource_len(g)) + field_len(scope_spans_len(g));
+        // Every length first, so the buffer is allocated once at its exact size: a request of
+        // 512 spans is some 200 KB, and growing it cost a copy and fresh pages each time.
+        let total = self.groups.iter().map(|g| field_len(resource_spans_len(g))).sum();
+        let mut out = Vec::with_capacity(total);
+        for mut g in self.groups.drain(..) {
+            put_header(&mut out, 1, resource_spans_len(&g));
+            put_header(&mut out, 1, resource_len(&g));
+            for (k, v) in &g.resource.attributes {
+                put_key_value(&mut out, 1, k, v);
+            }
+            // ScopeSpans { scope = 1; spans = 2 }
+            put_header(&mut out, 2, scope_spans_len(&g));
+            put_header(&mut out, 1, scope_len());
+            put_bytes(&mut out, 1, SCOPE_NAME.as_bytes());
+            put_bytes(&mut out, 2, SCOPE_VERSION.as_bytes());
+            out.extend_from_slice(&g.spans);
+            g.spans.clear();
+            self.spare.push(g.spans);
+        }
+        debug_assert_eq!(out.len(), total, "the lengths computed first are the bytes written");
+        self.spans = 0;
+        out
+    }
+}
+
 /// Encodes one export request from spans in arrival order, grouped by their process.
 pub fn encode_request(spans: &[(Arc<ProcessResource>, Span)]) -> Vec<u8> {
-    // Groups in order of first appearance; each holds its spans' indices.
-    let mut groups: Vec<(&Arc<ProcessResource>, Vec<usize>)> = Vec::new();
-    for (i, (resource, _)) in spans.iter().enumerate() {
-        let same = |r: &&Arc<ProcessResource>| Arc::ptr_eq(r, resource) || r.pid == resource.pid;
-        match groups.iter_mut().find(|(r, _)| same(r)) {
-            Some((_, members)) => members.push(i),
-            None => groups.push((resource, vec![i])),
-        }
+    let mut request = RequestEncoder::default();
+    for (resource, span) in spans {
+        request.push(resource, span);
     }
-    let span_lens: Vec<usize> = spans.iter().map(|(_, s)| span_len(s)).collect();
-    // Every length first, so the buffer is allocated once at its exact size: a request of
-    // 512 spans is some 200 KB, and growing it cost a copy and fresh pages each time.
-    let lens: Vec<(usize, usize, usize)> = groups
-        .iter()
-        .map(|(resource, members)| {
-            // Resource { attributes = 1 }
-            let resource_len: usize =
-                resource.attributes.iter().map(|(k, v)| field_len(key_value_len(k, v))).sum();
-            // ScopeSpans { scope = 1; spans = 2 }
-            let scope_spans_len = field_len(scope_len())
-                + members.iter().map(|&i| field_len(span_lens[i])).sum::<usize>();
-            // ResourceSpans { resource = 1; scope_spans = 2 }
-            let resource_spans_len = field_len(resource_len) + field_len(scope_spans_len);
-            (resource_len, scope_spans_len, resource_spans_len)
-        })
-        .collect();
-    let total = lens.iter().map(|&(_, _, resource_spans)| field_len(resource_spans)).sum();
-    let mut out = Vec::with_capacity(total);
-    for ((resource, members), &(resource_len, scope_spans_len, resource_spans_len)) in
-        groups.iter().zip(&lens)
-    {
-        put_header(&mut out, 1, resource_spans_len);
-        put_header(&mut out, 1, resource_len);
-        for (k, v) in &resource.attributes {
-            put_key_value(&mut out, 1, k, v);
-        }
-        put_header(&mut out, 2, scope_spans_len);
-        put_header(&mut out, 1, scope_len());
-        put_bytes(&mut out, 1, SCOPE_NAME.as_bytes());
-        put_bytes(&mut out, 2, SCOPE_VERSION.as_bytes());
-        for &i in members {
-            put_span(&mut out, &spans[i].1, span_lens[i]);
-        }
-    }
-    debug_assert_eq!(out.len(), total, "the lengths computed first are the bytes written");
-    out
+    request.finish()
 }
 
 #[cfg(test)]
@@ -344,6 +385,24 @@ mod tests {
         assert_eq!(bytes, through_generated_types(&spans));
         assert_eq!(bytes.capacity(), bytes.len(), "allocated once, at its size");
         assert_eq!(encode_request(&[]), through_generated_types(&[]));
+    }
+
+    #[test]
+    fn an_encoder_used_again_writes_each_request_whole() {
+        let (a, b) = (resource(1, "a"), resource(2, "b"));
+        let first =
+            vec![(a.clone(), a_span(1, Status::Unset)), (b.clone(), a_span(2, Status::Unset))];
+        let second =
+            vec![(b.clone(), a_span(3, Status::Unset)), (a.clone(), a_span(4, Status::Unset))];
+        let mut encoder = RequestEncoder::default();
+        for spans in [&first, &second] {
+            for (resource, span) in spans {
+                encoder.push(resource, span);
+            }
+            assert_eq!(encoder.len(), spans.len());
+            assert_eq!(encoder.finish(), through_generated_types(spans));
+            assert!(encoder.is_empty());
+        }
     }
 
     #[test]

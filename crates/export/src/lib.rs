@@ -7,4 +7,4 @@ pub mod metrics;
 pub mod otlp;
 mod summary;
 
-pub use encode::encode_request;
+pub use encode::{encode_request, RequestEncoder};

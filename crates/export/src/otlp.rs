@@ -1,6 +1,7 @@
 //! OTLP export, configured the way every OpenTelemetry SDK is (OTEL_EXPORTER_OTLP_* and
-//! OTEL_BSP_*), batched on a thread of its own so the probes' consumer never waits: when the
-//! queue is full, spans are dropped and counted. The transport (HTTP or gRPC, with retries) is
+//! OTEL_BSP_*): spans are encoded into a batch as they come, and whole batches are sent on a
+//! thread of its own so the probes' consumer never waits; when the queue is full, spans are
+//! dropped and counted. The transport (HTTP or gRPC, with retries) is
 //! shared with the metrics exporter.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use trace::{ProcessResource, Span};
 
-use crate::encode_request;
+use crate::RequestEncoder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -202,17 +203,22 @@ pub struct ExportStats {
     pub dropped_export_failed: AtomicU64,
 }
 
-type Item = (Arc<ProcessResource>, Span);
-
-/// Chunks the channel holds at most; the span count is bounded separately (max_queue_size).
-const CHUNKS_IN_FLIGHT: usize = 4096;
+/// An encoded export request and the spans it carries.
+struct Request {
+    bytes: Bytes,
+    spans: usize,
+}
 
 pub struct OtlpExporter {
-    /// Spans travel in chunks (one per ring-buffer drain): one wakeup of the export thread per
-    /// chunk, not per span.
-    tx: Option<mpsc::Sender<Vec<Item>>>,
-    /// Spans queued and not yet taken by the export thread: bounded by max_queue_size.
+    /// Whole requests: one wakeup of the export thread per batch, not per span.
+    tx: Option<mpsc::UnboundedSender<Request>>,
+    /// Spans in requests the export thread has not taken yet: with the open request's,
+    /// bounded by max_queue_size.
     queued: Arc<AtomicUsize>,
+    /// The request being filled, encoded on the caller's thread as spans come.
+    open: RequestEncoder,
+    /// When the open request got its first span: it goes out a schedule delay later at most.
+    opened: Instant,
     closing: tokio::sync::watch::Sender<bool>,
     stats: Arc<ExportStats>,
     done: std::sync::mpsc::Receiver<()>,
@@ -221,7 +227,7 @@ pub struct OtlpExporter {
 
 impl OtlpExporter {
     pub fn start(config: OtlpConfig) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let (done_tx, done) = std::sync::mpsc::channel();
         let stats = Arc::new(ExportStats::default());
@@ -232,32 +238,58 @@ impl OtlpExporter {
             runtime.block_on(run(cfg, rx, q, closing_rx, st));
             let _ = done_tx.send(());
         })?;
-        Ok(OtlpExporter { tx: Some(tx), queued, closing, stats, done, config })
+        Ok(OtlpExporter {
+            tx: Some(tx),
+            queued,
+            open: RequestEncoder::default(),
+            opened: Instant::now(),
+            closing,
+            stats,
+            done,
+            config,
+        })
     }
 
-    /// Queues spans; never blocks. What the queue has no room for is dropped and counted.
-    pub fn offer(&self, mut chunk: Vec<Item>) {
-        let Some(tx) = &self.tx else { return };
-        let room = self.config.max_queue_size.saturating_sub(self.queued.load(Ordering::Relaxed));
-        if chunk.len() > room {
-            let dropped = chunk.len() - room;
-            self.stats.dropped_queue_full.fetch_add(dropped as u64, Ordering::Relaxed);
-            chunk.truncate(room);
-        }
-        let n = chunk.len();
-        if n == 0 {
+    /// Encodes `span` into the open request, which goes out once it holds a batch
+    /// (OTEL_BSP_MAX_EXPORT_BATCH_SIZE). Never blocks: with the queue full
+    /// (OTEL_BSP_MAX_QUEUE_SIZE) the span is dropped and counted.
+    pub fn export(&mut self, resource: &Arc<ProcessResource>, span: &Span) {
+        if self.tx.is_none() {
             return;
         }
-        self.queued.fetch_add(n, Ordering::Relaxed);
-        if tx.try_send(chunk).is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            self.stats.dropped_queue_full.fetch_add(n as u64, Ordering::Relaxed);
+        if self.queued.load(Ordering::Relaxed) + self.open.len() >= self.config.max_queue_size {
+            self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.open.is_empty() {
+            self.opened = Instant::now();
+        }
+        self.open.push(resource, span);
+        if self.open.len() >= self.config.max_batch_size {
+            self.send_open();
         }
     }
 
-    /// How many spans one export request carries (OTEL_BSP_MAX_EXPORT_BATCH_SIZE).
-    pub fn batch_size(&self) -> usize {
-        self.config.max_batch_size
+    /// Sends the open request once its first span has waited the schedule delay
+    /// (OTEL_BSP_SCHEDULE_DELAY); call it now and then.
+    pub fn tick(&mut self) {
+        if !self.open.is_empty() && self.opened.elapsed() >= self.config.schedule_delay {
+            self.send_open();
+        }
+    }
+
+    fn send_open(&mut self) {
+        let Some(tx) = &self.tx else { return };
+        let spans = self.open.len();
+        if spans == 0 {
+            return;
+        }
+        let bytes = Bytes::from(self.open.finish());
+        self.queued.fetch_add(spans, Ordering::Relaxed);
+        if tx.send(Request { bytes, spans }).is_err() {
+            self.queued.fetch_sub(spans, Ordering::Relaxed);
+            self.stats.dropped_queue_full.fetch_add(spans as u64, Ordering::Relaxed);
+        }
     }
 
     /// (exported, dropped because the queue was full, dropped because export failed)
@@ -269,8 +301,9 @@ impl OtlpExporter {
         )
     }
 
-    /// Sends what is queued, waiting at most `timeout`.
+    /// Sends the open request and what is queued, waiting at most `timeout`.
     pub fn shutdown(&mut self, timeout: Duration) -> bool {
+        self.send_open();
         self.tx.take();
         let _ = self.closing.send(true);
         self.done.recv_timeout(timeout).is_ok()
@@ -312,52 +345,22 @@ impl Client {
 
 async fn run(
     config: OtlpConfig,
-    mut rx: mpsc::Receiver<Vec<Item>>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
     queued: Arc<AtomicUsize>,
     mut closing: tokio::sync::watch::Receiver<bool>,
     stats: Arc<ExportStats>,
 ) {
     let Some(mut client) = Client::new(&config) else { return };
-    let mut pending: Vec<Item> = Vec::with_capacity(config.max_batch_size);
-    let mut open = true;
-    while open || !pending.is_empty() {
-        let deadline = tokio::time::Instant::now() + config.schedule_delay;
-        while open && pending.len() < config.max_batch_size {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(chunk)) => {
-                    queued.fetch_sub(chunk.len(), Ordering::Relaxed);
-                    pending.extend(chunk);
-                }
-                Ok(None) => open = false,
-                Err(_) => break,
-            }
-        }
-        // Full batches while there are; what is left goes when the delay is up or at the end.
-        while !pending.is_empty() {
-            let take = pending.len().min(config.max_batch_size);
-            if take < config.max_batch_size && open && !deadline_passed(deadline) {
-                break;
-            }
-            // The batch keeps pending's buffer; only a remainder past it is moved.
-            let mut batch =
-                std::mem::replace(&mut pending, Vec::with_capacity(config.max_batch_size));
-            pending.extend(batch.drain(take..));
-            let n = batch.len();
-            // Encoded once; a retry resends the same bytes.
-            let request = Bytes::from(encode_request(&batch));
-            drop(batch);
-            let n = n as u64;
-            if send_with_retry(&mut client, &config, request, (n, "spans"), &mut closing).await {
-                stats.exported.fetch_add(n, Ordering::Relaxed);
-            } else {
-                stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
-            }
+    while let Some(Request { bytes, spans }) = rx.recv().await {
+        queued.fetch_sub(spans, Ordering::Relaxed);
+        let n = spans as u64;
+        // Encoded once; a retry resends the same bytes.
+        if send_with_retry(&mut client, &config, bytes, (n, "spans"), &mut closing).await {
+            stats.exported.fetch_add(n, Ordering::Relaxed);
+        } else {
+            stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
         }
     }
-}
-
-fn deadline_passed(deadline: tokio::time::Instant) -> bool {
-    tokio::time::Instant::now() >= deadline
 }
 
 /// Retries transient failures with exponential backoff, as the OTLP spec asks; gives up after
@@ -639,7 +642,9 @@ pub(crate) mod tests {
             trace_state: String::new(),
             links: Vec::new(),
         };
-        exporter.offer(vec![(resource.clone(), span.clone()); 100]);
+        for _ in 0..100 {
+            exporter.export(&resource, &span);
+        }
         let (_, queue_full, _) = exporter.stats_snapshot();
         assert!(queue_full > 0, "a queue of 4 cannot take 100 spans at once");
         let started = Instant::now();

@@ -1,7 +1,8 @@
 //! The agent's pipeline on one core, without the kernel: raw ring-buffer events -> spans with
 //! resources (decoded by the instrumentation the event's kind names) -> OTLP-encoded batches
 //! of 512, and the same events counted in the request-duration histograms and the service
-//! graph (each a root: an edge from `user`). Reports events per second.
+//! graph (each a root: an edge from `user`); `whole` is all of it, as the agent's main thread
+//! does it. Reports events per second.
 
 use std::time::Duration;
 
@@ -67,16 +68,26 @@ fn pipeline(c: &mut Criterion) {
             }
         });
     });
+    // As the agent does: each span encoded into the open request as it is assembled.
+    let mut request = export::RequestEncoder::default();
     group.bench_function("assemble+otlp-encode", |b| {
         b.iter(|| {
-            let spans: Vec<_> = events
-                .iter()
-                .map(|e| {
-                    let a = assembler.assemble(e).unwrap();
-                    (a.resource, a.span)
-                })
-                .collect();
-            export::encode_request(&spans).len()
+            for e in &events {
+                let a = assembler.assemble(e).unwrap();
+                request.push(&a.resource, &a.span);
+            }
+            request.finish().len()
+        });
+    });
+    group.bench_function("whole", |b| {
+        b.iter(|| {
+            for e in &events {
+                let a = assembler.assemble(e).unwrap();
+                histograms.record(&a.resource, a.metric.unwrap(), &a.span);
+                graph.observe(&a.resource, &a.span, std::time::Instant::now(), &mut histograms);
+                request.push(&a.resource, &a.span);
+            }
+            request.finish().len()
         });
     });
     group.finish();

@@ -16,7 +16,7 @@ use export::otlp::{OtlpConfig, OtlpExporter};
 use goinfo::GoBinary;
 use probes::inject::{InjectMode, Injection, Sides};
 use probes::{Assembled, Assembler, AttachOptions, Attached, EventError, Selection, SharedMaps};
-use trace::{AgentIdentity, ProcessResource, ResourceCache, Span};
+use trace::{AgentIdentity, ResourceCache};
 
 use crate::cli::AgentArgs;
 
@@ -107,9 +107,6 @@ pub struct Pipeline {
     bad_events: u64,
     /// Processes already warned about implausible events (one warning each).
     warned_pids: std::collections::HashSet<u32>,
-    /// Spans read and not yet handed to the exporter: at most a batch and one drain.
-    to_export: Vec<(Arc<ProcessResource>, Span)>,
-    handed_over: Instant,
     /// Every span's duration, sampled or not, when metrics are on.
     histograms: Option<Arc<Mutex<Histograms>>>,
     /// Client and server spans paired into the service graph's edges (in `histograms`).
@@ -126,8 +123,6 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 
 /// How often series of exited processes are dropped when only Prometheus reads them.
 const METRICS_SWEEP: Duration = Duration::from_secs(60);
-/// How long read spans may wait for a batch's worth before the exporter gets them.
-const HAND_OVER_EVERY: Duration = Duration::from_millis(200);
 
 fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -175,8 +170,6 @@ impl Pipeline {
             spans: 0,
             bad_events: 0,
             warned_pids: Default::default(),
-            to_export: Vec::new(),
-            handed_over: Instant::now(),
             histograms,
             graph: ServiceGraph::default(),
             metrics_exporter,
@@ -234,24 +227,21 @@ impl Pipeline {
             return;
         }
         self.spans += 1;
-        match (&self.otlp, &mut self.console) {
-            (Some(_), Some(console)) => {
-                console.push(resource.clone(), span.clone());
-                self.to_export.push((resource, span));
+        match (&mut self.otlp, &mut self.console) {
+            (Some(otlp), Some(console)) => {
+                otlp.export(&resource, &span);
+                console.push(resource, span);
             }
-            (Some(_), None) => self.to_export.push((resource, span)),
+            (Some(otlp), None) => otlp.export(&resource, &span),
             (None, Some(console)) => console.push(resource, span),
             (None, None) => {}
         }
     }
 
-    /// After each drain of the ring buffer: hand what was read to the exporter in one piece,
-    /// once it makes a batch or has waited HAND_OVER_EVERY (each hand-over wakes the export
-    /// thread, and the export batch delay is seconds anyway).
+    /// After each drain of the ring buffer: what has waited its time goes out.
     fn tick(&mut self) {
-        let batch = self.otlp.as_ref().map_or(usize::MAX, OtlpExporter::batch_size);
-        if self.to_export.len() >= batch || self.handed_over.elapsed() >= HAND_OVER_EVERY {
-            self.hand_over();
+        if let Some(otlp) = &mut self.otlp {
+            otlp.tick();
         }
         if let Some(console) = &mut self.console {
             console.tick(Instant::now());
@@ -262,17 +252,6 @@ impl Pipeline {
             if self.metrics_exporter.is_none() && now >= self.next_metrics_sweep {
                 h.retain_processes(process_alive);
                 self.next_metrics_sweep = now + METRICS_SWEEP;
-            }
-        }
-    }
-
-    fn hand_over(&mut self) {
-        self.handed_over = Instant::now();
-        if let Some(otlp) = &self.otlp {
-            if !self.to_export.is_empty() {
-                // Sized like the last one: no regrowing from empty every time.
-                let next = Vec::with_capacity(self.to_export.len());
-                otlp.offer(std::mem::replace(&mut self.to_export, next));
             }
         }
     }
@@ -293,7 +272,6 @@ impl Pipeline {
     /// Flushes every exporter and reports what happened.
     pub fn finish(mut self, shared: &SharedMaps, injection: Option<&Injection>) {
         self.tick();
-        self.hand_over();
         if let Some(console) = &mut self.console {
             console.flush();
         }
