@@ -59,7 +59,7 @@ impl DurationUnit {
     }
 }
 
-pub const HTTP_SERVER_REQUEST_DURATION: DurationMetric = DurationMetric {
+pub static HTTP_SERVER_REQUEST_DURATION: DurationMetric = DurationMetric {
     name: "http.server.request.duration",
     description: "Duration of HTTP server requests.",
     unit: DurationUnit::Seconds,
@@ -74,7 +74,7 @@ pub const HTTP_SERVER_REQUEST_DURATION: DurationMetric = DurationMetric {
     ],
 };
 
-pub const HTTP_CLIENT_REQUEST_DURATION: DurationMetric = DurationMetric {
+pub static HTTP_CLIENT_REQUEST_DURATION: DurationMetric = DurationMetric {
     name: "http.client.request.duration",
     description: "Duration of HTTP client requests.",
     unit: DurationUnit::Seconds,
@@ -92,7 +92,7 @@ pub const HTTP_CLIENT_REQUEST_DURATION: DurationMetric = DurationMetric {
 /// RPC metrics as of semantic conventions 1.37, which gotel's gRPC spans follow (rpc.system,
 /// rpc.service, rpc.method, rpc.grpc.status_code); the conventions ask an instrumentation on
 /// them to keep their names and units.
-pub const RPC_SERVER_DURATION: DurationMetric = DurationMetric {
+pub static RPC_SERVER_DURATION: DurationMetric = DurationMetric {
     name: "rpc.server.duration",
     description: "Measures the duration of inbound RPC.",
     unit: DurationUnit::Milliseconds,
@@ -100,7 +100,7 @@ pub const RPC_SERVER_DURATION: DurationMetric = DurationMetric {
     attributes: &["rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code", "error.type"],
 };
 
-pub const RPC_CLIENT_DURATION: DurationMetric = DurationMetric {
+pub static RPC_CLIENT_DURATION: DurationMetric = DurationMetric {
     name: "rpc.client.duration",
     description: "Measures the duration of outbound RPC.",
     unit: DurationUnit::Milliseconds,
@@ -116,7 +116,7 @@ pub const RPC_CLIENT_DURATION: DurationMetric = DurationMetric {
     ],
 };
 
-pub const DB_CLIENT_OPERATION_DURATION: DurationMetric = DurationMetric {
+pub static DB_CLIENT_OPERATION_DURATION: DurationMetric = DurationMetric {
     name: "db.client.operation.duration",
     description: "Duration of database client operations.",
     unit: DurationUnit::Seconds,
@@ -138,7 +138,7 @@ pub const DB_CLIENT_OPERATION_DURATION: DurationMetric = DurationMetric {
 /// something gotel does not trace itself, `connection_type` (`virtual_node`, `database`).
 pub const SERVICE_GRAPH_ATTRIBUTES: &[&str] = &["client", "server", "connection_type"];
 
-pub const SERVICE_GRAPH_REQUEST_TOTAL: DurationMetric = DurationMetric {
+pub static SERVICE_GRAPH_REQUEST_TOTAL: DurationMetric = DurationMetric {
     name: "traces_service_graph_request_total",
     description: "Requests between two nodes of the service graph.",
     unit: DurationUnit::Seconds,
@@ -146,7 +146,7 @@ pub const SERVICE_GRAPH_REQUEST_TOTAL: DurationMetric = DurationMetric {
     attributes: SERVICE_GRAPH_ATTRIBUTES,
 };
 
-pub const SERVICE_GRAPH_REQUEST_FAILED_TOTAL: DurationMetric = DurationMetric {
+pub static SERVICE_GRAPH_REQUEST_FAILED_TOTAL: DurationMetric = DurationMetric {
     name: "traces_service_graph_request_failed_total",
     description: "Failed requests between two nodes of the service graph.",
     unit: DurationUnit::Seconds,
@@ -154,7 +154,7 @@ pub const SERVICE_GRAPH_REQUEST_FAILED_TOTAL: DurationMetric = DurationMetric {
     attributes: SERVICE_GRAPH_ATTRIBUTES,
 };
 
-pub const SERVICE_GRAPH_REQUEST_SERVER: DurationMetric = DurationMetric {
+pub static SERVICE_GRAPH_REQUEST_SERVER: DurationMetric = DurationMetric {
     name: "traces_service_graph_request_server_seconds",
     description: "Durations of requests between two nodes, as the server saw them.",
     unit: DurationUnit::Seconds,
@@ -162,7 +162,7 @@ pub const SERVICE_GRAPH_REQUEST_SERVER: DurationMetric = DurationMetric {
     attributes: SERVICE_GRAPH_ATTRIBUTES,
 };
 
-pub const SERVICE_GRAPH_REQUEST_CLIENT: DurationMetric = DurationMetric {
+pub static SERVICE_GRAPH_REQUEST_CLIENT: DurationMetric = DurationMetric {
     name: "traces_service_graph_request_client_seconds",
     description: "Durations of requests between two nodes, as the client saw them.",
     unit: DurationUnit::Seconds,

@@ -4,7 +4,7 @@
 //! counted.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use trace::{AttributeValue, DurationMetric, KeyValue, ProcessResource, Span};
@@ -83,11 +83,25 @@ pub struct ProcessMetrics {
     pub metrics: Vec<MetricPoints>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct SeriesKey {
     pid: u32,
-    metric: &'static str,
+    /// Metrics are statics: one address each, compared as such.
+    metric: &'static DurationMetric,
     attributes: Vec<KeyValue>,
+}
+
+impl SeriesKey {
+    fn is<'a>(
+        &self,
+        pid: u32,
+        metric: &'static DurationMetric,
+        attributes: impl Iterator<Item = Attribute<'a>>,
+    ) -> bool {
+        self.pid == pid
+            && std::ptr::eq(self.metric, metric)
+            && same_attributes(&self.attributes, attributes)
+    }
 }
 
 /// A fast hash for the few short strings of a series (the Fx hash of rustc): a measurement
@@ -103,6 +117,9 @@ impl Hasher for FxHasher {
             self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
                 .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
     fn finish(&self) -> u64 {
         self.0
@@ -147,24 +164,38 @@ fn borrowed(kv: &KeyValue) -> Attribute<'_> {
     (kv.key, Value::from(&kv.value))
 }
 
-/// Whether a series' attributes are these, in this order.
+/// Whether a series' attributes are these, in this order. Keys are literals, nearly always
+/// the very same: their addresses are compared before their bytes.
 fn same_attributes<'a>(owned: &[KeyValue], mut these: impl Iterator<Item = Attribute<'a>>) -> bool {
-    owned.iter().all(|kv| these.next().is_some_and(|b| borrowed(kv) == b)) && these.next().is_none()
+    owned.iter().all(|kv| {
+        these.next().is_some_and(|(key, value)| {
+            (std::ptr::eq(kv.key, key) || kv.key == key) && Value::from(&kv.value) == value
+        })
+    }) && these.next().is_none()
 }
 
-/// The hash a series of these attributes is filed under.
-fn series_hash<'a>(pid: u32, metric: &str, attributes: impl Iterator<Item = Attribute<'a>>) -> u64 {
+/// The hash of attributes' values. Their keys are not hashed: a metric's keys are few and
+/// fixed, and they are compared when a series is found.
+fn values_hash<'a>(attributes: impl Iterator<Item = Attribute<'a>>) -> u64 {
     let mut h = FxHasher::default();
-    pid.hash(&mut h);
-    metric.hash(&mut h);
-    for (key, value) in attributes {
-        key.hash(&mut h);
+    for (_, value) in attributes {
         match value {
-            Value::Str(s) => (0u8, s).hash(&mut h),
-            Value::Int(i) => (1u8, i).hash(&mut h),
-            Value::Bool(b) => (2u8, b).hash(&mut h),
+            Value::Str(s) => {
+                h.write(s.as_bytes());
+                h.write_u64(s.len() as u64);
+            }
+            Value::Int(i) => h.write_u64(i as u64 ^ 1 << 62),
+            Value::Bool(b) => h.write_u64(u64::from(b) ^ 2 << 62),
         }
     }
+    h.finish()
+}
+
+/// The hash a series of attributes with `values` (`values_hash`) is filed under.
+fn series_hash(values: u64, pid: u32, metric: &'static DurationMetric) -> u64 {
+    let mut h = FxHasher(values);
+    h.write_u64(u64::from(pid));
+    h.write_u64(std::ptr::from_ref(metric) as u64);
     h.finish()
 }
 
@@ -225,20 +256,25 @@ impl Histograms {
             .iter()
             .filter_map(|k| span.attributes.iter().find(|a| a.key == *k))
             .map(borrowed);
-        self.record_in(resource, metric, attributes, span.start_unix_nanos, span.duration_nanos());
+        let values = values_hash(attributes.clone());
+        let nanos = span.duration_nanos();
+        self.record_in(resource, metric, attributes, values, span.start_unix_nanos, nanos);
     }
 
-    /// Counts a duration of `nanos` that began at `start_unix_nanos` in `metric`, with
-    /// `attributes`.
+    /// Counts each (metric, duration of nanoseconds) of `measurements`, all with `attributes`
+    /// and begun at `start_unix_nanos`.
     pub(crate) fn record_with(
         &mut self,
         resource: &Arc<ProcessResource>,
-        metric: &'static DurationMetric,
+        measurements: &[(&'static DurationMetric, u64)],
         attributes: &[Attribute<'_>],
         start_unix_nanos: u64,
-        nanos: u64,
     ) {
-        self.record_in(resource, metric, attributes.iter().copied(), start_unix_nanos, nanos);
+        let values = values_hash(attributes.iter().copied());
+        for &(metric, nanos) in measurements {
+            let attributes = attributes.iter().copied();
+            self.record_in(resource, metric, attributes, values, start_unix_nanos, nanos);
+        }
     }
 
     fn record_in<'a>(
@@ -246,28 +282,26 @@ impl Histograms {
         resource: &Arc<ProcessResource>,
         metric: &'static DurationMetric,
         attributes: impl Iterator<Item = Attribute<'a>> + Clone,
+        values: u64,
         start_unix_nanos: u64,
         nanos: u64,
     ) {
         let pid = resource.pid;
-        let hash = series_hash(pid, metric.name, attributes.clone());
-        let same = |k: &SeriesKey| {
-            k.pid == pid
-                && k.metric == metric.name
-                && same_attributes(&k.attributes, attributes.clone())
+        let hash = series_hash(values, pid, metric);
+        let filed = self.series.get_mut(&hash).and_then(|b| {
+            let at = b.iter().position(|(k, _)| k.is(pid, metric, attributes.clone()))?;
+            Some(&mut b[at].1)
+        });
+        let series = match filed {
+            Some(series) => series,
+            None => {
+                let owned =
+                    attributes.map(|(key, value)| KeyValue { key, value: value.to_owned() });
+                let (hash, at) =
+                    self.add_series(resource, metric, hash, owned.collect(), start_unix_nanos);
+                &mut self.series.get_mut(&hash).expect("filed above")[at].1
+            }
         };
-        let found = self.series.get(&hash).and_then(|b| b.iter().position(|(k, _)| same(k)));
-        let (hash, at) = match found {
-            Some(at) => (hash, at),
-            None => self.add_series(
-                resource,
-                metric,
-                hash,
-                attributes.map(|(key, value)| KeyValue { key, value: value.to_owned() }).collect(),
-                start_unix_nanos,
-            ),
-        };
-        let series = &mut self.series.get_mut(&hash).expect("filed above")[at].1;
         let value = metric.unit.of_nanos(nanos);
         let boundaries = metric.unit.boundaries();
         series.total.record(boundaries, value);
@@ -288,10 +322,11 @@ impl Histograms {
         if *sets + 1 >= self.limit {
             self.overflowed += 1;
             attributes = vec![KeyValue::new("otel.metric.overflow", AttributeValue::Bool(true))];
-            hash = series_hash(pid, metric.name, attributes.iter().map(borrowed));
-            let key = SeriesKey { pid, metric: metric.name, attributes: attributes.clone() };
+            let overflow = || attributes.iter().map(borrowed);
+            hash = series_hash(values_hash(overflow()), pid, metric);
+            let filed = self.series.get(&hash);
             if let Some(at) =
-                self.series.get(&hash).and_then(|b| b.iter().position(|(k, _)| *k == key))
+                filed.and_then(|b| b.iter().position(|(k, _)| k.is(pid, metric, overflow())))
             {
                 return (hash, at);
             }
@@ -305,7 +340,7 @@ impl Histograms {
             recent: Distribution::new(metric, self.exponential),
         };
         let filed = self.series.entry(hash).or_default();
-        filed.push((SeriesKey { pid, metric: metric.name, attributes }, series));
+        filed.push((SeriesKey { pid, metric, attributes }, series));
         (hash, filed.len() - 1)
     }
 
@@ -334,7 +369,7 @@ impl Histograms {
             .map(|(k, series)| {
                 let shown: Vec<String> =
                     k.attributes.iter().map(|a| format!("{}={}", a.key, a.value)).collect();
-                (k.pid, k.metric, shown.join(","), k, series)
+                (k.pid, k.metric.name, shown.join(","), k, series)
             })
             .collect();
         keys.sort_unstable_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));

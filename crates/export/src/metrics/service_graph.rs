@@ -204,9 +204,13 @@ fn record(into: &mut Histograms, owner: &Half, edge: Edge<'_>) {
         ("connection_type", Value::Str(edge.connection_type)),
     ];
     let attributes = &all[..if edge.connection_type.is_empty() { 2 } else { 3 }];
-    let (resource, start) = (&owner.resource, owner.start_unix_nanos);
-    let mut count = |metric, nanos| into.record_with(resource, metric, attributes, start, nanos);
-    count(&SERVICE_GRAPH_REQUEST_TOTAL, 0);
+    // Each metric of the edge: one hash of the attributes for all of them.
+    let mut measurements = [(&SERVICE_GRAPH_REQUEST_TOTAL, 0); 4];
+    let mut n = 1;
+    let mut count = |metric, nanos| {
+        measurements[n] = (metric, nanos);
+        n += 1;
+    };
     if edge.failed {
         count(&SERVICE_GRAPH_REQUEST_FAILED_TOTAL, 0);
     }
@@ -216,4 +220,5 @@ fn record(into: &mut Histograms, owner: &Half, edge: Edge<'_>) {
     if let Some(nanos) = edge.client_nanos {
         count(&SERVICE_GRAPH_REQUEST_CLIENT, nanos);
     }
+    into.record_with(&owner.resource, &measurements[..n], attributes, owner.start_unix_nanos);
 }
