@@ -64,6 +64,7 @@ impl Assembler {
         if bytes.len() < need {
             return Err(DecodeError::TooShort { kind, len: bytes.len(), need }.into());
         }
+        event::prefetch(&bytes[..need]);
         let pid = event::Fields(bytes).u32(4); // span_header.pid
         self.clock.refresh_if_stale();
         let span = (events.span)(bytes, &self.clock, &self.options)

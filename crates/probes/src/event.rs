@@ -112,6 +112,22 @@ pub enum DecodeError {
     UnknownKind(u32),
 }
 
+/// Asks for every cache line of an event at once. The BPF programs wrote it on another CPU,
+/// so the first read of each line misses; decoded one string after another, the misses came
+/// one at a time, and the first byte of each string was most of decoding's time.
+pub(crate) fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = bytes.as_ptr() as usize & !63;
+        let end = bytes.as_ptr() as usize + bytes.len();
+        for line in (start..end).step_by(64) {
+            // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
+        }
+    }
+}
+
 /// Little-endian field reader over one event; its length was checked before any read.
 pub(crate) struct Fields<'a>(pub(crate) &'a [u8]);
 
