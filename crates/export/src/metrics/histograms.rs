@@ -164,13 +164,21 @@ fn borrowed(kv: &KeyValue) -> Attribute<'_> {
     (kv.key, Value::from(&kv.value))
 }
 
-/// Whether a series' attributes are these, in this order. Keys are literals, nearly always
-/// the very same: their addresses are compared before their bytes.
+/// Whether two attribute keys are the same. Keys are literals: the same one is often at the
+/// same address, and others of one length mostly differ in their first byte; only the rest
+/// take a call to memcmp (which were a tenth of the agent's time).
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.as_bytes().first() == b.as_bytes().first()
+        && (std::ptr::eq(a, b) || a == b)
+}
+
+/// Whether a series' attributes are these, in this order.
 fn same_attributes<'a>(owned: &[KeyValue], mut these: impl Iterator<Item = Attribute<'a>>) -> bool {
     owned.iter().all(|kv| {
-        these.next().is_some_and(|(key, value)| {
-            (std::ptr::eq(kv.key, key) || kv.key == key) && Value::from(&kv.value) == value
-        })
+        these
+            .next()
+            .is_some_and(|(key, value)| same_key(kv.key, key) && Value::from(&kv.value) == value)
     }) && these.next().is_none()
 }
 
@@ -254,7 +262,7 @@ impl Histograms {
         let attributes = metric
             .attributes
             .iter()
-            .filter_map(|k| span.attributes.iter().find(|a| a.key == *k))
+            .filter_map(|k| span.attributes.iter().find(|a| same_key(a.key, k)))
             .map(borrowed);
         let values = values_hash(attributes.clone());
         let nanos = span.duration_nanos();
