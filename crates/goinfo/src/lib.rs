@@ -291,19 +291,21 @@ impl GoBinary {
         Ok(Function { name: name.into(), address, size, file_offset })
     }
 
-    /// File offsets of every RET instruction of `function`.
-    pub fn ret_offsets(&self, function: &Function) -> Vec<u64> {
+    /// The machine code of `function` as the file holds it (cut at the file's end).
+    fn code_of(&self, function: &Function) -> &[u8] {
         let start = function.file_offset as usize;
         let end = start.saturating_add(function.size as usize).min(self.data.len());
-        let code = self.data.get(start..end).unwrap_or(&[]);
-        amd64_ret_addresses(code, function.file_offset)
+        self.data.get(start..end).unwrap_or(&[])
+    }
+
+    /// File offsets of every RET instruction of `function`.
+    pub fn ret_offsets(&self, function: &Function) -> Vec<u64> {
+        amd64_ret_addresses(self.code_of(function), function.file_offset)
     }
 
     /// File offsets of the direct calls from `caller` to `callee`.
     pub fn calls_to(&self, caller: &Function, callee: &Function) -> Vec<u64> {
-        let start = caller.file_offset as usize;
-        let end = start.saturating_add(caller.size as usize).min(self.data.len());
-        let code = self.data.get(start..end).unwrap_or(&[]);
+        let code = self.code_of(caller);
         // Decode at virtual addresses so branch targets compare with the callee's address.
         amd64_calls_to(code, caller.address, callee.address)
             .into_iter()
@@ -319,9 +321,7 @@ impl GoBinary {
         caller: &Function,
         callee: &Function,
     ) -> Vec<(u64, Option<u64>)> {
-        let start = caller.file_offset as usize;
-        let end = start.saturating_add(caller.size as usize).min(self.data.len());
-        let code = self.data.get(start..end).unwrap_or(&[]);
+        let code = self.code_of(caller);
         let to_file = |addr: u64| addr - caller.address + caller.file_offset;
         amd64_returns_from_calls_to(code, caller.address, callee.address)
             .into_iter()
@@ -333,10 +333,7 @@ impl GoBinary {
     /// jump, and which RETs only that path reaches (`OkExit`, as file offsets); None where
     /// the machine code does not say so unambiguously.
     pub fn ok_exit(&self, function: &Function, callee: &Function) -> Option<OkExit> {
-        let start = function.file_offset as usize;
-        let end = start.saturating_add(function.size as usize).min(self.data.len());
-        let code = self.data.get(start..end)?;
-        let exit = amd64_ok_exit(code, function.address, callee.address)?;
+        let exit = amd64_ok_exit(self.code_of(function), function.address, callee.address)?;
         let to_file = |addr: u64| addr - function.address + function.file_offset;
         Some(OkExit {
             branch: to_file(exit.branch),

@@ -11,6 +11,8 @@ use std::collections::HashSet;
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
+use crate::rets::is_conditional_jump;
+
 /// Where a successful return is seen early, as addresses in the code's space.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OkExit {
@@ -105,14 +107,6 @@ fn reachable(insns: &[Instruction], start: u64, skip: Option<(u64, u64)>) -> Has
         }
     }
     seen
-}
-
-fn is_conditional_jump(m: Mnemonic) -> bool {
-    use Mnemonic::*;
-    matches!(
-        m,
-        Ja | Jae | Jb | Jbe | Je | Jne | Jg | Jge | Jl | Jle | Jo | Jno | Jp | Jnp | Js | Jns
-    ) || matches!(m, Jrcxz | Jecxz | Loop | Loope | Loopne)
 }
 
 #[cfg(test)]

@@ -75,38 +75,18 @@ pub fn amd64_returns_from_calls_to(code: &[u8], base: u64, target: u64) -> Vec<(
 /// Whether the instruction after `insn` may not be the next one run.
 fn changes_flow(insn: &Instruction) -> bool {
     use Mnemonic::*;
+    let m = insn.mnemonic();
+    matches!(m, Call | Jmp | Ret | Retf | Int | Int1 | Int3 | Ud2 | Syscall)
+        || is_conditional_jump(m)
+}
+
+/// A jump taken or not by a condition: to its target, else on to the next instruction.
+pub(crate) fn is_conditional_jump(m: Mnemonic) -> bool {
+    use Mnemonic::*;
     matches!(
-        insn.mnemonic(),
-        Call | Jmp
-            | Ret
-            | Retf
-            | Int
-            | Int1
-            | Int3
-            | Ud2
-            | Syscall
-            | Jrcxz
-            | Jecxz
-            | Loop
-            | Loope
-            | Loopne
-            | Ja
-            | Jae
-            | Jb
-            | Jbe
-            | Je
-            | Jne
-            | Jg
-            | Jge
-            | Jl
-            | Jle
-            | Jo
-            | Jno
-            | Jp
-            | Jnp
-            | Js
-            | Jns
-    )
+        m,
+        Ja | Jae | Jb | Jbe | Je | Jne | Jg | Jge | Jl | Jle | Jo | Jno | Jp | Jnp | Js | Jns
+    ) || matches!(m, Jrcxz | Jecxz | Loop | Loope | Loopne)
 }
 
 /// Address of the conditional jump to morestack in the prologue of the function whose code
