@@ -235,16 +235,22 @@ def bpftool(*args):
 def prog_runs(pid):
     """{program name: (runs, ns run)} of the BPF programs process `pid` holds, as the kernel
     counts them while kernel.bpf_stats_enabled is 1 (see BpfStats)."""
-    _, ids = open_fds(pid)
-    # The links it holds keep programs it may have closed.
-    progs = ids["prog"] | {link["prog_id"] for link in bpftool("link", "show") or []
-                           if link["id"] in ids["link"] and "prog_id" in link}
     runs = {}
-    for p in bpftool("prog", "show") or []:
-        if p["id"] in progs:
-            cnt, ns = runs.get(p.get("name", "?"), (0, 0))
-            runs[p.get("name", "?")] = (cnt + p.get("run_cnt", 0), ns + p.get("run_time_ns", 0))
+    for p in held_programs(pid)[2]:
+        cnt, ns = runs.get(p.get("name", "?"), (0, 0))
+        runs[p.get("name", "?")] = (cnt + p.get("run_cnt", 0), ns + p.get("run_time_ns", 0))
     return runs
+
+
+def held_programs(pid):
+    """(the ids of the BPF objects process `pid` has open, by kind; the links it holds and any
+    other link of its programs; the programs it holds or those links attach, as bpftool shows
+    them): the links keep programs it may have closed."""
+    _, ids = open_fds(pid)
+    links = [link for link in bpftool("link", "show") or []
+             if link["id"] in ids["link"] or link.get("prog_id") in ids["prog"]]
+    prog_ids = ids["prog"] | {link["prog_id"] for link in links if "prog_id" in link}
+    return ids, links, [p for p in bpftool("prog", "show") or [] if p["id"] in prog_ids]
 
 
 class BpfStats:
@@ -271,7 +277,7 @@ def bpf_footprint(pid, pid_keyed=()):
     links it holds (and any other link of its programs), the programs they attach and, per
     map, name, type and entries (None where bpftool cannot list them). For the maps named in
     `pid_keyed`, whose keys start with a pid (u32), also the entries per pid."""
-    _, ids = open_fds(pid)
+    ids, links, progs = held_programs(pid)
     maps = {}
     for m in bpftool("map", "show") or []:
         if m["id"] not in ids["map"]:
@@ -289,10 +295,6 @@ def bpf_footprint(pid, pid_keyed=()):
         elif m["type"] == "ringbuf":
             info["entries"] = None
         maps[m["id"]] = info
-    links = [link for link in bpftool("link", "show") or []
-             if link["id"] in ids["link"] or link.get("prog_id") in ids["prog"]]
-    prog_ids = ids["prog"] | {link["prog_id"] for link in links if "prog_id" in link}
-    progs = [p for p in bpftool("prog", "show") or [] if p["id"] in prog_ids]
     return {"maps": maps, "progs": len(progs), "links": len(links),
             "links_by_type": _count(LINK_TYPES.get(link.get("type"), link.get("type", "?"))
                                     for link in links)}
