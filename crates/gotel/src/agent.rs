@@ -111,6 +111,9 @@ pub struct Pipeline {
     histograms: Option<Arc<Mutex<Histograms>>>,
     /// Client and server spans paired into the service graph's edges (in `histograms`).
     graph: ServiceGraph,
+    /// When the last drain of the ring buffer ended: the graph's halves wait (seconds) from
+    /// then, with no clock read per span.
+    drained_at: Instant,
     metrics_exporter: Option<MetricsExporter>,
     /// When series of processes that exited are dropped next, with no exporter to do it.
     next_metrics_sweep: Instant,
@@ -172,6 +175,7 @@ impl Pipeline {
             warned_pids: Default::default(),
             histograms,
             graph: ServiceGraph::default(),
+            drained_at: Instant::now(),
             metrics_exporter,
             next_metrics_sweep: Instant::now() + METRICS_SWEEP,
             unsampled: 0,
@@ -217,7 +221,7 @@ impl Pipeline {
             if let Some(metric) = metric {
                 h.record(&resource, metric, &span);
             }
-            self.graph.observe(&resource, &span, Instant::now(), &mut h);
+            self.graph.observe(&resource, &span, self.drained_at, &mut h);
         }
         if let Some(console) = &mut self.console {
             console.count(&resource, &span);
@@ -240,14 +244,15 @@ impl Pipeline {
 
     /// After each drain of the ring buffer: what has waited its time goes out.
     fn tick(&mut self) {
+        let now = Instant::now();
+        self.drained_at = now;
         if let Some(otlp) = &mut self.otlp {
             otlp.tick();
         }
         if let Some(console) = &mut self.console {
-            console.tick(Instant::now());
+            console.tick(now);
         }
         if let Some(mut h) = self.histograms.as_ref().and_then(|h| h.lock().ok()) {
-            let now = Instant::now();
             self.graph.expire(now, &mut h);
             if self.metrics_exporter.is_none() && now >= self.next_metrics_sweep {
                 h.retain_processes(process_alive);
@@ -463,6 +468,8 @@ pub fn collect(
         })
         .context("reading the events ring buffer")?;
     let ring = builder.build().context("reading the events ring buffer")?;
+    // Attaching took a while: the first events' time is from now.
+    pipeline.borrow_mut().tick();
     loop {
         // The programs wake us only once plenty is waiting; the timeout picks up the rest.
         let _ = ring.poll(Duration::from_millis(50));

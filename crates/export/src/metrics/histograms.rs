@@ -40,7 +40,8 @@ impl Distribution {
         }
     }
 
-    fn record(&mut self, boundaries: &[f64], value: f64) {
+    /// Counts `value`, which falls in bucket `at` (`bucket_of`).
+    fn record(&mut self, at: usize, value: f64) {
         if let Some(e) = &mut self.exponential {
             e.record(value);
         }
@@ -48,10 +49,14 @@ impl Distribution {
         self.sum += value;
         self.min = self.min.min(value);
         self.max = self.max.max(value);
-        // Buckets are (previous, boundary]: upper bounds inclusive, as OTLP and Prometheus say.
-        let at = boundaries.partition_point(|&b| b < value);
         self.buckets[at] += 1;
     }
+}
+
+/// The bucket of `value` among `boundaries`. Buckets are (previous, boundary]: upper bounds
+/// inclusive, as OTLP and Prometheus say.
+fn bucket_of(boundaries: &[f64], value: f64) -> usize {
+    boundaries.partition_point(|&b| b < value)
 }
 
 /// Which points an export carries: everything since the start, or since the last export.
@@ -111,11 +116,14 @@ struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.write_u64(u64::from_le_bytes(word.try_into().expect("chunks of 8")));
+        }
+        // The last few bytes folded into a word: no copy of a length only known at run time.
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            self.write_u64(rest.iter().rev().fold(0, |word, &b| word << 8 | u64::from(b)));
         }
     }
     fn write_u64(&mut self, v: u64) {
@@ -311,9 +319,9 @@ impl Histograms {
             }
         };
         let value = metric.unit.of_nanos(nanos);
-        let boundaries = metric.unit.boundaries();
-        series.total.record(boundaries, value);
-        series.recent.record(boundaries, value);
+        let at = bucket_of(metric.unit.boundaries(), value);
+        series.total.record(at, value);
+        series.recent.record(at, value);
     }
 
     /// Files a new series, or past the cap finds (or files) the overflow series: where it is.
