@@ -28,12 +28,9 @@ fn varint_len(mut v: u64) -> usize {
     n
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    let (bytes, n) = varint(v);
+    out.extend_from_slice(&bytes[..n]);
 }
 
 /// A length-delimited field of `len` bytes: tag, length, body.
@@ -115,32 +112,44 @@ fn put_link(out: &mut Vec<u8>, l: &Link) {
     }
 }
 
-/// Span: trace_id 1, span_id 2, trace_state 3, parent_span_id 4, name 5, kind 6,
-/// start 7, end 8 (fixed64), attributes 9, links 13, status 15. Empty fields are left out, as
-/// proto3 does.
-fn span_len(s: &Span) -> usize {
-    let mut n = field_len(16) + field_len(8);
-    if !s.trace_state.is_empty() {
-        n += field_len(s.trace_state.len());
+/// A span as a `ScopeSpans.spans` field (2). Span: trace_id 1, span_id 2, trace_state 3,
+/// parent_span_id 4, name 5, kind 6, start 7, end 8 (fixed64), attributes 9, links 13,
+/// status 15. Empty fields are left out, as proto3 does.
+///
+/// The body is written first, behind room for a two-byte length (up to 16 KiB: nearly every
+/// span), and the length put in front after: no pass over the attributes to size them first.
+/// A shorter or longer length moves the body once, so the bytes stay the minimal encoding.
+fn put_span(out: &mut Vec<u8>, s: &Span) {
+    out.push(tag(2, LEN));
+    let at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    put_span_body(out, s);
+    let (length, n) = varint(out.len() as u64 - at as u64 - 2);
+    match n {
+        2 => {}
+        1 => {
+            out.copy_within(at + 2.., at + 1);
+            out.pop();
+        }
+        _ => drop(out.splice(at..at, std::iter::repeat_n(0, n - 2))),
     }
-    if s.parent_span_id.is_some() {
-        n += field_len(8);
-    }
-    if !s.name.is_empty() {
-        n += field_len(s.name.len());
-    }
-    n += 2; // kind: tag and a one-byte varint
-    n += 2 * 9; // start and end: tag and 8 bytes
-    n += s.attributes.iter().map(|kv| field_len(key_value_len(kv.key, &kv.value))).sum::<usize>();
-    n += s.links.iter().map(|l| field_len(link_len(l))).sum::<usize>();
-    if let Status::Error { message } = &s.status {
-        n += field_len(status_len(message));
-    }
-    n
+    out[at..at + n].copy_from_slice(&length[..n]);
 }
 
-fn put_span(out: &mut Vec<u8>, s: &Span, len: usize) {
-    put_header(out, 2, len);
+/// `v` as a varint: its bytes, and how many of them.
+fn varint(mut v: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0u8; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        bytes[n] = v as u8 | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    bytes[n] = v as u8;
+    (bytes, n + 1)
+}
+
+fn put_span_body(out: &mut Vec<u8>, s: &Span) {
     put_bytes(out, 1, &s.trace_id);
     put_bytes(out, 2, &s.span_id);
     if !s.trace_state.is_empty() {
@@ -210,10 +219,7 @@ impl RequestEncoder {
                 self.groups.len() - 1
             }
         };
-        let len = span_len(span);
-        let out = &mut self.groups[at].spans;
-        out.reserve(field_len(len));
-        put_span(out, span, len);
+        put_span(&mut self.groups[at].spans, span);
         self.spans += 1;
     }
 
@@ -385,6 +391,17 @@ mod tests {
         assert_eq!(bytes, through_generated_types(&spans));
         assert_eq!(bytes.capacity(), bytes.len(), "allocated once, at its size");
         assert_eq!(encode_request(&[]), through_generated_types(&[]));
+    }
+
+    #[test]
+    fn spans_whose_length_takes_one_two_or_three_bytes_are_encoded_alike() {
+        let r = resource(1, "a");
+        let mut short = a_span(1, Status::Unset);
+        short.attributes.clear();
+        let mut long = a_span(2, Status::Unset);
+        long.attributes.push(KeyValue::new("url.query", "q".repeat(20_000)));
+        let spans = vec![(r.clone(), short), (r.clone(), a_span(3, Status::Unset)), (r, long)];
+        assert_eq!(encode_request(&spans), through_generated_types(&spans));
     }
 
     #[test]
