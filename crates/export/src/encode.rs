@@ -28,9 +28,14 @@ fn varint_len(mut v: u64) -> usize {
     n
 }
 
-fn put_varint(out: &mut Vec<u8>, v: u64) {
-    let (bytes, n) = varint(v);
-    out.extend_from_slice(&bytes[..n]);
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    // Byte by byte: the varints here are one or two bytes, and a copy of a length known only
+    // at run time would be a call to memmove.
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// A length-delimited field of `len` bytes: tag, length, body.
